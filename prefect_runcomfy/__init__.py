@@ -1,0 +1,22 @@
+"""prefect-runcomfy: RunComfy's InfiniteTalk model as Prefect tasks, blocks and flows.
+
+```python
+from prefect_runcomfy import RunComfyCredentials, RunComfyClient, InfiniteTalkInput
+```
+"""
+
+from prefect_runcomfy._version import __version__
+from prefect_runcomfy.blocks import RunComfyCredentials
+from prefect_runcomfy.client import RunComfyClient
+from prefect_runcomfy.flows import collect_outstanding_requests, generate_talking_videos
+from prefect_runcomfy.models import InfiniteTalkInput, RequestStatus
+
+__all__ = [
+    "InfiniteTalkInput",
+    "RequestStatus",
+    "RunComfyClient",
+    "RunComfyCredentials",
+    "__version__",
+    "collect_outstanding_requests",
+    "generate_talking_videos",
+]

@@ -1,0 +1,333 @@
+"""The `prefect-runcomfy` command: run, validate, sandbox, demo, status, cancel, collect.
+
+Exit codes tell outcomes apart, so a scheduler or a shell script can act on them:
+
+| code | meaning |
+|---:|---|
+| 0 | every row succeeded (or: the command did what it was asked) |
+| 1 | the run finished, but some rows did not succeed (see the manifest) |
+| 2 | bad input: the table (or an argument) is invalid; nothing was submitted |
+| 3 | configuration error: no token, unknown credentials block, unreachable storage |
+| 4 | RunComfy refused or failed a single-request command (status, cancel) |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+EXIT_OK = 0
+EXIT_PARTIAL = 1
+EXIT_BAD_INPUT = 2
+EXIT_CONFIG = 3
+EXIT_API = 4
+
+app = typer.Typer(
+    name="prefect-runcomfy",
+    help="Turn tables of portraits and speech into lip-synced talking videos with RunComfy.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+
+def _options(values: list[str] | None) -> dict[str, Any] | None:
+    """`key=value` pairs (values parsed as JSON when they can be) into fsspec options."""
+    if not values:
+        return None
+    options: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{item!r} is not key=value")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        target = options
+        parts = key.split(".")
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = value
+    return options
+
+
+def _summary(manifest: Any, output: str) -> None:
+    from prefect_runcomfy.manifest import status_counts
+
+    table = Table(title="Talking videos", show_lines=False)
+    for column in ("id", "status", "request id", "seconds", "video / error"):
+        table.add_column(column, overflow="fold")
+    for record in manifest.to_dict(orient="records"):
+        seconds = record.get("run_seconds")
+        shown = "" if seconds is None or seconds != seconds else f"{seconds:.1f}"
+        where = (
+            record.get("video_uri") if record.get("status") == "succeeded" else record.get("error")
+        )
+        style = "green" if record.get("status") == "succeeded" else "red"
+        table.add_row(
+            str(record.get("id")),
+            f"[{style}]{record.get('status')}[/]",
+            str(record.get("request_id") or ""),
+            shown,
+            str(where or ""),
+        )
+    console.print(table)
+    counts = {k: v for k, v in status_counts(manifest).items() if v}
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items()) or "no rows")
+    console.print(f"Outputs and manifest.parquet: [bold]{output}[/]")
+
+
+def _run_flow(**kwargs: Any) -> Any:
+    from prefect_runcomfy.flows import generate_talking_videos
+
+    return asyncio.run(generate_talking_videos(**kwargs))
+
+
+def _exit_for(manifest: Any) -> int:
+    ok = len(manifest) > 0 and bool((manifest["status"] == "succeeded").all())
+    return EXIT_OK if ok else EXIT_PARTIAL
+
+
+def _handle(exc: BaseException) -> int:
+    from prefect_runcomfy.exceptions import (
+        ConfigurationError,
+        InvalidInputError,
+        RunComfyAPIError,
+        StorageError,
+    )
+
+    if isinstance(exc, InvalidInputError):
+        err.print(f"[red]Invalid input:[/] {exc}")
+        return EXIT_BAD_INPUT
+    if isinstance(exc, (ConfigurationError, StorageError)):
+        err.print(f"[red]Configuration error:[/] {exc}")
+        return EXIT_CONFIG
+    if isinstance(exc, RunComfyAPIError):
+        err.print(f"[red]RunComfy said no:[/] {exc}")
+        return EXIT_API
+    raise exc
+
+
+@app.command()
+def run(
+    inputs: Annotated[str, typer.Argument(help="CSV, Parquet or JSON-lines table (path or URL).")],
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="Where videos go (folder, s3://...).")
+    ],
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Jobs in flight.")] = 8,
+    credentials: Annotated[
+        str | None, typer.Option(help="Name of a saved RunComfyCredentials block.")
+    ] = None,
+    max_wait: Annotated[float, typer.Option(help="Seconds to wait for one job.")] = 3600.0,
+    staging_uri: Annotated[
+        str | None, typer.Option(help="Folder (s3://, gs://) to upload local media to.")
+    ] = None,
+    inline_media: Annotated[bool, typer.Option(help="Send local media as data: URIs.")] = False,
+    on_invalid: Annotated[str, typer.Option(help="continue | stop")] = "continue",
+    retry_failed: Annotated[bool, typer.Option(help="Pay again for rows that failed.")] = False,
+    resubmit_unknown: Annotated[
+        bool, typer.Option(help="Submit again rows whose submit outcome is unknown.")
+    ] = False,
+    concurrency_limit: Annotated[
+        str | None, typer.Option(help="Prefect global concurrency limit for the account.")
+    ] = None,
+    storage_option: Annotated[
+        list[str] | None,
+        typer.Option("--storage-option", "-s", help="fsspec option for --output, key=value."),
+    ] = None,
+) -> None:
+    """Run every row of INPUTS and store videos, sidecars and manifest.parquet under --output.
+
+    Examples:
+
+    ```
+    prefect-runcomfy run rows.csv --output ./videos
+    prefect-runcomfy run s3://in/rows.parquet -o s3://out/nightly --credentials runcomfy -c 16
+    ```
+
+    Exit code 0: all rows succeeded; 1: some did not; 2: bad input; 3: configuration error.
+    """
+    try:
+        manifest = _run_flow(
+            inputs=inputs,
+            output_uri=output,
+            credentials=credentials,
+            max_concurrency=concurrency,
+            max_wait_s=max_wait,
+            staging_uri=staging_uri,
+            inline_media=inline_media,
+            on_invalid=on_invalid,
+            retry_failed=retry_failed,
+            resubmit_unknown=resubmit_unknown,
+            concurrency_limit=concurrency_limit,
+            storage_options=_options(storage_option),
+        )
+    except Exception as exc:
+        raise typer.Exit(_handle(exc)) from None
+    _summary(manifest, output)
+    raise typer.Exit(_exit_for(manifest))
+
+
+@app.command()
+def validate(
+    inputs: Annotated[str, typer.Argument(help="CSV, Parquet or JSON-lines table (path or URL).")],
+) -> None:
+    """Check every row of INPUTS without any network call; print every problem of every row.
+
+    Example: `prefect-runcomfy validate rows.csv`. Exit code 0: all rows valid; 2: not.
+    """
+    from prefect_runcomfy.exceptions import InvalidInputError
+    from prefect_runcomfy.table import check_table, read_table
+
+    try:
+        check = check_table(read_table(inputs))
+    except InvalidInputError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    for problem in check.invalid:
+        console.print(f"[red]✗[/] {problem.message}")
+    total = len(check.valid) + len(check.invalid)
+    console.print(f"{len(check.valid)} of {total} rows valid.")
+    raise typer.Exit(EXIT_OK if check.ok else EXIT_BAD_INPUT)
+
+
+@app.command()
+def sandbox(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8787,
+    workers: Annotated[int, typer.Option(help="Jobs run at once.")] = 2,
+    run_seconds: Annotated[float, typer.Option(help="Seconds each job runs.")] = 3.0,
+    queue_seconds: Annotated[
+        float, typer.Option(help="Extra seconds before a job may start.")
+    ] = 0.0,
+) -> None:
+    """Serve the local RunComfy sandbox (no credits spent) until Ctrl-C.
+
+    Example: `prefect-runcomfy sandbox --port 8787`, then
+    `RUNCOMFY_BASE_URL=http://127.0.0.1:8787 RUNCOMFY_API_TOKEN=sandbox-token prefect-runcomfy run ...`
+    """
+    from prefect_runcomfy.sandbox import SandboxConfig, serve_sandbox
+
+    config = SandboxConfig(workers=workers, run_seconds=run_seconds, queue_seconds=queue_seconds)
+    console.print(f"Sandbox on http://127.0.0.1:{port} — token: {config.tokens[0]}")
+    serve_sandbox(config, host="127.0.0.1", port=port)
+
+
+@app.command()
+def demo(
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="Where the demo writes.")
+    ] = "./output",
+) -> None:
+    """Run the flow over sample rows against the built-in sandbox; write real MP4s to --output.
+
+    Example: `prefect-runcomfy demo --output ./output`. Spends no credits; needs no token.
+    """
+    from prefect_runcomfy.sandbox import SandboxConfig, run_sandbox, sample_inputs
+
+    out = str(Path(output).resolve()) if "://" not in output else output
+    with run_sandbox(SandboxConfig(workers=2, run_seconds=(1.0, 3.0))) as sb:
+        os.environ["RUNCOMFY_BASE_URL"] = sb.base_url
+        os.environ["RUNCOMFY_API_TOKEN"] = sb.token
+        rows = sample_inputs(sb.base_url)
+        console.print(f"Sandbox at {sb.base_url}; {len(rows)} sample rows → {out}")
+        try:
+            manifest = _run_flow(
+                inputs=rows, output_uri=out, max_concurrency=4, poll_initial_s=0.5, poll_max_s=2.0
+            )
+        except Exception as exc:
+            raise typer.Exit(_handle(exc)) from None
+    _summary(manifest, out)
+    console.print(
+        f"Open a video: [bold]{manifest['video_uri'].dropna().iloc[0] if manifest['video_uri'].notna().any() else out}[/]"
+    )
+    raise typer.Exit(_exit_for(manifest))
+
+
+def _single(coro_factory: Any) -> Any:
+    from prefect_runcomfy.client import RunComfyClient
+
+    async def go() -> Any:
+        async with RunComfyClient() as client:
+            return await coro_factory(client)
+
+    try:
+        return asyncio.run(go())
+    except Exception as exc:
+        raise typer.Exit(_handle(exc)) from None
+
+
+@app.command()
+def status(request_id: Annotated[str, typer.Argument(help="A RunComfy request id.")]) -> None:
+    """Print a request's status and, when finished, its result (token from RUNCOMFY_API_TOKEN).
+
+    Example: `prefect-runcomfy status 3f1c...`
+    """
+    result = _single(lambda c: c.result(request_id, include_cost=True))
+    console.print_json(result.model_dump_json())
+
+
+@app.command()
+def cancel(request_id: Annotated[str, typer.Argument(help="A RunComfy request id.")]) -> None:
+    """Cancel a queued request (running ones cannot be cancelled and are billed).
+
+    Example: `prefect-runcomfy cancel 3f1c...`
+    """
+    outcome = _single(lambda c: c.cancel(request_id))
+    console.print_json(outcome.model_dump_json())
+    raise typer.Exit(EXIT_OK if outcome.cancelled else EXIT_PARTIAL)
+
+
+@app.command()
+def collect(
+    output: Annotated[str, typer.Argument(help="The output location of an earlier run.")],
+    credentials: Annotated[str | None, typer.Option(help="Saved credentials block.")] = None,
+    cancel_queued: Annotated[
+        bool, typer.Option("--cancel", help="Cancel outstanding requests instead of waiting.")
+    ] = False,
+    max_wait: Annotated[float, typer.Option(help="Seconds to wait for one job.")] = 3600.0,
+) -> None:
+    """Wait for (or cancel) requests an interrupted run left under OUTPUT and store them.
+
+    Example: `prefect-runcomfy collect s3://out/nightly --credentials runcomfy`
+    """
+    from prefect_runcomfy.flows import collect_outstanding_requests
+
+    try:
+        manifest = asyncio.run(
+            collect_outstanding_requests(
+                output_uri=output,
+                credentials=credentials,
+                cancel=cancel_queued,
+                max_wait_s=max_wait,
+            )
+        )
+    except Exception as exc:
+        raise typer.Exit(_handle(exc)) from None
+    if manifest.empty:
+        console.print("Nothing to collect.")
+        raise typer.Exit(EXIT_OK)
+    _summary(manifest, output)
+    raise typer.Exit(_exit_for(manifest))
+
+
+def main() -> None:
+    """Entry point of the `prefect-runcomfy` console script."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,495 @@
+"""`RunComfyClient`: the async HTTP client for RunComfy's Model API.
+
+One method per endpoint, errors translated into `prefect_runcomfy.exceptions` in one place,
+and a retry rule per kind of call:
+
+- reads (`status`, `result`, `model_info`) and `cancel` are retried with exponential backoff
+  and jitter, honouring `Retry-After`, a bounded number of times;
+- `submit` is retried only when the request provably never reached RunComfy (connection
+  refused, DNS failure, connect timeout, no free connection) or was refused with 429. Any other
+  failure after the bytes left raises `SubmitOutcomeUnknownError`: RunComfy has no idempotency
+  key, so a blind retry could pay for the same video twice;
+- downloads of output URLs go through a separate HTTP client that never carries the token.
+
+This module does not import Prefect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections.abc import Awaitable, Callable
+from typing import IO, Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import SecretStr
+
+from prefect_runcomfy._version import __version__
+from prefect_runcomfy.backoff import Backoff, parse_retry_after
+from prefect_runcomfy.downloads import DownloadedFile, download_output, output_http_client
+from prefect_runcomfy.exceptions import (
+    AuthenticationError,
+    ConfigurationError,
+    InputRejectedError,
+    InsufficientBalanceError,
+    ModelNotFoundError,
+    PermissionDeniedError,
+    RateLimitedError,
+    RequestNotFoundError,
+    RunComfyAPIError,
+    RunComfyError,
+    ServerError,
+    SubmitOutcomeUnknownError,
+    TransportError,
+)
+from prefect_runcomfy.models import (
+    MODEL_ID,
+    CancelOutcome,
+    InfiniteTalkInput,
+    ModelInfo,
+    RequestResult,
+    RequestState,
+    SubmittedRequest,
+)
+
+DEFAULT_BASE_URL = "https://model-api.runcomfy.net"
+"""Where RunComfy's Model API lives."""
+
+TOKEN_ENV = "RUNCOMFY_API_TOKEN"  # noqa: S105 - a variable name, not a secret
+"""Environment variable read for the token when none is given."""
+
+BASE_URL_ENV = "RUNCOMFY_BASE_URL"
+"""Environment variable read for the base URL when none is given."""
+
+USER_AGENT = f"prefect-runcomfy/{__version__}"
+
+DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=30.0)
+
+logger = logging.getLogger("prefect_runcomfy.client")
+
+T = TypeVar("T")
+
+# Errors after which the request certainly did not reach the server: safe to send again.
+_NEVER_SENT = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.UnsupportedProtocol,
+)
+
+_CODE_ERRORS: dict[int, type[RunComfyAPIError]] = {
+    400001: ModelNotFoundError,
+    400002: InsufficientBalanceError,
+    400004: AuthenticationError,
+    403001: PermissionDeniedError,
+    404001: RequestNotFoundError,
+}
+
+_CODE_ADVICE: dict[type[RunComfyAPIError], str] = {
+    ModelNotFoundError: "check the model id",
+    InsufficientBalanceError: "top up the RunComfy account, then run again",
+    AuthenticationError: "check the API token (RUNCOMFY_API_TOKEN or the credentials block)",
+    PermissionDeniedError: "read it with the token that submitted it",
+    RequestNotFoundError: "the request is unknown or its record has expired; it cannot be collected",
+    InputRejectedError: "fix the input and submit again",
+    RateLimitedError: "slow down; it will be retried after the wait RunComfy asked for",
+    ServerError: "RunComfy failed on its side; try again later",
+}
+
+
+def _resolve_token(api_token: str | SecretStr | None) -> SecretStr:
+    if isinstance(api_token, SecretStr):
+        value = api_token.get_secret_value()
+    else:
+        value = api_token if api_token is not None else os.environ.get(TOKEN_ENV)
+    if not value or not value.strip():
+        raise ConfigurationError(
+            f"No RunComfy API token: pass one, save a RunComfyCredentials block, or set {TOKEN_ENV}."
+        )
+    return SecretStr(value.strip())
+
+
+def _resolve_base_url(base_url: str | None) -> str:
+    url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigurationError(f"RunComfy base URL must start with http:// or https://: {url!r}")
+    return url
+
+
+class RunComfyClient:
+    """An async client for RunComfy's Model API (submit, status, result, cancel, catalog, download).
+
+    Create it inside the coroutine that uses it (Prefect gives each async task its own event
+    loop) and close it with `async with` or `aclose()`.
+
+    Args:
+        api_token: The RunComfy token; `RUNCOMFY_API_TOKEN` when omitted. Sent only in the
+            `Authorization` header of API calls, never to output hosts, never logged.
+        base_url: The API's base URL; `RUNCOMFY_BASE_URL` or `https://model-api.runcomfy.net`.
+        timeout: Seconds (or an `httpx.Timeout`) for API calls.
+        max_retries: How many times a retryable call is tried again before giving up.
+        backoff: Delays between retries; `Retry-After` wins when RunComfy sends it.
+        max_retry_after_s: The longest `Retry-After` honoured before giving up instead.
+        transport: An httpx transport for the API (tests, proxies).
+
+    Example:
+        ```python
+        from prefect_runcomfy import RunComfyClient, InfiniteTalkInput
+
+        async with RunComfyClient() as client:  # token from RUNCOMFY_API_TOKEN
+            job = InfiniteTalkInput(prompt="a man talks", image=image_url, audio=audio_url)
+            submitted = await client.submit(job)
+            result = await client.result(submitted.request_id, include_cost=True)
+        ```
+    """
+
+    def __init__(
+        self,
+        api_token: str | SecretStr | None = None,
+        base_url: str | None = None,
+        *,
+        timeout: float | httpx.Timeout | None = None,
+        max_retries: int = 5,
+        backoff: Backoff | None = None,
+        max_retry_after_s: float = 300.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        download_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._token = _resolve_token(api_token)
+        self.base_url = _resolve_base_url(base_url)
+        self.max_retries = max(0, int(max_retries))
+        self.backoff = backoff or Backoff()
+        self.max_retry_after_s = max_retry_after_s
+        api_timeout = (
+            timeout
+            if isinstance(timeout, httpx.Timeout)
+            else (httpx.Timeout(timeout) if timeout is not None else DEFAULT_TIMEOUT)
+        )
+        self._api = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=api_timeout,
+            transport=transport,
+            headers={
+                "Authorization": f"Bearer {self._token.get_secret_value()}",
+                "User-Agent": USER_AGENT,
+                "Accept": "application/json",
+            },
+            follow_redirects=False,
+        )
+        # Output URLs are public CDN links: this client has no Authorization header at all, so the
+        # token cannot leak to an output host, even through a redirect.
+        self._downloads = output_http_client(transport=download_transport)
+        self.requests_sent = 0
+        """How many HTTP requests this client sent to the API (retries included)."""
+
+    def __repr__(self) -> str:
+        return f"RunComfyClient(base_url={self.base_url!r}, api_token=SecretStr('**********'))"
+
+    async def __aenter__(self) -> RunComfyClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close both HTTP connection pools."""
+        await self._api.aclose()
+        await self._downloads.aclose()
+
+    # --- endpoints ---------------------------------------------------------------------------
+
+    async def submit(
+        self, inputs: InfiniteTalkInput | dict[str, Any], *, model_id: str = MODEL_ID
+    ) -> SubmittedRequest:
+        """Submit one job and return its `request_id` and follow-up URLs.
+
+        `inputs` is an `InfiniteTalkInput` or an API body (raw keys). Retried only when the
+        request never reached RunComfy or was refused with 429.
+
+        Raises:
+            SubmitOutcomeUnknownError: the request was sent but no usable answer came back;
+                a job may exist and be billed. Never retried automatically.
+            RunComfyAPIError: RunComfy refused the job (token, balance, input, model).
+        """
+        payload = inputs.to_api_payload() if isinstance(inputs, InfiniteTalkInput) else inputs
+        path = f"/v1/models/{quote(model_id, safe='/')}"
+        attempt = 0
+        while True:
+            try:
+                self.requests_sent += 1
+                response = await self._api.post(path, json=payload)
+            except _NEVER_SENT as exc:
+                if attempt >= self.max_retries:
+                    raise TransportError(
+                        f"Could not reach RunComfy at {self.base_url} to submit "
+                        f"({type(exc).__name__}); nothing was submitted."
+                    ) from None
+                await self._sleep(self.backoff.delay(attempt))
+                attempt += 1
+                continue
+            except httpx.HTTPError as exc:
+                raise SubmitOutcomeUnknownError(
+                    f"The submit was sent to RunComfy but its answer was lost ({type(exc).__name__}); "
+                    "a job may be running and billed. It was not sent again.",
+                    cause=type(exc).__name__,
+                ) from None
+            try:
+                body = self._check(response)
+            except RateLimitedError as exc:
+                # 429 means RunComfy refused the request outright: sending it again is safe.
+                if attempt >= self.max_retries or not self._can_wait(exc.retry_after):
+                    raise
+                await self._sleep(self._wait_for(exc, attempt))
+                attempt += 1
+                continue
+            except ServerError as exc:
+                raise SubmitOutcomeUnknownError(
+                    f"RunComfy answered the submit with a server error ({exc.status_code or ''} "
+                    f"{exc.error_code or ''}); a job may still have been created. "
+                    "It was not sent again.",
+                    cause=f"server_error:{exc.status_code or exc.error_code}",
+                ) from None
+            try:
+                return SubmittedRequest.model_validate(body)
+            except ValueError:
+                raise SubmitOutcomeUnknownError(
+                    "RunComfy accepted the submit but its answer had no request_id; a job may be "
+                    "running and billed. It was not sent again.",
+                    cause="no_request_id",
+                ) from None
+
+    async def status(self, request_id: str) -> RequestState:
+        """Read where a request stands (`in_queue` with its position, `in_progress`, ...)."""
+        body = await self._read("GET", self._request_path(request_id, "status"), request_id)
+        return RequestState.model_validate({"request_id": request_id, **body})
+
+    async def result(self, request_id: str, *, include_cost: bool = False) -> RequestResult:
+        """Read a request's result: its outputs once succeeded, else its current state.
+
+        Polling this alone is enough to follow a request to its end. With `include_cost`,
+        RunComfy adds the job's cost in USD where it knows it.
+        """
+        params = {"include_cost": "true"} if include_cost else None
+        body = await self._read(
+            "GET", self._request_path(request_id, "result"), request_id, params=params
+        )
+        return RequestResult.model_validate({"request_id": request_id, **body})
+
+    async def cancel(self, request_id: str) -> CancelOutcome:
+        """Ask RunComfy to cancel a request. Only queued requests can be; cancelling twice is harmless.
+
+        Check `.cancelled` on the answer: `not_cancellable` means it runs to the end and is billed.
+        """
+        body = await self._read("POST", self._request_path(request_id, "cancel"), request_id)
+        return CancelOutcome.model_validate({"request_id": request_id, **body})
+
+    async def model_info(self, model_id: str = MODEL_ID) -> ModelInfo:
+        """Read a model's catalog entry: display name, price and input schema."""
+        body = await self._read("GET", f"/v1/models/{quote(model_id, safe='/')}", None)
+        return ModelInfo.model_validate({"model_id": model_id, **body})
+
+    async def list_models(self, search: str | None = None) -> list[ModelInfo]:
+        """List catalog entries, optionally filtered by a search term."""
+        params = {"search": search} if search else None
+        body = await self._read("GET", "/v1/models", None, params=params)
+        items = body.get("models") or body.get("items") or body.get("data") or []
+        return [ModelInfo.model_validate(item) for item in items if isinstance(item, dict)]
+
+    # --- downloads ---------------------------------------------------------------------------
+
+    async def download(
+        self,
+        url: str,
+        destination: str | os.PathLike[str] | IO[bytes],
+        *,
+        chunk_size: int = 1 << 20,
+        attempts: int = 3,
+    ) -> DownloadedFile:
+        """Stream an output URL to a file without the token; see `download_output`."""
+        return await download_output(
+            url,
+            destination,
+            http=self._downloads,
+            chunk_size=chunk_size,
+            attempts=attempts,
+            backoff=self.backoff,
+        )
+
+    # --- the one place where HTTP answers become results or exceptions ---------------------
+
+    def _request_path(self, request_id: str, action: str) -> str:
+        if not request_id or "/" in request_id or request_id in {".", ".."}:
+            raise ValueError(f"Not a RunComfy request id: {request_id!r}")
+        return f"/v1/requests/{quote(request_id, safe='')}/{action}"
+
+    async def _read(
+        self,
+        method: str,
+        path: str,
+        request_id: str | None,
+        *,
+        params: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Send a call that is safe to repeat, retrying what can be retried."""
+
+        async def once() -> dict[str, Any]:
+            try:
+                self.requests_sent += 1
+                response = await self._api.request(method, path, params=params)
+            except httpx.HTTPError as exc:
+                raise TransportError(
+                    f"RunComfy could not be reached for {method} {path} ({type(exc).__name__})."
+                ) from None
+            return self._check(response, request_id=request_id)
+
+        return await self._retrying(once)
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except (TransportError, ServerError, RateLimitedError) as exc:
+                retry_after = getattr(exc, "retry_after", None)
+                if attempt >= self.max_retries or not self._can_wait(retry_after):
+                    raise
+                delay = self._wait_for(exc, attempt)
+                logger.debug("Retrying after %s in %.1f s", type(exc).__name__, delay)
+                await self._sleep(delay)
+                attempt += 1
+
+    def _can_wait(self, retry_after: float | None) -> bool:
+        return retry_after is None or retry_after <= self.max_retry_after_s
+
+    def _wait_for(self, exc: RunComfyError, attempt: int) -> float:
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            # A little jitter on top, so a fleet of workers does not come back in the same instant.
+            return retry_after + random.uniform(0, min(1.0, retry_after * 0.1))
+        return self.backoff.delay(attempt)
+
+    async def _sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    def _check(self, response: httpx.Response, *, request_id: str | None = None) -> dict[str, Any]:
+        """Return the JSON body of a good answer; raise the matching exception for any other.
+
+        A 2xx body that carries `error_code` is an error too.
+        """
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            body = {} if body is None else {"detail": body}
+        code = _error_code(body)
+        if response.is_success and code is None:
+            return body
+        raise self._error_for(response, body, code, request_id)
+
+    def _error_for(
+        self,
+        response: httpx.Response,
+        body: dict[str, Any],
+        code: int | None,
+        request_id: str | None,
+    ) -> RunComfyAPIError:
+        status = response.status_code
+        detail = self._redact(_error_detail(body) or response.reason_phrase or "")
+        cls: type[RunComfyAPIError]
+        if code in _CODE_ERRORS:
+            cls = _CODE_ERRORS[code]
+        elif code is not None and 500000 <= code < 600000:
+            cls = ServerError
+        elif code is not None and 429000 <= code < 430000:
+            cls = RateLimitedError
+        elif status in (401,):
+            cls = AuthenticationError
+        elif status == 402:
+            cls = InsufficientBalanceError
+        elif status == 403:
+            cls = PermissionDeniedError if request_id else AuthenticationError
+        elif status == 404:
+            cls = RequestNotFoundError if request_id else ModelNotFoundError
+        elif status == 429:
+            cls = RateLimitedError
+        elif status >= 500:
+            cls = ServerError
+        elif status in (400, 413, 422):
+            cls = InputRejectedError
+        else:
+            cls = RunComfyAPIError
+        what = f"RunComfy answered {response.request.method} {response.request.url.path} with HTTP {status}"
+        if code is not None:
+            what += f", error {code}"
+        message = f"{what}: {detail}" if detail else what
+        advice = _CODE_ADVICE.get(cls)
+        if advice:
+            message += f" ({advice})"
+        kwargs: dict[str, Any] = {
+            "status_code": status,
+            "error_code": code,
+            "detail": self._redact_any(body.get("detail", detail)),
+            "request_id": request_id,
+        }
+        if cls is RateLimitedError:
+            return RateLimitedError(
+                message,
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                **kwargs,
+            )
+        return cls(message, **kwargs)
+
+    def _redact(self, text: str) -> str:
+        # A server that echoes the token back must not get it into our logs or exceptions.
+        secret = self._token.get_secret_value()
+        return text.replace(secret, "**********") if secret else text
+
+    def _redact_any(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self._redact(value)
+        if isinstance(value, list):
+            return [self._redact_any(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self._redact_any(v) for k, v in value.items()}
+        return value
+
+
+def _error_code(body: dict[str, Any]) -> int | None:
+    for key in ("error_code", "code"):
+        value = body.get(key)
+        if value is None or isinstance(value, bool):
+            continue
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def _error_detail(body: dict[str, Any]) -> str:
+    for key in ("error_message", "message", "detail", "error"):
+        value = body.get(key)
+        if value in (None, "", [], {}):
+            continue
+        if isinstance(value, dict):
+            value = value.get("message") or value.get("msg") or value
+        if isinstance(value, list):
+            parts = []
+            for item in value[:5]:
+                if isinstance(item, dict):
+                    loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
+                    parts.append(
+                        f"{loc}: {item.get('msg', item)}" if loc else str(item.get("msg", item))
+                    )
+                else:
+                    parts.append(str(item))
+            value = "; ".join(parts)
+        return str(value)[:500]
+    return ""
+
+
+__all__ = ["DEFAULT_BASE_URL", "DownloadedFile", "RunComfyClient"]

@@ -1,0 +1,156 @@
+"""Streaming downloads of output URLs: constant memory, size checked, never with the token.
+
+RunComfy's output URLs are public CDN links, fetched without credentials (RunComfy's own CLI
+does the same). The HTTP client used here never carries an `Authorization` header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from prefect_runcomfy._version import __version__
+from prefect_runcomfy.backoff import Backoff
+from prefect_runcomfy.exceptions import DownloadError
+
+DOWNLOAD_TIMEOUT = httpx.Timeout(connect=10.0, read=120.0, write=60.0, pool=30.0)
+
+
+@dataclass(frozen=True)
+class DownloadedFile:
+    """What a download wrote: where, how many bytes, their sha256, and the served type."""
+
+    url: str
+    path: str | None
+    size: int
+    sha256: str
+    content_type: str | None
+
+
+def output_http_client(**kwargs: object) -> httpx.AsyncClient:
+    """A new HTTP client for output hosts: no token, redirects followed, generous read timeout."""
+    return httpx.AsyncClient(
+        timeout=DOWNLOAD_TIMEOUT,
+        headers={"User-Agent": f"prefect-runcomfy/{__version__}"},
+        follow_redirects=True,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def short_url(url: str) -> str:
+    """The URL without its query string: pre-signed queries are long and carry credentials."""
+    return url.split("?", 1)[0]
+
+
+@asynccontextmanager
+async def stream_output(http: httpx.AsyncClient, url: str) -> AsyncIterator[httpx.Response]:
+    """Open an output URL for streaming; raises `DownloadError` on an error answer or a broken link."""
+    try:
+        async with http.stream("GET", url) as response:
+            if response.status_code >= 400:
+                expired = response.status_code in (403, 404, 410)
+                hint = " (the output has probably expired)" if expired else ""
+                raise DownloadError(
+                    f"Downloading {short_url(url)} failed with HTTP {response.status_code}{hint}."
+                )
+            yield response
+    except httpx.HTTPError as exc:
+        raise DownloadError(
+            f"Downloading {short_url(url)} broke off ({type(exc).__name__})."
+        ) from None
+
+
+async def download_output(
+    url: str,
+    destination: str | os.PathLike[str] | IO[bytes],
+    *,
+    http: httpx.AsyncClient | None = None,
+    chunk_size: int = 1 << 20,
+    attempts: int = 3,
+    backoff: Backoff | None = None,
+) -> DownloadedFile:
+    """Stream `url` to `destination` (a path or a binary file), checking Content-Length.
+
+    Memory stays at about one `chunk_size` whatever the size of the file. A broken transfer is
+    started again from the beginning, up to `attempts` times; an expired or forbidden link
+    (HTTP 4xx) is not retried.
+
+    Example:
+        ```python
+        done = await download_output(result.output_urls[0], "/tmp/video.mp4")
+        print(done.size, done.sha256)
+        ```
+
+    Raises:
+        DownloadError: the file could not be fetched completely.
+    """
+    delays = backoff or Backoff()
+    own = http is None
+    client = http or output_http_client()
+    try:
+        last: DownloadError | None = None
+        for attempt in range(max(1, attempts)):
+            if attempt:
+                await asyncio.sleep(delays.delay(attempt - 1))
+            try:
+                return await _download_once(client, url, destination, chunk_size)
+            except DownloadError as exc:
+                last = exc
+                if "HTTP 4" in str(exc):
+                    break  # expired or forbidden: another try will not help
+        assert last is not None
+        raise last
+    finally:
+        if own:
+            await client.aclose()
+
+
+async def _download_once(
+    http: httpx.AsyncClient,
+    url: str,
+    destination: str | os.PathLike[str] | IO[bytes],
+    chunk_size: int,
+) -> DownloadedFile:
+    digest = hashlib.sha256()
+    size = 0
+    path: str | None = None
+    async with stream_output(http, url) as response:
+        expected = response.headers.get("Content-Length")
+        content_type = response.headers.get("Content-Type")
+        encoding = response.headers.get("Content-Encoding", "identity").lower()
+        if isinstance(destination, (str, os.PathLike)):
+            path = os.fspath(destination)
+            handle: IO[bytes] = Path(path).open("wb")  # noqa: ASYNC230, SIM115 - closed below
+            close = True
+        else:
+            handle = destination
+            handle.seek(0)
+            handle.truncate()
+            close = False
+        try:
+            try:
+                async for chunk in response.aiter_raw(chunk_size):
+                    handle.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+            except httpx.HTTPError as exc:
+                raise DownloadError(
+                    f"Downloading {short_url(url)} broke off after {size} bytes "
+                    f"({type(exc).__name__})."
+                ) from None
+        finally:
+            if close:
+                handle.close()
+    if expected is not None and encoding == "identity" and int(expected) != size:
+        raise DownloadError(f"Downloading {short_url(url)} ended after {size} of {expected} bytes.")
+    return DownloadedFile(
+        url=url, path=path, size=size, sha256=digest.hexdigest(), content_type=content_type
+    )

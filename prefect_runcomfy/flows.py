@@ -1,0 +1,452 @@
+"""Flows: turn a table into talking videos, and collect what an interrupted run left behind.
+
+Example:
+    ```python
+    import asyncio
+    import pandas as pd
+    from prefect_runcomfy import generate_talking_videos
+
+    table = pd.DataFrame([
+        {"id": "ada", "prompt": "a woman talks", "image": "s3://in/ada.png", "audio": "s3://in/ada.mp3"},
+    ])
+    manifest = asyncio.run(generate_talking_videos(table, "s3://out/videos", credentials="runcomfy"))
+    print(manifest[["id", "status", "video_uri", "error"]])
+    ```
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+import pandas as pd
+from prefect import flow
+from prefect.client.schemas.objects import FlowRun
+from prefect.context import get_run_context
+from prefect.logging import get_logger, get_run_logger
+from prefect.states import State
+
+from prefect_runcomfy.batch import (
+    Batch,
+    cancel_queued_requests,
+    collect_request,
+    invalid_record,
+    run_row,
+)
+from prefect_runcomfy.blocks import RunComfyCredentials
+from prefect_runcomfy.client import RunComfyClient
+from prefect_runcomfy.exceptions import ConfigurationError, InvalidInputError
+from prefect_runcomfy.ledger import Ledger, LedgerEntry, LedgerState, plan_row
+from prefect_runcomfy.manifest import RowStatus, build_manifest, merge_manifests, status_counts
+from prefect_runcomfy.media import MediaResolver
+from prefect_runcomfy.models import MODEL_ID
+from prefect_runcomfy.reporting import Progress, publish_summary
+from prefect_runcomfy.storage import OutputStore
+from prefect_runcomfy.table import PreparedRow, RowProblem, check_table, read_table
+from prefect_runcomfy.waiting import PollPolicy
+
+MANIFEST_NAME = "manifest.parquet"
+
+
+async def load_credentials(
+    credentials: RunComfyCredentials | str | None,
+) -> RunComfyCredentials | None:
+    """A block, a saved block's name, or None (then `RUNCOMFY_API_TOKEN` is required).
+
+    Raises `ConfigurationError` early, before any row is touched, when no token can be found.
+    """
+    if isinstance(credentials, RunComfyCredentials):
+        return credentials
+    if isinstance(credentials, str) and credentials.strip():
+        try:
+            return await RunComfyCredentials.load(credentials.strip())
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"No RunComfyCredentials block named {credentials!r}: create it in the Prefect UI "
+                f"or with RunComfyCredentials(api_token=...).save({credentials!r}) ({exc})"
+            ) from None
+    # No block: the environment must hold the token. Fail now, not after the first row.
+    await RunComfyClient().aclose()
+    return None
+
+
+def _flow_run_id() -> str | None:
+    try:
+        context = get_run_context()
+    except Exception:
+        return None
+    run = getattr(context, "flow_run", None)
+    return str(run.id) if run is not None else None
+
+
+async def _cancel_queued_on_stop(flow: Any, flow_run: FlowRun, state: State) -> None:
+    """Hook for cancelled and crashed runs: cancel the run's still-queued requests.
+
+    Best effort: the hook may run in another process, or not at all. The ledger stays the
+    source of truth; `collect_outstanding_requests` finishes whatever is left.
+    """
+    hook_logger = get_logger("prefect_runcomfy.flows")
+    params = flow_run.parameters or {}
+    output_uri = params.get("output_uri")
+    if not output_uri:
+        return
+    try:
+        credentials = await load_credentials(params.get("credentials"))
+        store = OutputStore(output_uri, params.get("storage_options"))
+        cancelled = await cancel_queued_requests(
+            Ledger(store), credentials, flow_run_id=str(flow_run.id)
+        )
+        if cancelled:
+            hook_logger.warning("Cancelled %d queued requests: %s", len(cancelled), cancelled)
+    except Exception as exc:
+        hook_logger.warning("Could not cancel queued requests: %s", exc)
+
+
+def _resolver(
+    table_uri: str | None,
+    staging_uri: str | None,
+    inline_media: bool,
+    input_storage_options: dict[str, Any] | None,
+    staging_storage_options: dict[str, Any] | None,
+) -> MediaResolver:
+    base = None
+    if table_uri:
+        base = table_uri.rsplit("/", 1)[0] if "/" in table_uri else "."
+    return MediaResolver(
+        base_uri=base,
+        staging_uri=staging_uri,
+        inline_media=inline_media,
+        storage_options=input_storage_options,
+        staging_storage_options=staging_storage_options,
+    )
+
+
+async def _resolve_all(
+    rows: list[PreparedRow], resolver: MediaResolver
+) -> tuple[list[PreparedRow], list[RowProblem], dict[str, dict[str, Any]]]:
+    """Resolve every row's media before anything is submitted; a row that cannot be is invalid."""
+    good: list[PreparedRow] = []
+    bad: list[RowProblem] = []
+    payloads: dict[str, dict[str, Any]] = {}
+    semaphore = asyncio.Semaphore(16)
+
+    async def one(row: PreparedRow) -> None:
+        problems: list[tuple[str, str]] = []
+        resolved: dict[str, str] = {}
+        async with semaphore:
+            for kind in ("image", "audio"):
+                try:
+                    media = await resolver.resolve(getattr(row.job, kind), kind)  # type: ignore[arg-type]
+                    resolved[kind] = media.url
+                except Exception as exc:
+                    problems.append((kind, str(exc)))
+        if problems:
+            bad.append(RowProblem(row.row, row.id, problems, row.extras))
+        else:
+            payload = row.job.model_copy(update=resolved).to_api_payload()
+            if resolver.inline_media:
+                # Inline media can be megabytes per row: rebuild it at submit time instead.
+                payload = {}
+            payloads[row.id] = payload
+            good.append(row)
+
+    await asyncio.gather(*(one(r) for r in rows))
+    good.sort(key=lambda r: r.row)
+    bad.sort(key=lambda r: r.row)
+    return good, bad, payloads
+
+
+@flow(
+    name="generate-talking-videos",
+    log_prints=False,
+    on_cancellation=[_cancel_queued_on_stop],
+    on_crashed=[_cancel_queued_on_stop],
+)
+async def generate_talking_videos(
+    inputs: pd.DataFrame | list[dict[str, Any]] | str,
+    output_uri: str,
+    credentials: RunComfyCredentials | str | None = None,
+    max_concurrency: int = 8,
+    max_wait_s: float = 3600.0,
+    storage_options: dict[str, Any] | None = None,
+    staging_uri: str | None = None,
+    inline_media: bool = False,
+    input_storage_options: dict[str, Any] | None = None,
+    staging_storage_options: dict[str, Any] | None = None,
+    concurrency_limit: str | None = None,
+    on_invalid: Literal["continue", "stop"] = "continue",
+    resubmit_unknown: bool = False,
+    retry_failed: bool = False,
+    cancel_queued_at_deadline: bool = True,
+    poll_initial_s: float = 2.0,
+    poll_max_s: float = 30.0,
+    model_id: str = MODEL_ID,
+) -> pd.DataFrame:
+    """Turn every row of a table into a lip-synced talking video, stored with its metadata.
+
+    Each row (a portrait `image`, a speech `audio`, a `prompt`, optional settings) is checked,
+    its media resolved, submitted once, waited for, and its video stored under `output_uri` as
+    `<id>.mp4` with `<id>.json`; the run ends with `manifest.parquet` and returns the manifest.
+    Running the same table into the same `output_uri` again skips stored rows, collects rows
+    that were submitted, and never pays twice for a row by accident.
+
+    Args:
+        inputs: A DataFrame, a list of dicts, or a CSV / Parquet / JSON-lines path or URL.
+            Columns `prompt`, `image`, `audio` (required), `resolution`, `frames`, `seed`,
+            `steps`, `shift`, `cfg`, and `id` (names the row's files). Other columns are
+            carried through to the manifest.
+        output_uri: Where outputs go: a local folder, `s3://bucket/prefix`, `gs://...`, ...
+        credentials: A `RunComfyCredentials` block, the name of a saved one, or None to use
+            `RUNCOMFY_API_TOKEN` (and `RUNCOMFY_BASE_URL`).
+        max_concurrency: Jobs in flight at once from this run.
+        max_wait_s: How long to wait for one job; a job still queued then is cancelled.
+        storage_options: fsspec options for `output_uri` (e.g. an S3 endpoint).
+        staging_uri: Where local media files are uploaded (then pre-signed) for RunComfy.
+        inline_media: Send local media as `data:` URIs instead (image ≤ 6 MiB, audio ≤ 16 MiB).
+        input_storage_options: fsspec options for reading the table and remote media.
+        staging_storage_options: fsspec options for `staging_uri`.
+        concurrency_limit: Name of a Prefect global concurrency limit shared by every run on one
+            RunComfy account (created with `prefect gcl create NAME --limit N`); strict.
+        on_invalid: "continue" runs the valid rows and reports the others; "stop" submits
+            nothing when any row is invalid.
+        resubmit_unknown: Submit again rows whose earlier submit has an unknown outcome (this
+            may pay twice).
+        retry_failed: Submit again rows that failed or were cancelled in an earlier run.
+        cancel_queued_at_deadline: Cancel a job still queued at `max_wait_s`.
+        poll_initial_s: First polling interval; it doubles up to `poll_max_s`.
+        poll_max_s: The longest polling interval.
+        model_id: The RunComfy model (InfiniteTalk's by default).
+
+    Returns:
+        The manifest: one row per input row with `id, status, request_id, video_uri,
+        metadata_uri, error`, timing, cost, file facts, the inputs and the extra columns.
+    """
+    logger = get_run_logger()
+    creds = await load_credentials(credentials)
+    table_uri = inputs if isinstance(inputs, str) else None
+    df = await asyncio.to_thread(read_table, inputs, storage_options=input_storage_options)
+    check = check_table(df)
+    resolver = _resolver(
+        table_uri, staging_uri, inline_media, input_storage_options, staging_storage_options
+    )
+    valid, media_problems, payloads = await _resolve_all(check.valid, resolver)
+    invalid = sorted([*check.invalid, *media_problems], key=lambda p: p.row)
+    for problem in invalid:
+        logger.warning("Invalid %s", problem.message)
+    if invalid and on_invalid == "stop":
+        raise InvalidInputError(
+            f"{len(invalid)} of {len(df)} rows are invalid; nothing was submitted "
+            "(on_invalid='stop'):\n" + "\n".join(p.message for p in invalid),
+            problems=[(p.message, "") for p in invalid],
+        )
+    logger.info(
+        "%d rows: %d valid, %d invalid; outputs go to %s",
+        len(df),
+        len(valid),
+        len(invalid),
+        output_uri,
+    )
+
+    store = OutputStore(output_uri, storage_options)
+    await asyncio.to_thread(store.check_writable)
+    ledger = Ledger(store)
+    entries: dict[str, LedgerEntry] = await asyncio.to_thread(ledger.load_all)
+    present = set(await asyncio.to_thread(store.list))
+
+    async def resolve_payload(row: PreparedRow) -> dict[str, Any]:
+        if payloads.get(row.id):
+            return payloads[row.id]
+        resolved = {}
+        for kind in ("image", "audio"):
+            media = await resolver.resolve(getattr(row.job, kind), kind)  # type: ignore[arg-type]
+            resolved[kind] = media.url
+        return row.job.model_copy(update=resolved).to_api_payload()
+
+    progress = Progress(len(df))
+    await progress.start()
+    batch = Batch(
+        credentials=creds,
+        store=store,
+        ledger=ledger,
+        output_uri=output_uri,
+        storage_options=storage_options,
+        max_concurrency=max_concurrency,
+        concurrency_limit=concurrency_limit,
+        max_wait_s=max_wait_s,
+        poll=PollPolicy(initial_s=poll_initial_s, max_s=poll_max_s),
+        cancel_queued_at_deadline=cancel_queued_at_deadline,
+        model_id=model_id,
+        flow_run_id=_flow_run_id(),
+        progress=progress,
+        resolve_payload=resolve_payload,
+    )
+    records: list[dict[str, Any]] = [invalid_record(p) for p in invalid]
+    for _ in invalid:
+        await progress.row_done(RowStatus.INVALID.value)
+
+    jobs = []
+    for row in valid:
+        entry = entries.get(row.id)
+        outputs = entry.video_uris if entry else []
+        output_exists = (
+            bool(outputs)
+            and all(uri.rsplit("/", 1)[-1] in present for uri in outputs)
+            and f"{row.id}.json" in present
+        )
+        decision = plan_row(
+            entry,
+            row.fingerprint,
+            output_exists=output_exists,
+            resubmit_unknown=resubmit_unknown,
+            retry_failed=retry_failed,
+        )
+        jobs.append(run_row(batch, row, decision, entry))
+    try:
+        records += await asyncio.gather(*jobs)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        # Stopped from outside: cancel what is still queued (best effort), keep the rest in
+        # the ledger for `collect_outstanding_requests`.
+        with_suppressed = asyncio.shield(
+            cancel_queued_requests(ledger, creds, flow_run_id=batch.flow_run_id)
+        )
+        try:
+            await asyncio.wait_for(with_suppressed, timeout=30)
+        except BaseException as exc:
+            logger.warning("Could not cancel queued requests: %s", exc)
+        raise
+    await progress.finish()
+    records.sort(key=lambda r: r["row"])
+    manifest = build_manifest(records)
+    return await _write_manifest(store, manifest, output_uri, logger)
+
+
+async def _write_manifest(
+    store: OutputStore, manifest: pd.DataFrame, output_uri: str, logger: Any
+) -> pd.DataFrame:
+    previous = await asyncio.to_thread(store.read_manifest)
+    merged = merge_manifests(previous, manifest)
+    manifest_uri = await asyncio.to_thread(store.write_manifest, merged)
+    counts = {k: v for k, v in status_counts(manifest).items() if v}
+    logger.info(
+        "Done: %s. Manifest: %s", ", ".join(f"{n} {s}" for s, n in counts.items()), manifest_uri
+    )
+    await publish_summary(manifest, output_uri=output_uri, manifest_uri=manifest_uri)
+    return manifest
+
+
+@flow(name="collect-outstanding-requests", log_prints=False)
+async def collect_outstanding_requests(
+    output_uri: str,
+    credentials: RunComfyCredentials | str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    cancel: bool = False,
+    max_wait_s: float = 3600.0,
+    max_concurrency: int = 8,
+    poll_initial_s: float = 2.0,
+    poll_max_s: float = 30.0,
+) -> pd.DataFrame:
+    """Finish what an interrupted or timed-out run left under `output_uri`.
+
+    Every request in the ledger that was submitted but not stored (a crashed run, a
+    `timed_out` row) is waited for and stored, or with `cancel=True` cancelled (only queued
+    requests can be; running ones finish and are stored). Rows whose submit has an unknown
+    outcome are reported as such; nothing is submitted. The manifest is updated.
+
+    Returns:
+        The manifest rows of the requests it handled.
+    """
+    logger = get_run_logger()
+    creds = await load_credentials(credentials)
+    store = OutputStore(output_uri, storage_options)
+    ledger = Ledger(store)
+    entries = await asyncio.to_thread(ledger.load_all)
+    outstanding = [
+        e
+        for e in entries.values()
+        if e.state in (LedgerState.SUBMITTED, LedgerState.TIMED_OUT) and e.request_id
+    ]
+    unknown = [
+        e
+        for e in entries.values()
+        if e.state in (LedgerState.SUBMITTING, LedgerState.OUTCOME_UNKNOWN) and not e.request_id
+    ]
+    logger.info(
+        "%d outstanding requests under %s; %d rows with an unknown submit outcome",
+        len(outstanding),
+        output_uri,
+        len(unknown),
+    )
+    progress = Progress(len(outstanding) + len(unknown))
+    await progress.start()
+    batch = Batch(
+        credentials=creds,
+        store=store,
+        ledger=ledger,
+        output_uri=output_uri,
+        storage_options=storage_options,
+        max_concurrency=max_concurrency,
+        max_wait_s=max_wait_s,
+        poll=PollPolicy(initial_s=poll_initial_s, max_s=poll_max_s),
+        flow_run_id=_flow_run_id(),
+        progress=progress,
+    )
+
+    async def one(entry: LedgerEntry) -> dict[str, Any]:
+        extra = entry.model_extra or {}
+        record: dict[str, Any] = {
+            "id": entry.id,
+            "row": extra.get("row"),
+            "extras": extra.get("extras") or {},
+            **(extra.get("friendly_inputs") or {}),
+            "request_id": entry.request_id,
+            "submitted_at": entry.submitted_at,
+            "attempts": entry.attempts,
+            "note": "collected by collect-outstanding-requests",
+        }
+        assert entry.request_id is not None
+        async with batch.slot():
+            if cancel:
+                from prefect_runcomfy.tasks import cancel_request
+
+                answer = await cancel_request(entry.request_id, creds)
+                if answer.cancelled:
+                    await batch.ledger_call(
+                        "mark", entry.id, LedgerState.CANCELLED, error="cancelled on request"
+                    )
+                    record.update(status=RowStatus.CANCELLED.value, error="cancelled on request")
+                    return await batch.done(record)
+            await collect_request(
+                batch,
+                entry.id,
+                entry.request_id,
+                entry.submitted_at,
+                record,
+                inputs=extra.get("inputs"),
+            )
+        return await batch.done(record)
+
+    records = list(await asyncio.gather(*(one(e) for e in outstanding)))
+    for entry in unknown:
+        record = {
+            "id": entry.id,
+            "row": (entry.model_extra or {}).get("row"),
+            "attempts": entry.attempts,
+        }
+        record.update(
+            status=RowStatus.OUTCOME_UNKNOWN.value,
+            error=entry.error or "a submit was sent but its answer was lost",
+        )
+        records.append(await batch.done(record))
+    await progress.finish()
+    manifest = build_manifest(records)
+    if manifest.empty:
+        logger.info("Nothing to collect.")
+        return manifest
+    return await _write_manifest(store, manifest, output_uri, logger)
+
+
+__all__ = [
+    "collect_outstanding_requests",
+    "generate_talking_videos",
+    "load_credentials",
+]

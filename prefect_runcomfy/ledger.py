@@ -1,0 +1,457 @@
+"""The per-row ledger: money is never spent twice by accident.
+
+RunComfy has no idempotency key, so the only protection against paying twice for one row is a
+record, written *before* each POST, of what was sent and what came back. It lives under the
+output location, one small JSON file per row:
+
+```
+<output_uri>/_ledger/<id>.json
+```
+
+One file per row means no shared file, so concurrent tasks (or processes) never conflict.
+Every write goes through `OutputStore.write_json`, which is atomic.
+
+`plan_row` reads a row's entry and decides what a (re-)run may do with it; it is a pure
+function so every rule can be tested and explained.
+
+```python
+ledger = Ledger(OutputStore("s3://bkt/out"))
+decision = plan_row(ledger.get("alice"), payload_fingerprint(payload),
+                    output_exists=store.exists("alice.mp4"),
+                    resubmit_unknown=False, retry_failed=False)
+if decision.plan is RowPlan.SUBMIT:
+    ledger.mark_submitting("alice", payload_fingerprint(payload), flow_run_id)
+    answer = await client.submit(payload)          # only now is money at stake
+    ledger.mark_submitted("alice", answer.request_id)
+```
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from prefect_runcomfy.storage import OutputStore, safe_name
+
+LEDGER_DIR = "_ledger"
+"""The folder under the output location that holds one `<id>.json` per row."""
+
+HISTORY_LIMIT = 50
+"""How many earlier states an entry keeps (the oldest are dropped)."""
+
+
+def utc_now_iso() -> str:
+    """The current time as an ISO-8601 UTC string, e.g. `2026-01-31T12:00:00.123+00:00`."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _iso(value: str | datetime | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def payload_fingerprint(payload: dict[str, Any]) -> str:
+    """The sha256 (hex) of the canonical JSON of an API payload.
+
+    Canonical: sorted keys, no whitespace, ASCII escapes, unknown types via `str`, so equal payloads
+    give equal fingerprints whatever their key order.
+
+    Fingerprint the payload *as the user wrote it* (media sources such as `s3://...` or a
+    local path), not after media resolution: pre-signed URLs change on every run and would make
+    every row look changed.
+
+    Example:
+        ```python
+        payload_fingerprint({"b": 1, "a": 2}) == payload_fingerprint({"a": 2, "b": 1})  # True
+        ```
+    """
+    # ASCII escapes (json's default) keep the bytes hashed independent of any encoding choice.
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+class LedgerState(StrEnum):
+    """Where a row stands in the ledger.
+
+    - `submitting`: a POST is about to be (or was) sent; its answer was not recorded yet.
+    - `submitted`: RunComfy accepted the job; `request_id` is known.
+    - `stored`: the outputs and the metadata are in the output location.
+    - `failed` / `cancelled`: the job ended without outputs.
+    - `timed_out`: waiting stopped at the deadline; the job may still run and can be collected.
+    - `outcome_unknown`: a POST was sent but its answer was lost; a job may be running and billed.
+    - `invalid`: the input was rejected (locally or by RunComfy); nothing was paid for.
+    """
+
+    SUBMITTING = "submitting"
+    SUBMITTED = "submitted"
+    STORED = "stored"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    OUTCOME_UNKNOWN = "outcome_unknown"
+    INVALID = "invalid"
+
+
+class LedgerEntry(BaseModel):
+    """One row's record in the ledger (`_ledger/<id>.json`).
+
+    Unknown fields are kept (`extra="allow"`), so newer versions can add to the record without
+    older ones losing it.
+    """
+
+    model_config = ConfigDict(extra="allow", use_enum_values=False)
+
+    id: str
+    state: LedgerState
+    payload_sha256: str | None = None
+    request_id: str | None = None
+    submitted_at: str | None = None
+    updated_at: str = Field(default_factory=utc_now_iso)
+    attempts: int = Field(default=0, description="How many POSTs were ever started for this row.")
+    error: str | None = None
+    flow_run_id: str | None = None
+    video_uris: list[str] = Field(default_factory=list)
+    metadata_uri: str | None = None
+    history: list[dict[str, Any]] = Field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as a JSON-ready dict (what is written to the ledger file)."""
+        return self.model_dump(mode="json")
+
+
+class RowPlan(StrEnum):
+    """What a run may do with one row; decided by `plan_row`."""
+
+    SUBMIT = "submit"
+    """POST the job (new, or a retry the user allowed)."""
+    RESUME = "resume"
+    """Wait for the known request id again and store its outputs; nothing new is paid for."""
+    SKIP_STORED = "skip_stored"
+    """The outputs are already stored; nothing to do."""
+    UNKNOWN = "unknown"
+    """An earlier POST's outcome is unknown; report `outcome_unknown` and never submit."""
+    KEEP_FAILED = "keep_failed"
+    """The row failed or was cancelled earlier; report that again without paying for a retry."""
+
+
+@dataclass(frozen=True)
+class RowDecision:
+    """`plan_row`'s answer: the plan, a reason in words, and whether the payload changed."""
+
+    plan: RowPlan
+    reason: str
+    payload_changed: bool = False
+    request_id: str | None = None
+
+
+_FAILED_STATES = frozenset({LedgerState.FAILED, LedgerState.CANCELLED, LedgerState.INVALID})
+_MAY_BE_RUNNING = frozenset(
+    {
+        LedgerState.SUBMITTED,
+        LedgerState.TIMED_OUT,
+        LedgerState.SUBMITTING,
+        LedgerState.OUTCOME_UNKNOWN,
+    }
+)
+
+
+def plan_row(
+    entry: LedgerEntry | None,
+    payload_sha256: str,
+    *,
+    output_exists: bool,
+    resubmit_unknown: bool,
+    retry_failed: bool,
+) -> RowDecision:
+    """Decide what a run may do with a row, from its ledger entry. Pure: no I/O.
+
+    Every rule exists because a POST costs money and RunComfy cannot deduplicate them:
+
+    1. No entry → `SUBMIT`: the row was never sent.
+    2. `stored`, same payload, output present → `SKIP_STORED`: it is paid for and delivered.
+    3. `stored`, same payload, output gone → `RESUME` when the request id is known (collecting
+       again is free while RunComfy keeps the result), else `SUBMIT`.
+    4. `stored` with a different payload → `SUBMIT`: the user changed the row, so the stored
+       video answers an older question; paying again is what they asked for.
+    5. `failed` with `billed=False` (RunComfy refused the submit outright: bad token, no
+       balance, rejected input; no job was created) → `SUBMIT`: nothing was paid.
+       Other `failed`/`cancelled`/`invalid` → `SUBMIT` when `retry_failed` or the payload changed
+       (the user fixed the row), else `KEEP_FAILED`: the same input would most likely fail
+       (and be billed) again, so a retry is only made on request.
+    6. `submitted`/`timed_out` with a request id → `RESUME`: the job exists and may still
+       finish; submitting again would pay twice. If the payload changed meanwhile the old job
+       is still collected (it is paid for) and `payload_changed=True` is flagged so the caller
+       can warn; the next run then sees `stored` with another payload and submits (rule 4).
+    7. `submitting` without a request id, or `outcome_unknown` → `UNKNOWN`: a POST may have
+       reached RunComfy and be running (and billed) with no way to find it; only
+       `resubmit_unknown=True` turns this into `SUBMIT`, because that may pay twice.
+       (With a request id the job is known, so `RESUME`.)
+    8. A state this version does not know → `UNKNOWN` (or `SUBMIT` with `resubmit_unknown`):
+       when in doubt, do not spend.
+
+    Example:
+        ```python
+        plan_row(None, "ab12", output_exists=False, resubmit_unknown=False,
+                 retry_failed=False).plan   # RowPlan.SUBMIT
+        ```
+    """
+    if entry is None:
+        return RowDecision(RowPlan.SUBMIT, "new row: never submitted")
+
+    changed = entry.payload_sha256 is not None and entry.payload_sha256 != payload_sha256
+    state = entry.state
+    rid = entry.request_id
+
+    if state == LedgerState.STORED:
+        if changed:
+            return RowDecision(
+                RowPlan.SUBMIT,
+                "the row changed since its video was stored; generating it again",
+                payload_changed=True,
+                request_id=rid,
+            )
+        if output_exists:
+            return RowDecision(RowPlan.SKIP_STORED, "already stored", request_id=rid)
+        if rid:
+            return RowDecision(
+                RowPlan.RESUME,
+                f"stored output is missing; collecting request {rid} again",
+                request_id=rid,
+            )
+        return RowDecision(RowPlan.SUBMIT, "stored output is missing and no request id is recorded")
+
+    if state in _FAILED_STATES:
+        if (entry.model_extra or {}).get("billed") is False:
+            return RowDecision(
+                RowPlan.SUBMIT,
+                f"previously refused by RunComfy before any job was created ({entry.error}); "
+                "nothing was paid, so submitting again",
+                payload_changed=changed,
+            )
+        if retry_failed:
+            return RowDecision(
+                RowPlan.SUBMIT,
+                f"previously {state.value}; retrying because retry_failed=True",
+                payload_changed=changed,
+                request_id=rid,
+            )
+        if changed:
+            return RowDecision(
+                RowPlan.SUBMIT,
+                f"previously {state.value}; the row changed since, so submitting the new input",
+                payload_changed=True,
+                request_id=rid,
+            )
+        detail = f": {entry.error}" if entry.error else ""
+        return RowDecision(
+            RowPlan.KEEP_FAILED,
+            f"previously {state.value}{detail} (pass retry_failed=True to pay for another try)",
+            request_id=rid,
+        )
+
+    if state in _MAY_BE_RUNNING and rid:
+        note = " (the row changed since; collecting the job already paid for)" if changed else ""
+        return RowDecision(
+            RowPlan.RESUME,
+            f"{state.value} as request {rid}; waiting for it again{note}",
+            payload_changed=changed,
+            request_id=rid,
+        )
+
+    if resubmit_unknown:
+        return RowDecision(
+            RowPlan.SUBMIT,
+            f"{state.value} without a request id; submitting again because resubmit_unknown=True",
+            payload_changed=changed,
+        )
+    return RowDecision(
+        RowPlan.UNKNOWN,
+        f"{state.value} without a request id: an earlier submit may be running and billed; "
+        "check the RunComfy dashboard, or pass resubmit_unknown=True to submit again",
+        payload_changed=changed,
+    )
+
+
+class Ledger:
+    """Read and write the per-row ledger under an `OutputStore`.
+
+    Not safe for two writers of the *same* row at once (one task owns a row); different rows
+    never touch the same file.
+
+    Example:
+        ```python
+        ledger = Ledger(OutputStore("out"))
+        ledger.mark_submitting("alice", "ab12...", flow_run_id="...")
+        ledger.mark_submitted("alice", "req-123")
+        ledger.mark("alice", LedgerState.STORED, video_uris=["out/alice.mp4"])
+        ledger.get("alice").state   # LedgerState.STORED
+        ```
+    """
+
+    def __init__(self, store: OutputStore) -> None:
+        self.store = store
+
+    def __repr__(self) -> str:
+        return f"Ledger({self.store.uri(LEDGER_DIR)!r})"
+
+    @staticmethod
+    def name_for(id: str) -> str:
+        """The ledger file of row `id`, relative to the output root (`_ledger/<id>.json`)."""
+        return f"{LEDGER_DIR}/{safe_name(id)}.json"
+
+    def uri(self, id: str) -> str:
+        """The full URI of row `id`'s ledger file."""
+        return self.store.uri(self.name_for(id))
+
+    def _parse(self, id: str, data: bytes) -> LedgerEntry:
+        raw: Any = None
+        try:
+            raw = json.loads(data)
+            if not isinstance(raw, dict):
+                raise ValueError(f"holds {type(raw).__name__}, not an object")
+            # The file name is the row's identity; an `id` inside that disagrees is ignored.
+            return LedgerEntry.model_validate({**raw, "id": id})
+        except (ValueError, ValidationError) as exc:
+            # An unreadable record may stand for a POST that was sent; treating it as unknown
+            # is the only reading that cannot pay twice.
+            rid = raw.get("request_id") if isinstance(raw, dict) else None
+            problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return LedgerEntry.model_validate(
+                {
+                    "id": id,
+                    "state": LedgerState.OUTCOME_UNKNOWN,
+                    "request_id": rid if isinstance(rid, str) and rid else None,
+                    "error": f"ledger record {self.uri(id)} could not be read ({problem})",
+                    "unreadable_record": data.decode("utf-8", "replace")[:2000],
+                }
+            )
+
+    def get(self, id: str) -> LedgerEntry | None:
+        """Row `id`'s entry, or None if the row was never recorded.
+
+        A record that cannot be read comes back as `outcome_unknown` (never as "absent"), so a
+        damaged ledger can never cause a second payment.
+        """
+        data = self.store.read_bytes(self.name_for(id))
+        return None if data is None else self._parse(id, data)
+
+    def load_all(self) -> dict[str, LedgerEntry]:
+        """Every entry, keyed by id: one listing, then one concurrent read of all files."""
+        names = [
+            n
+            for n in self.store.list(f"{LEDGER_DIR}/")
+            if n.endswith(".json") and n.count("/") == 1
+        ]
+        raw = self.store.read_many_bytes(names)
+        entries: dict[str, LedgerEntry] = {}
+        for name, data in raw.items():
+            id = name[len(LEDGER_DIR) + 1 : -len(".json")]
+            entries[id] = self._parse(id, data)
+        return entries
+
+    def _write(self, entry: LedgerEntry) -> LedgerEntry:
+        self.store.write_json(self.name_for(entry.id), entry.to_json())
+        return entry
+
+    def _transition(
+        self,
+        previous: LedgerEntry | None,
+        id: str,
+        state: LedgerState,
+        fields: dict[str, Any],
+    ) -> LedgerEntry:
+        now = utc_now_iso()
+        if previous is None:
+            data: dict[str, Any] = {"id": id}
+        else:
+            data = previous.model_dump(mode="json")
+            step = {
+                "state": previous.state.value,
+                "at": previous.updated_at,
+                "request_id": previous.request_id,
+                "error": previous.error,
+            }
+            data["history"] = [*previous.history, step][-HISTORY_LIMIT:]
+        data.update({k: _iso(v) if isinstance(v, datetime) else v for k, v in fields.items()})
+        data["id"] = id
+        data["state"] = LedgerState(state)
+        data["updated_at"] = now
+        return self._write(LedgerEntry.model_validate(data))
+
+    def mark_submitting(
+        self,
+        id: str,
+        payload_sha256: str,
+        flow_run_id: str | None = None,
+    ) -> LedgerEntry:
+        """Record that a POST is about to be sent; call it *before* the POST, and only POST if
+        it returned (the write is durable when it returns).
+
+        Increments `attempts` and clears the previous request id and error (they stay in
+        `history`).
+        """
+        previous = self.get(id)
+        attempts = (previous.attempts if previous else 0) + 1
+        return self._transition(
+            previous,
+            id,
+            LedgerState.SUBMITTING,
+            {
+                "payload_sha256": payload_sha256,
+                "flow_run_id": flow_run_id,
+                "attempts": attempts,
+                "request_id": None,
+                "submitted_at": None,
+                "error": None,
+                "video_uris": [],
+                "metadata_uri": None,
+            },
+        )
+
+    def mark_submitted(
+        self,
+        id: str,
+        request_id: str,
+        submitted_at: str | datetime | None = None,
+    ) -> LedgerEntry:
+        """Record RunComfy's request id for the POST just answered (`submitted_at`: now if omitted)."""
+        return self._transition(
+            self.get(id),
+            id,
+            LedgerState.SUBMITTED,
+            {"request_id": request_id, "submitted_at": _iso(submitted_at) or utc_now_iso()},
+        )
+
+    def mark(self, id: str, state: LedgerState | str, **fields: Any) -> LedgerEntry:
+        """Move row `id` to `state`, setting any other fields given; creates the entry if needed.
+
+        Example:
+            ```python
+            ledger.mark("alice", LedgerState.FAILED, error="face not found")
+            ledger.mark("bob", "stored", video_uris=[uri], metadata_uri=meta)
+            ```
+        """
+        return self._transition(self.get(id), id, LedgerState(state), fields)
+
+
+__all__ = [
+    "HISTORY_LIMIT",
+    "LEDGER_DIR",
+    "Ledger",
+    "LedgerEntry",
+    "LedgerState",
+    "RowDecision",
+    "RowPlan",
+    "payload_fingerprint",
+    "plan_row",
+    "utc_now_iso",
+]

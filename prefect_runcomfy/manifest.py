@@ -1,0 +1,116 @@
+"""The manifest: one row per input row, joinable back to the user's table.
+
+Columns that other code relies on come first (`id, status, request_id, video_uri,
+metadata_uri, error`); then timing, cost and file facts; then the inputs as the user gave them;
+then the user's own extra columns, untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import StrEnum
+from typing import Any
+
+import pandas as pd
+
+
+class RowStatus(StrEnum):
+    """How a row ended, as the manifest's `status` column says it."""
+
+    SUCCEEDED = "succeeded"
+    """The video is stored with its sidecar (now, or by an earlier run)."""
+    FAILED = "failed"
+    """RunComfy refused the job, the job failed, or its outputs could not be stored."""
+    CANCELLED = "cancelled"
+    """The job was cancelled before it ran."""
+    INVALID = "invalid"
+    """The row was rejected before anything was submitted; `error` says why."""
+    TIMED_OUT = "timed_out"
+    """Waiting passed `max_wait_s`; a job that was running can be collected later."""
+    OUTCOME_UNKNOWN = "outcome_unknown"
+    """A submit was sent but its answer was lost; not submitted again without asking."""
+
+
+CONTRACT_COLUMNS = ["id", "status", "request_id", "video_uri", "metadata_uri", "error"]
+"""Columns every manifest has, in this order."""
+
+DETAIL_COLUMNS = [
+    "row",
+    "note",
+    "video_uris",
+    "queue_seconds",
+    "run_seconds",
+    "total_seconds",
+    "cost_usd",
+    "size_bytes",
+    "sha256",
+    "duration_s",
+    "width",
+    "height",
+    "submitted_at",
+    "finished_at",
+    "attempts",
+]
+"""Columns that follow the contract columns: timing, cost and facts about the stored video."""
+
+INPUT_COLUMNS = [
+    "prompt",
+    "image",
+    "audio",
+    "resolution",
+    "frames",
+    "seed",
+    "steps",
+    "shift",
+    "cfg",
+]
+"""The inputs, by their friendly names, as the user gave them (not the signed URLs)."""
+
+RESULT_COLUMNS = CONTRACT_COLUMNS + DETAIL_COLUMNS
+
+
+def build_manifest(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Turn per-row records into the manifest DataFrame, columns in a fixed order.
+
+    A user column whose name collides with one of ours is kept as `input_<name>`.
+    """
+    rows = []
+    for record in records:
+        row = {k: v for k, v in record.items() if k != "extras"}
+        for name, value in (record.get("extras") or {}).items():
+            key = name if name not in row and name not in RESULT_COLUMNS else f"input_{name}"
+            row[key] = value
+        rows.append(row)
+    df = pd.DataFrame.from_records(rows)
+    for column in RESULT_COLUMNS:
+        if column not in df.columns:
+            df[column] = None
+    ordered = RESULT_COLUMNS + [c for c in INPUT_COLUMNS if c in df.columns]
+    ordered += [c for c in df.columns if c not in ordered]
+    df = df[ordered]
+    for column in ("queue_seconds", "run_seconds", "total_seconds", "cost_usd", "duration_s"):
+        df[column] = pd.to_numeric(df[column], errors="coerce")
+    for column in ("row", "size_bytes", "width", "height", "attempts"):
+        df[column] = pd.to_numeric(df[column], errors="coerce").astype("Int64")
+    return df.reset_index(drop=True)
+
+
+def merge_manifests(previous: pd.DataFrame | None, current: pd.DataFrame) -> pd.DataFrame:
+    """Rows of `current` replace rows of `previous` with the same id; other rows are kept.
+
+    The output location's `manifest.parquet` thus describes everything stored there, while a
+    run returns only its own rows.
+    """
+    if previous is None or previous.empty:
+        return current
+    kept = previous[~previous["id"].isin(set(current["id"]))]
+    if kept.empty:
+        return current
+    merged = pd.concat([kept, current], ignore_index=True)
+    return merged[[*current.columns, *[c for c in merged.columns if c not in current.columns]]]
+
+
+def status_counts(manifest: pd.DataFrame) -> dict[str, int]:
+    """How many rows ended in each status (every status listed, zeros included)."""
+    counts = manifest["status"].value_counts().to_dict() if len(manifest) else {}
+    return {s.value: int(counts.get(s.value, 0)) for s in RowStatus}

@@ -1,0 +1,155 @@
+"""What a run shows in the Prefect UI: a progress artifact, a table and a markdown summary."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+from uuid import UUID
+
+import pandas as pd
+from prefect.artifacts import (
+    acreate_markdown_artifact,
+    acreate_progress_artifact,
+    acreate_table_artifact,
+    aupdate_progress_artifact,
+)
+from prefect.logging import get_run_logger
+
+from prefect_runcomfy.manifest import status_counts
+
+
+class Progress:
+    """A progress artifact kept current as rows finish, updated at most every `every_s` seconds."""
+
+    def __init__(self, total: int, *, every_s: float = 2.0, key: str | None = None) -> None:
+        self.total = max(0, total)
+        self.done = 0
+        self.every_s = every_s
+        self.key = key
+        self._artifact: UUID | None = None
+        self._last = 0.0
+        self.counts: dict[str, int] = {}
+
+    def _description(self) -> str:
+        parts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items()))
+        return f"{self.done} of {self.total} rows done" + (f" ({parts})" if parts else "")
+
+    async def start(self) -> None:
+        """Create the artifact at 0 %."""
+        try:
+            self._artifact = await acreate_progress_artifact(
+                progress=0.0 if self.total else 100.0, key=self.key, description=self._description()
+            )
+        except Exception as exc:  # the UI is a convenience; a run must not fail for it
+            get_run_logger().debug("No progress artifact: %s", exc)
+        self._last = time.monotonic()
+
+    async def row_done(self, status: str) -> None:
+        """Count a finished row; update the artifact if the last update is old enough."""
+        self.done += 1
+        self.counts[status] = self.counts.get(status, 0) + 1
+        if time.monotonic() - self._last >= self.every_s:
+            await self._update()
+
+    async def finish(self) -> None:
+        """The final update, whatever the throttle says."""
+        await self._update()
+
+    async def _update(self) -> None:
+        self._last = time.monotonic()
+        if self._artifact is None:
+            return
+        progress = 100.0 * self.done / self.total if self.total else 100.0
+        try:
+            await aupdate_progress_artifact(
+                self._artifact, progress=progress, description=self._description()
+            )
+        except Exception as exc:
+            get_run_logger().debug("Progress artifact not updated: %s", exc)
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    if value is pd.NA:
+        return ""
+    return value
+
+
+def summary_table(manifest: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows of the final table artifact: id, status, request id, seconds, video, error."""
+    rows = []
+    for record in manifest.to_dict(orient="records"):
+        queue = record.get("queue_seconds")
+        run = record.get("run_seconds")
+        rows.append(
+            {
+                "id": _cell(record.get("id")),
+                "status": _cell(record.get("status")),
+                "request_id": _cell(record.get("request_id")),
+                "queue_s": _cell(
+                    round(queue, 1) if isinstance(queue, float) and queue == queue else queue
+                ),
+                "run_s": _cell(round(run, 1) if isinstance(run, float) and run == run else run),
+                "video": _cell(record.get("video_uri")),
+                "error": _cell(record.get("error")),
+            }
+        )
+    return rows
+
+
+def summary_markdown(
+    manifest: pd.DataFrame, *, output_uri: str, manifest_uri: str, title: str = "Talking videos"
+) -> str:
+    """A short markdown report: counts per status, where the outputs are, what it cost."""
+    counts = status_counts(manifest)
+    total = len(manifest)
+    cost = pd.to_numeric(manifest.get("cost_usd"), errors="coerce").sum() if total else 0.0
+    seconds = pd.to_numeric(manifest.get("duration_s"), errors="coerce").sum() if total else 0.0
+    lines = [f"# {title}", "", f"**{counts['succeeded']} of {total} rows succeeded.**", ""]
+    lines += ["| status | rows |", "|---|---:|"]
+    lines += [f"| {status} | {n} |" for status, n in counts.items() if n]
+    lines += [
+        "",
+        f"- Outputs: `{output_uri}`",
+        f"- Manifest: `{manifest_uri}`",
+        f"- Video produced: {seconds:.1f} s",
+        f"- Cost reported by RunComfy: ${cost:.4f}" if cost else "- Cost: not reported",
+    ]
+    problems = manifest[manifest["status"] != "succeeded"] if total else manifest
+    if len(problems):
+        lines += [
+            "",
+            "## Rows that did not succeed",
+            "",
+            "| id | status | error |",
+            "|---|---|---|",
+        ]
+        for record in problems.head(50).to_dict(orient="records"):
+            error = str(_cell(record.get("error"))).replace("|", "\\|").replace("\n", " ")[:300]
+            lines.append(f"| {record.get('id')} | {record.get('status')} | {error} |")
+        if len(problems) > 50:
+            lines.append(f"| … | | {len(problems) - 50} more in the manifest |")
+    return "\n".join(lines) + "\n"
+
+
+async def publish_summary(
+    manifest: pd.DataFrame, *, output_uri: str, manifest_uri: str, key_prefix: str | None = None
+) -> None:
+    """Create the final table and markdown artifacts of a run."""
+    table_key = f"{key_prefix}-rows" if key_prefix else None
+    summary_key = f"{key_prefix}-summary" if key_prefix else None
+    try:
+        await acreate_table_artifact(
+            table=summary_table(manifest), key=table_key, description="One row per input row"
+        )
+        await acreate_markdown_artifact(
+            markdown=summary_markdown(manifest, output_uri=output_uri, manifest_uri=manifest_uri),
+            key=summary_key,
+            description="Counts, where the outputs are, and cost",
+        )
+    except Exception as exc:
+        get_run_logger().warning("Could not publish the summary artifacts: %s", exc)

@@ -1,0 +1,457 @@
+"""The sandbox's HTTP routes: the RunComfy Model API, public files and the /_sandbox admin API.
+
+Every API route goes through `serve`, which counts the request, fires scripted faults and
+then runs the route's own work. Answers follow runcomfy-api.md; where the docs are silent,
+the switches in SandboxConfig pick the reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import ValidationError
+
+from prefect_runcomfy._version import __version__
+from prefect_runcomfy.models import API_KEYS, MODEL_ID, InfiniteTalkInput
+from prefect_runcomfy.sandbox import catalog
+from prefect_runcomfy.sandbox.faults import Fault
+from prefect_runcomfy.sandbox.queue import Job, JobState, iso_utc
+from prefect_runcomfy.sandbox.samples import MEDIA_TYPES, sample_files
+from prefect_runcomfy.sandbox.state import SandboxState, token_digest
+
+TRANSPORT_KEY = "sandbox.transport"
+"""Where the drop-capable server protocol puts the connection's transport in the ASGI scope."""
+
+# error codes: documented ones, plus the sandbox's picks for what the docs do not name
+BAD_MODEL, NO_BALANCE, BAD_TOKEN, NOT_OWNER, NOT_FOUND = 400001, 400002, 400004, 403001, 404001
+INVALID_INPUT, RATE_LIMITED, SERVER_ERROR = 422001, 429001, 500001
+
+_API_KEY_SET = frozenset(API_KEYS.values())
+
+
+class ConnectionDropped(Exception):
+    """Raised when a fault drops a connection but the server cannot reach the socket."""
+
+
+def build_app(state: SandboxState) -> FastAPI:
+    """Return the FastAPI app of one sandbox; its lifespan starts and stops `state`."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await state.startup()
+        try:
+            yield
+        finally:
+            await state.shutdown()
+
+    app = FastAPI(
+        title="RunComfy sandbox",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/_sandbox/docs",
+        redoc_url=None,
+        openapi_url="/_sandbox/openapi.json",
+    )
+    app.state.sandbox = state
+
+    # ---------------------------------------------------------------- helpers
+
+    def error(
+        code: int,
+        message: str,
+        http_status: int,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> JSONResponse:
+        shape = state.config.error_body_shape
+        if shape == "detail":
+            body: dict[str, Any] = {"detail": message}
+        elif shape == "code":
+            body = {"code": code, "error": message}
+        else:
+            body = {"error_code": code, "error_message": message}
+        body.update(extra or {})
+        return JSONResponse(body, status_code=http_status, headers=headers)
+
+    def authenticate(request: Request) -> tuple[str, str] | JSONResponse:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        cfg = state.config
+        valid = (*cfg.tokens, *cfg.no_balance_tokens)
+        if scheme.lower() != "bearer" or not token or token not in valid:
+            # the message never repeats the token
+            return error(
+                BAD_TOKEN,
+                "token missing, expired or revoked, or account inactive",
+                cfg.auth_http_status,
+            )
+        return token, token_digest(token)
+
+    def ts(wall: float | None) -> str | float | None:
+        if wall is None:
+            return None
+        if state.config.timestamp_format == "epoch":
+            return round(wall, 6)
+        return iso_utc(wall)
+
+    def status_word(job: Job, endpoint: str) -> str:
+        cfg = state.config
+        now = time.monotonic()
+        if job.state == JobState.IN_QUEUE:
+            if cfg.transient_states and now - job.submitted_mono < cfg.transient_window_s:
+                return "pending"
+            return "in_queue"
+        if job.state == JobState.IN_PROGRESS:
+            started = job.started_mono or now
+            if cfg.transient_states and now - started < cfg.transient_window_s:
+                return "starting"
+            return "in_progress"
+        if job.state == JobState.CANCELLED:
+            return cfg.cancelled_spelling
+        if job.state == JobState.SUCCEEDED:
+            return "completed" if endpoint == "status" else "succeeded"
+        return cfg.failed_status_word if endpoint == "status" else "failed"
+
+    def urls(request: Request, request_id: str) -> dict[str, str]:
+        base = str(request.base_url).rstrip("/")
+        return {
+            "status_url": f"{base}/v1/requests/{request_id}/status",
+            "result_url": f"{base}/v1/requests/{request_id}/result",
+            "cancel_url": f"{base}/v1/requests/{request_id}/cancel",
+        }
+
+    def find_job(request_id: str, owner: str) -> Job | JSONResponse:
+        job = state.scheduler.jobs.get(request_id)
+        gone = error(NOT_FOUND, f"request {request_id} not found or expired", 404)
+        if job is None:
+            return gone
+        if time.monotonic() - job.submitted_mono < state.config.not_found_after_submit_s:
+            return gone  # not visible yet, as right after a real submit
+        if job.owner != owner:
+            return error(NOT_OWNER, "this request belongs to another user", 403)
+        if job.expired(state.config):
+            return gone
+        return job
+
+    async def drop_connection(request: Request) -> Response:
+        transport = request.scope.get("extensions", {}).get(TRANSPORT_KEY)
+        if transport is None:
+            raise ConnectionDropped("sandbox fault: connection dropped")
+        transport.abort()  # no answer at all: the client sees the connection die
+        # let the loop deliver connection_lost so the server drops whatever we return next
+        for _ in range(10):
+            await asyncio.sleep(0)
+        return Response(status_code=499)
+
+    async def fault_answer(request: Request, fault: Fault) -> Response:
+        if fault.kind == "rate_limit":
+            retry_after = fault.retry_after if fault.retry_after is not None else 1
+            shown = f"{retry_after:g}" if isinstance(retry_after, float) else str(retry_after)
+            return error(
+                fault.error_code or RATE_LIMITED,
+                "too many requests, slow down",
+                fault.http_status or 429,
+                headers={"Retry-After": shown},
+            )
+        if fault.kind == "server_error":
+            return error(
+                fault.error_code or SERVER_ERROR,
+                "internal server error (sandbox fault)",
+                fault.http_status or 500,
+            )
+        if fault.kind == "error_code_200":
+            # always the error_code shape: this is the reading clients get wrong
+            return JSONResponse(
+                {
+                    "error_code": fault.error_code or SERVER_ERROR,
+                    "error_message": "request failed (sandbox fault, sent with HTTP 200)",
+                },
+                status_code=200,
+            )
+        return await drop_connection(request)  # drop_before_accept
+
+    async def serve(
+        request: Request, endpoint: str, work: Callable[[], Awaitable[Response]]
+    ) -> Response:
+        state.stats.requests_by_endpoint[endpoint] += 1
+        fault = state.faults.take(endpoint)
+        if fault is not None and fault.before:
+            return await fault_answer(request, fault)
+        response = await work()
+        if fault is not None and fault.kind == "slow":
+            await asyncio.sleep(fault.retry_after or 0)
+        elif fault is not None and fault.kind == "drop_after_accept":
+            return await drop_connection(request)
+        return response
+
+    # ---------------------------------------------------------------- the Model API
+
+    @app.post("/v1/models/{model_id:path}")
+    async def submit(model_id: str, request: Request) -> Response:
+        async def work() -> Response:
+            auth = authenticate(request)
+            if isinstance(auth, JSONResponse):
+                state.stats.submits_rejected[BAD_TOKEN] += 1
+                return auth
+            token, owner = auth
+            if model_id != MODEL_ID:
+                state.stats.submits_rejected[BAD_MODEL] += 1
+                return error(BAD_MODEL, f"unknown model id {model_id!r}", 400)
+            if token in state.config.no_balance_tokens:
+                state.stats.submits_rejected[NO_BALANCE] += 1
+                return error(NO_BALANCE, "no balance left on this account", 402)
+            checked = await _validate(request)
+            if isinstance(checked, JSONResponse):
+                state.stats.submits_rejected[INVALID_INPUT] += 1
+                return checked
+            payload, job_input = checked
+            job = state.create_job(model_id, payload, owner, job_input)
+            body: dict[str, Any] = {"request_id": job.request_id, **urls(request, job.request_id)}
+            if state.config.submit_status_code == 202:
+                body["status"] = "in_queue"
+            return JSONResponse(body, status_code=state.config.submit_status_code)
+
+        return await serve(request, "submit", work)
+
+    async def _validate(
+        request: Request,
+    ) -> tuple[dict[str, Any], InfiniteTalkInput] | JSONResponse:
+        try:
+            payload = json.loads(await request.body() or b"null")
+        except (ValueError, UnicodeDecodeError) as exc:
+            return invalid([{"field": "(body)", "message": f"not valid JSON: {exc}"}])
+        if not isinstance(payload, dict):
+            return invalid([{"field": "(body)", "message": "must be a JSON object"}])
+        problems = [
+            {"field": key, "message": "is not an input of this model"}
+            for key in payload
+            if key not in _API_KEY_SET
+        ]
+        if problems:
+            return invalid(problems)
+        try:
+            job_input = InfiniteTalkInput.from_api_payload(payload)
+        except ValidationError as exc:
+            return invalid(
+                [
+                    {
+                        # pydantic names missing fields by their friendly name; the API
+                        # speaks in node ids
+                        "field": ".".join(API_KEYS.get(str(p), str(p)) for p in item["loc"])
+                        or "(body)",
+                        "message": str(item.get("msg", "is invalid")).removeprefix("Value error, "),
+                    }
+                    for item in exc.errors(include_url=False)
+                ]
+            )
+        return payload, job_input
+
+    def invalid(problems: list[dict[str, str]]) -> JSONResponse:
+        message = "invalid input: " + "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+        return error(INVALID_INPUT, message, 422, extra={"errors": problems})
+
+    @app.get("/v1/requests/{request_id}/status")
+    async def status(request_id: str, request: Request) -> Response:
+        async def work() -> Response:
+            auth = authenticate(request)
+            if isinstance(auth, JSONResponse):
+                return auth
+            job = find_job(request_id, auth[1])
+            if isinstance(job, JSONResponse):
+                return job
+            links = urls(request, request_id)
+            body: dict[str, Any] = {
+                "request_id": request_id,
+                "status": status_word(job, "status"),
+                "status_url": links["status_url"],
+                "result_url": links["result_url"],
+            }
+            if job.state == JobState.IN_QUEUE:
+                position = state.scheduler.queue_position(job)
+                body["queue_position"] = position + state.config.queue_position_base
+            return JSONResponse(body)
+
+        return await serve(request, "status", work)
+
+    @app.get("/v1/requests/{request_id}/result")
+    async def result(request_id: str, request: Request) -> Response:
+        async def work() -> Response:
+            auth = authenticate(request)
+            if isinstance(auth, JSONResponse):
+                return auth
+            job = find_job(request_id, auth[1])
+            if isinstance(job, JSONResponse):
+                return job
+            cfg = state.config
+            body: dict[str, Any] = {
+                "request_id": request_id,
+                "status": status_word(job, "result"),
+                "created_at": ts(job.submitted_wall),
+                "finished_at": ts(job.finished_wall) if job.state.finished else None,
+            }
+            if job.state == JobState.SUCCEEDED and job.video is not None:
+                url = f"{str(request.base_url).rstrip('/')}/files/{job.file_name}"
+                body["output"] = (
+                    {"videos": [url]} if cfg.output_shape == "videos" else {"video": url}
+                )
+            elif job.state == JobState.FAILED:
+                message = job.error_message or "the run failed"
+                if cfg.error_shape == "string":
+                    body["error"] = message
+                elif cfg.error_shape == "failure_reason":
+                    body["failure_reason"] = message
+                else:
+                    body["error"] = {"type": job.error_type or "RunError", "message": message}
+            wants_cost = request.query_params.get("include_cost", "").lower() in {"1", "true"}
+            if wants_cost and job.state.finished:
+                seconds = job.video.seconds if job.video is not None else 0.0
+                body["cost"] = round(seconds * cfg.price_per_second_usd, 6)
+            return JSONResponse(body)
+
+        return await serve(request, "result", work)
+
+    @app.post("/v1/requests/{request_id}/cancel")
+    async def cancel(request_id: str, request: Request) -> Response:
+        async def work() -> Response:
+            auth = authenticate(request)
+            if isinstance(auth, JSONResponse):
+                return auth
+            job = find_job(request_id, auth[1])
+            if isinstance(job, JSONResponse):
+                return job
+            state.stats.cancels += 1
+            was_queued = job.state == JobState.IN_QUEUE
+            cancelled = state.scheduler.cancel(job)
+            if cancelled and was_queued:
+                state.stats.cancelled_jobs += 1
+            body = {
+                "request_id": request_id,
+                "status": status_word(job, "status"),
+                "outcome": "cancelled" if cancelled else "not_cancellable",
+            }
+            return JSONResponse(body, status_code=202)
+
+        return await serve(request, "cancel", work)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request, search: str | None = None) -> Response:
+        async def work() -> Response:
+            auth = authenticate(request)
+            if isinstance(auth, JSONResponse):
+                return auth
+            return JSONResponse(catalog.search(search, state.config.price_per_second_usd))
+
+        return await serve(request, "catalog", work)
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str, request: Request) -> Response:
+        async def work() -> Response:
+            auth = authenticate(request)
+            if isinstance(auth, JSONResponse):
+                return auth
+            if model_id != MODEL_ID:
+                return error(BAD_MODEL, f"unknown model id {model_id!r}", 400)
+            return JSONResponse(catalog.model_entry(state.config.price_per_second_usd))
+
+        return await serve(request, "catalog", work)
+
+    # ---------------------------------------------------------------- public files
+
+    @app.api_route("/files/{name}", methods=["GET", "HEAD"])
+    async def files(name: str, request: Request) -> Response:
+        async def work() -> Response:
+            state.stats.file_requests += 1
+            if "authorization" in request.headers:
+                # count only: the header's value is never looked at or kept
+                state.stats.file_requests_with_authorization += 1
+            job = state.scheduler.jobs.get(name.removesuffix(".mp4"))
+            if (
+                job is None
+                or name != job.file_name
+                or job.video is None
+                or job.expired(state.config)
+                or not job.video.path.exists()
+            ):
+                return error(NOT_FOUND, "file not found or expired", 404)
+            if request.method == "GET":
+                state.stats.file_bytes_served += job.video.size_bytes
+            # FileResponse streams in chunks and sends Content-Length
+            return FileResponse(job.video.path, media_type="video/mp4", filename=name)
+
+        return await serve(request, "files", work)
+
+    @app.get("/samples")
+    async def samples_index(request: Request) -> Response:
+        state.stats.requests_by_endpoint["samples"] += 1
+        base = str(request.base_url).rstrip("/")
+        return JSONResponse({name: f"{base}/samples/{name}" for name in sample_files()})
+
+    @app.api_route("/samples/{name}", methods=["GET", "HEAD"])
+    async def sample(name: str) -> Response:
+        state.stats.requests_by_endpoint["samples"] += 1
+        path = sample_files().get(name)  # only the shipped names: no path tricks
+        if path is None:
+            return error(NOT_FOUND, "no such sample", 404)
+        return FileResponse(path, media_type=MEDIA_TYPES[path.suffix])
+
+    # ---------------------------------------------------------------- admin (no token)
+
+    @app.get("/_sandbox/health")
+    async def health() -> dict[str, Any]:
+        return {"ok": True, "version": __version__}
+
+    @app.get("/_sandbox/stats")
+    async def admin_stats() -> dict[str, Any]:
+        return state.stats_snapshot()
+
+    @app.get("/_sandbox/requests")
+    async def admin_requests() -> list[dict[str, Any]]:
+        return state.requests_snapshot()
+
+    @app.get("/_sandbox/faults")
+    async def admin_faults() -> list[dict[str, Any]]:
+        return state.faults.pending()
+
+    @app.post("/_sandbox/faults")
+    async def admin_add_fault(request: Request) -> Response:
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise TypeError("the body must be a JSON object")
+            return JSONResponse(state.add_fault(**body))
+        except (ValueError, TypeError) as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.get("/_sandbox/config")
+    async def admin_config() -> dict[str, Any]:
+        return state.config.public_dict()
+
+    @app.post("/_sandbox/config")
+    async def admin_set_config(request: Request) -> Response:
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise TypeError("the body must be a JSON object")
+            return JSONResponse(state.set_config(**body))
+        except (ValueError, TypeError) as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.post("/_sandbox/reset")
+    async def admin_reset(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            body = {}
+        await state.reset(config=bool(isinstance(body, dict) and body.get("config")))
+        return {"ok": True}
+
+    return app

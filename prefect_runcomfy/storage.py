@@ -1,0 +1,561 @@
+"""The output location: files under one fsspec URL, written so nothing half-written looks finished.
+
+`OutputStore` wraps any fsspec URL — a local folder (relative or absolute), `file://`,
+`memory://`, `s3://`, `gs://`, `az://`, ... — and offers the few operations the tasks need:
+upload a finished local file, write and read JSON, list, hash, and the Parquet manifest.
+
+Every write is atomic: on local disks a hidden temporary file in the same folder is renamed
+over the final name; on object stores (S3, GCS, Azure, memory) a single PUT is already atomic.
+Errors from fsspec, botocore or the OS become `StorageError`s that name the URI and what to
+check; `storage_options` (which may hold secrets) never appear in a message or repr.
+
+The methods are synchronous; async callers run them with `asyncio.to_thread`.
+
+```python
+store = OutputStore("s3://my-bucket/talking-heads", storage_options={"profile": "prod"})
+store.put_file("/tmp/render.mp4", "alice.mp4")
+store.write_json("alice.json", {"id": "alice", "status": "succeeded"})
+store.uri("alice.mp4")  # 's3://my-bucket/talking-heads/alice.mp4'
+```
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import posixpath
+import shutil
+import tempfile
+import unicodedata
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from prefect_runcomfy.exceptions import InvalidInputError, StorageError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+MAX_NAME_LENGTH = 128
+"""The longest id `safe_name` accepts (file names get suffixes such as `.mp4` on top)."""
+
+MANIFEST_NAME = "manifest.parquet"
+"""The file name of the manifest under the output location."""
+
+TEMP_PREFIX = ".tmp-"
+"""Temporary files start with this (hidden) prefix; `OutputStore.list` never returns them."""
+
+# A single PUT on these stores either lands whole or not at all, so no temp name is needed.
+_ATOMIC_PUT_PROTOCOLS = frozenset(
+    {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory", "oci", "oss", "r2"}
+)
+_OBJECT_STORE_HINT = (
+    "check that the bucket/container exists, that the credentials (storage_options or the "
+    "environment) are valid, and that they allow reading and writing there"
+)
+_LOCAL_HINT = "check that the folder exists or can be created and that it is writable"
+
+# Windows device names: a file called `con.mp4` cannot be created there, so ids must avoid them.
+_RESERVED_NAMES = frozenset(
+    {"con", "prn", "aux", "nul"}
+    | {f"com{i}" for i in range(1, 10)}
+    | {f"lpt{i}" for i in range(1, 10)}
+)
+# Separators, glob magic (fsspec would expand it), and characters Windows forbids in names.
+_FORBIDDEN_CHARS = set('/\\<>:"|?*[]{}')
+_CHUNK = 1024 * 1024
+
+
+def safe_name(id: str) -> str:
+    """Return `id` unchanged if it can safely be used as a file name, else raise.
+
+    Row ids become file names (`<id>.mp4`, `<id>.json`, `_ledger/<id>.json`), so an id must
+    not escape the output folder or collide with hidden temporary files. Rejected: empty
+    names, more than 128 characters, `.` and `..`, a leading `.`, leading or trailing
+    whitespace, path separators, control characters, glob characters (`*?[]{}`), characters
+    Windows forbids (`<>:"|`), and Windows device names (`con`, `nul`, `com1`, ...).
+
+    Raises:
+        InvalidInputError: naming the id and the reason.
+
+    Example:
+        ```python
+        safe_name("alice-01")   # 'alice-01'
+        safe_name("../etc")     # InvalidInputError: id '../etc' ... path separator
+        ```
+    """
+    reason = _name_problem(id)
+    if reason:
+        shown = repr(id) if len(str(id)) <= 60 else repr(str(id)[:57]) + "..."
+        raise InvalidInputError(
+            f"id {shown} cannot be used as a file name: {reason}",
+            problems=[("id", reason)],
+        )
+    return id
+
+
+def _name_problem(name: Any) -> str | None:
+    if not isinstance(name, str):
+        return f"must be a string, not {type(name).__name__}"
+    if not name:
+        return "it is empty"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"it is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}"
+    if name in {".", ".."}:
+        return "it is a relative folder reference"
+    bad = sorted({c for c in name if c in _FORBIDDEN_CHARS})
+    if "/" in bad or "\\" in bad:
+        return "it contains a path separator ('/' or '\\')"
+    if name != name.strip():
+        return "it starts or ends with whitespace"
+    if name.startswith("."):
+        return "it starts with '.', which hides the file and is kept for temporary files"
+    if name.endswith("."):
+        return "it ends with '.', which Windows drops"
+    if any(unicodedata.category(c) in {"Cc", "Cf", "Zl", "Zp"} for c in name):
+        return "it contains control characters"
+    if bad:
+        return f"it contains {' '.join(bad)}; use letters, digits, '-', '_' or '.'"
+    if name.split(".", 1)[0].lower() in _RESERVED_NAMES:
+        return "it is a reserved device name on Windows"
+    return None
+
+
+@contextlib.contextmanager
+def staging_file(suffix: str = "", *, dir: str | os.PathLike[str] | None = None) -> Iterator[Path]:
+    """Give a fresh local path (not yet created) inside a private temp folder, removed afterwards.
+
+    Use it for anything that must exist as a real local file before upload — an MP4 muxer
+    seeks, so it cannot write straight into an object store.
+
+    Example:
+        ```python
+        with staging_file(".mp4") as tmp:
+            render_video(tmp)
+            store.put_file(tmp, "alice.mp4")
+        # tmp and its folder are gone here, even after an exception
+        ```
+    """
+    folder = tempfile.mkdtemp(prefix="prefect-runcomfy-", dir=dir)
+    try:
+        yield Path(folder) / f"staged{suffix}"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _secret_strings(options: Any) -> list[str]:
+    """Every string in `storage_options` long enough to be a secret, longest first."""
+    found: list[str] = []
+    if isinstance(options, dict):
+        for value in options.values():
+            found.extend(_secret_strings(value))
+    elif isinstance(options, list | tuple):
+        for value in options:
+            found.extend(_secret_strings(value))
+    elif isinstance(options, str) and len(options) >= 4:
+        found.append(options)
+    return sorted(set(found), key=len, reverse=True)
+
+
+class OutputStore:
+    """One output location (any fsspec URL) with atomic writes and friendly errors.
+
+    Names passed to the methods are relative to the root and use `/` (`"_ledger/a.json"`);
+    they may not contain `..`. Local roots are created when missing; buckets are not (a
+    missing bucket is reported, never created behind the user's back).
+
+    Args:
+        output_uri: a local path (relative or absolute), `file://...`, `memory://...`,
+            `s3://bucket/prefix`, `gs://...`, or any other fsspec URL.
+        storage_options: passed to the fsspec filesystem (credentials, endpoint, ...).
+
+    Example:
+        ```python
+        store = OutputStore("out")              # ./out, created if missing
+        store.write_json("a.json", {"x": 1})
+        store.read_json("a.json")               # {'x': 1}
+        store.list()                            # ['a.json']
+        ```
+    """
+
+    def __init__(self, output_uri: str, storage_options: dict[str, Any] | None = None) -> None:
+        if not isinstance(output_uri, str | os.PathLike) or not str(output_uri).strip():
+            raise StorageError(f"output_uri must be a folder path or URL, got {output_uri!r}")
+        self.output_uri = str(os.fspath(output_uri)).strip()
+        self._secrets = _secret_strings(storage_options or {})
+        try:
+            fs, root = fsspec.core.url_to_fs(self.output_uri, **(storage_options or {}))
+        except ImportError as exc:
+            raise StorageError(
+                f"Cannot open output location {self.output_uri}: {self._scrub(str(exc))}. "
+                "Install the fsspec implementation for this protocol (for example "
+                "`pip install s3fs` for s3://, `gcsfs` for gs://, `adlfs` for az://)."
+            ) from None
+        except Exception as exc:
+            raise self._error("open", self.output_uri, exc) from None
+        self.fs: fsspec.AbstractFileSystem = fs
+        self.is_local = isinstance(fs, LocalFileSystem)
+        protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
+        self.protocol: str = str(protocols[0])
+        self._atomic_put = bool(set(protocols) & _ATOMIC_PUT_PROTOCOLS)
+        if self.is_local:
+            self.root = os.path.abspath(root)
+            try:
+                os.makedirs(self.root, exist_ok=True)
+            except OSError as exc:
+                raise self._error("create", self.root, exc) from None
+        else:
+            self.root = root.rstrip("/")
+
+    def __repr__(self) -> str:
+        # Never show storage_options: they may hold keys.
+        return f"OutputStore({self.uri('')!r})"
+
+    # -- names and URIs --------------------------------------------------------------------
+
+    def path(self, name: str) -> str:
+        """The filesystem path (as fsspec sees it, no protocol) of `name` under the root."""
+        if not isinstance(name, str):
+            raise StorageError(f"file names must be strings, got {type(name).__name__}")
+        clean = name.replace("\\", "/").strip("/") if self.is_local else name.strip("/")
+        parts = [p for p in clean.split("/") if p not in {"", "."}]
+        if any(p == ".." for p in parts):
+            raise StorageError(f"{name!r} would leave the output location {self.uri('')}")
+        if not parts:
+            return self.root
+        if self.is_local:
+            return os.path.join(self.root, *parts)
+        return posixpath.join(self.root, *parts) if self.root else "/".join(parts)
+
+    def uri(self, name: str = "") -> str:
+        """The full URL of `name` under the root (an absolute path for local folders).
+
+        Example:
+            ```python
+            OutputStore("s3://bkt/out").uri("a.mp4")  # 's3://bkt/out/a.mp4'
+            OutputStore("out").uri("a.mp4")           # '/home/me/out/a.mp4'
+            ```
+        """
+        path = self.path(name) if name else self.root
+        if self.is_local:
+            return path
+        return self.fs.unstrip_protocol(path)
+
+    def _name_of(self, path: str) -> str:
+        path = path.replace(os.sep, "/") if self.is_local else path
+        root = self.root.replace(os.sep, "/") if self.is_local else self.root
+        root = root.rstrip("/")
+        rel = path.lstrip("/")[len(root.lstrip("/")) :] if root else path
+        return rel.lstrip("/")
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _error(self, action: str, where: str, exc: BaseException) -> StorageError:
+        hint = _LOCAL_HINT if getattr(self, "is_local", False) else _OBJECT_STORE_HINT
+        if isinstance(exc, PermissionError):
+            hint = "the credentials or file permissions do not allow this; " + hint
+        reason = self._scrub(f"{type(exc).__name__}: {exc}")
+        if len(reason) > 400:
+            reason = reason[:397] + "..."
+        return StorageError(self._scrub(f"Cannot {action} {where}: {reason}. To fix it, {hint}."))
+
+    @contextlib.contextmanager
+    def _translate(self, action: str, name: str) -> Iterator[None]:
+        try:
+            yield
+        except StorageError:
+            raise
+        except Exception as exc:
+            where = self.uri(name) if name else self.uri("")
+            raise self._error(action, where, exc) from exc
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _fresh(self, path: str) -> None:
+        # Another task or process may have written since this fs cached a listing; listings
+        # are cheap next to acting on a stale one.
+        with contextlib.suppress(Exception):
+            self.fs.invalidate_cache(path)
+
+    def exists(self, name: str) -> bool:
+        """True when `name` exists under the root."""
+        path = self.path(name)
+        with self._translate("check", name):
+            self._fresh(path)
+            return bool(self.fs.exists(path))
+
+    def size(self, name: str) -> int:
+        """The size of `name` in bytes; `StorageError` if it does not exist."""
+        path = self.path(name)
+        with self._translate("read the size of", name):
+            self._fresh(path)
+            return int(self.fs.size(path))
+
+    def sha256(self, name: str) -> str:
+        """The sha256 (hex) of `name`, streamed in 1 MiB chunks."""
+        digest = hashlib.sha256()
+        with self._translate("read", name), self.fs.open(self.path(name), "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def read_bytes(self, name: str) -> bytes | None:
+        """The content of `name`, or None if it does not exist."""
+        path = self.path(name)
+        with self._translate("read", name):
+            try:
+                return bytes(self.fs.cat_file(path))
+            except FileNotFoundError:
+                return None
+
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        """The JSON object in `name`, or None if it does not exist.
+
+        Raises:
+            StorageError: if the file exists but does not hold a JSON object.
+        """
+        data = self.read_bytes(name)
+        return None if data is None else self._parse_json(name, data)
+
+    def _parse_json(self, name: str, data: bytes) -> dict[str, Any]:
+        try:
+            value = json.loads(data)
+        except ValueError as exc:
+            raise StorageError(f"{self.uri(name)} is not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise StorageError(f"{self.uri(name)} holds {type(value).__name__}, not an object")
+        return value
+
+    def read_many_bytes(self, names: Iterable[str]) -> dict[str, bytes]:
+        """Read many files at once; returns `{name: content}` for those that exist.
+
+        One `fs.cat` on the whole list, so s3fs/gcsfs fetch the files concurrently; files that
+        do not exist are left out.
+        """
+        by_path = {self.path(n): n for n in dict.fromkeys(names)}
+        if not by_path:
+            return {}
+        with self._translate("read", ""):
+            self._fresh(self.root)
+            raw = self.fs.cat(list(by_path), on_error="return")
+        if not isinstance(raw, dict):  # pragma: no cover - fsspec returns a dict for lists
+            raw = {next(iter(by_path)): raw}
+        found: dict[str, bytes] = {}
+        for path, data in raw.items():
+            name = by_path.get(path) or by_path.get(self.fs._strip_protocol(path))
+            if name is None or isinstance(data, FileNotFoundError):
+                continue
+            if isinstance(data, BaseException):
+                raise self._error("read", self.uri(name), data)
+            found[name] = bytes(data)
+        return {n: found[n] for n in by_path.values() if n in found}
+
+    def read_many_json(self, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Read many JSON files at once (see `read_many_bytes`); `{name: object}` for those
+        that exist. A file that is not a JSON object raises `StorageError`."""
+        return {
+            name: self._parse_json(name, data) for name, data in self.read_many_bytes(names).items()
+        }
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Names (relative to the root, sorted) of the files whose name starts with `prefix`.
+
+        Temporary files of unfinished writes are never listed.
+
+        Example:
+            ```python
+            store.list("_ledger/")  # ['_ledger/alice.json', '_ledger/bob.json']
+            ```
+        """
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        base = self.path(folder)
+        with self._translate("list", folder):
+            self._fresh(base)
+            try:
+                paths = self.fs.find(base)
+            except FileNotFoundError:
+                if not self.is_local and self.protocol in _ATOMIC_PUT_PROTOCOLS - {"memory"}:
+                    raise
+                paths = []
+        names = (self._name_of(p) for p in paths)
+        return sorted(
+            n
+            for n in names
+            if n.startswith(prefix) and not posixpath.basename(n).startswith(TEMP_PREFIX)
+        )
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _temp_path(self, path: str) -> str:
+        folder, base = (os.path.split if self.is_local else posixpath.split)(path)
+        temp = f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{base}"
+        return os.path.join(folder, temp) if self.is_local else posixpath.join(folder, temp)
+
+    def put_file(self, local_path: str | os.PathLike[str], name: str) -> str:
+        """Upload a finished local file as `name`, atomically; returns its URI.
+
+        Readers see the old file (or none) until the new one is complete: local disks get a
+        hidden temporary copy renamed over the final name; object stores get a single PUT
+        (multipart uploads also become visible only when complete).
+        """
+        local = os.fspath(local_path)
+        path = self.path(name)
+        if not os.path.isfile(local):
+            raise StorageError(f"Cannot upload {local} to {self.uri(name)}: it is not a file")
+        with self._translate("write", name):
+            if self.is_local:
+                self._local_replace(path, lambda dst: _copy_synced(local, dst))
+            elif self._atomic_put:
+                self.fs.put_file(local, path)
+            else:
+                temp = self._temp_path(path)
+                try:
+                    self.fs.put_file(local, temp)
+                    self.fs.mv(temp, path)
+                finally:
+                    with contextlib.suppress(Exception):
+                        if self.fs.exists(temp):
+                            self.fs.rm_file(temp)
+            self._fresh(path)
+        return self.uri(name)
+
+    def write_bytes(self, name: str, data: bytes) -> str:
+        """Write `data` as `name`, atomically (see `put_file`) and durably; returns its URI."""
+        path = self.path(name)
+        with self._translate("write", name):
+            if self.is_local:
+                self._local_replace(path, lambda dst: _write_synced(dst, data))
+            elif self._atomic_put:
+                self.fs.pipe_file(path, data)
+            else:
+                temp = self._temp_path(path)
+                try:
+                    self.fs.pipe_file(temp, data)
+                    self.fs.mv(temp, path)
+                finally:
+                    with contextlib.suppress(Exception):
+                        if self.fs.exists(temp):
+                            self.fs.rm_file(temp)
+            self._fresh(path)
+        return self.uri(name)
+
+    def write_json(self, name: str, obj: Any) -> str:
+        """Write `obj` as JSON (sorted keys, indent 2, unknown types via `str`); returns its URI."""
+        text = json.dumps(obj, sort_keys=True, indent=2, default=str, ensure_ascii=False)
+        return self.write_bytes(name, (text + "\n").encode("utf-8"))
+
+    def _local_replace(self, path: str, write: Any) -> None:
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        temp = self._temp_path(path)
+        try:
+            write(temp)
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        _fsync_dir(folder)
+
+    def delete(self, name: str) -> None:
+        """Delete `name`; deleting a file that does not exist is not an error."""
+        path = self.path(name)
+        with self._translate("delete", name):
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(path)
+            self._fresh(path)
+
+    def check_writable(self) -> None:
+        """Write, read back and delete a small hidden probe file; `StorageError` if any step fails.
+
+        Call it before paying for anything, so a wrong bucket or missing permission is found
+        before the first job is submitted.
+        """
+        name = f"{TEMP_PREFIX}probe-{uuid.uuid4().hex[:12]}"
+        self.write_bytes(name, b"ok")
+        try:
+            if self.read_bytes(name) != b"ok":
+                raise StorageError(f"{self.uri(name)} did not read back what was written")
+        finally:
+            self.delete(name)
+
+    # -- the manifest ----------------------------------------------------------------------
+
+    def write_manifest(self, df: pd.DataFrame, name: str = MANIFEST_NAME) -> str:
+        """Write `df` as Parquet to `name`, atomically (local temp file, then `put_file`).
+
+        Returns the manifest's URI.
+        """
+        with staging_file(".parquet") as tmp:
+            try:
+                df.to_parquet(tmp, index=False)
+            except Exception as exc:
+                raise StorageError(f"Cannot write the manifest as Parquet: {exc}") from exc
+            return self.put_file(tmp, name)
+
+    def read_manifest(self, name: str = MANIFEST_NAME) -> pd.DataFrame | None:
+        """Read the Parquet manifest `name`, or None if it does not exist yet."""
+        import pandas as pd
+
+        with staging_file(".parquet") as tmp:
+            path = self.path(name)
+            with self._translate("read", name):
+                try:
+                    self.fs.get_file(path, os.fspath(tmp))
+                except FileNotFoundError:
+                    return None
+            if not tmp.exists():
+                return None
+            try:
+                return pd.read_parquet(tmp)
+            except Exception as exc:
+                raise StorageError(
+                    f"{self.uri(name)} is not a readable Parquet file: {exc}"
+                ) from exc
+
+
+def _copy_synced(src: str, dst: str) -> None:
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout, _CHUNK)
+        fout.flush()
+        os.fsync(fout.fileno())
+
+
+def _write_synced(dst: str, data: bytes) -> None:
+    with open(dst, "wb") as fout:
+        fout.write(data)
+        fout.flush()
+        os.fsync(fout.fileno())
+
+
+def _fsync_dir(folder: str) -> None:
+    # Makes the rename itself durable (POSIX); not possible (nor needed) on Windows.
+    if os.name != "posix":
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+__all__ = [
+    "MANIFEST_NAME",
+    "MAX_NAME_LENGTH",
+    "TEMP_PREFIX",
+    "OutputStore",
+    "safe_name",
+    "staging_file",
+]

@@ -1,0 +1,251 @@
+"""Reading a table of inputs and checking every row before anything is paid for.
+
+A table is a pandas DataFrame, a list of dicts, or the path/URL of a CSV, Parquet or JSON-lines
+file (read through fsspec, so `s3://...` works). Each row becomes an `InfiniteTalkInput` or a
+`RowProblem` that names the row, the column and the reason. No network calls beyond reading
+the table itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import pandas as pd
+from pydantic import ValidationError
+
+from prefect_runcomfy.exceptions import InvalidInputError
+from prefect_runcomfy.ledger import payload_fingerprint
+from prefect_runcomfy.models import API_KEYS, FRIENDLY_NAMES, InfiniteTalkInput
+from prefect_runcomfy.models import describe_validation_error as _describe
+
+TableLike = pd.DataFrame | list[dict[str, Any]] | str
+"""What a flow accepts as `inputs`."""
+
+ID_COLUMN = "id"
+INPUT_COLUMNS = frozenset(API_KEYS) | frozenset(FRIENDLY_NAMES)
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_RESERVED_IDS = {"manifest", "index", "_ledger", "con", "nul", "prn", "aux"}
+
+
+@dataclass(frozen=True)
+class PreparedRow:
+    """A valid row: its position, its id, the job as the user gave it, and the other columns."""
+
+    row: int
+    id: str
+    job: InfiniteTalkInput
+    fingerprint: str
+    extras: dict[str, Any] = field(default_factory=dict)
+    id_given: bool = True
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """An invalid row: which row, its id when known, and each (column, reason)."""
+
+    row: int
+    id: str | None
+    problems: list[tuple[str, str]]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def message(self) -> str:
+        """One line a person can act on: `row 3 (id 'ada'): steps: ... (got 30)`."""
+        where = f"row {self.row}" + (f" (id {self.id!r})" if self.id else "")
+        return where + ": " + "; ".join(f"{col}: {reason}" for col, reason in self.problems)
+
+
+@dataclass
+class TableCheck:
+    """The result of checking a table: rows ready to run and rows that are not."""
+
+    valid: list[PreparedRow]
+    invalid: list[RowProblem]
+
+    @property
+    def ok(self) -> bool:
+        """True when every row is valid."""
+        return not self.invalid
+
+
+def check_id(value: Any) -> str:
+    """Return `value` as a row id usable as a file name, or raise `ValueError` saying why not.
+
+    Ids name the row's files (`<id>.mp4`), so they may hold letters, digits, `.`, `_` and `-`,
+    start with a letter or digit, and be at most 128 characters long.
+    """
+    text = str(value).strip() if not isinstance(value, float) else _float_id(value)
+    if not text:
+        raise ValueError("is empty")
+    if not _ID_PATTERN.fullmatch(text) or ".." in text:
+        raise ValueError(
+            f"{text[:60]!r} cannot name a file: use letters, digits, '.', '_' and '-' "
+            "(no '/', no '..', at most 128 characters, starting with a letter or digit)"
+        )
+    if text.lower().split(".")[0] in _RESERVED_IDS:
+        raise ValueError(f"{text!r} is a reserved name here; choose another id")
+    return text
+
+
+def _float_id(value: float) -> str:
+    if math.isnan(value):
+        return ""
+    return str(int(value)) if value.is_integer() else str(value)
+
+
+def read_table(inputs: TableLike, *, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Read `inputs` into a DataFrame: a DataFrame (copied), a list of dicts, or a file URL.
+
+    Files are read by their extension: `.csv` (every cell as text, so ids keep leading zeros),
+    `.parquet`, `.jsonl`/`.ndjson` (JSON lines) or `.json` (a list of objects), optionally
+    compressed (`.gz`, ...).
+
+    Raises:
+        InvalidInputError: the table cannot be read, or is of an unknown kind.
+    """
+    if isinstance(inputs, pd.DataFrame):
+        return inputs.reset_index(drop=True).copy()
+    if isinstance(inputs, (list, tuple)):
+        if not all(isinstance(r, Mapping) for r in inputs):
+            raise InvalidInputError("inputs: a list of inputs must hold one dict per row")
+        return pd.DataFrame.from_records([dict(r) for r in inputs])
+    if not isinstance(inputs, str):
+        raise InvalidInputError(
+            f"inputs: expected a DataFrame, a list of dicts or a file path/URL, not {type(inputs).__name__}"
+        )
+    url = inputs
+    name = url.split("?", 1)[0].lower()
+    for ext in (".gz", ".bz2", ".xz", ".zst", ".zip"):
+        name = name.removesuffix(ext)
+    options = dict(storage_options or {})
+    try:
+        if name.endswith(".csv") or name.endswith(".tsv"):
+            sep = "\t" if name.endswith(".tsv") else ","
+            return pd.read_csv(
+                url, dtype=str, sep=sep, storage_options=options or None, compression="infer"
+            )
+        if name.endswith(".parquet") or name.endswith(".pq"):
+            return pd.read_parquet(url, storage_options=options or None)
+        if name.endswith(".jsonl") or name.endswith(".ndjson"):
+            return pd.read_json(
+                url, lines=True, dtype=False, storage_options=options or None, compression="infer"
+            )
+        if name.endswith(".json"):
+            with fsspec.open(url, "rt", compression="infer", **options) as handle:
+                data = json.load(handle)
+            if not isinstance(data, list):
+                raise InvalidInputError(f"inputs: {url} must hold a JSON list of objects")
+            return read_table(data)
+    except InvalidInputError:
+        raise
+    except FileNotFoundError:
+        raise InvalidInputError(f"inputs: no table at {url}") from None
+    except Exception as exc:
+        raise InvalidInputError(
+            f"inputs: could not read {url}: {type(exc).__name__}: {exc}"
+        ) from None
+    raise InvalidInputError(
+        f"inputs: {url} is not a .csv, .parquet, .jsonl or .json file; convert it or pass a DataFrame"
+    )
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    if isinstance(value, str) and not value.strip():
+        return True
+    try:
+        return bool(pd.isna(value)) if not isinstance(value, (list, dict, tuple)) else False
+    except (TypeError, ValueError):
+        return False
+
+
+def check_table(df: pd.DataFrame) -> TableCheck:
+    """Check every row of `df`; return the valid rows and a `RowProblem` for each invalid one.
+
+    Empty cells count as "not given" (so an optional column falls back to its default). Rows
+    that would pay twice for the same video are refused: two rows with the same id, or (without
+    ids) two rows with the same inputs.
+
+    Example:
+        ```python
+        check = check_table(read_table("inputs.csv"))
+        for problem in check.invalid:
+            print(problem.message)   # row 3 (id 'ada'): steps: ... (got 30)
+        ```
+    """
+    valid: list[PreparedRow] = []
+    invalid: list[RowProblem] = []
+    columns = [str(c) for c in df.columns]
+    extra_columns = [c for c in columns if c not in INPUT_COLUMNS and c != ID_COLUMN]
+    has_id = ID_COLUMN in columns
+    records = df.to_dict(orient="records")
+    seen_ids: dict[str, int] = {}
+    explicit_counts: dict[str, int] = {}
+    if has_id:
+        for record in records:
+            value = record.get(ID_COLUMN)
+            if not _is_missing(value):
+                key = str(_float_id(value) if isinstance(value, float) else value).strip()
+                explicit_counts[key] = explicit_counts.get(key, 0) + 1
+
+    for position, record in enumerate(records):
+        extras = {c: record.get(c) for c in extra_columns}
+        given = {
+            str(k): v for k, v in record.items() if str(k) in INPUT_COLUMNS and not _is_missing(v)
+        }
+        problems: list[tuple[str, str]] = []
+        row_id: str | None = None
+        raw_id = record.get(ID_COLUMN) if has_id else None
+        if has_id and not _is_missing(raw_id):
+            try:
+                row_id = check_id(raw_id)
+            except ValueError as exc:
+                problems.append((ID_COLUMN, str(exc)))
+        job: InfiniteTalkInput | None = None
+        try:
+            job = InfiniteTalkInput.model_validate(given)
+        except ValidationError as exc:
+            problems.extend(_describe(exc))
+        if job is not None and not problems:
+            digest = payload_fingerprint(job.to_api_payload())
+            id_given = row_id is not None
+            if row_id is None:
+                row_id = f"row-{digest[:16]}"
+            if id_given and explicit_counts.get(row_id, 0) > 1:
+                problems.append(
+                    (
+                        ID_COLUMN,
+                        f"{row_id!r} names {explicit_counts[row_id]} rows; ids must be unique",
+                    )
+                )
+            elif row_id in seen_ids:
+                problems.append(
+                    (
+                        "(row)",
+                        f"same inputs as row {seen_ids[row_id]}: it would pay twice for the same "
+                        "video; give each row its own id to generate both",
+                    )
+                )
+            if not problems:
+                seen_ids[row_id] = position
+                valid.append(PreparedRow(position, row_id, job, digest, extras, id_given))
+                continue
+        invalid.append(RowProblem(position, row_id, problems, extras))
+    return TableCheck(valid=valid, invalid=invalid)
+
+
+def rows_as_records(rows: Iterable[PreparedRow]) -> list[dict[str, Any]]:
+    """The valid rows back as plain dicts (friendly names plus `id` and the extra columns)."""
+    return [
+        {"id": r.id, **r.job.model_dump(), **r.extras}
+        for r in rows  # keep the table's order
+    ]

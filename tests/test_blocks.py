@@ -1,0 +1,72 @@
+"""RunComfyCredentials saved to and loaded from a real Prefect API; the token stays secret."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from prefect import flow, task
+from prefect.logging import get_run_logger
+
+from prefect_runcomfy import RunComfyCredentials
+from prefect_runcomfy.sandbox import Sandbox
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+async def test_save_load_and_use_against_the_sandbox(shared_sandbox: Sandbox) -> None:
+    sb = shared_sandbox
+    await RunComfyCredentials(api_token=sb.token, base_url=sb.base_url + "/", timeout=5).save(
+        "sandbox-creds", overwrite=True
+    )
+    loaded = await RunComfyCredentials.load("sandbox-creds")
+    assert loaded.api_token.get_secret_value() == sb.token
+    assert loaded.base_url == sb.base_url
+    assert loaded.timeout == 5
+    async with loaded.get_client() as client:
+        info = await client.model_info()
+    assert info.model_id == "community/infinite-talk/image-to-video"
+
+
+def test_every_field_is_described() -> None:
+    for name, field in RunComfyCredentials.model_fields.items():
+        assert field.description, name
+        assert field.title, name
+    assert ".load(" in (RunComfyCredentials.__doc__ or "")
+
+
+def test_base_url_must_be_http() -> None:
+    with pytest.raises(ValueError, match="https://"):
+        RunComfyCredentials(api_token="x", base_url="ftp://example.test")
+
+
+async def test_token_never_appears_in_reprs_logs_or_run_output(
+    shared_sandbox: Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "rc-super-secret-token-value"
+    creds = RunComfyCredentials(api_token=secret, base_url=shared_sandbox.base_url)
+    await creds.save("secret-creds", overwrite=True)
+
+    @task
+    async def use_it(block_name: str) -> str:
+        loaded = await RunComfyCredentials.load(block_name)
+        get_run_logger().info("loaded %r", loaded)
+        async with loaded.get_client() as client:
+            try:
+                await client.status("nope")
+            except Exception as exc:  # the sandbox refuses this token
+                get_run_logger().warning("failed: %s", exc)
+                return repr(exc)
+        return "unexpected"
+
+    @flow
+    async def probe() -> str:
+        return await use_it("secret-creds")
+
+    caplog.set_level(logging.DEBUG)
+    outcome = await probe()
+    texts = [repr(creds), str(creds), creds.model_dump_json(), outcome]
+    texts += [r.getMessage() for r in caplog.records]
+    assert any("failed:" in t for t in texts), "the failing call was logged"
+    for text in texts:
+        assert secret not in text

@@ -1,0 +1,466 @@
+"""RunComfyClient over real HTTP against the sandbox: success, every error code, every fault."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from prefect_runcomfy.backoff import Backoff, parse_retry_after
+from prefect_runcomfy.client import RunComfyClient
+from prefect_runcomfy.exceptions import (
+    AuthenticationError,
+    ConfigurationError,
+    DownloadError,
+    InputRejectedError,
+    InsufficientBalanceError,
+    ModelNotFoundError,
+    PermissionDeniedError,
+    RateLimitedError,
+    RequestNotFoundError,
+    RunComfyAPIError,
+    RunComfyError,
+    ServerError,
+    SubmitOutcomeUnknownError,
+    TransportError,
+)
+from prefect_runcomfy.models import InfiniteTalkInput, RequestStatus
+from prefect_runcomfy.sandbox import Sandbox
+
+FAST = Backoff(initial_s=0.01, max_delay_s=0.05)
+
+
+def job(sb: Sandbox, prompt: str = "a person talks", **extra: Any) -> InfiniteTalkInput:
+    return InfiniteTalkInput(
+        prompt=prompt,
+        image=f"{sb.base_url}/samples/portrait.png",
+        audio=f"{sb.base_url}/samples/hello.mp3",
+        resolution="480x480",
+        **extra,
+    )
+
+
+def client_for(sb: Sandbox, **kwargs: Any) -> RunComfyClient:
+    kwargs.setdefault("backoff", FAST)
+    return RunComfyClient(kwargs.pop("token", sb.token), sb.base_url, **kwargs)
+
+
+async def finish(client: RunComfyClient, request_id: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = await client.result(request_id, include_cost=True)
+        if result.status.is_terminal:
+            return result
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{request_id} did not finish in {timeout} s")
+
+
+@pytest.fixture
+def sb(shared_sandbox: Sandbox) -> Sandbox:
+    shared_sandbox.reset(config=True)
+    return shared_sandbox
+
+
+# --- success --------------------------------------------------------------------------------
+
+
+async def test_submit_wait_and_download_a_real_video(sb: Sandbox, tmp_path: Path) -> None:
+    async with client_for(sb) as client:
+        submitted = await client.submit(job(sb))
+        assert submitted.request_id
+        assert submitted.status_url and submitted.status_url.endswith("/status")
+        state = await client.status(submitted.request_id)
+        assert state.status in {RequestStatus.IN_QUEUE, RequestStatus.IN_PROGRESS}
+        result = await finish(client, submitted.request_id)
+        assert result.status is RequestStatus.SUCCEEDED
+        assert result.cost is not None and result.cost > 0
+        [url] = result.output_urls
+        downloaded = await client.download(url, tmp_path / "out.mp4")
+    assert downloaded.size == (tmp_path / "out.mp4").stat().st_size > 1000
+    assert len(downloaded.sha256) == 64
+    av = pytest.importorskip("av")
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        video = container.streams.video[0]
+        assert (video.codec_context.width, video.codec_context.height) == (480, 480)
+        assert container.streams.audio, "the video carries the speech"
+    stats = sb.stats()
+    assert stats["submits_accepted"] == 1
+    assert stats["file_requests"] >= 1
+    assert stats["file_requests_with_authorization"] == 0, "the token went to an output host"
+
+
+async def test_status_after_success_says_completed(sb: Sandbox) -> None:
+    async with client_for(sb) as client:
+        submitted = await client.submit(job(sb))
+        await finish(client, submitted.request_id)
+        state = await client.status(submitted.request_id)
+    assert state.status is RequestStatus.COMPLETED
+    assert state.raw_status == "completed"
+
+
+async def test_model_info_reads_the_catalog(sb: Sandbox) -> None:
+    async with client_for(sb) as client:
+        info = await client.model_info()
+    assert info.model_id == "community/infinite-talk/image-to-video"
+    assert info.input_schema and "284_image" in info.input_schema["properties"]
+
+
+async def test_cancel_a_queued_request_and_twice_is_harmless(sb: Sandbox) -> None:
+    sb.set(workers=1, run_seconds=2.0)
+    async with client_for(sb) as client:
+        running = await client.submit(job(sb, "first"))
+        queued = await client.submit(job(sb, "second"))
+        await asyncio.sleep(0.3)
+        first = await client.cancel(queued.request_id)
+        second = await client.cancel(queued.request_id)
+        busy = await client.cancel(running.request_id)
+        assert first.cancelled and second.cancelled
+        assert not busy.cancelled and busy.outcome == "not_cancellable"
+        result = await client.result(queued.request_id)
+    assert result.status is RequestStatus.CANCELLED
+
+
+# --- every error code ----------------------------------------------------------------------
+
+
+async def test_unknown_model(sb: Sandbox) -> None:
+    async with client_for(sb) as client:
+        with pytest.raises(ModelNotFoundError) as caught:
+            await client.submit(job(sb), model_id="community/no-such-model")
+    assert caught.value.error_code == 400001
+
+
+@pytest.mark.parametrize("http_status", [401, 403])
+async def test_bad_token(sb: Sandbox, http_status: int) -> None:
+    sb.set(auth_http_status=http_status)
+    async with client_for(sb, token="not-a-real-token") as client:
+        with pytest.raises(AuthenticationError) as caught:
+            await client.submit(job(sb))
+    assert caught.value.error_code == 400004
+    assert caught.value.status_code == http_status
+    assert sb.stats()["submits_accepted"] == 0
+
+
+async def test_no_balance(sb: Sandbox) -> None:
+    token = sb.config.no_balance_tokens[0]
+    async with client_for(sb, token=token) as client:
+        with pytest.raises(InsufficientBalanceError) as caught:
+            await client.submit(job(sb))
+    assert caught.value.error_code == 400002
+    assert "top up" in str(caught.value)
+
+
+async def test_request_of_another_user(sb: Sandbox) -> None:
+    other = sb.config.tokens[1]
+    async with client_for(sb) as mine, client_for(sb, token=other) as theirs:
+        submitted = await mine.submit(job(sb))
+        with pytest.raises(PermissionDeniedError) as caught:
+            await theirs.result(submitted.request_id)
+    assert caught.value.error_code == 403001
+
+
+async def test_unknown_request(sb: Sandbox) -> None:
+    async with client_for(sb) as client:
+        with pytest.raises(RequestNotFoundError) as caught:
+            await client.status("00000000-0000-0000-0000-000000000000")
+    assert caught.value.error_code == 404001
+    assert caught.value.request_id == "00000000-0000-0000-0000-000000000000"
+
+
+async def test_rejected_input_carries_the_servers_detail(sb: Sandbox) -> None:
+    payload = job(sb).to_api_payload() | {"128_steps": 99}
+    async with client_for(sb) as client:
+        with pytest.raises(InputRejectedError) as caught:
+            await client.submit(payload)
+    assert caught.value.status_code == 422
+    assert "128_steps" in str(caught.value)
+
+
+@pytest.mark.parametrize("shape", ["error_code", "detail", "code"])
+async def test_every_error_body_shape_is_understood(sb: Sandbox, shape: str) -> None:
+    sb.set(error_body_shape=shape)
+    async with client_for(sb, token="nope") as client:
+        with pytest.raises(AuthenticationError):
+            await client.status("whatever")
+
+
+# --- faults ---------------------------------------------------------------------------------
+
+
+async def test_dropped_submit_answer_is_outcome_unknown_and_never_resent(sb: Sandbox) -> None:
+    sb.add_fault(endpoint="submit", kind="drop_after_accept", count=1)
+    async with client_for(sb) as client:
+        with pytest.raises(SubmitOutcomeUnknownError) as caught:
+            await client.submit(job(sb))
+    assert "not sent again" in str(caught.value)
+    stats = sb.stats()
+    assert stats["submits_accepted"] == 1, "the job exists: the server accepted it"
+    assert max(stats["submits_by_payload"].values()) == 1, "the client must not resend it"
+
+
+async def test_submit_5xx_is_outcome_unknown(sb: Sandbox) -> None:
+    sb.add_fault(endpoint="submit", kind="server_error", http_status=502, count=1)
+    async with client_for(sb) as client:
+        with pytest.raises(SubmitOutcomeUnknownError):
+            await client.submit(job(sb))
+    assert sb.stats()["requests_by_endpoint"]["submit"] == 1
+
+
+async def test_submit_read_timeout_is_outcome_unknown(sb: Sandbox) -> None:
+    sb.add_fault(endpoint="submit", kind="slow", retry_after=1.5, count=1)
+    async with client_for(sb, timeout=httpx.Timeout(5.0, read=0.3)) as client:
+        with pytest.raises(SubmitOutcomeUnknownError) as caught:
+            await client.submit(job(sb))
+    assert caught.value.cause == "ReadTimeout"
+    await asyncio.sleep(1.5)
+    assert sb.stats()["submits_accepted"] == 1
+
+
+async def test_submit_refused_with_429_is_retried_after_the_wait_asked_for(sb: Sandbox) -> None:
+    sb.add_fault(endpoint="submit", kind="rate_limit", retry_after=0.5, count=2)
+    async with client_for(sb) as client:
+        started = time.monotonic()
+        submitted = await client.submit(job(sb))
+        waited = time.monotonic() - started
+    assert submitted.request_id
+    assert waited >= 1.0, "Retry-After was honoured twice"
+    stats = sb.stats()
+    assert stats["requests_by_endpoint"]["submit"] == 3
+    assert stats["submits_accepted"] == 1
+
+
+async def test_submit_to_a_closed_port_never_sent_is_retried_then_transport_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with RunComfyClient("t", f"http://127.0.0.1:{port}", backoff=FAST, max_retries=2) as c:
+        with pytest.raises(TransportError) as caught:
+            await c.submit({"241_positive_prompt": "x"})
+        assert c.requests_sent == 3
+    assert "nothing was submitted" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("kind", "extra"),
+    [
+        ("rate_limit", {"retry_after": 0.2}),
+        ("server_error", {"http_status": 503}),
+        ("drop_before_accept", {}),
+        ("drop_after_accept", {}),
+        ("error_code_200", {"error_code": 500001}),
+    ],
+)
+async def test_reads_are_retried_through_faults(sb: Sandbox, kind: str, extra: dict) -> None:
+    async with client_for(sb) as client:
+        submitted = await client.submit(job(sb))
+        sb.add_fault(endpoint="result", kind=kind, count=2, **extra)
+        result = await client.result(submitted.request_id)
+    assert result.request_id == submitted.request_id
+    assert sb.stats()["requests_by_endpoint"]["result"] == 3
+
+
+async def test_retries_are_bounded(sb: Sandbox) -> None:
+    async with client_for(sb, max_retries=2) as client:
+        submitted = await client.submit(job(sb))
+        sb.add_fault(endpoint="status", kind="server_error", http_status=500, count=10)
+        with pytest.raises(ServerError):
+            await client.status(submitted.request_id)
+    assert sb.stats()["requests_by_endpoint"]["status"] == 3
+
+
+async def test_a_retry_after_too_long_is_not_waited_for(sb: Sandbox) -> None:
+    sb.add_fault(endpoint="status", kind="rate_limit", retry_after=600, count=1)
+    async with client_for(sb, max_retry_after_s=5) as client:
+        with pytest.raises(RateLimitedError) as caught:
+            await client.status("anything")
+    assert caught.value.retry_after == 600
+
+
+async def test_http_200_with_error_code_is_an_error(sb: Sandbox) -> None:
+    async with client_for(sb) as client:
+        submitted = await client.submit(job(sb))
+        sb.add_fault(endpoint="status", kind="error_code_200", error_code=404001, count=1)
+        with pytest.raises(RequestNotFoundError):
+            await client.status(submitted.request_id)
+        sb.add_fault(endpoint="submit", kind="error_code_200", error_code=400002, count=1)
+        with pytest.raises(InsufficientBalanceError):
+            await client.submit(job(sb, "another"))
+    assert sb.stats()["submits_accepted"] == 1
+
+
+async def test_cancel_is_retried(sb: Sandbox) -> None:
+    async with client_for(sb) as client:
+        submitted = await client.submit(job(sb))
+        sb.add_fault(endpoint="cancel", kind="server_error", http_status=500, count=1)
+        outcome = await client.cancel(submitted.request_id)
+    assert outcome.request_id == submitted.request_id
+    assert sb.stats()["requests_by_endpoint"]["cancel"] == 2
+
+
+# --- [GAP] readings --------------------------------------------------------------------------
+
+
+async def test_submit_answered_with_202(sb: Sandbox) -> None:
+    sb.set(submit_status_code=202)
+    async with client_for(sb) as client:
+        submitted = await client.submit(job(sb))
+    assert submitted.request_id
+    assert submitted.extras().get("status") == "in_queue"
+
+
+@pytest.mark.parametrize("word", ["completed", "failed"])
+@pytest.mark.parametrize("shape", ["string", "object", "failure_reason"])
+async def test_failed_runs_in_every_reading(sb: Sandbox, word: str, shape: str) -> None:
+    sb.set(failed_status_word=word, error_shape=shape)
+    async with client_for(sb) as client:
+        submitted = await client.submit(job(sb, "[sandbox:fail] talk"))
+        result = await finish(client, submitted.request_id)
+        state = await client.status(submitted.request_id)
+    assert result.status is RequestStatus.FAILED
+    assert result.output_urls == []
+    assert result.error_message
+    assert state.status is RequestStatus.parse(word)
+
+
+async def test_canceled_with_one_l(sb: Sandbox) -> None:
+    sb.set(workers=1, run_seconds=2.0, cancelled_spelling="canceled")
+    async with client_for(sb) as client:
+        await client.submit(job(sb, "busy"))
+        queued = await client.submit(job(sb, "waiting"))
+        await client.cancel(queued.request_id)
+        state = await client.status(queued.request_id)
+    assert state.raw_status == "canceled"
+    assert state.status is RequestStatus.CANCELLED
+
+
+async def test_transient_states_are_not_finished(sb: Sandbox) -> None:
+    sb.set(transient_states=True, run_seconds=1.0)
+    seen: set[str | None] = set()
+    async with client_for(sb) as client:
+        submitted = await client.submit(job(sb))
+        for _ in range(100):
+            state = await client.status(submitted.request_id)
+            seen.add(state.raw_status)
+            if state.status.is_terminal:
+                break
+            assert state.status in {
+                RequestStatus.UNKNOWN,
+                RequestStatus.IN_QUEUE,
+                RequestStatus.IN_PROGRESS,
+            }
+            await asyncio.sleep(0.05)
+    assert seen & {"pending", "starting"}, seen
+
+
+async def test_videos_list_output_and_epoch_timestamps(sb: Sandbox) -> None:
+    sb.set(output_shape="videos", timestamp_format="epoch")
+    async with client_for(sb) as client:
+        submitted = await client.submit(job(sb))
+        result = await finish(client, submitted.request_id)
+    assert isinstance(result.output["videos"], list)
+    assert len(result.output_urls) == 1
+    assert isinstance(result.finished_at, float)
+
+
+async def test_not_found_just_after_submit(sb: Sandbox) -> None:
+    sb.set(not_found_after_submit_s=0.5)
+    async with client_for(sb) as client:
+        submitted = await client.submit(job(sb))
+        with pytest.raises(RequestNotFoundError):
+            await client.status(submitted.request_id)
+        await asyncio.sleep(0.6)
+        state = await client.status(submitted.request_id)
+    assert state.request_id == submitted.request_id
+
+
+async def test_expired_result_and_output(sb: Sandbox, tmp_path: Path) -> None:
+    async with client_for(sb) as client:
+        submitted = await client.submit(job(sb))
+        result = await finish(client, submitted.request_id)
+        sb.set(result_ttl_s=0.0)
+        await asyncio.sleep(0.1)
+        with pytest.raises(RequestNotFoundError) as caught:
+            await client.result(submitted.request_id)
+        with pytest.raises(DownloadError, match="expired"):
+            await client.download(result.output_urls[0], tmp_path / "late.mp4")
+    assert "expired" in str(caught.value)
+
+
+# --- configuration and secrecy ----------------------------------------------------------------
+
+
+def test_no_token_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RUNCOMFY_API_TOKEN", raising=False)
+    with pytest.raises(ConfigurationError, match="RUNCOMFY_API_TOKEN"):
+        RunComfyClient()
+
+
+async def test_environment_supplies_token_and_base_url(
+    sb: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNCOMFY_API_TOKEN", sb.token)
+    monkeypatch.setenv("RUNCOMFY_BASE_URL", sb.base_url)
+    async with RunComfyClient() as client:
+        info = await client.model_info()
+        assert client.base_url == sb.base_url
+    assert info.model_id
+
+
+async def test_user_agent_names_the_package(sb: Sandbox) -> None:
+    seen: list[str] = []
+
+    async def record(request: httpx.Request) -> None:
+        seen.append(request.headers["User-Agent"])
+
+    async with client_for(sb) as client:
+        client._api.event_hooks["request"].append(record)
+        await client.model_info()
+    assert seen and seen[0].startswith("prefect-runcomfy/")
+
+
+async def test_the_token_is_in_no_repr_log_or_exception(
+    sb: Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = sb.token
+    texts: list[str] = []
+    caplog.set_level(logging.DEBUG)
+    sb.add_fault(endpoint="status", kind="server_error", http_status=500, count=1)
+    async with client_for(sb) as client:
+        texts.append(repr(client))
+        submitted = await client.submit(job(sb))
+        await client.status(submitted.request_id)
+        sb.add_fault(endpoint="submit", kind="drop_after_accept", count=1)
+        for call in (
+            client.submit(job(sb, "dropped")),
+            client.status("missing"),
+            client.submit(job(sb), model_id="x/y"),
+        ):
+            with pytest.raises(RunComfyError) as caught:
+                await call
+            texts += [str(caught.value), repr(caught.value), repr(vars(caught.value))]
+    async with client_for(sb, token="wrong-token-value") as bad:
+        with pytest.raises(RunComfyAPIError) as caught:
+            await bad.status("x")
+        texts += [str(caught.value), repr(vars(caught.value))]
+    texts += [r.getMessage() for r in caplog.records]
+    assert texts
+    for text in texts:
+        assert secret not in text
+        assert "wrong-token-value" not in text
+
+
+def test_retry_after_parsing() -> None:
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("1.5") == 1.5
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    delays = [Backoff(initial_s=1, max_delay_s=8).delay(n) for n in range(8)]
+    assert all(0 <= d <= 8 for d in delays)
+    assert delays[-1] > delays[0]

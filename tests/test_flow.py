@@ -1,0 +1,324 @@
+"""generate_talking_videos against a real Prefect API, the sandbox over HTTP, and moto's S3."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pandas as pd
+import pytest
+from prefect.client.orchestration import get_client
+
+from prefect_runcomfy import RunComfyCredentials, generate_talking_videos
+from prefect_runcomfy.exceptions import InvalidInputError
+from prefect_runcomfy.ledger import Ledger
+from prefect_runcomfy.sandbox import Sandbox, sample_inputs
+from prefect_runcomfy.storage import OutputStore
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+FAST = {"poll_initial_s": 0.1, "poll_max_s": 0.5}
+
+
+@pytest.fixture
+def sb(shared_sandbox: Sandbox) -> Sandbox:
+    shared_sandbox.reset(config=True)
+    return shared_sandbox
+
+
+def creds(sb: Sandbox, token: str | None = None) -> RunComfyCredentials:
+    return RunComfyCredentials(api_token=token or sb.token, base_url=sb.base_url, max_retries=3)
+
+
+def rows(sb: Sandbox, n: int = 3, **extra: Any) -> list[dict[str, Any]]:
+    samples = sample_inputs(sb.base_url)
+    out = []
+    for i in range(n):
+        row = dict(samples[i % len(samples)])
+        row["id"] = f"r{i}"
+        row["prompt"] = f"{row['prompt']} #{i}"
+        row["customer"] = f"cust-{i}"  # a user column, carried through
+        row.update(extra)
+        out.append(row)
+    return out
+
+
+def assert_one_submit_per_payload(sb: Sandbox) -> None:
+    counts = sb.stats()["submits_by_payload"]
+    assert counts and max(counts.values()) == 1, counts
+
+
+# --- happy paths ------------------------------------------------------------------------------
+
+
+async def test_local_folder_gets_videos_sidecars_and_manifest(sb: Sandbox, tmp_path: Path) -> None:
+    out = tmp_path / "videos"
+    manifest = await generate_talking_videos(rows(sb, 3), str(out), creds(sb), **FAST)
+    assert list(manifest["status"]) == ["succeeded"] * 3
+    assert list(manifest["id"]) == ["r0", "r1", "r2"]
+    assert list(manifest["customer"]) == ["cust-0", "cust-1", "cust-2"]
+    for column in ("id", "status", "request_id", "video_uri", "metadata_uri", "error"):
+        assert column in manifest.columns
+    for record in manifest.to_dict(orient="records"):
+        video = Path(record["video_uri"])
+        assert video == out / f"{record['id']}.mp4" and video.stat().st_size > 1000
+        sidecar = json.loads(Path(record["metadata_uri"]).read_text())
+        assert sidecar["request_id"] == record["request_id"]
+        assert sidecar["status"] == "succeeded"
+        assert sidecar["files"][0]["sha256"] == record["sha256"]
+        assert sidecar["files"][0]["size"] == video.stat().st_size
+        assert sidecar["files"][0]["video"]["width"] == 480
+        assert sidecar["inputs"]["241_positive_prompt"] == record["prompt"]
+        # queue/run are observed by polling (a short job may be missed running); total is not
+        assert {"queue_seconds", "run_seconds"} <= set(sidecar)
+        assert 0 < sidecar["total_seconds"] < 60
+        assert sidecar["cost_usd"] > 0
+    stored = pd.read_parquet(out / "manifest.parquet")
+    assert list(stored["id"]) == ["r0", "r1", "r2"]
+    assert not list(out.glob(".*")), "no temporary files left behind"
+    assert_one_submit_per_payload(sb)
+
+
+async def test_memory_filesystem(sb: Sandbox) -> None:
+    manifest = await generate_talking_videos(
+        rows(sb, 2), "memory://flow-test/out", creds(sb), **FAST
+    )
+    assert set(manifest["status"]) == {"succeeded"}
+    fs = fsspec.filesystem("memory")
+    assert fs.exists("/flow-test/out/r0.mp4") and fs.exists("/flow-test/out/manifest.parquet")
+
+
+async def test_s3_output(sb: Sandbox, s3_server: Any, s3_bucket: str) -> None:
+    options = s3_server.storage_options
+    uri = f"s3://{s3_bucket}/nightly"
+    manifest = await generate_talking_videos(
+        rows(sb, 2), uri, creds(sb), storage_options=options, **FAST
+    )
+    assert set(manifest["status"]) == {"succeeded"}
+    fs = fsspec.filesystem("s3", **options)
+    assert fs.size(f"{s3_bucket}/nightly/r0.mp4") == manifest.loc[0, "size_bytes"]
+    assert fs.exists(f"{s3_bucket}/nightly/r1.json")
+    assert fs.exists(f"{s3_bucket}/nightly/manifest.parquet")
+    assert manifest.loc[0, "video_uri"] == f"s3://{s3_bucket}/nightly/r0.mp4"
+
+
+async def test_inputs_from_a_csv_file_and_derived_ids(sb: Sandbox, tmp_path: Path) -> None:
+    table = pd.DataFrame(rows(sb, 2)).drop(columns=["id"])
+    path = tmp_path / "rows.csv"
+    table.to_csv(path, index=False)
+    manifest = await generate_talking_videos(str(path), str(tmp_path / "out"), creds(sb), **FAST)
+    assert set(manifest["status"]) == {"succeeded"}
+    assert all(i.startswith("row-") for i in manifest["id"])
+    again = await generate_talking_videos(str(path), str(tmp_path / "out"), creds(sb), **FAST)
+    assert list(again["id"]) == list(manifest["id"]), "derived ids are stable across runs"
+    assert sb.stats()["submits_accepted"] == 2
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+async def test_mixed_valid_and_invalid_rows(sb: Sandbox, tmp_path: Path) -> None:
+    table = rows(sb, 2)
+    table.append({**table[0], "id": "bad-steps", "steps": 99})
+    table.append({**table[0], "id": "../escape"})
+    table.append({k: v for k, v in table[1].items() if k != "audio"} | {"id": "no-audio"})
+    table.append({**table[0], "id": "bad-media", "image": "ftp://example.test/x.png"})
+    out = tmp_path / "out"
+    manifest = await generate_talking_videos(table, str(out), creds(sb), **FAST)
+    by_id = manifest.set_index("row")
+    assert list(manifest["status"]) == [
+        "succeeded",
+        "succeeded",
+        "invalid",
+        "invalid",
+        "invalid",
+        "invalid",
+    ]
+    assert "steps" in by_id.loc[2, "error"] and "99" in by_id.loc[2, "error"]
+    assert "row 2" in by_id.loc[2, "error"]
+    assert "id:" in by_id.loc[3, "error"] and "cannot name a file" in by_id.loc[3, "error"]
+    assert "audio: is required" in by_id.loc[4, "error"]
+    assert "image:" in by_id.loc[5, "error"]
+    assert sb.stats()["submits_accepted"] == 2, "nothing was submitted for invalid rows"
+    assert not (tmp_path / "escape.mp4").exists()
+
+
+async def test_stop_on_invalid_submits_nothing(sb: Sandbox, tmp_path: Path) -> None:
+    table = rows(sb, 2)
+    table.append({**table[0], "id": "bad", "frames": 100})
+    with pytest.raises(InvalidInputError, match=r"row 2 \(id 'bad'\): frames"):
+        await generate_talking_videos(
+            table, str(tmp_path / "o"), creds(sb), on_invalid="stop", **FAST
+        )
+    assert sb.stats()["submits_accepted"] == 0
+
+
+# --- faults -------------------------------------------------------------------------------------
+
+
+async def test_faults_end_with_the_right_status_per_row(sb: Sandbox, tmp_path: Path) -> None:
+    table = rows(sb, 5)
+    table[2]["prompt"] += " [sandbox:fail]"
+    table[3]["prompt"] += " [sandbox:expire]"
+    sb.add_fault(endpoint="submit", kind="rate_limit", retry_after=0.2, count=2)
+    sb.add_fault(endpoint="status", kind="server_error", http_status=503, count=2)
+    sb.add_fault(endpoint="result", kind="server_error", http_status=500, count=2)
+    sb.add_fault(endpoint="result", kind="rate_limit", retry_after=0.1, count=1)
+    manifest = await generate_talking_videos(table, str(tmp_path / "o"), creds(sb), **FAST)
+    status = dict(zip(manifest["id"], manifest["status"], strict=True))
+    assert status == {
+        "r0": "succeeded",
+        "r1": "succeeded",
+        "r2": "failed",
+        "r3": "failed",
+        "r4": "succeeded",
+    }
+    errors = dict(zip(manifest["id"], manifest["error"], strict=True))
+    assert "SandboxFailure" in errors["r2"] or "fail" in errors["r2"].lower()
+    assert "expired" in errors["r3"]
+    failed_sidecar = json.loads((tmp_path / "o" / "r2.json").read_text())
+    assert failed_sidecar["status"] == "failed" and failed_sidecar["api_error"]
+    assert_one_submit_per_payload(sb)
+
+
+async def test_dropped_submit_answer_is_outcome_unknown_and_not_resubmitted(
+    sb: Sandbox, tmp_path: Path
+) -> None:
+    out = str(tmp_path / "o")
+    sb.add_fault(endpoint="submit", kind="drop_after_accept", count=1)
+    first = await generate_talking_videos(rows(sb, 2), out, creds(sb), max_concurrency=1, **FAST)
+    assert sorted(first["status"]) == ["outcome_unknown", "succeeded"]
+    again = await generate_talking_videos(rows(sb, 2), out, creds(sb), **FAST)
+    assert sorted(again["status"]) == ["outcome_unknown", "succeeded"]
+    unknown = again[again["status"] == "outcome_unknown"].iloc[0]
+    assert "resubmit_unknown=True" in unknown["error"]
+    assert sb.stats()["submits_accepted"] == 2
+    forced = await generate_talking_videos(
+        rows(sb, 2), out, creds(sb), resubmit_unknown=True, **FAST
+    )
+    assert list(forced["status"]) == ["succeeded", "succeeded"]
+    assert sb.stats()["submits_accepted"] == 3
+
+
+async def test_bad_token_stops_submitting_and_says_so(sb: Sandbox, tmp_path: Path) -> None:
+    manifest = await generate_talking_videos(
+        rows(sb, 3), str(tmp_path / "o"), creds(sb, "wrong"), max_concurrency=1, **FAST
+    )
+    assert set(manifest["status"]) == {"failed"}
+    assert all("token" in e for e in manifest["error"])
+    assert sb.stats()["requests_by_endpoint"].get("submit", 0) == 1
+
+
+async def test_deadline_cancels_queued_jobs(sb: Sandbox, tmp_path: Path) -> None:
+    sb.set(workers=1, run_seconds=3.0)
+    out = str(tmp_path / "o")
+    manifest = await generate_talking_videos(
+        rows(sb, 2), out, creds(sb), max_wait_s=1.0, max_concurrency=2, **FAST
+    )
+    assert set(manifest["status"]) == {"timed_out"}
+    errors = " ".join(manifest["error"])
+    assert "cancelled while still queued" in errors and "still running" in errors
+    entries = Ledger(OutputStore(out)).load_all()
+    assert sorted(e.state.value for e in entries.values()) == ["cancelled", "timed_out"]
+
+
+# --- resume -------------------------------------------------------------------------------------
+
+
+async def test_rerun_skips_stored_rows_and_pays_nothing(sb: Sandbox, tmp_path: Path) -> None:
+    out = str(tmp_path / "o")
+    await generate_talking_videos(rows(sb, 3), out, creds(sb), **FAST)
+    again = await generate_talking_videos(rows(sb, 3), out, creds(sb), **FAST)
+    assert set(again["status"]) == {"succeeded"}
+    assert all("already stored" in n for n in again["note"])
+    assert sb.stats()["submits_accepted"] == 3
+
+
+async def test_collect_finishes_what_a_timed_out_run_left(sb: Sandbox, tmp_path: Path) -> None:
+    from prefect_runcomfy import collect_outstanding_requests
+
+    sb.set(run_seconds=1.5)
+    out = str(tmp_path / "o")
+    first = await generate_talking_videos(rows(sb, 2), out, creds(sb), max_wait_s=0.5, **FAST)
+    assert set(first["status"]) == {"timed_out"}
+    collected = await collect_outstanding_requests(
+        out, creds(sb), poll_initial_s=0.1, poll_max_s=0.5
+    )
+    assert set(collected["status"]) == {"succeeded"}
+    manifest = pd.read_parquet(Path(out) / "manifest.parquet")
+    assert set(manifest["status"]) == {"succeeded"} and len(manifest) == 2
+    assert (Path(out) / "r0.mp4").exists()
+    assert sb.stats()["submits_accepted"] == 2
+
+
+# --- the UI -------------------------------------------------------------------------------------
+
+
+async def test_artifacts_show_progress_rows_and_summary(sb: Sandbox, tmp_path: Path) -> None:
+    table = rows(sb, 2)
+    table.append({**table[0], "id": "bad", "cfg": 9})
+    state = await generate_talking_videos(
+        table, str(tmp_path / "o"), creds(sb), return_state=True, **FAST
+    )
+    flow_run_id = state.state_details.flow_run_id
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async with get_client() as client:
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    kinds = {a.type: a for a in artifacts}
+    assert {"progress", "table", "markdown"} <= set(kinds)
+    assert kinds["progress"].data == 100.0
+    table_rows = kinds["table"].data
+    if isinstance(table_rows, str):
+        table_rows = json.loads(table_rows)
+    assert [r["id"] for r in table_rows] == ["r0", "r1", "bad"]
+    assert [r["status"] for r in table_rows] == ["succeeded", "succeeded", "invalid"]
+    summary = kinds["markdown"].data
+    assert "2 of 3 rows succeeded" in summary and str(tmp_path / "o") in summary
+    assert "cfg" in summary
+
+
+# --- secrets ------------------------------------------------------------------------------------
+
+
+async def test_the_token_is_in_no_file_and_no_log_line(
+    sb: Sandbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    table = rows(sb, 2)
+    table[1]["prompt"] += " [sandbox:fail]"
+    out = tmp_path / "o"
+    await generate_talking_videos(table, str(out), creds(sb), **FAST)
+    await generate_talking_videos(rows(sb, 1), str(out), creds(sb, "wrong"), **FAST)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) >= 5
+    for path in files:
+        assert sb.token.encode() not in path.read_bytes(), path
+        assert b"wrong" not in path.read_bytes() or path.suffix == ".mp4", path
+    for record in caplog.records:
+        assert sb.token not in record.getMessage()
+    assert sb.stats()["file_requests_with_authorization"] == 0
+
+
+async def test_cancelling_the_flow_cancels_queued_requests(sb: Sandbox, tmp_path: Path) -> None:
+    sb.set(workers=1, run_seconds=5.0)
+    run = asyncio.create_task(
+        generate_talking_videos(rows(sb, 3), str(tmp_path / "o"), creds(sb), **FAST)
+    )
+    for _ in range(200):
+        await asyncio.sleep(0.05)
+        if sb.stats()["submits_accepted"] == 3:
+            break
+    assert sb.stats()["submits_accepted"] == 3
+    run.cancel()
+    with pytest.raises((asyncio.CancelledError, BaseException)):
+        await run
+    await asyncio.sleep(0.5)
+    states = sorted(r["state"] for r in sb.requests())
+    assert states.count("cancelled") == 2, states
