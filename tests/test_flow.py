@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -304,6 +305,15 @@ async def test_the_token_is_in_no_file_and_no_log_line(
     for record in caplog.records:
         assert sb.token not in record.getMessage()
     assert sb.stats()["file_requests_with_authorization"] == 0
+    # Nor in Prefect's own database (flow run parameters, task runs, artifacts, logs).
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().server.database.connection_url
+    db = Path((url.get_secret_value() if url else "").split("///")[-1])
+    db_files = list(db.parent.glob(db.name + "*"))
+    assert db_files, "the test harness's SQLite database was found"
+    for path in db_files:
+        assert sb.token.encode() not in path.read_bytes(), path
 
 
 async def test_cancelling_the_flow_cancels_queued_requests(sb: Sandbox, tmp_path: Path) -> None:
@@ -322,3 +332,193 @@ async def test_cancelling_the_flow_cancels_queued_requests(sb: Sandbox, tmp_path
     await asyncio.sleep(0.5)
     states = sorted(r["state"] for r in sb.requests())
     assert states.count("cancelled") == 2, states
+
+
+# --- crashes ------------------------------------------------------------------------------------
+
+
+def _ledger_states(out: Path) -> list[str]:
+    states = []
+    for path in (out / "_ledger").glob("*.json"):
+        try:
+            states.append(json.loads(path.read_text())["state"])
+        except (ValueError, OSError):
+            continue
+    return states
+
+
+async def test_sigkill_then_rerun_pays_once_per_row(sb: Sandbox, tmp_path: Path) -> None:
+    """The flow process is killed (SIGKILL: no hooks, no cleanup) while jobs are in flight."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from prefect.settings import get_current_settings
+
+    sb.set(workers=3, run_seconds=3.0)
+    out = tmp_path / "o"
+    args = {
+        "inputs": rows(sb, 6),
+        "output_uri": str(out),
+        "max_concurrency": 3,
+        "token": sb.token,
+        "base_url": sb.base_url,
+        **FAST,
+    }
+    spec = tmp_path / "args.json"
+    spec.write_text(json.dumps(args))
+    env = {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url)}
+    runner = Path(__file__).with_name("flow_runner.py")
+    proc = subprocess.Popen(
+        [sys.executable, str(runner), str(spec)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(600):
+            await asyncio.sleep(0.1)
+            states = _ledger_states(out)
+            if states.count("submitted") == 3 and sb.stats()["submits_accepted"] == 3:
+                break
+        else:
+            raise AssertionError(f"the flow never had 3 jobs in flight: {_ledger_states(out)}")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "manifest.parquet").exists(), "killed before the end"
+
+    manifest = await generate_talking_videos(rows(sb, 6), str(out), creds(sb), **FAST)
+    assert list(manifest["status"]) == ["succeeded"] * 6
+    notes = list(manifest["note"].fillna(""))
+    assert sum("earlier run" in n for n in notes) >= 3, notes
+    stats = sb.stats()
+    assert stats["submits_accepted"] == 6
+    assert_one_submit_per_payload(sb)
+    for record in manifest.to_dict(orient="records"):
+        assert Path(record["video_uri"]).stat().st_size == record["size_bytes"]
+
+
+# --- the account-wide limit ---------------------------------------------------------------------
+
+
+async def test_global_concurrency_limit_bounds_jobs_in_flight(sb: Sandbox, tmp_path: Path) -> None:
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    async with get_client() as client:
+        await client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name="runcomfy-account", limit=1)
+        )
+    manifest = await generate_talking_videos(
+        rows(sb, 3),
+        str(tmp_path / "o"),
+        creds(sb),
+        max_concurrency=3,
+        concurrency_limit="runcomfy-account",
+        **FAST,
+    )
+    assert set(manifest["status"]) == {"succeeded"}
+    spans = sorted((r["submitted_mono"], r["finished_mono"]) for r in sb.requests())
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start >= end, "a second job was submitted while one was in flight"
+
+
+async def test_a_missing_global_limit_is_an_error_not_unbounded(
+    sb: Sandbox, tmp_path: Path
+) -> None:
+    manifest = await generate_talking_videos(
+        rows(sb, 1), str(tmp_path / "o"), creds(sb), concurrency_limit="no-such-limit", **FAST
+    )
+    assert list(manifest["status"]) == ["failed"]
+    assert "no-such-limit" in manifest.loc[0, "error"]
+    assert sb.stats()["submits_accepted"] == 0
+
+
+# --- credentials and media ------------------------------------------------------------------------
+
+
+async def test_credentials_by_saved_block_name(sb: Sandbox, tmp_path: Path) -> None:
+    await creds(sb).save("flow-test-creds", overwrite=True)
+    manifest = await generate_talking_videos(
+        rows(sb, 1), str(tmp_path / "o"), "flow-test-creds", **FAST
+    )
+    assert list(manifest["status"]) == ["succeeded"]
+
+
+async def test_unknown_block_name_is_a_configuration_error(sb: Sandbox, tmp_path: Path) -> None:
+    from prefect_runcomfy.exceptions import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="no-such-block"):
+        await generate_talking_videos(rows(sb, 1), str(tmp_path / "o"), "no-such-block", **FAST)
+    assert sb.stats()["submits_accepted"] == 0
+
+
+def _local_media(tmp_path: Path) -> tuple[Path, Path]:
+    from prefect_runcomfy.sandbox.samples import SAMPLES_DIR
+
+    media = tmp_path / "media"
+    media.mkdir()
+    image = media / "face.png"
+    audio = media / "voice.mp3"
+    image.write_bytes((SAMPLES_DIR / "portrait.png").read_bytes())
+    audio.write_bytes((SAMPLES_DIR / "short.mp3").read_bytes())
+    return image, audio
+
+
+async def test_local_media_sent_inline(sb: Sandbox, tmp_path: Path) -> None:
+    image, audio = _local_media(tmp_path)
+    table = [{"id": "inline", "prompt": "talks", "image": str(image), "audio": str(audio)}]
+    manifest = await generate_talking_videos(
+        table, str(tmp_path / "o"), creds(sb), inline_media=True, **FAST
+    )
+    assert list(manifest["status"]) == ["succeeded"], manifest["error"].tolist()
+    sidecar = json.loads((tmp_path / "o" / "inline.json").read_text())
+    assert sidecar["inputs"]["284_image"].startswith("data:image/png;base64,<")
+    assert len(json.dumps(sidecar)) < 10_000, "inline bytes are not copied into the sidecar"
+
+
+async def test_local_media_staged_to_s3_and_signed(
+    sb: Sandbox, tmp_path: Path, s3_server: Any, s3_bucket: str
+) -> None:
+    _image, _audio = _local_media(tmp_path)
+    table = pd.DataFrame(
+        [{"id": "staged", "prompt": "talks", "image": "media/face.png", "audio": "media/voice.mp3"}]
+    )
+    table_path = tmp_path / "rows.parquet"
+    table.to_parquet(table_path)  # relative media paths resolve against the table's folder
+    manifest = await generate_talking_videos(
+        str(table_path),
+        str(tmp_path / "o"),
+        creds(sb),
+        staging_uri=f"s3://{s3_bucket}/staging",
+        staging_storage_options=s3_server.storage_options,
+        **FAST,
+    )
+    assert list(manifest["status"]) == ["succeeded"], manifest["error"].tolist()
+    sidecar = json.loads((tmp_path / "o" / "staged.json").read_text())
+    sent = sidecar["inputs"]["284_image"]
+    assert sent.startswith(s3_server.endpoint_url) and "?" not in sent, "no signature stored"
+    fs = fsspec.filesystem("s3", **s3_server.storage_options)
+    assert len(fs.ls(f"{s3_bucket}/staging")) == 2
+
+
+async def test_missing_local_media_is_an_invalid_row(sb: Sandbox, tmp_path: Path) -> None:
+    table = [
+        *rows(sb, 1),
+        {
+            "id": "gone",
+            "prompt": "x",
+            "image": str(tmp_path / "nope.png"),
+            "audio": str(tmp_path / "nope.mp3"),
+        },
+    ]
+    manifest = await generate_talking_videos(
+        table, str(tmp_path / "o"), creds(sb), inline_media=True, **FAST
+    )
+    assert list(manifest["status"]) == ["succeeded", "invalid"]
+    assert "nope.png" in manifest.loc[1, "error"]
+    assert sb.stats()["submits_accepted"] == 1
