@@ -8,7 +8,11 @@ from prefect_runcomfy import RunComfyCredentials, RunComfyClient, InfiniteTalkIn
 from prefect_runcomfy._version import __version__
 from prefect_runcomfy.blocks import RunComfyCredentials
 from prefect_runcomfy.client import RunComfyClient
-from prefect_runcomfy.flows import collect_outstanding_requests, generate_talking_videos
+from prefect_runcomfy.flows import (
+    collect_outstanding_requests,
+    generate_talking_videos,
+    generate_talking_videos_sharded,
+)
 from prefect_runcomfy.models import InfiniteTalkInput, RequestStatus
 
 __all__ = [
@@ -19,4 +23,5 @@ __all__ = [
     "__version__",
     "collect_outstanding_requests",
     "generate_talking_videos",
+    "generate_talking_videos_sharded",
 ]

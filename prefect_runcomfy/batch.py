@@ -123,6 +123,14 @@ def base_record(row: PreparedRow | RowProblem) -> dict[str, Any]:
     record: dict[str, Any] = {"id": row.id, "row": row.row, "extras": dict(row.extras)}
     if isinstance(row, PreparedRow):
         record.update(input_columns(row.job))
+    else:
+        # As given, but short: a rejected row may hold a megabyte prompt or an inline file.
+        record.update(
+            {
+                k: v[:300] + "…" if isinstance(v, str) and len(v) > 300 else v
+                for k, v in row.inputs.items()
+            }
+        )
     return record
 
 

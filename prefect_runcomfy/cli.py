@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -89,12 +88,56 @@ def _summary(manifest: Any, output: str) -> None:
     counts = {k: v for k, v in status_counts(manifest).items() if v}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items()) or "no rows")
     console.print(f"Outputs and manifest.parquet: [bold]{output}[/]")
+    page = manifest.attrs.get("review_page")
+    if page:
+        console.print(f"Review page: [bold]{page}[/]  (open it in a browser)")
 
 
-def _run_flow(**kwargs: Any) -> Any:
+def _quiet_console(verbose: bool) -> None:
+    """Keep Prefect's per-row log lines out of the terminal (the progress bar says it all);
+    they still reach the Prefect API and UI."""
+    import logging
+
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()
+    if verbose:
+        return
+    for handler in logging.getLogger().handlers:
+        if type(handler).__name__ == "PrefectConsoleHandler":
+            handler.setLevel(logging.WARNING)
+
+
+def _run_flow(*, show_progress: bool = True, **kwargs: Any) -> Any:
+    """Run the flow in this process, with a live progress bar on the terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from prefect_runcomfy.flows import generate_talking_videos
+    from prefect_runcomfy.reporting import progress_listeners
 
-    return asyncio.run(generate_talking_videos(**kwargs))
+    if not show_progress:
+        return asyncio.run(generate_talking_videos(**kwargs))
+    bar = Progress(
+        TextColumn("[bold]rows"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+        transient=False,
+    )
+    task_id = bar.add_task("starting", total=None)
+
+    def listen(done: int, total: int, counts: dict[str, int]) -> None:
+        text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        bar.update(task_id, completed=done, total=total, description=text)
+
+    progress_listeners.append(listen)
+    try:
+        with bar:
+            return asyncio.run(generate_talking_videos(**kwargs))
+    finally:
+        progress_listeners.remove(listen)
 
 
 def _exit_for(manifest: Any) -> int:
@@ -149,6 +192,7 @@ def run(
         list[str] | None,
         typer.Option("--storage-option", "-s", help="fsspec option for --output, key=value."),
     ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every log line.")] = False,
 ) -> None:
     """Run every row of INPUTS and store videos, sidecars and manifest.parquet under --output.
 
@@ -161,6 +205,7 @@ def run(
 
     Exit code 0: all rows succeeded; 1: some did not; 2: bad input; 3: configuration error.
     """
+    _quiet_console(verbose)
     try:
         manifest = _run_flow(
             inputs=inputs,
@@ -191,10 +236,12 @@ def validate(
     Example: `prefect-runcomfy validate rows.csv`. Exit code 0: all rows valid; 2: not.
     """
     from prefect_runcomfy.exceptions import InvalidInputError
-    from prefect_runcomfy.table import check_table, read_table
+    from prefect_runcomfy.table import check_local_media, check_table, read_table, table_folder
 
+    local_table = "://" not in inputs or inputs.startswith("file://")
+    base_dir = table_folder(inputs) if local_table else None
     try:
-        check = check_table(read_table(inputs))
+        check = check_local_media(check_table(read_table(inputs)), base_dir=base_dir)
     except InvalidInputError as exc:
         err.print(f"[red]{exc}[/]")
         raise typer.Exit(EXIT_BAD_INPUT) from None
@@ -330,4 +377,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -101,6 +101,7 @@ _CODE_ADVICE: dict[type[RunComfyAPIError], str] = {
 
 
 def _resolve_token(api_token: str | SecretStr | None) -> SecretStr:
+    value: str | None
     if isinstance(api_token, SecretStr):
         value = api_token.get_secret_value()
     else:

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any, Literal
 
 import pandas as pd
@@ -37,12 +38,24 @@ from prefect_runcomfy.blocks import RunComfyCredentials
 from prefect_runcomfy.client import RunComfyClient
 from prefect_runcomfy.exceptions import ConfigurationError, InvalidInputError
 from prefect_runcomfy.ledger import Ledger, LedgerEntry, LedgerState, plan_row
-from prefect_runcomfy.manifest import RowStatus, build_manifest, merge_manifests, status_counts
+from prefect_runcomfy.manifest import (
+    RowStatus,
+    build_manifest,
+    merge_manifests,
+    parquet_safe,
+    status_counts,
+)
 from prefect_runcomfy.media import MediaResolver
 from prefect_runcomfy.models import MODEL_ID
 from prefect_runcomfy.reporting import Progress, publish_summary
 from prefect_runcomfy.storage import OutputStore
-from prefect_runcomfy.table import PreparedRow, RowProblem, check_table, read_table
+from prefect_runcomfy.table import (
+    PreparedRow,
+    RowProblem,
+    check_table,
+    read_table,
+    table_folder,
+)
 from prefect_runcomfy.waiting import PollPolicy
 
 MANIFEST_NAME = "manifest.parquet"
@@ -109,11 +122,8 @@ def _resolver(
     input_storage_options: dict[str, Any] | None,
     staging_storage_options: dict[str, Any] | None,
 ) -> MediaResolver:
-    base = None
-    if table_uri:
-        base = table_uri.rsplit("/", 1)[0] if "/" in table_uri else "."
     return MediaResolver(
-        base_uri=base,
+        base_uri=table_folder(table_uri),
         staging_uri=staging_uri,
         inline_media=inline_media,
         storage_options=input_storage_options,
@@ -141,7 +151,7 @@ async def _resolve_all(
                 except Exception as exc:
                     problems.append((kind, str(exc)))
         if problems:
-            bad.append(RowProblem(row.row, row.id, problems, row.extras))
+            bad.append(RowProblem(row.row, row.id, problems, row.extras, row.job.model_dump()))
         else:
             payload = row.job.model_copy(update=resolved).to_api_payload()
             if resolver.inline_media:
@@ -181,6 +191,8 @@ async def generate_talking_videos(
     poll_initial_s: float = 2.0,
     poll_max_s: float = 30.0,
     model_id: str = MODEL_ID,
+    table_storage_options: dict[str, Any] | None = None,
+    manifest_name: str = MANIFEST_NAME,
 ) -> pd.DataFrame:
     """Turn every row of a table into a lip-synced talking video, stored with its metadata.
 
@@ -216,6 +228,10 @@ async def generate_talking_videos(
         poll_initial_s: First polling interval; it doubles up to `poll_max_s`.
         poll_max_s: The longest polling interval.
         model_id: The RunComfy model (InfiniteTalk's by default).
+        table_storage_options: fsspec options for reading `inputs` when it is a URL
+            (default: `input_storage_options`).
+        manifest_name: Where under `output_uri` the manifest goes; a sharded run gives each
+            shard its own and merges them at the end.
 
     Returns:
         The manifest: one row per input row with `id, status, request_id, video_uri,
@@ -224,7 +240,9 @@ async def generate_talking_videos(
     logger = get_run_logger()
     creds = await load_credentials(credentials)
     table_uri = inputs if isinstance(inputs, str) else None
-    df = await asyncio.to_thread(read_table, inputs, storage_options=input_storage_options)
+    df = await asyncio.to_thread(
+        read_table, inputs, storage_options=table_storage_options or input_storage_options
+    )
     check = check_table(df)
     resolver = _resolver(
         table_uri, staging_uri, inline_media, input_storage_options, staging_storage_options
@@ -317,20 +335,51 @@ async def generate_talking_videos(
     await progress.finish()
     records.sort(key=lambda r: r["row"])
     manifest = build_manifest(records)
-    return await _write_manifest(store, manifest, output_uri, logger)
+    return await _write_manifest(
+        store,
+        manifest,
+        output_uri,
+        logger,
+        name=manifest_name,
+        input_storage_options=input_storage_options,
+    )
 
 
 async def _write_manifest(
-    store: OutputStore, manifest: pd.DataFrame, output_uri: str, logger: Any
+    store: OutputStore,
+    manifest: pd.DataFrame,
+    output_uri: str,
+    logger: Any,
+    *,
+    name: str = MANIFEST_NAME,
+    input_storage_options: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
-    previous = await asyncio.to_thread(store.read_manifest)
-    merged = merge_manifests(previous, manifest)
-    manifest_uri = await asyncio.to_thread(store.write_manifest, merged)
+    """Merge this run's rows into the manifest at `name`, write it, and publish the summary."""
+    previous = await asyncio.to_thread(store.read_manifest, name)
+    merged = parquet_safe(merge_manifests(previous, manifest))
+    manifest_uri = await asyncio.to_thread(store.write_manifest, merged, name)
+    page_uri = None
+    if name == MANIFEST_NAME:  # a shard's manifest gets no page: its parent writes one
+        from prefect_runcomfy.review import write_review_page
+
+        try:
+            page_uri = await asyncio.to_thread(
+                write_review_page, store, merged, input_storage_options=input_storage_options
+            )
+        except Exception as exc:  # the page is a view; the run's outputs are what count
+            logger.warning("Could not write the review page: %s", exc)
     counts = {k: v for k, v in status_counts(manifest).items() if v}
     logger.info(
-        "Done: %s. Manifest: %s", ", ".join(f"{n} {s}" for s, n in counts.items()), manifest_uri
+        "Done: %s. Manifest: %s%s",
+        ", ".join(f"{n} {s}" for s, n in counts.items()),
+        manifest_uri,
+        f". Review page: {page_uri}" if page_uri else "",
     )
-    await publish_summary(manifest, output_uri=output_uri, manifest_uri=manifest_uri)
+    await publish_summary(
+        manifest, output_uri=output_uri, manifest_uri=manifest_uri, page_uri=page_uri
+    )
+    manifest.attrs["review_page"] = page_uri
+    manifest.attrs["manifest_uri"] = manifest_uri
     return manifest
 
 
@@ -445,8 +494,133 @@ async def collect_outstanding_requests(
     return await _write_manifest(store, manifest, output_uri, logger)
 
 
+@flow(name="generate-talking-videos-sharded", log_prints=False)
+async def generate_talking_videos_sharded(
+    inputs: pd.DataFrame | list[dict[str, Any]] | str,
+    output_uri: str,
+    deployment: str = "generate-talking-videos/shard",
+    shard_size: int = 500,
+    credentials: str | None = None,
+    concurrency_limit: str | None = None,
+    max_concurrency_per_shard: int = 8,
+    max_wait_s: float = 3600.0,
+    storage_options: dict[str, Any] | None = None,
+    input_storage_options: dict[str, Any] | None = None,
+    shard_parameters: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Run a very large table as shards, each a separate flow run of `deployment` on its work
+    pool, all under one account-wide limit, and merge their manifests into one.
+
+    The whole table is checked here first, so an id is never in two shards (which could pay
+    twice) and invalid rows are reported once. Each shard is written as Parquet under
+    `<output_uri>/_shards/<this run>/`, runs `generate_talking_videos` into the same
+    `output_uri` (one ledger, so re-running the parent is as safe as re-running one flow), and
+    writes its own manifest; the merged `manifest.parquet` is written at the end.
+
+    Args:
+        inputs: The table (DataFrame, list of dicts, or a file path/URL).
+        output_uri: Where every shard stores its outputs.
+        deployment: The deployment of `generate_talking_videos` that runs each shard
+            (`prefect.yaml` defines `generate-talking-videos/shard`).
+        shard_size: Rows per shard.
+        credentials: The name of a saved RunComfyCredentials block (the shards load it).
+        concurrency_limit: A Prefect global concurrency limit shared by all shards: the
+            number of RunComfy jobs in flight on the account, whatever the number of shards.
+        max_concurrency_per_shard: Jobs in flight per shard.
+        max_wait_s: Passed to every shard.
+        storage_options: fsspec options for `output_uri` (also used to read the shards).
+        input_storage_options: fsspec options for the table and the media.
+        shard_parameters: Any other `generate_talking_videos` parameters for every shard.
+
+    Returns:
+        The merged manifest of this run's rows.
+    """
+    from prefect.deployments import run_deployment
+
+    from prefect_runcomfy.sharding import shard_frames, shard_names, write_shard
+
+    logger = get_run_logger()
+    table_uri = inputs if isinstance(inputs, str) else None
+    df = await asyncio.to_thread(read_table, inputs, storage_options=input_storage_options)
+    check = check_table(df)
+    for problem in check.invalid:
+        logger.warning("Invalid %s", problem.message)
+    frames = shard_frames(check.valid, df, shard_size, base_dir=table_folder(table_uri))
+    store = OutputStore(output_uri, storage_options)
+    run_key = _flow_run_id() or uuid.uuid4().hex
+    names = shard_names(run_key, len(frames))
+    uris = [
+        await asyncio.to_thread(write_shard, store, frame, table_name)
+        for frame, (table_name, _) in zip(frames, names, strict=True)
+    ]
+    logger.info(
+        "%d rows: %d valid in %d shards of up to %d, %d invalid",
+        len(df),
+        len(check.valid),
+        len(frames),
+        shard_size,
+        len(check.invalid),
+    )
+
+    async def one(number: int, uri: str, manifest_name: str) -> pd.DataFrame | None:
+        parameters: dict[str, Any] = {
+            **(shard_parameters or {}),
+            "inputs": uri,
+            "output_uri": output_uri,
+            "credentials": credentials,
+            "concurrency_limit": concurrency_limit,
+            "max_concurrency": max_concurrency_per_shard,
+            "max_wait_s": max_wait_s,
+            "storage_options": storage_options,
+            "input_storage_options": input_storage_options,
+            "table_storage_options": storage_options,
+            "manifest_name": manifest_name,
+        }
+        run = await run_deployment(  # type: ignore[misc]  # async in an async flow
+            deployment,
+            parameters=parameters,
+            flow_run_name=f"shard-{number:04d}",
+            as_subflow=True,
+            timeout=None,
+        )
+        state = run.state
+        logger.info("Shard %d ended %s", number, state.name if state else "without a state")
+        return await asyncio.to_thread(store.read_manifest, manifest_name)
+
+    shard_manifests = await asyncio.gather(
+        *(one(i, uri, names[i][1]) for i, uri in enumerate(uris))
+    )
+    records: list[dict[str, Any]] = [invalid_record(p) for p in check.invalid]
+    parts = [m for m in shard_manifests if m is not None and not m.empty]
+    for frame, shard_manifest in zip(frames, shard_manifests, strict=True):
+        if shard_manifest is None:
+            # The shard run died before writing its manifest: its rows are in the ledger, and
+            # running this flow again collects or skips them without paying twice.
+            for row_id in frame["id"]:
+                records.append(
+                    {
+                        "id": row_id,
+                        "status": RowStatus.FAILED.value,
+                        "error": "its shard's flow run ended before writing a manifest; "
+                        "run again (nothing is paid twice) or collect_outstanding_requests",
+                    }
+                )
+    manifest = (
+        pd.concat([*parts, build_manifest(records)], ignore_index=True)
+        if records or parts
+        else build_manifest([])
+    )
+    by_id = {row.id: row.row for row in check.valid} | {p.id or "": p.row for p in check.invalid}
+    manifest["row"] = [
+        by_id.get(i, r) for i, r in zip(manifest["id"], manifest["row"], strict=True)
+    ]
+    manifest = manifest.sort_values("row", kind="stable").reset_index(drop=True)
+    return await _write_manifest(store, manifest, output_uri, logger)
+
+
 __all__ = [
     "collect_outstanding_requests",
     "generate_talking_videos",
+    "generate_talking_videos_sharded",
     "load_credentials",
 ]

@@ -114,3 +114,17 @@ def status_counts(manifest: pd.DataFrame) -> dict[str, int]:
     """How many rows ended in each status (every status listed, zeros included)."""
     counts = manifest["status"].value_counts().to_dict() if len(manifest) else {}
     return {s.value: int(counts.get(s.value, 0)) for s in RowStatus}
+
+
+def parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy whose object columns Parquet can store: a column mixing kinds of values (a user's
+    column with numbers in one run and text in another) becomes text, missing values kept."""
+    out = df.copy()
+    for column in out.columns:
+        if out[column].dtype != object:
+            continue
+        values = out[column].dropna()
+        kinds = {type(v) for v in values}
+        if len(kinds) > 1 and not kinds <= {list, tuple}:
+            out[column] = out[column].map(lambda v: v if v is None or v != v else str(v))
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -18,9 +19,18 @@ from prefect.logging import get_run_logger
 
 from prefect_runcomfy.manifest import status_counts
 
+ProgressListener = Callable[[int, int, dict[str, int]], None]
+"""Called in-process with (rows done, rows in all, count per status) as each row finishes."""
+
+progress_listeners: list[ProgressListener] = []
+"""Listeners of every run in this process (the command line's progress bar is one)."""
+
 
 class Progress:
-    """A progress artifact kept current as rows finish, updated at most every `every_s` seconds."""
+    """A progress artifact kept current as rows finish, updated at most every `every_s` seconds.
+
+    In-process listeners (`progress_listeners`) hear about every row at once.
+    """
 
     def __init__(self, total: int, *, every_s: float = 2.0, key: str | None = None) -> None:
         self.total = max(0, total)
@@ -49,6 +59,8 @@ class Progress:
         """Count a finished row; update the artifact if the last update is old enough."""
         self.done += 1
         self.counts[status] = self.counts.get(status, 0) + 1
+        for listener in list(progress_listeners):
+            listener(self.done, self.total, dict(self.counts))
         if time.monotonic() - self._last >= self.every_s:
             await self._update()
 
@@ -102,7 +114,12 @@ def summary_table(manifest: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def summary_markdown(
-    manifest: pd.DataFrame, *, output_uri: str, manifest_uri: str, title: str = "Talking videos"
+    manifest: pd.DataFrame,
+    *,
+    output_uri: str,
+    manifest_uri: str,
+    page_uri: str | None = None,
+    title: str = "Talking videos",
 ) -> str:
     """A short markdown report: counts per status, where the outputs are, what it cost."""
     counts = status_counts(manifest)
@@ -114,6 +131,9 @@ def summary_markdown(
     lines += [f"| {status} | {n} |" for status, n in counts.items() if n]
     lines += [
         "",
+        f"- Review page: [{page_uri}]({_link(page_uri)})"
+        if page_uri
+        else "- Review page: not written",
         f"- Outputs: `{output_uri}`",
         f"- Manifest: `{manifest_uri}`",
         f"- Video produced: {seconds:.1f} s",
@@ -136,8 +156,20 @@ def summary_markdown(
     return "\n".join(lines) + "\n"
 
 
+def _link(uri: str) -> str:
+    # A local path becomes a file:// link; URLs stay as they are (s3:// is shown, not clickable).
+    if "://" in uri:
+        return uri
+    return "file://" + uri.replace(" ", "%20")
+
+
 async def publish_summary(
-    manifest: pd.DataFrame, *, output_uri: str, manifest_uri: str, key_prefix: str | None = None
+    manifest: pd.DataFrame,
+    *,
+    output_uri: str,
+    manifest_uri: str,
+    page_uri: str | None = None,
+    key_prefix: str | None = None,
 ) -> None:
     """Create the final table and markdown artifacts of a run."""
     table_key = f"{key_prefix}-rows" if key_prefix else None
@@ -147,7 +179,9 @@ async def publish_summary(
             table=summary_table(manifest), key=table_key, description="One row per input row"
         )
         await acreate_markdown_artifact(
-            markdown=summary_markdown(manifest, output_uri=output_uri, manifest_uri=manifest_uri),
+            markdown=summary_markdown(
+                manifest, output_uri=output_uri, manifest_uri=manifest_uri, page_uri=page_uri
+            ),
             key=summary_key,
             description="Counts, where the outputs are, and cost",
         )

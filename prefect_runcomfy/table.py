@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import fsspec
 import pandas as pd
@@ -24,7 +24,7 @@ from prefect_runcomfy.ledger import payload_fingerprint
 from prefect_runcomfy.models import API_KEYS, FRIENDLY_NAMES, InfiniteTalkInput
 from prefect_runcomfy.models import describe_validation_error as _describe
 
-TableLike = pd.DataFrame | list[dict[str, Any]] | str
+TableLike: TypeAlias = pd.DataFrame | list[dict[str, Any]] | str
 """What a flow accepts as `inputs`."""
 
 ID_COLUMN = "id"
@@ -53,6 +53,8 @@ class RowProblem:
     id: str | None
     problems: list[tuple[str, str]]
     extras: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)
+    """The input columns as given (friendly names), so a report can show what was wrong."""
 
     @property
     def message(self) -> str:
@@ -239,7 +241,8 @@ def check_table(df: pd.DataFrame) -> TableCheck:
                 seen_ids[row_id] = position
                 valid.append(PreparedRow(position, row_id, job, digest, extras, id_given))
                 continue
-        invalid.append(RowProblem(position, row_id, problems, extras))
+        shown = {FRIENDLY_NAMES.get(k, k): v for k, v in given.items()}
+        invalid.append(RowProblem(position, row_id, problems, extras, shown))
     return TableCheck(valid=valid, invalid=invalid)
 
 
@@ -249,3 +252,48 @@ def rows_as_records(rows: Iterable[PreparedRow]) -> list[dict[str, Any]]:
         {"id": r.id, **r.job.model_dump(), **r.extras}
         for r in rows  # keep the table's order
     ]
+
+
+def _local_path(value: str, base_dir: str | None) -> str | None:
+    """The local file a media value names, or None when it is a URL or a data: URI."""
+    if value.startswith("data:") or re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", value):
+        return value[len("file://") :] if value.startswith("file://") else None
+    if base_dir and not value.startswith("/"):
+        return f"{base_dir.rstrip('/')}/{value}"
+    return value
+
+
+def check_local_media(check: TableCheck, *, base_dir: str | None = None) -> TableCheck:
+    """Move rows whose local image or audio file does not exist to the invalid rows.
+
+    Offline: URLs and remote paths are not touched (the flow checks them before submitting).
+    Relative paths are read against `base_dir` (the folder of a local table).
+    """
+    import os
+
+    valid: list[PreparedRow] = []
+    invalid = list(check.invalid)
+    for row in check.valid:
+        problems = []
+        for column in ("image", "audio"):
+            path = _local_path(getattr(row.job, column), base_dir)
+            if path is not None and not os.path.isfile(path):
+                problems.append((column, f"no such local file: {path}"))
+        if problems:
+            invalid.append(RowProblem(row.row, row.id, problems, row.extras, row.job.model_dump()))
+        else:
+            valid.append(row)
+    invalid.sort(key=lambda p: p.row)
+    return TableCheck(valid=valid, invalid=invalid)
+
+
+def table_folder(table_uri: str | None) -> str | None:
+    """The folder a table file sits in (an absolute local path, or a URL prefix); relative
+    media paths in the table are read against it. None for in-memory tables."""
+    import os
+
+    if not table_uri:
+        return None
+    if "://" not in table_uri or table_uri.startswith("file://"):
+        return os.path.dirname(os.path.abspath(table_uri.removeprefix("file://")))
+    return table_uri.split("?", 1)[0].rsplit("/", 1)[0]

@@ -327,10 +327,11 @@ async def store_outputs(
 
     Each output is streamed to a local temporary file (its size checked against
     Content-Length), hashed with sha256, probed with PyAV when installed, and uploaded through
-    fsspec. The row's JSON sidecar (`<id>.json`: `metadata` plus what was stored) is written
+    fsspec, with a poster frame (`<id>.poster.jpg`) for the review page. The row's JSON sidecar (`<id>.json`: `metadata` plus what was stored) is written
     last, so a row with a sidecar is complete. Safe to run again: it overwrites.
     """
     from prefect_runcomfy.media import probe_video
+    from prefect_runcomfy.previews import poster_frame, poster_name
 
     logger = get_run_logger()
     urls = result.output_urls
@@ -345,6 +346,11 @@ async def store_outputs(
                 local = os.path.join(tmp, name)
                 downloaded = await download_output(url, local, http=http)
                 video = await asyncio.to_thread(probe_video, local)
+                if video and not files:
+                    # The review page's poster, made while the video is on local disk anyway.
+                    poster = os.path.join(tmp, poster_name(row_id))
+                    if await asyncio.to_thread(poster_frame, local, poster):
+                        await asyncio.to_thread(store.put_file, poster, poster_name(row_id))
                 uri = await asyncio.to_thread(store.put_file, local, name)
                 os.remove(local)  # keep at most one output on local disk at a time
                 files.append(

@@ -96,6 +96,7 @@ async def wait_until_finished(
     status = RequestStatus.UNKNOWN
     polls = 0
     first_running: float | None = None
+    seen = False  # once RunComfy has shown the request, "not found" means gone, not "not yet"
     states: list[str] = []
     result: RequestResult | None = None
     while True:
@@ -119,8 +120,9 @@ async def wait_until_finished(
                 if status is RequestStatus.COMPLETED:
                     # /result speaks succeeded/failed; "completed" here means "ask again".
                     status = RequestStatus.IN_PROGRESS
+            seen = True
         except RequestNotFoundError:
-            if clock() - submitted > policy.not_found_grace_s:
+            if seen or clock() - submitted > policy.not_found_grace_s:
                 raise
             raw, position = "not_visible_yet", None
         except RateLimitedError as exc:

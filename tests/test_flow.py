@@ -80,6 +80,11 @@ async def test_local_folder_gets_videos_sidecars_and_manifest(sb: Sandbox, tmp_p
         assert sidecar["cost_usd"] > 0
     stored = pd.read_parquet(out / "manifest.parquet")
     assert list(stored["id"]) == ["r0", "r1", "r2"]
+    page = (out / "index.html").read_text()
+    assert manifest.attrs["review_page"] == str(out / "index.html")
+    for row_id in ("r0", "r1", "r2"):
+        assert (out / f"{row_id}.poster.jpg").read_bytes()[:2] == b"\xff\xd8"  # JPEG
+        assert f'src="{row_id}.mp4"' in page
     assert not list(out.glob(".*")), "no temporary files left behind"
     assert_one_submit_per_payload(sb)
 
@@ -164,7 +169,8 @@ async def test_stop_on_invalid_submits_nothing(sb: Sandbox, tmp_path: Path) -> N
 async def test_faults_end_with_the_right_status_per_row(sb: Sandbox, tmp_path: Path) -> None:
     table = rows(sb, 5)
     table[2]["prompt"] += " [sandbox:fail]"
-    table[3]["prompt"] += " [sandbox:expire]"
+    table[3]["prompt"] += " [sandbox:expire] [sandbox:run=3]"  # seen running, then gone
+    sb.set(not_found_after_submit_s=0.5)  # "not found" just after the submit
     sb.add_fault(endpoint="submit", kind="rate_limit", retry_after=0.2, count=2)
     sb.add_fault(endpoint="status", kind="server_error", http_status=503, count=2)
     sb.add_fault(endpoint="result", kind="server_error", http_status=500, count=2)
@@ -281,7 +287,8 @@ async def test_artifacts_show_progress_rows_and_summary(sb: Sandbox, tmp_path: P
     assert [r["id"] for r in table_rows] == ["r0", "r1", "bad"]
     assert [r["status"] for r in table_rows] == ["succeeded", "succeeded", "invalid"]
     summary = kinds["markdown"].data
-    assert "2 of 3 rows succeeded" in summary and str(tmp_path / "o") in summary
+    assert "2 of 3 rows succeeded" in summary
+    assert "index.html" in summary and str(tmp_path / "o") in summary
     assert "cfg" in summary
 
 

@@ -1,0 +1,200 @@
+"""The `prefect-runcomfy` command, run as a real process against the sandbox and a real
+Prefect API: exit codes, help, validate, run, demo, status, cancel, collect."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from prefect.settings import get_current_settings
+
+from prefect_runcomfy.sandbox import Sandbox, sample_inputs
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+CLI = str(Path(sys.executable).parent / "prefect-runcomfy")
+COMMANDS = ["run", "validate", "sandbox", "demo", "status", "cancel", "collect"]
+
+
+@pytest.fixture
+def sb(shared_sandbox: Sandbox) -> Sandbox:
+    shared_sandbox.reset(config=True)
+    return shared_sandbox
+
+
+def cli(
+    *args: str, token: str | None = None, base_url: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PREFECT_API_URL"] = str(get_current_settings().api.url)
+    env["COLUMNS"] = "200"
+    env.pop("RUNCOMFY_API_TOKEN", None)
+    if token:
+        env["RUNCOMFY_API_TOKEN"] = token
+    if base_url:
+        env["RUNCOMFY_BASE_URL"] = base_url
+    return subprocess.run(
+        [CLI, *args], env=env, capture_output=True, text=True, timeout=300, cwd=cwd, check=False
+    )
+
+
+def write_table(path: Path, rows: list[dict]) -> str:
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return str(path)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command: str) -> None:
+    from typer.testing import CliRunner
+
+    from prefect_runcomfy.cli import app
+
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "Example" in result.output, result.output
+
+
+def test_the_console_script_starts() -> None:
+    result = cli("--help")
+    assert result.returncode == 0
+    assert all(command in result.stdout for command in COMMANDS)
+
+
+def test_validate_prints_every_problem_of_every_row(tmp_path: Path) -> None:
+    (tmp_path / "face.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    rows = [
+        {"id": "ok", "prompt": "p", "image": "face.png", "audio": "https://x.test/a.mp3"},
+        {
+            "id": "two",
+            "prompt": "p",
+            "image": "https://x.test/i.png",
+            "audio": "https://x.test/a.mp3",
+            "steps": 99,
+            "cfg": 9,
+        },
+        {"id": "gone", "prompt": "p", "image": "missing.png", "audio": "https://x.test/a.mp3"},
+        {
+            "id": "../up",
+            "prompt": "",
+            "image": "https://x.test/i.png",
+            "audio": "https://x.test/a.mp3",
+        },
+    ]
+    result = cli("validate", write_table(tmp_path / "rows.csv", rows))
+    assert result.returncode == 2, result.stdout + result.stderr
+    out = result.stdout
+    assert "row 1 (id 'two'): steps:" in out and "cfg:" in out
+    assert "row 2 (id 'gone'): image: no such local file" in out
+    assert "row 3" in out and "id:" in out and "prompt:" in out
+    assert "1 of 4 rows valid" in out
+
+
+def test_validate_a_good_table(tmp_path: Path) -> None:
+    rows = [{"prompt": "p", "image": "https://x.test/i.png", "audio": "https://x.test/a.mp3"}]
+    result = cli("validate", write_table(tmp_path / "rows.csv", rows))
+    assert result.returncode == 0
+    assert "1 of 1 rows valid" in result.stdout
+
+
+def test_run_all_succeed(sb: Sandbox, tmp_path: Path) -> None:
+    table = write_table(tmp_path / "rows.csv", sample_inputs(sb.base_url)[:2])
+    out = tmp_path / "out"
+    result = cli("run", table, "--output", str(out), token=sb.token, base_url=sb.base_url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 succeeded" in result.stdout
+    assert "sample-hello" in result.stdout
+    assert (out / "manifest.parquet").exists()
+
+
+def test_run_partial_failure_exits_1(sb: Sandbox, tmp_path: Path) -> None:
+    rows = sample_inputs(sb.base_url)[:2]
+    rows[1]["prompt"] += " [sandbox:fail]"
+    result = cli(
+        "run",
+        write_table(tmp_path / "r.csv", rows),
+        "-o",
+        str(tmp_path / "o"),
+        token=sb.token,
+        base_url=sb.base_url,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 succeeded" in result.stdout and "1 failed" in result.stdout
+
+
+def test_run_bad_input_exits_2_and_submits_nothing(sb: Sandbox, tmp_path: Path) -> None:
+    rows = [
+        *sample_inputs(sb.base_url)[:1],
+        {"id": "x", "prompt": "p", "image": "i", "audio": "a", "frames": 7},
+    ]
+    result = cli(
+        "run",
+        write_table(tmp_path / "r.csv", rows),
+        "-o",
+        str(tmp_path / "o"),
+        "--on-invalid",
+        "stop",
+        token=sb.token,
+        base_url=sb.base_url,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "frames" in result.stderr
+    assert sb.stats()["submits_accepted"] == 0
+
+
+def test_run_without_a_token_is_a_configuration_error(sb: Sandbox, tmp_path: Path) -> None:
+    table = write_table(tmp_path / "rows.csv", sample_inputs(sb.base_url)[:1])
+    result = cli("run", table, "-o", str(tmp_path / "o"))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "RUNCOMFY_API_TOKEN" in result.stderr
+
+
+def test_status_and_cancel(sb: Sandbox) -> None:
+    import asyncio
+
+    from prefect_runcomfy import InfiniteTalkInput, RunComfyClient
+
+    sb.set(workers=1, run_seconds=30.0)  # each CLI call is a new process: seconds to start
+
+    async def submit_two() -> list[str]:
+        async with RunComfyClient(sb.token, sb.base_url) as client:
+            ids = []
+            for prompt in ("first", "second"):
+                row = {k: v for k, v in sample_inputs(sb.base_url)[0].items() if k != "id"}
+                row["prompt"] = prompt
+                ids.append((await client.submit(InfiniteTalkInput(**row))).request_id)
+            return ids
+
+    running, queued = asyncio.run(submit_two())
+    status = cli("status", queued, token=sb.token, base_url=sb.base_url)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["status"] == "in_queue"
+    cancelled = cli("cancel", queued, token=sb.token, base_url=sb.base_url)
+    assert cancelled.returncode == 0
+    assert json.loads(cancelled.stdout)["outcome"] == "cancelled"
+    refused = cli("cancel", running, token=sb.token, base_url=sb.base_url)
+    assert refused.returncode == 1
+    missing = cli("status", "no-such-request", token=sb.token, base_url=sb.base_url)
+    assert missing.returncode == 4
+    assert "404001" in missing.stderr
+
+
+def test_collect_with_nothing_left(sb: Sandbox, tmp_path: Path) -> None:
+    result = cli("collect", str(tmp_path / "empty"), token=sb.token, base_url=sb.base_url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Nothing to collect" in result.stdout
+
+
+def test_demo_writes_real_videos(tmp_path: Path) -> None:
+    result = cli("demo", "--output", str(tmp_path / "demo"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    manifest = pd.read_parquet(tmp_path / "demo" / "manifest.parquet")
+    assert set(manifest["status"]) == {"succeeded"}
+    assert len(manifest) == 3
+    for uri in manifest["video_uri"]:
+        assert Path(uri).read_bytes()[4:8] == b"ftyp"
+    assert "Open a video" in result.stdout

@@ -1,0 +1,216 @@
+"""The review page in a real headless Chromium: every video loads and plays, nothing errors.
+
+Built from a real flow run against the sandbox (3 sample rows and one invalid row), written by
+`write_review_page`, opened as `file://.../index.html`. Chromium is Debian's (`/usr/bin/chromium`,
+installed with apt-get when missing and we are root); Playwright drives it. Skipped, with the
+reason, when either cannot be had.
+
+Set `REVIEW_SCREENSHOT=docs/review-page.png` to also save a full-page screenshot.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prefect_runcomfy import RunComfyCredentials, generate_talking_videos
+from prefect_runcomfy.review import write_review_page
+from prefect_runcomfy.sandbox import Sandbox, sample_inputs
+from prefect_runcomfy.storage import OutputStore
+
+pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.timeout(900)]
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",  # root in a container: Chromium's sandbox needs user namespaces
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    # No update checks, sync or field trials: the test must not reach beyond the machine.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+FAST = {"poll_initial_s": 0.1, "poll_max_s": 0.5}
+EVIL_PROMPT = "<script>window.__pwned = 1</script><img src=x onerror='window.__pwned=2'>"
+
+
+def find_or_install_chromium() -> tuple[str | None, str]:
+    """A Chromium executable, installing Debian's package when absent; else (None, why)."""
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found, ""
+    if not shutil.which("apt-get"):
+        return None, "chromium is not on PATH and there is no apt-get to install it"
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        return None, "chromium is not on PATH and `apt-get install chromium` needs root"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (
+        ["apt-get", "update"],
+        ["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
+    ):
+        try:
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return None, f"`{' '.join(command)}` could not run: {exc}"
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip()[-600:]
+            return None, f"`{' '.join(command)}` failed with {done.returncode}: {tail}"
+    found = shutil.which("chromium")
+    if not found:
+        return None, "apt-get installed chromium, but no `chromium` is on PATH"
+    return found, ""
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """Path of a Chromium binary; skips the module when none can be had."""
+    pytest.importorskip(
+        "playwright.async_api",
+        reason="the Python `playwright` package is not installed (pip install playwright)",
+    )
+    path, why = find_or_install_chromium()
+    if path is None:
+        pytest.skip(f"no Chromium for the browser test: {why}")
+    return path
+
+
+@pytest.fixture
+def sb(shared_sandbox: Sandbox) -> Sandbox:
+    shared_sandbox.reset(config=True)
+    return shared_sandbox
+
+
+async def _page_from_a_real_run(sb: Sandbox, out: Path) -> Any:
+    rows = [dict(r) for r in sample_inputs(sb.base_url)]
+    rows[0]["prompt"] = EVIL_PROMPT
+    bad = dict(rows[1], id="too-many-steps", steps=30, prompt="a person waves")
+    rows.append(bad)
+    credentials = RunComfyCredentials(api_token=sb.token, base_url=sb.base_url, max_retries=3)
+    manifest = await generate_talking_videos(rows, str(out), credentials, **FAST)
+    assert sorted(manifest["status"]) == ["invalid", "succeeded", "succeeded", "succeeded"]
+    store = OutputStore(str(out))
+    merged = store.read_manifest()
+    assert merged is not None
+    write_review_page(store, merged)
+    return merged
+
+
+async def test_review_page_plays_every_video_in_chromium(
+    chromium: str, sb: Sandbox, tmp_path: Path
+) -> None:
+    from playwright.async_api import async_playwright
+
+    out = tmp_path / "videos"
+    manifest = await _page_from_a_real_run(sb, out)
+    index = out / "index.html"
+    expected = {
+        r["id"]: float(r["duration_s"])
+        for r in manifest.to_dict(orient="records")
+        if r["status"] == "succeeded"
+    }
+
+    problems: list[str] = []
+    requested: list[str] = []
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on(
+                "console",
+                lambda m: (
+                    problems.append(f"console {m.type}: {m.text}")
+                    if m.type in ("error", "warning")
+                    else None
+                ),
+            )
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+            page.on("request", lambda r: requested.append(r.url))
+            await page.goto(index.as_uri(), wait_until="load")
+            shot = os.environ.get("REVIEW_SCREENSHOT")
+            if shot:  # before any seeking, so the cards show their poster frames
+                await page.wait_for_function(
+                    "[...document.querySelectorAll('video')].every((v) => v.readyState >= 1)"
+                )
+                await page.screenshot(path=shot, full_page=True)
+
+            # Every card's video: metadata loaded, a duration close to the manifest's, and a
+            # real decoded frame after seeking (H.264/AAC must decode, not just be parsed).
+            videos = await page.evaluate(
+                """async () => {
+                  const wait = (v, ok, ev) => new Promise((resolve) => {
+                    if (ok()) return resolve(true);
+                    const t = setTimeout(() => resolve(ok()), 15000);
+                    const done = () => { clearTimeout(t); resolve(ok()); };
+                    v.addEventListener(ev, done, {once: true});
+                    v.addEventListener("error", done, {once: true});
+                  });
+                  const out = [];
+                  for (const card of document.querySelectorAll(".card")) {
+                    const v = card.querySelector("video");
+                    if (!v) { out.push({id: card.querySelector("h2").textContent, video: false});
+                              continue; }
+                    await wait(v, () => v.readyState >= 1, "loadedmetadata");
+                    v.muted = true;
+                    v.currentTime = Math.min(1, v.duration / 2);
+                    await wait(v, () => !v.seeking && v.readyState >= 2, "seeked");
+                    const poster = new Image();
+                    const posterOk = await new Promise((resolve) => {
+                      poster.onload = () => resolve(poster.naturalWidth > 0);
+                      poster.onerror = () => resolve(false);
+                      poster.src = v.poster;
+                    });
+                    out.push({
+                      id: card.querySelector("h2").textContent, video: true,
+                      duration: v.duration, readyState: v.readyState,
+                      width: v.videoWidth, error: v.error && v.error.message,
+                      posterOk, src: v.getAttribute("src"),
+                    });
+                  }
+                  return out;
+                }"""
+            )
+            by_id = {v["id"]: v for v in videos}
+            assert set(by_id) == {*expected, "too-many-steps"}
+            assert by_id["too-many-steps"]["video"] is False
+            for row_id, duration in expected.items():
+                seen = by_id[row_id]
+                assert seen["error"] is None, seen
+                assert seen["readyState"] >= 2, seen
+                assert seen["duration"] > 0 and abs(seen["duration"] - duration) < 0.25, seen
+                assert seen["width"] > 0 and seen["posterOk"], seen
+                assert seen["src"] == f"{row_id}.mp4"
+
+            # Portrait thumbnails are real images.
+            portraits = await page.evaluate(
+                """() => [...document.querySelectorAll("img.portrait")]
+                     .map((i) => i.complete && i.naturalWidth > 0)"""
+            )
+            # every row's portrait, the invalid row's too (its inputs are in the manifest)
+            assert len(portraits) == len(expected) + 1 and all(portraits)
+
+            # The prompt is shown as text, never run.
+            assert await page.evaluate("() => window.__pwned === undefined")
+            assert EVIL_PROMPT in await page.inner_text(".card:first-of-type .prompt")
+
+            # The status filter works (and its bar is shown once the script ran).
+            await page.click("#filters button[data-filter='invalid']")
+            visible = await page.eval_on_selector_all(
+                ".card", "(cs) => cs.filter((c) => !c.hidden).map((c) => c.dataset.status)"
+            )
+            assert visible == ["invalid"]
+            await page.click("#filters button[data-filter='all']")
+            assert len(await page.query_selector_all(".card:not([hidden])")) == 4
+        finally:
+            await browser.close()
+
+    assert problems == [], problems
+    outside = [u for u in requested if not u.startswith(("file://", "data:"))]
+    assert outside == [], f"the page loaded something from the network: {outside}"
