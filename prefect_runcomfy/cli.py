@@ -269,7 +269,6 @@ def sandbox(
     from prefect_runcomfy.sandbox import SandboxConfig, serve_sandbox
 
     config = SandboxConfig(workers=workers, run_seconds=run_seconds, queue_seconds=queue_seconds)
-    console.print(f"Sandbox on http://127.0.0.1:{port} — token: {config.tokens[0]}")
     serve_sandbox(config, host="127.0.0.1", port=port)
 
 

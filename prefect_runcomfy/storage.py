@@ -30,7 +30,7 @@ import shutil
 import tempfile
 import unicodedata
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -410,38 +410,37 @@ class OutputStore:
         (multipart uploads also become visible only when complete).
         """
         local = os.fspath(local_path)
-        path = self.path(name)
         if not os.path.isfile(local):
             raise StorageError(f"Cannot upload {local} to {self.uri(name)}: it is not a file")
-        with self._translate("write", name):
-            if self.is_local:
-                self._local_replace(path, lambda dst: _copy_synced(local, dst))
-            elif self._atomic_put:
-                self.fs.put_file(local, path)
-            else:
-                temp = self._temp_path(path)
-                try:
-                    self.fs.put_file(local, temp)
-                    self.fs.mv(temp, path)
-                finally:
-                    with contextlib.suppress(Exception):
-                        if self.fs.exists(temp):
-                            self.fs.rm_file(temp)
-            self._fresh(path)
-        return self.uri(name)
+        return self._write_atomically(
+            name,
+            lambda dst: _copy_synced(local, dst),
+            lambda path: self.fs.put_file(local, path),
+        )
 
     def write_bytes(self, name: str, data: bytes) -> str:
         """Write `data` as `name`, atomically (see `put_file`) and durably; returns its URI."""
+        return self._write_atomically(
+            name,
+            lambda dst: _write_synced(dst, data),
+            lambda path: self.fs.pipe_file(path, data),
+        )
+
+    def _write_atomically(
+        self, name: str, write_local: Callable[[str], None], write_remote: Callable[[str], None]
+    ) -> str:
+        """The one place that decides how a file appears whole: a local temp file and a rename,
+        one PUT on an object store, or a temp name and a move elsewhere."""
         path = self.path(name)
         with self._translate("write", name):
             if self.is_local:
-                self._local_replace(path, lambda dst: _write_synced(dst, data))
+                self._local_replace(path, write_local)
             elif self._atomic_put:
-                self.fs.pipe_file(path, data)
+                write_remote(path)
             else:
                 temp = self._temp_path(path)
                 try:
-                    self.fs.pipe_file(temp, data)
+                    write_remote(temp)
                     self.fs.mv(temp, path)
                 finally:
                     with contextlib.suppress(Exception):
