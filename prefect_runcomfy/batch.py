@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +71,8 @@ class Batch:
     model_id: str = MODEL_ID
     flow_run_id: str | None = None
     progress: Progress | None = None
-    resolve_payload: Any = None  # async (PreparedRow) -> dict, the API payload with media URLs
+    resolve_payload: Callable[[PreparedRow], Awaitable[dict[str, Any]]] | None = None
+    """Builds a row's API payload with its media as URLs RunComfy can fetch."""
     stop_reason: str | None = None
     _semaphore: asyncio.Semaphore | None = None
 
@@ -248,6 +249,8 @@ async def _submit_wait_store(
                 status=RowStatus.FAILED.value, error=f"not submitted: {batch.stop_reason}"
             )
             return
+        if batch.resolve_payload is None:
+            raise RuntimeError("a batch that submits needs resolve_payload")
         payload = await batch.resolve_payload(row)
         inputs = sanitize_payload(payload)
         await batch.ledger_call(

@@ -131,6 +131,28 @@ def _resolver(
     )
 
 
+MEDIA_COLUMNS = ("image", "audio")
+
+
+async def api_payload(row: PreparedRow, resolver: MediaResolver) -> dict[str, Any]:
+    """The row's API body, its media resolved to URLs RunComfy can fetch (cached per run)."""
+    resolved = {
+        kind: (await resolver.resolve(getattr(row.job, kind), kind)).url  # type: ignore[arg-type]
+        for kind in MEDIA_COLUMNS
+    }
+    return row.job.model_copy(update=resolved).to_api_payload()
+
+
+async def _media_problems(row: PreparedRow, resolver: MediaResolver) -> list[tuple[str, str]]:
+    problems = []
+    for kind in MEDIA_COLUMNS:
+        try:
+            await resolver.resolve(getattr(row.job, kind), kind)  # type: ignore[arg-type]
+        except Exception as exc:
+            problems.append((kind, str(exc)))
+    return problems
+
+
 async def _resolve_all(
     rows: list[PreparedRow], resolver: MediaResolver
 ) -> tuple[list[PreparedRow], list[RowProblem], dict[str, dict[str, Any]]]:
@@ -141,24 +163,14 @@ async def _resolve_all(
     semaphore = asyncio.Semaphore(16)
 
     async def one(row: PreparedRow) -> None:
-        problems: list[tuple[str, str]] = []
-        resolved: dict[str, str] = {}
         async with semaphore:
-            for kind in ("image", "audio"):
-                try:
-                    media = await resolver.resolve(getattr(row.job, kind), kind)  # type: ignore[arg-type]
-                    resolved[kind] = media.url
-                except Exception as exc:
-                    problems.append((kind, str(exc)))
+            problems = await _media_problems(row, resolver)
         if problems:
             bad.append(RowProblem(row.row, row.id, problems, row.extras, row.job.model_dump()))
-        else:
-            payload = row.job.model_copy(update=resolved).to_api_payload()
-            if resolver.inline_media:
-                # Inline media can be megabytes per row: rebuild it at submit time instead.
-                payload = {}
-            payloads[row.id] = payload
-            good.append(row)
+            return
+        # Inline media can be megabytes per row: it is rebuilt at submit time instead.
+        payloads[row.id] = {} if resolver.inline_media else await api_payload(row, resolver)
+        good.append(row)
 
     await asyncio.gather(*(one(r) for r in rows))
     good.sort(key=lambda r: r.row)
@@ -272,13 +284,7 @@ async def generate_talking_videos(
     present = set(await asyncio.to_thread(store.list))
 
     async def resolve_payload(row: PreparedRow) -> dict[str, Any]:
-        if payloads.get(row.id):
-            return payloads[row.id]
-        resolved = {}
-        for kind in ("image", "audio"):
-            media = await resolver.resolve(getattr(row.job, kind), kind)  # type: ignore[arg-type]
-            resolved[kind] = media.url
-        return row.job.model_copy(update=resolved).to_api_payload()
+        return payloads.get(row.id) or await api_payload(row, resolver)
 
     progress = Progress(len(df))
     await progress.start()

@@ -254,7 +254,10 @@ class MediaResolver:
             if cached and not self._stale(*cached):
                 return cached[0]
             media = self._resolve(value, kind)
-            self._cache[key] = (media, time.monotonic())
+            # Inline data URIs can be megabytes each; a batch of them must not pile up in memory
+            # (building one again reads a local file, which is cheap).
+            if media.how != "inline":
+                self._cache[key] = (media, time.monotonic())
             return media
 
     def _stale(self, media: ResolvedMedia, at: float) -> bool:
