@@ -18,10 +18,12 @@ from typing import IO
 import httpx
 
 from prefect_runcomfy._version import __version__
-from prefect_runcomfy.backoff import Backoff
+from prefect_runcomfy.backoff import Backoff, parse_retry_after
 from prefect_runcomfy.exceptions import DownloadError
 
 DOWNLOAD_TIMEOUT = httpx.Timeout(connect=10.0, read=120.0, write=60.0, pool=30.0)
+MAX_RETRY_AFTER_S = 120.0
+"""The longest `Retry-After` from an output host that a download waits for."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,9 @@ async def stream_output(http: httpx.AsyncClient, url: str) -> AsyncIterator[http
                 expired = response.status_code in (403, 404, 410)
                 hint = " (the output has probably expired)" if expired else ""
                 raise DownloadError(
-                    f"Downloading {short_url(url)} failed with HTTP {response.status_code}{hint}."
+                    f"Downloading {short_url(url)} failed with HTTP {response.status_code}{hint}.",
+                    status_code=response.status_code,
+                    retry_after=parse_retry_after(response.headers.get("Retry-After")),
                 )
             yield response
     except httpx.HTTPError as exc:
@@ -79,9 +83,9 @@ async def download_output(
 ) -> DownloadedFile:
     """Stream `url` to `destination` (a path or a binary file), checking Content-Length.
 
-    Memory stays at about one `chunk_size` whatever the size of the file. A broken transfer is
-    started again from the beginning, up to `attempts` times; an expired or forbidden link
-    (HTTP 4xx) is not retried.
+    Memory stays at about one `chunk_size` whatever the size of the file. A broken transfer, a
+    rate limit (429, honouring `Retry-After`) or a server error is tried again from the
+    beginning, up to `attempts` times; an expired or forbidden link (403, 404, 410) is not.
 
     Example:
         ```python
@@ -99,13 +103,16 @@ async def download_output(
         last: DownloadError | None = None
         for attempt in range(max(1, attempts)):
             if attempt:
-                await asyncio.sleep(delays.delay(attempt - 1))
+                wait = delays.delay(attempt - 1)
+                if last is not None and last.retry_after is not None:
+                    wait = max(wait, min(last.retry_after, MAX_RETRY_AFTER_S))
+                await asyncio.sleep(wait)
             try:
                 return await _download_once(client, url, destination, chunk_size)
             except DownloadError as exc:
                 last = exc
-                if "HTTP 4" in str(exc):
-                    break  # expired or forbidden: another try will not help
+                if exc.expired:
+                    break  # gone or forbidden: another try will not help
         assert last is not None
         raise last
     finally:

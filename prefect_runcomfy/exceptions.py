@@ -180,7 +180,23 @@ class RunTimedOutError(RunComfyError):
 
 
 class DownloadError(RunComfyError):
-    """An output could not be downloaded completely (expired link, size mismatch, broken stream)."""
+    """An output could not be downloaded completely (expired link, size mismatch, broken stream).
+
+    `expired` is True when the output host said the file is gone or forbidden (HTTP 403, 404,
+    410): trying again will not help. Anything else (429, 5xx, a broken stream) may pass.
+    """
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+    @property
+    def expired(self) -> bool:
+        """True when the output is gone for good (HTTP 403, 404 or 410)."""
+        return self.status_code in (403, 404, 410)
 
 
 __all__ = [

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from typing import Any, Literal
 
 import pandas as pd
-from prefect import flow
+from prefect import Flow, flow
 from prefect.client.schemas.objects import FlowRun
 from prefect.context import get_run_context
 from prefect.logging import get_logger, get_run_logger
@@ -59,6 +60,41 @@ from prefect_runcomfy.table import (
 from prefect_runcomfy.waiting import PollPolicy
 
 MANIFEST_NAME = "manifest.parquet"
+
+
+STORED_TABLE_ROWS = 1000
+"""In-memory tables up to this many rows are stored as the flow run's `inputs` parameter."""
+
+
+class TableFlow(Flow[..., Any]):
+    """A flow whose in-memory `inputs` table is stored in Prefect only while it is small.
+
+    Prefect keeps every flow run's parameters in its database and refuses more than 512 KiB:
+    about 2,000 rows. A larger DataFrame or list is described instead ("<in-memory table of
+    10000 rows ...>"); the flow still receives the table itself. (Tables given as a file path
+    or URL are always stored: they are just a string.)
+    """
+
+    def serialize_parameters(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        """Prefect's serialization, with a large in-memory `inputs` table summarized."""
+        table = parameters.get("inputs")
+        if isinstance(table, (pd.DataFrame, list)) and len(table) > STORED_TABLE_ROWS:
+            kind = "DataFrame" if isinstance(table, pd.DataFrame) else "list of rows"
+            parameters = {
+                **parameters,
+                "inputs": f"<in-memory {kind} of {len(table)} rows: not stored in Prefect "
+                "(pass a file path or URL to keep it with the run)>",
+            }
+        return super().serialize_parameters(parameters)
+
+
+def table_flow(**options: Any) -> Callable[[Callable[..., Any]], TableFlow]:
+    """`@flow(...)`, making a `TableFlow`."""
+
+    def make(fn: Callable[..., Any]) -> TableFlow:
+        return TableFlow(fn=fn, **options)
+
+    return make
 
 
 async def load_credentials(
@@ -178,7 +214,7 @@ async def _resolve_all(
     return good, bad, payloads
 
 
-@flow(
+@table_flow(
     name="generate-talking-videos",
     log_prints=False,
     on_cancellation=[_cancel_queued_on_stop],
@@ -500,7 +536,7 @@ async def collect_outstanding_requests(
     return await _write_manifest(store, manifest, output_uri, logger)
 
 
-@flow(name="generate-talking-videos-sharded", log_prints=False)
+@table_flow(name="generate-talking-videos-sharded", log_prints=False)
 async def generate_talking_videos_sharded(
     inputs: pd.DataFrame | list[dict[str, Any]] | str,
     output_uri: str,

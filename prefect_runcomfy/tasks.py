@@ -296,12 +296,12 @@ def output_names(row_id: str, urls: list[str]) -> list[str]:
 
 
 def _should_retry_store(task: Any, task_run: Any, state: Any) -> bool:
-    # An expired output (HTTP 4xx) will not come back; anything else (a broken stream, a
-    # storage hiccup) is worth another try, because storing is idempotent.
+    # An expired output (403/404/410) will not come back; anything else (a broken stream, a
+    # rate limit, a storage hiccup) is worth another try, because storing is idempotent.
     try:
         state.result()
     except DownloadError as exc:
-        return "HTTP 4" not in str(exc)
+        return not exc.expired
     except Exception:
         return True
     return False

@@ -529,3 +529,29 @@ async def test_missing_local_media_is_an_invalid_row(sb: Sandbox, tmp_path: Path
     assert list(manifest["status"]) == ["succeeded", "invalid"]
     assert "nope.png" in manifest.loc[1, "error"]
     assert sb.stats()["submits_accepted"] == 1
+
+
+async def test_a_large_in_memory_table_is_not_stored_as_a_parameter(
+    sb: Sandbox, tmp_path: Path
+) -> None:
+    """Prefect refuses flow run parameters over 512 KiB (about 2,000 rows)."""
+    rows_ = [
+        {
+            "id": f"b{i}",
+            "prompt": "x" * 200,
+            "image": "/nonexistent/p.png",
+            "audio": "/n/a.mp3",
+            "steps": 99,
+        }
+        for i in range(3000)
+    ]
+    state = await generate_talking_videos(
+        rows_, str(tmp_path / "o"), creds(sb), return_state=True, **FAST
+    )
+    manifest = await state.result()
+    assert len(manifest) == 3000
+    assert set(manifest["status"]) == {"invalid"}
+    async with get_client() as client:
+        run = await client.read_flow_run(state.state_details.flow_run_id)
+    assert run.parameters["inputs"].startswith("<in-memory list of rows of 3000 rows")
+    assert sb.stats()["submits_accepted"] == 0

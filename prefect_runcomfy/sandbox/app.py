@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from prefect_runcomfy._version import __version__
@@ -34,6 +34,8 @@ BAD_MODEL, NO_BALANCE, BAD_TOKEN, NOT_OWNER, NOT_FOUND = 400001, 400002, 400004,
 INVALID_INPUT, RATE_LIMITED, SERVER_ERROR = 422001, 429001, 500001
 
 _API_KEY_SET = frozenset(API_KEYS.values())
+_PAD_CHUNK = 1 << 20
+"""Chunk size of the zero padding served with `output_padding_bytes`."""
 
 
 class ConnectionDropped(Exception):
@@ -381,12 +383,38 @@ def build_app(state: SandboxState) -> FastAPI:
                 or not job.video.path.exists()
             ):
                 return error(NOT_FOUND, "file not found or expired", 404)
+            padding = state.config.output_padding_bytes
             if request.method == "GET":
-                state.stats.file_bytes_served += job.video.size_bytes
+                state.stats.file_bytes_served += job.video.size_bytes + padding
+                job.downloads += 1
+                if job.first_download_mono is None:
+                    job.first_download_mono = time.monotonic()
+            if padding:
+                return padded_file(job.video.path, job.video.size_bytes, padding, name, request)
             # FileResponse streams in chunks and sends Content-Length
             return FileResponse(job.video.path, media_type="video/mp4", filename=name)
 
         return await serve(request, "files", work)
+
+    def padded_file(path: Any, size: int, padding: int, name: str, request: Request) -> Response:
+        """The file then `padding` zero bytes, streamed in 1 MiB chunks with Content-Length."""
+        headers = {
+            "Content-Length": str(size + padding),
+            "Content-Disposition": f'attachment; filename="{name}"',
+        }
+        if request.method == "HEAD":
+            return Response(status_code=200, media_type="video/mp4", headers=headers)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield await asyncio.to_thread(path.read_bytes)  # the small rendered video
+            zeros = bytes(_PAD_CHUNK)
+            left = padding
+            while left > 0:
+                piece = zeros if left >= _PAD_CHUNK else zeros[:left]
+                left -= len(piece)
+                yield piece
+
+        return StreamingResponse(chunks(), media_type="video/mp4", headers=headers)
 
     @app.get("/samples")
     async def samples_index(request: Request) -> Response:

@@ -104,6 +104,9 @@ class SandboxConfig:
     """Renders that may run at the same time (they are CPU-bound)."""
     output_dir: str | None = None
     """Where rendered files go; None means a temporary directory removed on shutdown."""
+    output_padding_bytes: int = 0
+    """Serve every output file followed by this many zero bytes (streamed, never held in
+    memory), so a 64x64 video becomes a file of any size: for streaming benchmarks."""
 
     def __post_init__(self) -> None:
         """Normalise JSON-ish values (lists to tuples) and reject impossible settings."""
@@ -127,6 +130,8 @@ class SandboxConfig:
             raise ValueError("tokens must hold at least one token")
         if self.render_threads < 1:
             raise ValueError("render_threads must be at least 1")
+        if self.output_padding_bytes < 0:
+            raise ValueError("output_padding_bytes must not be negative")
         if self.result_ttl_s is not None and self.result_ttl_s < 0:
             raise ValueError("result_ttl_s must be None or >= 0")
 

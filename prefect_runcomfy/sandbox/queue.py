@@ -86,6 +86,10 @@ class Job:
     """The rendered output of a succeeded job."""
     render_cached: bool = False
     """True when the video came from the render cache."""
+    first_download_mono: float | None = None
+    """time.monotonic() when its output file was first requested (GET), for lag benchmarks."""
+    downloads: int = 0
+    """GET requests served for its output file."""
 
     @property
     def eligible_mono(self) -> float:
@@ -137,6 +141,8 @@ class Job:
             "video_size": f"{video.width}x{video.height}" if video else None,
             "render_s": video.render_s if video and not self.render_cached else None,
             "render_cached": self.render_cached,
+            "first_download_mono": self.first_download_mono,
+            "downloads": self.downloads,
         }
 
 

@@ -1,0 +1,156 @@
+"""Benchmark 4: many rows against an instant sandbox (run_seconds=0, render tiny).
+
+The flow runs in this process on a real Prefect API: `prefect_test_harness`, i.e. a local
+Prefect server (a child process, SQLite in a temporary PREFECT_HOME). The sandbox runs in its
+own process with enough workers that jobs never queue, so nearly all the time is the client's.
+
+Reported: wall time of the flow call, CPU seconds of this (the flow's) process and of the
+Prefect server process, client-side overhead per row = flow-process CPU seconds / rows (and
+wall / rows), peak RSS of the flow process (VmHWM), the size of the Prefect SQLite database
+(with its -wal/-shm files), and HTTP requests to the sandbox per row.
+
+    .venv/bin/python benchmarks/scale.py --rows 2000
+    .venv/bin/python benchmarks/scale.py --rows 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (
+    TOKEN,
+    machine,
+    peak_rss_bytes,
+    quiet_prefect_env,
+    rows,
+    rss_bytes,
+    sandbox_process,
+    save,
+)
+
+quiet_prefect_env()
+
+import pandas as pd  # noqa: E402
+
+MiB = 1 << 20
+
+
+def _children() -> list[tuple[int, str]]:
+    me = os.getpid()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == me:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                found.append((int(entry.name), cmd))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+def _db_size() -> tuple[str, int]:
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().server.database.connection_url
+    db = Path((url.get_secret_value() if url else "").split("///")[-1])
+    files = list(db.parent.glob(db.name + "*"))
+    return str(db), sum(f.stat().st_size for f in files)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--name", default=None)
+    args = parser.parse_args()
+
+    from prefect.testing.utilities import prefect_test_harness
+
+    from prefect_runcomfy import RunComfyCredentials, generate_talking_videos
+
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "command": "benchmarks/scale.py " + " ".join(sys.argv[1:]),
+        "rows": args.rows,
+        "max_concurrency": args.concurrency,
+        "prefect_api": "prefect_test_harness (local Prefect server, SQLite, temp PREFECT_HOME)",
+    }
+    config = {"workers": 256, "run_seconds": 0.0, "queue_seconds": 0.0, "render": "tiny"}
+    with (
+        prefect_test_harness(server_startup_timeout=60),
+        sandbox_process(**config) as sb,
+    ):
+        servers = [pid for pid, cmd in _children() if "_common.py sandbox" not in cmd]
+        server_cpu_before = sum(_cpu_seconds(p) for p in servers)
+        # a file path, not a list of dicts: Prefect refuses flow parameters over 512 KiB
+        # (about 2,300 rows like these; see benchmarks/FINDINGS.md)
+        folder = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+        table = folder / "rows.parquet"
+        pd.DataFrame(rows(sb.base_url, args.rows)).to_parquet(table)
+        creds = RunComfyCredentials(api_token=TOKEN, base_url=sb.base_url)
+        out = str(folder / "out")
+        rss_before = rss_bytes()
+        cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+        started = time.monotonic()
+        manifest = asyncio.run(
+            generate_talking_videos(
+                str(table),
+                out,
+                creds,
+                max_concurrency=args.concurrency,
+                poll_initial_s=0.05,
+                poll_max_s=1.0,
+            )
+        )
+        wall = time.monotonic() - started
+        cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (
+            cpu_after.ru_stime - cpu_before.ru_stime
+        )
+        server_cpu = sum(_cpu_seconds(p) for p in servers) - server_cpu_before
+        _db_path, db_bytes = _db_size()
+        stats = sb.stats()
+        report.update(
+            {
+                "statuses": manifest["status"].value_counts().to_dict(),
+                "wall_s": round(wall, 1),
+                "wall_ms_per_row": round(1000 * wall / args.rows, 2),
+                "flow_process_cpu_s": round(cpu, 1),
+                "client_overhead_ms_per_row": round(1000 * cpu / args.rows, 2),
+                "prefect_server_cpu_s": round(server_cpu, 1),
+                "prefect_server_cpu_ms_per_row": round(1000 * server_cpu / args.rows, 2),
+                "rss_before_mib": round(rss_before / MiB, 1),
+                "peak_rss_mib": round(peak_rss_bytes() / MiB, 1),
+                "prefect_db_mib": round(db_bytes / MiB, 1),
+                "prefect_db_kib_per_row": round(db_bytes / 1024 / args.rows, 1),
+                "sandbox_requests_per_row": round(stats["requests_total"] / args.rows, 2),
+                "duplicate_submits": stats["duplicate_submits"],
+                "output_files": sum(1 for _ in Path(out).rglob("*") if _.is_file()),
+            }
+        )
+        print(report, flush=True)
+    print(f"saved {save(args.name or f'scale_{args.rows}', report)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""The reliability suite's shared fixture: every log record of the session, for the secret scan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+
+class _Keep(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # a record that cannot be formatted still counts, as its parts
+            text = f"{record.msg!r} {record.args!r}"
+        if record.exc_info and record.exc_info[1] is not None:
+            text += " " + repr(record.exc_info[1])
+        self.lines.append(text)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def all_log_lines() -> Iterator[list[str]]:
+    """Every log line (any logger, any level) emitted while the reliability tests run."""
+    keep = _Keep()
+    loggers = [
+        logging.getLogger(),
+        *(logging.getLogger(n) for n in ("prefect", "prefect_runcomfy")),
+    ]
+    saved = [(lg, lg.level) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(keep)
+    logging.getLogger("prefect_runcomfy").setLevel(logging.DEBUG)
+    try:
+        yield keep.lines
+    finally:
+        for lg, level in saved:
+            lg.removeHandler(keep)
+            lg.setLevel(level)

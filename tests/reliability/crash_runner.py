@@ -1,0 +1,29 @@
+"""Runs generate_talking_videos in its own process, for the crash-and-resume tests (SIGKILL).
+
+Usage: python crash_runner.py ARGS.json — the file holds the flow's keyword arguments plus
+`base_url`; the token comes from the RELIABILITY_TOKEN environment variable, so it is never
+written to a file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+
+def main() -> None:
+    from prefect_runcomfy import RunComfyCredentials, generate_talking_videos
+
+    with open(sys.argv[1]) as handle:
+        kwargs = json.load(handle)
+    credentials = RunComfyCredentials(
+        api_token=os.environ["RELIABILITY_TOKEN"], base_url=kwargs.pop("base_url"), max_retries=3
+    )
+    manifest = asyncio.run(generate_talking_videos(credentials=credentials, **kwargs))
+    print(json.dumps(manifest["status"].tolist()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Secret scan, after the rest of the suite: the token is in no file, artifact or log line.
+
+Runs last in tests/reliability (file name order). It looks at every file under pytest's
+temporary folder (every output, ledger, sidecar, manifest and runner log of the suite), the
+Prefect test harness's SQLite database (flow run parameters, task runs, logs, artifacts), the
+artifacts read back through the Prefect API, and every log record of the session. It also runs
+one more flow with a wrong token and a failing row, so error paths are covered too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from reliability_helpers import FAST, TOKEN, config, creds, rows
+
+from prefect_runcomfy import generate_talking_videos
+from prefect_runcomfy.sandbox import Sandbox, run_sandbox
+
+pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("prefect_api")]
+
+
+@pytest.fixture
+def sb() -> Iterator[Sandbox]:
+    with run_sandbox(config(no_balance_tokens=("broke-" + TOKEN,))) as sandbox:
+        yield sandbox
+
+
+async def test_the_token_is_nowhere(
+    sb: Sandbox,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    all_log_lines: list[str],
+) -> None:
+    table = rows(sb, 3, prefix="secret-")
+    table[1]["prompt"] += " [sandbox:fail]"
+    sb.add_fault(endpoint="result", kind="server_error", count=2)
+    out = tmp_path / "out"
+    await generate_talking_videos(table, str(out), creds(sb), **FAST)
+    # refused tokens: the error paths must not echo them either
+    wrong = TOKEN[::-1]
+    await generate_talking_videos(rows(sb, 1, prefix="w-"), str(out), creds(sb, wrong), **FAST)
+    broke = "broke-" + TOKEN
+    await generate_talking_videos(rows(sb, 1, prefix="b-"), str(out), creds(sb, broke), **FAST)
+    assert sb.stats()["file_requests_with_authorization"] == 0
+
+    secrets = [TOKEN.encode(), wrong.encode()]
+    files = [p for p in tmp_path_factory.getbasetemp().rglob("*") if p.is_file()]
+    assert len(files) > 50, "the suite's outputs are where they are expected"
+    for path in files:
+        data = path.read_bytes()
+        for secret in secrets:
+            assert secret not in data, f"the token is in {path}"
+
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().server.database.connection_url
+    db = Path((url.get_secret_value() if url else "").split("///")[-1])
+    db_files = list(db.parent.glob(db.name + "*"))
+    assert db_files, "the test harness's SQLite database was found"
+    for path in db_files:
+        data = path.read_bytes()
+        for secret in secrets:
+            assert secret not in data, f"the token is in {path}"
+
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        artifacts = await client.read_artifacts()
+    assert artifacts
+    for artifact in artifacts:
+        text = f"{artifact.data} {artifact.description} {artifact.key}"
+        assert TOKEN not in text and wrong not in text, artifact.key
+
+    assert len(all_log_lines) > 100
+    for line in all_log_lines:
+        assert TOKEN not in line and wrong not in line, line[:300]
