@@ -29,7 +29,12 @@ from pydantic import SecretStr
 
 from prefect_runcomfy._version import __version__
 from prefect_runcomfy.backoff import Backoff, parse_retry_after
-from prefect_runcomfy.downloads import DownloadedFile, download_output, output_http_client
+from prefect_runcomfy.downloads import (
+    DownloadedFile,
+    download_output,
+    output_http_client,
+    shared_ssl_context,
+)
 from prefect_runcomfy.exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -172,6 +177,7 @@ class RunComfyClient:
         self._api = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=api_timeout,
+            verify=shared_ssl_context(),
             transport=transport,
             headers={
                 "Authorization": f"Bearer {self._token.get_secret_value()}",

@@ -7,8 +7,10 @@ does the same). The HTTP client used here never carries an `Authorization` heade
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -37,10 +39,22 @@ class DownloadedFile:
     content_type: str | None
 
 
+@functools.cache
+def shared_ssl_context() -> ssl.SSLContext:
+    """One TLS context for every HTTP client of this process.
+
+    Building one reads the whole CA bundle (about 30 ms of CPU); a batch creates clients by
+    the thousand (one per task run, since each may run in its own event loop), so they share
+    this one instead.
+    """
+    return httpx.create_ssl_context()
+
+
 def output_http_client(**kwargs: object) -> httpx.AsyncClient:
     """A new HTTP client for output hosts: no token, redirects followed, generous read timeout."""
     return httpx.AsyncClient(
         timeout=DOWNLOAD_TIMEOUT,
+        verify=shared_ssl_context(),
         headers={"User-Agent": f"prefect-runcomfy/{__version__}"},
         follow_redirects=True,
         **kwargs,  # type: ignore[arg-type]

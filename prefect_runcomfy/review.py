@@ -42,6 +42,7 @@ from typing import Any
 import pandas as pd
 
 from prefect_runcomfy._version import __version__
+from prefect_runcomfy.downloads import shared_ssl_context
 from prefect_runcomfy.manifest import RowStatus
 from prefect_runcomfy.previews import (
     MAX_IMAGE_BYTES,
@@ -827,7 +828,9 @@ def read_input_image(
             import httpx
 
             with (
-                httpx.Client(timeout=timeout_s, follow_redirects=True) as http,
+                httpx.Client(
+                    timeout=timeout_s, follow_redirects=True, verify=shared_ssl_context()
+                ) as http,
                 http.stream("GET", value) as response,
             ):
                 if response.status_code != 200:
