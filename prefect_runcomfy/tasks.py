@@ -298,13 +298,12 @@ def output_names(row_id: str, urls: list[str]) -> list[str]:
 def _should_retry_store(task: Any, task_run: Any, state: Any) -> bool:
     # An expired output (403/404/410) will not come back; anything else (a broken stream, a
     # rate limit, a storage hiccup) is worth another try, because storing is idempotent.
-    try:
-        state.result()
-    except DownloadError as exc:
-        return not exc.expired
-    except Exception:
-        return True
-    return False
+    # Prefect hands over a Failed state whose data is the exception (state.result() would be
+    # a coroutine here, in an async engine).
+    error = getattr(state, "data", None)
+    if isinstance(error, DownloadError):
+        return not error.expired
+    return True
 
 
 @task(

@@ -555,3 +555,19 @@ async def test_a_large_in_memory_table_is_not_stored_as_a_parameter(
         run = await client.read_flow_run(state.state_details.flow_run_id)
     assert run.parameters["inputs"].startswith("<in-memory list of rows of 3000 rows")
     assert sb.stats()["submits_accepted"] == 0
+
+
+def test_storing_is_retried_unless_the_output_expired() -> None:
+    from prefect.states import Failed
+
+    from prefect_runcomfy.exceptions import DownloadError, StorageError
+    from prefect_runcomfy.tasks import _should_retry_store
+
+    def decide(error: Exception) -> bool:
+        return _should_retry_store(None, None, Failed(data=error))
+
+    assert decide(DownloadError("gone", status_code=404)) is False
+    assert decide(DownloadError("forbidden", status_code=403)) is False
+    assert decide(DownloadError("slow down", status_code=429, retry_after=1.0)) is True
+    assert decide(DownloadError("broken stream")) is True
+    assert decide(StorageError("bucket hiccup")) is True
