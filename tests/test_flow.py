@@ -328,9 +328,11 @@ async def test_cancelling_the_flow_cancels_queued_requests(sb: Sandbox, tmp_path
     run = asyncio.create_task(
         generate_talking_videos(rows(sb, 3), str(tmp_path / "o"), creds(sb), **FAST)
     )
-    for _ in range(200):
+    # Wait until the ledger knows all three request ids: a request whose id was never recorded
+    # (cancelled between the POST's answer and the ledger write) cannot be found to cancel.
+    for _ in range(400):
         await asyncio.sleep(0.05)
-        if sb.stats()["submits_accepted"] == 3:
+        if _ledger_states(tmp_path / "o").count("submitted") == 3:
             break
     assert sb.stats()["submits_accepted"] == 3
     run.cancel()
