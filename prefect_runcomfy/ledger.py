@@ -299,6 +299,10 @@ class Ledger:
 
     def __init__(self, store: OutputStore) -> None:
         self.store = store
+        # What this ledger last wrote for each row: a transition starts from it instead of
+        # reading the file it just wrote back (one GET less per transition on object stores).
+        # Safe because one task owns a row while it runs.
+        self._written: dict[str, LedgerEntry] = {}
 
     def __repr__(self) -> str:
         return f"Ledger({self.store.uri(LEDGER_DIR)!r})"
@@ -358,8 +362,12 @@ class Ledger:
             entries[id] = self._parse(id, data)
         return entries
 
+    def _latest(self, id: str) -> LedgerEntry | None:
+        return self._written.get(id) or self.get(id)
+
     def _write(self, entry: LedgerEntry) -> LedgerEntry:
         self.store.write_json(self.name_for(entry.id), entry.to_json())
+        self._written[entry.id] = entry
         return entry
 
     def _transition(
@@ -399,7 +407,7 @@ class Ledger:
         Increments `attempts` and clears the previous request id and error (they stay in
         `history`).
         """
-        previous = self.get(id)
+        previous = self._latest(id)
         attempts = (previous.attempts if previous else 0) + 1
         return self._transition(
             previous,
@@ -425,7 +433,7 @@ class Ledger:
     ) -> LedgerEntry:
         """Record RunComfy's request id for the POST just answered (`submitted_at`: now if omitted)."""
         return self._transition(
-            self.get(id),
+            self._latest(id),
             id,
             LedgerState.SUBMITTED,
             {"request_id": request_id, "submitted_at": _iso(submitted_at) or utc_now_iso()},
@@ -440,7 +448,7 @@ class Ledger:
             ledger.mark("bob", "stored", video_uris=[uri], metadata_uri=meta)
             ```
         """
-        return self._transition(self.get(id), id, LedgerState(state), fields)
+        return self._transition(self._latest(id), id, LedgerState(state), fields)
 
 
 __all__ = [
