@@ -199,6 +199,22 @@ class DownloadError(RunComfyError):
         return self.status_code in (403, 404, 410)
 
 
+# --- batches ------------------------------------------------------------------------------------
+
+
+class RowNotStoredError(RunComfyError):
+    """A batch row ended without a stored video; it only marks the row's task run as failed.
+
+    The flow catches nothing here: the row's manifest record (`status`, `error`) says what
+    happened and what to do, and the other rows go on.
+    """
+
+    def __init__(self, row_id: str, status: str, error: str | None) -> None:
+        super().__init__(f"{row_id} ended {status}: {error or 'no reason given'}")
+        self.row_id = row_id
+        self.status = status
+
+
 __all__ = [
     "AuthenticationError",
     "ConfigurationError",
@@ -211,6 +227,7 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitedError",
     "RequestNotFoundError",
+    "RowNotStoredError",
     "RunCancelledError",
     "RunComfyAPIError",
     "RunComfyError",

@@ -32,6 +32,7 @@ from prefect_runcomfy.batch import (
     Batch,
     cancel_queued_requests,
     collect_request,
+    in_row_task,
     invalid_record,
     run_row,
 )
@@ -374,6 +375,8 @@ async def generate_talking_videos(
         except BaseException as exc:
             logger.warning("Could not cancel queued requests: %s", exc)
         raise
+    finally:
+        await batch.aclose()
     await progress.finish()
     records.sort(key=lambda r: r["row"])
     manifest = build_manifest(records)
@@ -495,7 +498,7 @@ async def collect_outstanding_requests(
             "note": "collected by collect-outstanding-requests",
         }
         assert entry.request_id is not None
-        async with batch.slot():
+        async with batch.slot() as client:
             if cancel:
                 from prefect_runcomfy.tasks import cancel_request
 
@@ -506,17 +509,26 @@ async def collect_outstanding_requests(
                     )
                     record.update(status=RowStatus.CANCELLED.value, error="cancelled on request")
                     return await batch.done(record)
-            await collect_request(
-                batch,
+            request_id = entry.request_id
+            await in_row_task(
                 entry.id,
-                entry.request_id,
-                entry.submitted_at,
                 record,
-                inputs=extra.get("inputs"),
+                lambda: collect_request(
+                    batch,
+                    client,
+                    entry.id,
+                    request_id,
+                    entry.submitted_at,
+                    record,
+                    inputs=extra.get("inputs"),
+                ),
             )
         return await batch.done(record)
 
-    records = list(await asyncio.gather(*(one(e) for e in outstanding)))
+    try:
+        records = list(await asyncio.gather(*(one(e) for e in outstanding)))
+    finally:
+        await batch.aclose()
     for entry in unknown:
         record = {
             "id": entry.id,

@@ -93,6 +93,48 @@ def poster_frame(
         return False
 
 
+def probe_with_poster(
+    video_path: str | os.PathLike[str],
+    dest_path: str | os.PathLike[str],
+    *,
+    fraction: float = 1 / 3,
+    max_width: int = 640,
+) -> tuple[dict[str, Any] | None, bool]:
+    """`media.probe_video` and `poster_frame` in one pass over the file (opened once).
+
+    Returns:
+        The probe's description (None when the file is not a readable video) and whether
+        the poster was written.
+
+    Example:
+        ```python
+        info, has_poster = probe_with_poster("out/alice.mp4", "out/alice.poster.jpg")
+        ```
+    """
+    from prefect_runcomfy.media import describe_video, probe_video
+
+    if av is None:
+        return probe_video(video_path), False
+    path = os.fspath(video_path)
+    try:
+        with av.open(path, mode="r") as container:
+            info = describe_video(container)
+            if info is None:
+                return None, False
+            frame = _frame_in(container, min(max(float(fraction), 0.0), 1.0))
+    except Exception:
+        return probe_video(path), poster_frame(path, dest_path, fraction=fraction)
+    if frame is None:  # a broken index: the slower path starts over from the top
+        return info, poster_frame(path, dest_path, fraction=fraction, max_width=max_width)
+    try:
+        width, height = _fit(frame.width, frame.height, max_width=max_width)
+        _write_jpeg(frame, width, height, os.fspath(dest_path))
+        return info, True
+    except (av.FFmpegError, OSError, ValueError, RuntimeError) as exc:
+        logger.debug("No poster frame from %s: %s", video_path, exc)
+        return info, False
+
+
 def thumbnail(
     image_bytes: bytes, dest_path: str | os.PathLike[str], *, max_size: int = 256
 ) -> bool:
@@ -153,18 +195,31 @@ def jpeg_bytes(frame: av.VideoFrame, width: int, height: int) -> bytes:
 # -- helpers -----------------------------------------------------------------------------------
 
 
+def _frame_in(container: Any, fraction: float) -> av.VideoFrame | None:
+    """The first frame at or after `fraction` of the duration, from an open container."""
+    if not container.streams.video:
+        return None
+    stream = container.streams.video[0]
+    # One decoding thread: a poster needs a few frames, and starting a thread pool per
+    # video costs more than it saves.
+    stream.codec_context.thread_count = 1
+    duration = _duration_s(container, stream)
+    target = duration * fraction if duration else 0.0
+    if target > 0 and stream.time_base:
+        # Seeking lands on the keyframe before the target; decoding forward finds it.
+        with contextlib.suppress(av.FFmpegError):
+            container.seek(int(target / stream.time_base), stream=stream, backward=True)
+    return _decode_until(container, stream, target)
+
+
 def _frame_at(path: str, fraction: float) -> av.VideoFrame | None:
     with av.open(path, mode="r") as container:
         if not container.streams.video:
             return None
+        chosen = _frame_in(container, fraction)
         stream = container.streams.video[0]
         duration = _duration_s(container, stream)
         target = duration * fraction if duration else 0.0
-        if target > 0 and stream.time_base:
-            # Seeking lands on the keyframe before the target; decoding forward finds it.
-            with contextlib.suppress(av.FFmpegError):
-                container.seek(int(target / stream.time_base), stream=stream, backward=True)
-        chosen = _decode_until(container, stream, target)
     if chosen is None and target > 0:
         # A broken index can make the seek land past the end; start over from the top.
         with av.open(path, mode="r") as container:
@@ -236,5 +291,6 @@ __all__ = [
     "portrait_name",
     "poster_frame",
     "poster_name",
+    "probe_with_poster",
     "thumbnail",
 ]

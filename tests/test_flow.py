@@ -292,6 +292,50 @@ async def test_artifacts_show_progress_rows_and_summary(sb: Sandbox, tmp_path: P
     assert "cfg" in summary
 
 
+async def test_one_task_run_per_row_named_after_it_in_the_rows_state(
+    sb: Sandbox, tmp_path: Path
+) -> None:
+    table = rows(sb, 3)
+    table[1]["prompt"] += " [sandbox:fail]"
+    table.append({**table[0], "id": "bad", "cfg": 9})  # invalid: no task run at all
+    state = await generate_talking_videos(
+        table, str(tmp_path / "o"), creds(sb), return_state=True, **FAST
+    )
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async with get_client() as client:
+        runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
+        by_name = {run.name: run for run in runs}
+        assert sorted(by_name) == ["r0", "r1", "r2"], sorted(by_name)
+        assert {run.task_key.split("-")[0] for run in runs} == {"_row_task"}
+        assert by_name["r0"].state.type.value == "COMPLETED"
+        assert by_name["r2"].state.type.value == "COMPLETED"
+        assert by_name["r1"].state.type.value == "FAILED"
+        assert "r1 ended failed: Request" in by_name["r1"].state.message
+        from prefect.logging.handlers import APILogHandler
+
+        await APILogHandler.aflush()  # log lines reach the API in batches
+        logs = []
+        for _ in range(50):
+            logs = [log for log in await client.read_logs() if log.task_run_id == by_name["r0"].id]
+            if any("succeeded after" in log.message for log in logs):
+                break
+            await asyncio.sleep(0.2)
+    # The row's own log: one line with its request id and its video (no separate submit line).
+    lines = [log.message for log in logs]
+    manifest = await state.aresult()
+    request_id = manifest.set_index("id").loc["r0", "request_id"]
+    assert any(
+        line.startswith(f"r0: request {request_id} succeeded after") and "r0.mp4" in line
+        for line in lines
+    ), lines
+    assert not any(line.startswith("Submitted r0") for line in lines), lines
+
+
 # --- secrets ------------------------------------------------------------------------------------
 
 
