@@ -11,6 +11,13 @@ wall / rows), peak RSS of the flow process (VmHWM), the size of the Prefect SQLi
 
     .venv/bin/python benchmarks/scale.py --rows 2000
     .venv/bin/python benchmarks/scale.py --rows 10000
+    .venv/bin/python benchmarks/scale.py --rows 2000 --floor
+
+`--floor` runs, in the same setup, the least any flow with a visible Prefect task run per row
+must do: per row one task run (same settings as the batch's row task) that makes the same
+three HTTP calls (submit, result, download of the video into memory) with one shared
+`RunComfyClient`, and nothing else (no checks, ledger, files, probe, poster, sidecar, logs of
+its own, manifest). The flow's CPU per row minus the floor's is what this library itself adds.
 """
 
 from __future__ import annotations
@@ -77,11 +84,72 @@ def _db_size() -> tuple[str, int]:
     return str(db), sum(f.stat().st_size for f in files)
 
 
+def _floor_flow() -> Any:
+    """The floor flow (built on first use: Prefect must be imported after `quiet_prefect_env`)."""
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+    from prefect.utilities.annotations import quote
+
+    from prefect_runcomfy.models import InfiniteTalkInput
+
+    @task(task_run_name="{row_id}", retries=0, cache_policy=NO_CACHE, persist_result=False)
+    async def bare_row(row_id: str, payload: dict[str, Any], client: Any) -> str:
+        submitted = await client.submit(payload)
+        while True:
+            result = await client.result(submitted.request_id)
+            if result.status.is_terminal:
+                break
+            await asyncio.sleep(0.05)
+        chunks = 0
+        async with client.output_http.stream("GET", result.output_urls[0]) as answer:
+            async for chunk in answer.aiter_bytes():
+                chunks += len(chunk)
+        return submitted.request_id
+
+    @flow(name="scale-floor")
+    async def floor(table: str, credentials: Any, max_concurrency: int = 32) -> pd.DataFrame:
+        frame = pd.read_parquet(table)
+        payloads = [
+            (
+                row.pop("id"),
+                InfiniteTalkInput.model_validate(row).to_api_payload(),
+            )
+            for row in frame.to_dict("records")
+        ]
+        clients = [credentials.get_client() for _ in range(max_concurrency)]
+        semaphore = asyncio.Semaphore(max_concurrency)
+
+        async def one(row_id: str, payload: dict[str, Any]) -> str:
+            async with semaphore:
+                client = clients.pop()
+                try:
+                    return await bare_row(row_id, quote(payload), quote(client))
+                finally:
+                    clients.append(client)
+
+        done = await asyncio.gather(*(one(i, p) for i, p in payloads))
+        for client in clients:
+            await client.aclose()
+        return pd.DataFrame({"id": [i for i, _ in payloads], "request_id": done}).assign(
+            status="succeeded"
+        )
+
+    return floor
+
+
+def floor_flow(table: str, credentials: Any, *, max_concurrency: int) -> Any:
+    """Run the floor flow (see the module docstring)."""
+    return _floor_flow()(table, credentials, max_concurrency=max_concurrency)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--name", default=None)
+    parser.add_argument(
+        "--floor", action="store_true", help="run the bare floor flow instead (see above)"
+    )
     args = parser.parse_args()
 
     from prefect.testing.utilities import prefect_test_harness
@@ -94,6 +162,9 @@ def main() -> None:
         "rows": args.rows,
         "max_concurrency": args.concurrency,
         "prefect_api": "prefect_test_harness (local Prefect server, SQLite, temp PREFECT_HOME)",
+        "flow": "floor (one task run + 3 HTTP calls per row)"
+        if args.floor
+        else "generate_talking_videos",
     }
     config = {"workers": 256, "run_seconds": 0.0, "queue_seconds": 0.0, "render": "tiny"}
     with (
@@ -112,16 +183,19 @@ def main() -> None:
         rss_before = rss_bytes()
         cpu_before = resource.getrusage(resource.RUSAGE_SELF)
         started = time.monotonic()
-        manifest = asyncio.run(
-            generate_talking_videos(
-                str(table),
-                out,
-                creds,
-                max_concurrency=args.concurrency,
-                poll_initial_s=0.05,
-                poll_max_s=1.0,
+        if args.floor:
+            manifest = asyncio.run(floor_flow(str(table), creds, max_concurrency=args.concurrency))
+        else:
+            manifest = asyncio.run(
+                generate_talking_videos(
+                    str(table),
+                    out,
+                    creds,
+                    max_concurrency=args.concurrency,
+                    poll_initial_s=0.05,
+                    poll_max_s=1.0,
+                )
             )
-        )
         wall = time.monotonic() - started
         cpu_after = resource.getrusage(resource.RUSAGE_SELF)
         cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (
@@ -149,7 +223,8 @@ def main() -> None:
             }
         )
         print(report, flush=True)
-    print(f"saved {save(args.name or f'scale_{args.rows}', report)}")
+    default_name = f"scale_{args.rows}" + ("_floor" if args.floor else "")
+    print(f"saved {save(args.name or default_name, report)}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import av
+
 from prefect_runcomfy import RunComfyCredentials
+from prefect_runcomfy.media import probe_video
 from prefect_runcomfy.sandbox import Sandbox, SandboxConfig, sample_inputs
 from prefect_runcomfy.storage import TEMP_PREFIX
 
@@ -53,17 +56,30 @@ def duplicate_submits(sb: Sandbox) -> int:
     return int(sb.stats()["duplicate_submit_jobs"])
 
 
-def check_outputs(out: Path) -> dict[str, int]:
+def check_outputs(out: Path, *, unfinished_ok: bool = False) -> dict[str, int]:
     """Every stored video matches its sidecar's size and sha256; no temporary files are visible.
 
-    Returns counts: videos, sidecars.
+    `unfinished_ok`: right after a kill, a row may have its video stored but not yet its
+    sidecar (written last, so the row does not look finished; the re-run stores it again).
+    Such a video must still be whole: PyAV reads every one of its frames.
+
+    Returns counts: videos, sidecars, unfinished (videos without a sidecar).
     """
     temps = [p for p in out.rglob("*") if p.name.startswith(TEMP_PREFIX)]
     assert not temps, f"temporary files visible: {temps}"
     videos = sorted(out.glob("*.mp4"))
     sidecars = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+    unfinished = 0
     for video in videos:
         sidecar = sidecars.get(video.stem)
+        if sidecar is None and unfinished_ok:
+            info = probe_video(video)
+            assert info and info["frames"], f"{video.name}: not a whole video"
+            with av.open(str(video)) as container:
+                decoded = sum(1 for _ in container.decode(video=0))
+            assert decoded == info["frames"], f"{video.name}: {decoded} of {info['frames']} frames"
+            unfinished += 1
+            continue
         assert sidecar is not None, f"{video.name} has no sidecar"
         assert sidecar["status"] == "succeeded", (video.name, sidecar["status"])
         facts = {f["uri"].rsplit("/", 1)[-1]: f for f in sidecar["files"]}
@@ -77,4 +93,4 @@ def check_outputs(out: Path) -> dict[str, int]:
                 assert (out / f["uri"].rsplit("/", 1)[-1]).exists(), (
                     f"{stem}: sidecar without video"
                 )
-    return {"videos": len(videos), "sidecars": len(sidecars)}
+    return {"videos": len(videos), "sidecars": len(sidecars), "unfinished": unfinished}

@@ -122,8 +122,9 @@ async def test_sigkill_at_random_points_then_rerun(
         )
         facts = await _kill_at_random_point(sb, out, args, rng, log)
         # what a reader sees right after the crash: no partial file under a final name
+        unfinished = 0
         if out.exists():
-            check_outputs_allowing_temps(out)
+            unfinished = check_outputs_allowing_temps(out, unfinished_ok=True)["unfinished"]
         manifest = await generate_talking_videos(table, str(out), creds(sb), **FAST)
         statuses = list(manifest["status"])
         unknown = statuses.count("outcome_unknown")
@@ -144,6 +145,7 @@ async def test_sigkill_at_random_points_then_rerun(
             outcome_unknown=unknown,
             unknown_with_a_job=accepted - statuses.count("succeeded"),
             hidden_temp_files_left=leftover["temps"],
+            whole_videos_without_sidecar_at_kill=unfinished,
         )
         summary.append(facts)
     total_unknown = sum(f["outcome_unknown"] for f in summary)
@@ -152,14 +154,16 @@ async def test_sigkill_at_random_points_then_rerun(
         f"{total_unknown} rows outcome_unknown "
         f"({sum(f['unknown_with_a_job'] for f in summary)} of them had a job created), "
         f"0 duplicate submits, {sum(f['hidden_temp_files_left'] for f in summary)} hidden "
-        f"temporary files left by kills; kills: {[f['mode'] for f in summary]}"
+        f"temporary files left by kills, "
+        f"{sum(f['whole_videos_without_sidecar_at_kill'] for f in summary)} whole videos "
+        f"whose sidecar was not yet written at the kill; kills: {[f['mode'] for f in summary]}"
     )
     print(line)
     record_property("crash_summary", json.dumps(summary))
     assert all(f["killed"] or f["stored_at_kill"] == ROWS for f in summary)
 
 
-def check_outputs_allowing_temps(out: Path) -> dict[str, int]:
+def check_outputs_allowing_temps(out: Path, *, unfinished_ok: bool = False) -> dict[str, int]:
     """`check_outputs`, after moving aside the hidden temporary files a SIGKILL can leave.
 
     A kill in the middle of a local write leaves `.tmp-*` next to the outputs (hidden, ignored
@@ -170,6 +174,6 @@ def check_outputs_allowing_temps(out: Path) -> dict[str, int]:
     for temp in temps:
         aside.mkdir(exist_ok=True)
         temp.rename(aside / temp.name)
-    facts = check_outputs(out)
+    facts = check_outputs(out, unfinished_ok=unfinished_ok)
     facts["temps"] = len(temps)
     return facts
