@@ -181,6 +181,8 @@ def jpeg_bytes(frame: av.VideoFrame, width: int, height: int) -> bytes:
     # Full-range 4:2:0 is what every browser and image viewer expects of a JPEG.
     codec.pix_fmt = "yuvj420p"
     codec.time_base = Fraction(1, 25)
+    # One thread: FFmpeg's default slice threads cost more than they save on one small image.
+    codec.thread_count = 1
     # The default rate control leaves visible blocks on faces; a low quantiser keeps it crisp
     # while a 640 px poster stays in the tens of kilobytes.
     codec.options = {"qmin": "2", "qmax": "5"}
