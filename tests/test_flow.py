@@ -316,12 +316,14 @@ async def test_one_task_run_per_row_named_after_it_in_the_rows_state(
         assert by_name["r2"].state.type.value == "COMPLETED"
         assert by_name["r1"].state.type.value == "FAILED"
         assert "r1 ended failed: Request" in by_name["r1"].state.message
+        from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
         from prefect.logging.handlers import APILogHandler
 
         await APILogHandler.aflush()  # log lines reach the API in batches
         logs = []
+        only_r0 = LogFilter(task_run_id=LogFilterTaskRunId(any_=[by_name["r0"].id]))
         for _ in range(50):
-            logs = [log for log in await client.read_logs() if log.task_run_id == by_name["r0"].id]
+            logs = await client.read_logs(log_filter=only_r0)
             if any("succeeded after" in log.message for log in logs):
                 break
             await asyncio.sleep(0.2)
