@@ -367,7 +367,12 @@ class Ledger:
 
     def _write(self, entry: LedgerEntry) -> LedgerEntry:
         self.store.write_json(self.name_for(entry.id), entry.to_json())
-        self._written[entry.id] = entry
+        if entry.state in (LedgerState.SUBMITTING, LedgerState.SUBMITTED):
+            self._written[entry.id] = entry
+        else:
+            # A row at rest is not moved again by this run: forget it (about 3 KiB a row,
+            # which adds up over a 100,000-row table).
+            self._written.pop(entry.id, None)
         return entry
 
     def _transition(

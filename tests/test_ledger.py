@@ -49,6 +49,19 @@ def test_payload_fingerprint_is_canonical() -> None:
     assert payload_fingerprint({"p": "é"}) == hashlib.sha256(b'{"p":"\\u00e9"}').hexdigest()
 
 
+def test_a_ledger_remembers_only_rows_still_in_flight(ledger: Ledger, store: OutputStore) -> None:
+    # A 100,000-row run must not keep every row's entry in memory once the row is at rest.
+    ledger.mark_submitting("alice", OLD)
+    ledger.mark_submitted("alice", "req-1", dt.datetime.now(dt.UTC))
+    assert set(ledger._written) == {"alice"}
+    entry = ledger.mark("alice", LedgerState.STORED, video_uris=["alice.mp4"])
+    assert ledger._written == {}
+    # still correct afterwards: the next transition reads the file
+    assert ledger.get("alice") == entry
+    again = ledger.mark("alice", LedgerState.FAILED, error="x")
+    assert again.request_id == "req-1" and again.attempts == 1
+
+
 def test_transitions_are_recorded_in_order(ledger: Ledger, store: OutputStore) -> None:
     assert ledger.get("alice") is None
 
