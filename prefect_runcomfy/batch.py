@@ -305,7 +305,13 @@ async def in_row_task(
     the record, never an exception: one row's trouble does not stop the others.
     """
     # quote: Prefect need not walk these looking for upstream futures.
-    await _row_task(name, quote(record), quote(body), return_state=True)  # type: ignore[misc]
+    state = await _row_task(name, quote(record), quote(body), return_state=True)  # type: ignore[misc]
+    if not record.get("status"):
+        # The body never ran to its end (Prefect itself failed around it): say so.
+        record.update(
+            status=RowStatus.FAILED.value,
+            error=f"the row's task run ended {state.type.value}: {state.message}",
+        )
 
 
 async def _submit_wait_store(

@@ -619,3 +619,22 @@ def test_storing_is_retried_unless_the_output_expired() -> None:
     assert decide(DownloadError("slow down", status_code=429, retry_after=1.0)) is True
     assert decide(DownloadError("broken stream")) is True
     assert decide(StorageError("bucket hiccup")) is True
+
+
+async def test_a_row_whose_task_run_never_finished_its_body_is_failed_not_lost() -> None:
+    from prefect import flow
+
+    from prefect_runcomfy.batch import in_row_task
+
+    record: dict[str, Any] = {"id": "r9"}
+
+    async def body_that_leaves_no_status() -> None:
+        return None
+
+    @flow
+    async def one_row() -> None:
+        await in_row_task("r9", record, body_that_leaves_no_status)
+
+    await one_row()
+    assert record["status"] == "failed"
+    assert record["error"].startswith("the row's task run ended FAILED: ")
