@@ -140,8 +140,6 @@ class RunComfyClient:
         backoff: Delays between retries; `Retry-After` wins when RunComfy sends it.
         max_retry_after_s: The longest `Retry-After` honoured before giving up instead.
         transport: An httpx transport for the API (tests, proxies).
-        limits: Connection-pool limits of both HTTP clients (httpx's defaults when omitted);
-            a batch sizes them to its concurrency so connections are kept and reused.
 
     Example:
         ```python
@@ -165,7 +163,6 @@ class RunComfyClient:
         max_retry_after_s: float = 300.0,
         transport: httpx.AsyncBaseTransport | None = None,
         download_transport: httpx.AsyncBaseTransport | None = None,
-        limits: httpx.Limits | None = None,
     ) -> None:
         self._token = _resolve_token(api_token)
         self.base_url = _resolve_base_url(base_url)
@@ -177,7 +174,6 @@ class RunComfyClient:
             if isinstance(timeout, httpx.Timeout)
             else (httpx.Timeout(timeout) if timeout is not None else DEFAULT_TIMEOUT)
         )
-        pool: dict[str, Any] = {"limits": limits} if limits is not None else {}
         self._api = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=api_timeout,
@@ -189,11 +185,10 @@ class RunComfyClient:
                 "Accept": "application/json",
             },
             follow_redirects=False,
-            **pool,
         )
         # Output URLs are public CDN links: this client has no Authorization header at all, so the
         # token cannot leak to an output host, even through a redirect.
-        self._downloads = output_http_client(transport=download_transport, **pool)
+        self._downloads = output_http_client(transport=download_transport)
         self.requests_sent = 0
         """How many HTTP requests this client sent to the API (retries included)."""
 

@@ -123,7 +123,9 @@ def probe_with_poster(
                 return None, False
             frame = _frame_in(container, min(max(float(fraction), 0.0), 1.0))
     except Exception:
-        return probe_video(path), poster_frame(path, dest_path, fraction=fraction)
+        return probe_video(path), poster_frame(
+            path, dest_path, fraction=fraction, max_width=max_width
+        )
     if frame is None:  # a broken index: the slower path starts over from the top
         return info, poster_frame(path, dest_path, fraction=fraction, max_width=max_width)
     try:

@@ -58,11 +58,9 @@ from prefect_runcomfy.waiting import PollPolicy
 Credentials = RunComfyCredentials | None
 
 
-def client_for(credentials: Credentials, **options: Any) -> RunComfyClient:
+def client_for(credentials: Credentials) -> RunComfyClient:
     """A new client from a credentials block, or from `RUNCOMFY_API_TOKEN` when there is none."""
-    if credentials is not None:
-        return credentials.get_client(**options)
-    return RunComfyClient(**options)
+    return credentials.get_client() if credentials is not None else RunComfyClient()
 
 
 # --- one task per API call ---------------------------------------------------------------------
