@@ -5,9 +5,9 @@ build a `Batch` and hand it rows. Everything a row needs to end in exactly one m
 status lives here. HTTP goes only through the steps in `steps.py` (what the tasks wrap).
 
 A row that needs RunComfy runs as one Prefect task run named after the row (`r00042`), which
-does the submit, the wait and the store over the batch's one shared client: one task run
-per row instead of three keeps the client's own cost near 10 ms of CPU per row and the
-Prefect database a third of the size (`benchmarks/scale.py`). The run's state is the row's:
+does the submit, the wait and the store over the client its concurrency slot lends it: one
+task run per row instead of three halves the client's CPU per row and makes the Prefect
+database a third of the size (`benchmarks/scale.py`). The run's state is the row's:
 Completed when its video is stored, Failed (or Cancelled) with the reason otherwise.
 """
 
@@ -76,8 +76,6 @@ class Batch:
     credentials: RunComfyCredentials | None
     store: OutputStore
     ledger: Ledger
-    output_uri: str
-    storage_options: dict[str, Any] | None = None
     max_concurrency: int = 8
     concurrency_limit: str | None = None
     max_wait_s: float = 3600.0

@@ -83,13 +83,21 @@ def poster_frame(
         return False
     try:
         frame = _frame_at(os.fspath(video_path), min(max(float(fraction), 0.0), 1.0))
-        if frame is None:
-            return False
+    except (av.FFmpegError, OSError, ValueError, RuntimeError, StopIteration) as exc:
+        logger.debug("No poster frame from %s: %s", video_path, exc)
+        return False
+    return frame is not None and _write_poster(frame, dest_path, max_width, video_path)
+
+
+def _write_poster(
+    frame: av.VideoFrame, dest_path: str | os.PathLike[str], max_width: int, source: object
+) -> bool:
+    try:
         width, height = _fit(frame.width, frame.height, max_width=max_width)
         _write_jpeg(frame, width, height, os.fspath(dest_path))
         return True
-    except (av.FFmpegError, OSError, ValueError, RuntimeError, StopIteration) as exc:
-        logger.debug("No poster frame from %s: %s", video_path, exc)
+    except (av.FFmpegError, OSError, ValueError, RuntimeError) as exc:
+        logger.debug("No poster frame from %s: %s", source, exc)
         return False
 
 
@@ -128,13 +136,7 @@ def probe_with_poster(
         )
     if frame is None:  # a broken index: the slower path starts over from the top
         return info, poster_frame(path, dest_path, fraction=fraction, max_width=max_width)
-    try:
-        width, height = _fit(frame.width, frame.height, max_width=max_width)
-        _write_jpeg(frame, width, height, os.fspath(dest_path))
-        return info, True
-    except (av.FFmpegError, OSError, ValueError, RuntimeError) as exc:
-        logger.debug("No poster frame from %s: %s", video_path, exc)
-        return info, False
+    return info, _write_poster(frame, dest_path, max_width, video_path)
 
 
 def thumbnail(
