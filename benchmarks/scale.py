@@ -211,6 +211,14 @@ def main() -> None:
                 "wall_ms_per_row": round(1000 * wall / args.rows, 2),
                 "flow_process_cpu_s": round(cpu, 1),
                 "client_overhead_ms_per_row": round(1000 * cpu / args.rows, 2),
+                # user: Python and C code of this process; system: the kernel working for it
+                # (loopback TCP, file writes, fsync, thread wake-ups)
+                "user_ms_per_row": round(
+                    1000 * (cpu_after.ru_utime - cpu_before.ru_utime) / args.rows, 2
+                ),
+                "system_ms_per_row": round(
+                    1000 * (cpu_after.ru_stime - cpu_before.ru_stime) / args.rows, 2
+                ),
                 "prefect_server_cpu_s": round(server_cpu, 1),
                 "prefect_server_cpu_ms_per_row": round(1000 * server_cpu / args.rows, 2),
                 "rss_before_mib": round(rss_before / MiB, 1),

@@ -241,7 +241,22 @@ class MediaResolver:
         Raises:
             MediaError: saying what is wrong with the value and what to do instead.
         """
+        quick = self._resolve_without_io(value, kind)
+        if quick is not None:
+            return quick
         return await asyncio.to_thread(self.resolve_sync, value, kind)
+
+    def _resolve_without_io(self, value: str, kind: MediaKind) -> ResolvedMedia | None:
+        """A fresh cached answer, or an http(s) URL (passed through as it is): answers that
+        need no disk or network, so no trip to a worker thread (two per row otherwise)."""
+        if not isinstance(value, str) or kind not in INLINE_CAPS:
+            return None
+        cached = self._cache.get((value, kind))
+        if cached and not self._stale(*cached):
+            return cached[0]
+        if value.strip().lower().startswith(("https://", "http://")):
+            return self._resolve(value, kind)
+        return None
 
     def resolve_sync(self, value: str, kind: MediaKind) -> ResolvedMedia:
         """The blocking twin of `resolve`, for sync callers (it does network and disk I/O)."""

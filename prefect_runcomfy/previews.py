@@ -190,7 +190,7 @@ def jpeg_bytes(frame: av.VideoFrame, width: int, height: int) -> bytes:
     # The default rate control leaves visible blocks on faces; a low quantiser keeps it crisp
     # while a 640 px poster stays in the tens of kilobytes.
     codec.options = {"qmin": "2", "qmax": "5"}
-    scaled = frame.reformat(width=width, height=height, format="yuvj420p")
+    scaled = reformat(frame, width=width, height=height, format="yuvj420p")
     packets = [*codec.encode(scaled), *codec.encode(None)]
     data = b"".join(bytes(p) for p in packets)
     if not data.startswith(b"\xff\xd8"):
@@ -199,6 +199,19 @@ def jpeg_bytes(frame: av.VideoFrame, width: int, height: int) -> bytes:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+def reformat(frame: av.VideoFrame, **options: Any) -> av.VideoFrame:
+    """`frame.reformat(**options)` on this thread only.
+
+    PyAV 17+ scales with a pool of one thread per CPU by default, started and stopped for
+    every frame: two threads per poster here, which cost more than scaling one small picture
+    (`benchmarks/scale.py`). Older PyAV has no `threads` option and scales on one thread.
+    """
+    try:
+        return frame.reformat(threads=1, **options)
+    except TypeError:  # PyAV < 17: no `threads` keyword
+        return frame.reformat(**options)
 
 
 def _frame_in(container: Any, fraction: float) -> av.VideoFrame | None:
@@ -269,7 +282,7 @@ def _fit(
 def _on_white(frame: av.VideoFrame) -> av.VideoFrame:
     if "a" not in frame.format.name.replace("yuvj", "").replace("gray", ""):
         return frame
-    rgba = frame.to_ndarray(format="rgba").astype(np.float32)
+    rgba = reformat(frame, format="rgba").to_ndarray().astype(np.float32)
     alpha = rgba[..., 3:4] / 255.0
     rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
     return av.VideoFrame.from_ndarray(rgb.round().astype(np.uint8), format="rgb24")

@@ -22,6 +22,7 @@ import av
 import numpy as np
 
 from prefect_runcomfy.models import FRAMES_PER_SECOND
+from prefect_runcomfy.previews import reformat
 from prefect_runcomfy.sandbox.drawing import fill_ellipse
 
 AUDIO_RATE = 44_100
@@ -72,7 +73,7 @@ def decode_image(data: bytes) -> np.ndarray:
             if not container.streams.video:
                 raise MediaError("MediaDecodeError", "the image file holds no picture")
             frame = next(container.decode(video=0))
-            return frame.to_ndarray(format="rgb24")
+            return reformat(frame, format="rgb24").to_ndarray()
     except (av.FFmpegError, StopIteration, IndexError, ValueError) as exc:
         raise MediaError("MediaDecodeError", f"the image could not be decoded: {exc}") from exc
 
@@ -109,7 +110,7 @@ def letterbox(rgb: np.ndarray, width: int, height: int) -> tuple[np.ndarray, tup
     fit_h = max(2, min(height, round(src_h * scale)))
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
     # swscale does the resampling: better than nearest-neighbour numpy and just as fast
-    scaled = frame.reformat(width=fit_w, height=fit_h, format="rgb24").to_ndarray()
+    scaled = reformat(frame, width=fit_w, height=fit_h, format="rgb24").to_ndarray()
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
     x, y = (width - fit_w) // 2, (height - fit_h) // 2
     canvas[y : y + fit_h, x : x + fit_w] = scaled[:fit_h, :fit_w]
