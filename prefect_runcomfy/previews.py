@@ -208,10 +208,13 @@ def reformat(frame: av.VideoFrame, **options: Any) -> av.VideoFrame:
     every frame: two threads per poster here, which cost more than scaling one small picture
     (`benchmarks/scale.py`). Older PyAV has no `threads` option and scales on one thread.
     """
-    try:
-        return frame.reformat(threads=1, **options)
-    except TypeError:  # PyAV < 17: no `threads` keyword
-        return frame.reformat(**options)
+    return frame.reformat(**_ONE_THREAD, **options)
+
+
+# Decided once: PyAV < 17 has no `threads` keyword (and scales on one thread anyway).
+_ONE_THREAD: dict[str, int] = (
+    {"threads": 1} if av is not None and int(av.__version__.split(".")[0]) >= 17 else {}
+)
 
 
 def _frame_in(container: Any, fraction: float) -> av.VideoFrame | None:
