@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -772,3 +773,22 @@ def test_config_validation() -> None:
     assert SandboxConfig(run_seconds=[1, 2]).run_seconds == (1.0, 2.0)  # type: ignore[arg-type]
     assert math.isclose(SandboxConfig(time_scale=0.5).time_scale, 0.5)
     assert np.isfinite(SandboxConfig().price_per_second_usd)
+
+
+def test_idle_connection_outlives_the_clients_keepalive(sb: Sandbox) -> None:
+    """The sandbox keeps an idle connection open longer than httpx keeps it in its pool.
+
+    With both at 5 s, a request sent on a pooled connection as the server closed it failed with
+    ReadError (seen in CI as a sandbox MediaFetchError on its own samples URL). The client must
+    always be the side that gives up on an idle connection first.
+    """
+    client_expiry = httpx.Limits().keepalive_expiry
+    assert client_expiry is not None
+    host, port = sb.base_url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        request = f"GET /_sandbox/health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+        conn.sendall(request)
+        assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+        time.sleep(client_expiry + 1.0)
+        conn.sendall(request)  # the same connection, idle for longer than httpx would keep it
+        assert conn.recv(65536).startswith(b"HTTP/1.1 200")

@@ -45,6 +45,10 @@ class DropCapableH11Protocol(H11Protocol):
         self.app = app_with_transport
 
 
+KEEP_ALIVE_S = 75
+"""How long the sandbox keeps an idle connection open (seconds), as nginx does by default."""
+
+
 def _uvicorn_config(app: Any, log_level: str) -> uvicorn.Config:
     return uvicorn.Config(
         app,
@@ -54,6 +58,10 @@ def _uvicorn_config(app: Any, log_level: str) -> uvicorn.Config:
         log_level=log_level,
         access_log=False,  # access lines never carry headers, but keep test output quiet
         timeout_graceful_shutdown=2,
+        # Idle keep-alive connections stay open longer than any client keeps them (httpx: 5 s),
+        # as behind RunComfy's load balancers. With uvicorn's default of 5 s both ends closed
+        # at the same moment, and a request sent as the server closed failed with ReadError.
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
 
 
