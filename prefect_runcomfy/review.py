@@ -31,7 +31,6 @@ import os
 import posixpath
 import re
 import shlex
-import tempfile
 import urllib.parse
 from collections.abc import Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -51,7 +50,7 @@ from prefect_runcomfy.previews import (
     poster_name,
     thumbnail,
 )
-from prefect_runcomfy.storage import MANIFEST_NAME, OutputStore, staging_file
+from prefect_runcomfy.storage import MANIFEST_NAME, OutputStore, staging_file, staging_folder
 
 logger = logging.getLogger(__name__)
 
@@ -917,7 +916,7 @@ def _make_posters(store: OutputStore, wanted: dict[str, str]) -> set[str]:
 
     def one(row_id: str, video: str) -> str | None:
         try:
-            with tempfile.TemporaryDirectory(prefix="prefect-runcomfy-") as tmp:
+            with staging_folder() as tmp:
                 if store.is_local:
                     local = store.path(video)
                 else:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,7 +49,7 @@ from prefect_runcomfy.models import (
     RequestResult,
     RequestStatus,
 )
-from prefect_runcomfy.storage import OutputStore
+from prefect_runcomfy.storage import OutputStore, staging_folder
 from prefect_runcomfy.waiting import PollPolicy, wait_until_finished
 
 STORE_RETRY_DELAYS_S: tuple[float, ...] = (2.0, 10.0)
@@ -314,7 +313,7 @@ async def store_job_outputs(
     own_http = http is None
     client = http or output_http_client()
     try:
-        with tempfile.TemporaryDirectory(prefix="prefect-runcomfy-") as tmp:
+        with staging_folder() as tmp:
             for url, name in zip(urls, names, strict=True):
                 local = os.path.join(tmp, name)
                 downloaded = await download_output(url, local, http=client)

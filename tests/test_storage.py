@@ -22,7 +22,14 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from prefect_runcomfy.exceptions import InvalidInputError, StorageError
-from prefect_runcomfy.storage import TEMP_PREFIX, OutputStore, safe_name, staging_file
+from prefect_runcomfy.storage import (
+    STAGING_PREFIX,
+    TEMP_PREFIX,
+    OutputStore,
+    safe_name,
+    staging_file,
+    sweep_stale_staging,
+)
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "prefect_runcomfy"
 
@@ -433,3 +440,79 @@ def test_unwritable_local_folder(tmp_path: Path) -> None:
 def test_json_written_is_valid_json_everywhere(store: OutputStore) -> None:
     store.write_json("x.json", {"path": Path("/a/b"), "n": 1})
     assert json.loads(store.read_bytes("x.json")) == {"path": "/a/b", "n": 1}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_staging_left_by_a_killed_process_is_removed_once_stale(tmp_path: Path) -> None:
+    """A SIGKILL skips `finally`; the next process removes the folder once nobody touched it
+    for a day, and never a folder whose files are still being written."""
+    tmp_root = tmp_path / "tmp"
+    tmp_root.mkdir()
+    script = textwrap.dedent(
+        f"""
+        import sys, time, types
+        pkg = types.ModuleType("prefect_runcomfy")
+        pkg.__path__ = [{str(PACKAGE_DIR)!r}]
+        sys.modules["prefect_runcomfy"] = pkg
+        from prefect_runcomfy.storage import staging_folder
+        with staging_folder() as folder:
+            with open(folder + "/partial.mp4", "wb") as fh:
+                fh.write(b"x" * 1000)
+            print(folder, flush=True)
+            time.sleep(60)
+        """
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_root)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, env=env, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        killed = Path(proc.stdout.readline().strip())
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert killed.parent == tmp_root and (killed / "partial.mp4").exists()
+
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(killed / "partial.mp4", (two_days_ago, two_days_ago))
+    os.utime(killed, (two_days_ago, two_days_ago))
+    busy = tmp_root / f"{STAGING_PREFIX}busy"  # an old folder with a file written just now
+    busy.mkdir()
+    (busy / "downloading.mp4").write_bytes(b"y")
+    os.utime(busy, (two_days_ago, two_days_ago))
+    other = tmp_root / "someone-elses"
+    other.mkdir()
+    os.utime(other, (two_days_ago, two_days_ago))
+
+    # A new process's first staging folder sweeps (the real path: TMPDIR, first call).
+    sweep = textwrap.dedent(
+        f"""
+        import sys, types
+        pkg = types.ModuleType("prefect_runcomfy")
+        pkg.__path__ = [{str(PACKAGE_DIR)!r}]
+        sys.modules["prefect_runcomfy"] = pkg
+        from prefect_runcomfy.storage import staging_file
+        with staging_file(".mp4") as path:
+            path.write_bytes(b"z")
+        """
+    )
+    subprocess.run([sys.executable, "-c", sweep], env=env, check=True, timeout=60)
+    assert not killed.exists()
+    assert sorted(p.name for p in tmp_root.iterdir()) == [f"{STAGING_PREFIX}busy", "someone-elses"]
+
+
+def test_sweep_keeps_fresh_folders_and_reports_what_it_removed(tmp_path: Path) -> None:
+    old, fresh = tmp_path / f"{STAGING_PREFIX}old", tmp_path / f"{STAGING_PREFIX}fresh"
+    for folder in (old, fresh):
+        folder.mkdir()
+        (folder / "f").write_bytes(b"1")
+    hour_ago = time.time() - 3600
+    for path in (old / "f", old):
+        os.utime(path, (hour_ago, hour_ago))
+    assert sweep_stale_staging(tmp_path, max_age_s=1800) == [str(old)]
+    assert sweep_stale_staging(tmp_path, max_age_s=1800) == []
+    assert fresh.exists() and not old.exists()
+    assert sweep_stale_staging(tmp_path / "missing") == []
