@@ -26,18 +26,20 @@ $(VENV)/.synced: uv.lock pyproject.toml | $(UV)
 demo: $(VENV)/.synced   ## run the flow over sample rows against the built-in sandbox
 	$(VENV)/bin/prefect-runcomfy demo --output ./output
 
-test: $(VENV)/.synced   ## lint, then the whole test suite (what CI runs)
+test: $(VENV)/.synced   ## lint and type-check, then the whole test suite (what CI runs)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest
 
 lint: $(VENV)/.synced
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: $(VENV)/.synced
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .ruff_cache output
+	rm -rf $(VENV) .tools .pytest_cache .ruff_cache .mypy_cache output

@@ -212,7 +212,7 @@ def reformat(frame: av.VideoFrame, **options: Any) -> av.VideoFrame:
 
 
 # Decided once: PyAV < 17 has no `threads` keyword (and scales on one thread anyway).
-_ONE_THREAD: dict[str, int] = (
+_ONE_THREAD: dict[str, Any] = (
     {"threads": 1} if av is not None and int(av.__version__.split(".")[0]) >= 17 else {}
 )
 

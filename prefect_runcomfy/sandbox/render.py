@@ -69,7 +69,7 @@ class RenderedVideo:
 def decode_image(data: bytes) -> np.ndarray:
     """Decode PNG/JPEG/WebP/... bytes into an HxWx3 uint8 RGB array (first frame)."""
     try:
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.video:
                 raise MediaError("MediaDecodeError", "the image file holds no picture")
             frame = next(container.decode(video=0))
@@ -83,7 +83,7 @@ def decode_audio(data: bytes, rate: int = AUDIO_RATE) -> np.ndarray:
     resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
     chunks: list[np.ndarray] = []
     try:
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.audio:
                 raise MediaError("MediaDecodeError", "the audio file has no audio stream")
             for frame in container.decode(audio=0):

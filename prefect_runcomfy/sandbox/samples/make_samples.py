@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import cast
 
 import av
 import numpy as np
@@ -99,8 +100,8 @@ def speech_codec() -> tuple[str, str]:
 def encode_speech(wav: bytes, target: Path, codec_name: str, rate: int = 22050) -> None:
     """Re-encode espeak's WAV as a small mono clip at `target` (48 kbit/s)."""
     resampler = av.AudioResampler(format="fltp", layout="mono", rate=rate)
-    with av.open(io.BytesIO(wav)) as source, av.open(str(target), "w") as sink:
-        stream = sink.add_stream(codec_name, rate=rate, layout="mono")
+    with av.open(io.BytesIO(wav), mode="r") as source, av.open(str(target), mode="w") as sink:
+        stream = cast(av.AudioStream, sink.add_stream(codec_name, rate=rate, layout="mono"))
         stream.bit_rate = 48_000
         for frame in source.decode(audio=0):
             for out in resampler.resample(frame):
