@@ -174,14 +174,32 @@ class RssSampler:
 
 
 def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
+    """What the numbers were measured on, and how fast its CPU was at the start.
+
+    The machines are shared: the same benchmark has run 2.7x slower from one hour to the
+    next. `python_loop_ms` (a fixed pure-Python loop, best of 5) shows the machine's speed at
+    the time, so per-row CPU figures from different runs can be compared (or not).
+    """
     load = os.getloadavg()
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "loadavg_at_start": [round(x, 2) for x in load],
+        "python_loop_ms": python_loop_ms(),
     }
+
+
+def python_loop_ms(iterations: int = 1_000_000, repeat: int = 5) -> float:
+    """Best-of-`repeat` milliseconds of a fixed pure-Python loop: this machine's speed now."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        total = 0
+        for i in range(iterations):
+            total += i
+        best = min(best, time.perf_counter() - start)
+    return round(best * 1000, 1)
 
 
 def save(name: str, data: dict[str, Any]) -> Path:
