@@ -11,7 +11,7 @@ export UV_LINK_MODE := copy
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: demo test lint format bench clean setup
+.PHONY: demo test test-lowest lint format bench clean setup
 
 setup: $(VENV)/.synced
 
@@ -32,6 +32,12 @@ test: $(VENV)/.synced   ## lint and type-check, then the whole test suite (what 
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest
 
+test-lowest: | $(UV)   ## the test suite on the lowest versions pyproject.toml allows (not in CI: ~6 min)
+	rm -rf .venv-lowest
+	$(UV) venv -q .venv-lowest --python "$$($(PYTHON) -c 'import sys; print(sys.executable)')"
+	VIRTUAL_ENV=.venv-lowest $(UV) pip install -q --resolution lowest-direct -e '.[dev,s3,media]'
+	PATH="$$PWD/.venv-lowest/bin:$$PATH" .venv-lowest/bin/python -m pytest
+
 lint: $(VENV)/.synced
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -42,4 +48,4 @@ format: $(VENV)/.synced
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .ruff_cache .mypy_cache output
+	rm -rf $(VENV) .venv-lowest .tools .pytest_cache .ruff_cache .mypy_cache output
