@@ -24,6 +24,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 EXIT_OK = 0
@@ -78,19 +79,19 @@ def _summary(manifest: Any, output: str) -> None:
         )
         style = "green" if record.get("status") == "succeeded" else "red"
         table.add_row(
-            str(record.get("id")),
+            escape(str(record.get("id"))),
             f"[{style}]{record.get('status')}[/]",
-            str(record.get("request_id") or ""),
+            escape(str(record.get("request_id") or "")),
             shown,
-            str(where or ""),
+            escape(str(where or "")),
         )
     console.print(table)
     counts = {k: v for k, v in status_counts(manifest).items() if v}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items()) or "no rows")
-    console.print(f"Outputs and manifest.parquet: [bold]{output}[/]")
+    console.print(f"Outputs and manifest.parquet: [bold]{escape(output)}[/]")
     page = manifest.attrs.get("review_page")
     if page:
-        console.print(f"Review page: [bold]{page}[/]  (open it in a browser)")
+        console.print(f"Review page: [bold]{escape(str(page))}[/]  (open it in a browser)")
 
 
 def _quiet_console(verbose: bool) -> None:
@@ -154,13 +155,13 @@ def _handle(exc: BaseException) -> int:
     )
 
     if isinstance(exc, InvalidInputError):
-        err.print(f"[red]Invalid input:[/] {exc}")
+        err.print(f"[red]Invalid input:[/] {escape(str(exc))}")
         return EXIT_BAD_INPUT
     if isinstance(exc, (ConfigurationError, StorageError)):
-        err.print(f"[red]Configuration error:[/] {exc}")
+        err.print(f"[red]Configuration error:[/] {escape(str(exc))}")
         return EXIT_CONFIG
     if isinstance(exc, RunComfyAPIError):
-        err.print(f"[red]RunComfy said no:[/] {exc}")
+        err.print(f"[red]RunComfy said no:[/] {escape(str(exc))}")
         return EXIT_API
     raise exc
 
@@ -192,6 +193,10 @@ def run(
         list[str] | None,
         typer.Option("--storage-option", "-s", help="fsspec option for --output, key=value."),
     ] = None,
+    max_submits: Annotated[
+        int | None,
+        typer.Option(help="Refuse to run (exit 3) if more new, paid jobs would be submitted."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every log line.")] = False,
 ) -> None:
     """Run every row of INPUTS and store videos, sidecars and manifest.parquet under --output.
@@ -201,6 +206,7 @@ def run(
     ```
     prefect-runcomfy run rows.csv --output ./videos
     prefect-runcomfy run s3://in/rows.parquet -o s3://out/nightly --credentials runcomfy -c 16
+    prefect-runcomfy run rows.csv -o ./videos --max-submits 500
     ```
 
     Exit code 0: all rows succeeded; 1: some did not; 2: bad input; 3: configuration error.
@@ -220,6 +226,7 @@ def run(
             resubmit_unknown=resubmit_unknown,
             concurrency_limit=concurrency_limit,
             storage_options=_options(storage_option),
+            max_submits=max_submits,
         )
     except Exception as exc:
         raise typer.Exit(_handle(exc)) from None
@@ -243,13 +250,82 @@ def validate(
     try:
         check = check_local_media(check_table(read_table(inputs)), base_dir=base_dir)
     except InvalidInputError as exc:
-        err.print(f"[red]{exc}[/]")
+        err.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(EXIT_BAD_INPUT) from None
     for problem in check.invalid:
-        console.print(f"[red]✗[/] {problem.message}")
+        console.print(f"[red]✗[/] {escape(problem.message)}")
     total = len(check.valid) + len(check.invalid)
     console.print(f"{len(check.valid)} of {total} rows valid.")
     raise typer.Exit(EXIT_OK if check.ok else EXIT_BAD_INPUT)
+
+
+@app.command()
+def plan(
+    inputs: Annotated[str, typer.Argument(help="CSV, Parquet or JSON-lines table (path or URL).")],
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="The output location a run would use.")
+    ],
+    retry_failed: Annotated[bool, typer.Option(help="As `run --retry-failed` would.")] = False,
+    resubmit_unknown: Annotated[
+        bool, typer.Option(help="As `run --resubmit-unknown` would.")
+    ] = False,
+    max_submits: Annotated[
+        int | None, typer.Option(help="Exit 3 if more new jobs would be submitted.")
+    ] = None,
+    storage_option: Annotated[
+        list[str] | None,
+        typer.Option("--storage-option", "-s", help="fsspec option for --output, key=value."),
+    ] = None,
+) -> None:
+    """Show what `run` would do with each row of INPUTS, from the ledger under --output.
+
+    Nothing is submitted or written and RunComfy is not called: read what a run would pay for
+    before it does.
+
+    Examples:
+
+    ```
+    prefect-runcomfy plan rows.csv --output ./videos
+    prefect-runcomfy plan s3://in/rows.parquet -o s3://out/nightly --max-submits 500
+    ```
+
+    Exit code 0: planned; 2: bad input (invalid rows are listed); 3: over --max-submits.
+    """
+    from prefect_runcomfy.exceptions import InvalidInputError
+    from prefect_runcomfy.planning import plan_table
+
+    try:
+        table_plan = asyncio.run(
+            plan_table(
+                inputs,
+                output,
+                storage_options=_options(storage_option),
+                resubmit_unknown=resubmit_unknown,
+                retry_failed=retry_failed,
+            )
+        )
+    except InvalidInputError as exc:
+        err.print(f"[red]{escape(str(exc))}[/]")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except Exception as exc:
+        raise typer.Exit(_handle(exc)) from None
+    table = Table(title="Plan", show_lines=False)
+    for column in ("id", "plan", "why"):
+        table.add_column(column, overflow="fold")
+    for row, decision in zip(table_plan.rows, table_plan.decisions, strict=True):
+        table.add_row(escape(row.id), decision.plan.value, escape(decision.reason))
+    for problem in table_plan.invalid:
+        shown_id = escape(str(problem.id or f"row {problem.row}"))
+        table.add_row(shown_id, "[red]invalid[/]", escape(problem.message))
+    console.print(table)
+    console.print(table_plan.describe())
+    new = len(table_plan.to_submit)
+    if max_submits is not None and new > max_submits:
+        err.print(
+            f"[red]{new} new jobs would be submitted, more than --max-submits {max_submits}.[/]"
+        )
+        raise typer.Exit(EXIT_CONFIG)
+    raise typer.Exit(EXIT_BAD_INPUT if table_plan.invalid else EXIT_OK)
 
 
 @app.command()
@@ -297,9 +373,8 @@ def demo(
         except Exception as exc:
             raise typer.Exit(_handle(exc)) from None
     _summary(manifest, out)
-    console.print(
-        f"Open a video: [bold]{manifest['video_uri'].dropna().iloc[0] if manifest['video_uri'].notna().any() else out}[/]"
-    )
+    videos = manifest["video_uri"].dropna()
+    console.print(f"Open a video: [bold]{escape(str(videos.iloc[0] if len(videos) else out))}[/]")
     raise typer.Exit(_exit_for(manifest))
 
 

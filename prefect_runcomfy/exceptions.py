@@ -7,6 +7,7 @@ never appears in any message.
 ```
 RunComfyError
 ├── ConfigurationError                 no token / bad settings
+│   └── SubmitLimitError               a run would submit more new jobs than max_submits
 ├── InvalidInputError                  a row is not a valid InfiniteTalk input
 ├── MediaError                         an input file cannot be read, signed or staged
 ├── StorageError                       outputs cannot be written / read where asked
@@ -39,6 +40,15 @@ class RunComfyError(Exception):
 
 class ConfigurationError(RunComfyError):
     """Settings are missing or wrong (no token, bad URL); fix the configuration and run again."""
+
+
+class SubmitLimitError(ConfigurationError):
+    """A run would submit more new, paid jobs than `max_submits` allows; nothing was submitted."""
+
+    def __init__(self, message: str, *, would_submit: int, limit: int) -> None:
+        super().__init__(message)
+        self.would_submit = would_submit
+        self.limit = limit
 
 
 class InvalidInputError(RunComfyError, ValueError):
@@ -235,6 +245,7 @@ __all__ = [
     "RunTimedOutError",
     "ServerError",
     "StorageError",
+    "SubmitLimitError",
     "SubmitOutcomeUnknownError",
     "TransportError",
 ]

@@ -39,7 +39,7 @@ from prefect_runcomfy.batch import (
 from prefect_runcomfy.blocks import RunComfyCredentials
 from prefect_runcomfy.client import RunComfyClient
 from prefect_runcomfy.exceptions import ConfigurationError, InvalidInputError
-from prefect_runcomfy.ledger import Ledger, LedgerEntry, LedgerState, plan_row
+from prefect_runcomfy.ledger import Ledger, LedgerEntry, LedgerState
 from prefect_runcomfy.manifest import (
     RowStatus,
     build_manifest,
@@ -49,6 +49,7 @@ from prefect_runcomfy.manifest import (
 )
 from prefect_runcomfy.media import MediaResolver
 from prefect_runcomfy.models import MODEL_ID
+from prefect_runcomfy.planning import describe_plan, plan_rows
 from prefect_runcomfy.reporting import Progress, publish_summary
 from prefect_runcomfy.storage import OutputStore
 from prefect_runcomfy.table import (
@@ -242,6 +243,7 @@ async def generate_talking_videos(
     model_id: str = MODEL_ID,
     table_storage_options: dict[str, Any] | None = None,
     manifest_name: str = MANIFEST_NAME,
+    max_submits: int | None = None,
 ) -> pd.DataFrame:
     """Turn every row of a table into a lip-synced talking video, stored with its metadata.
 
@@ -281,6 +283,10 @@ async def generate_talking_videos(
             (default: `input_storage_options`).
         manifest_name: Where under `output_uri` the manifest goes; a sharded run gives each
             shard its own and merges them at the end.
+        max_submits: The most new (paid) jobs this run may submit. A run that would submit
+            more fails with `SubmitLimitError` before submitting any, naming the count: a
+            guard against a table that grew by mistake. Rows collected, skipped or reported
+            again are not counted; `0` allows only collecting. None: no limit.
 
     Returns:
         The manifest: one row per input row with `id, status, request_id, video_uri,
@@ -320,6 +326,16 @@ async def generate_talking_videos(
     entries: dict[str, LedgerEntry] = await asyncio.to_thread(ledger.load_all)
     present = set(await asyncio.to_thread(store.list))
 
+    decisions = plan_rows(
+        valid,
+        entries,
+        present,
+        resubmit_unknown=resubmit_unknown,
+        retry_failed=retry_failed,
+        max_submits=max_submits,
+    )
+    logger.info("Plan: %s", describe_plan(decisions))
+
     async def resolve_payload(row: PreparedRow) -> dict[str, Any]:
         return payloads.get(row.id) or await api_payload(row, resolver)
 
@@ -343,23 +359,10 @@ async def generate_talking_videos(
     for _ in invalid:
         await progress.row_done(RowStatus.INVALID.value)
 
-    jobs = []
-    for row in valid:
-        entry = entries.get(row.id)
-        outputs = entry.video_uris if entry else []
-        output_exists = (
-            bool(outputs)
-            and all(uri.rsplit("/", 1)[-1] in present for uri in outputs)
-            and f"{row.id}.json" in present
-        )
-        decision = plan_row(
-            entry,
-            row.fingerprint,
-            output_exists=output_exists,
-            resubmit_unknown=resubmit_unknown,
-            retry_failed=retry_failed,
-        )
-        jobs.append(run_row(batch, row, decision, entry))
+    jobs = [
+        run_row(batch, row, decision, entries.get(row.id))
+        for row, decision in zip(valid, decisions, strict=True)
+    ]
     try:
         records += await asyncio.gather(*jobs)
     except (asyncio.CancelledError, KeyboardInterrupt):
@@ -557,6 +560,7 @@ async def generate_talking_videos_sharded(
     storage_options: dict[str, Any] | None = None,
     input_storage_options: dict[str, Any] | None = None,
     shard_parameters: dict[str, Any] | None = None,
+    max_submits: int | None = None,
 ) -> pd.DataFrame:
     """Run a very large table as shards, each a separate flow run of `deployment` on its work
     pool, all under one account-wide limit, and merge their manifests into one.
@@ -581,6 +585,8 @@ async def generate_talking_videos_sharded(
         storage_options: fsspec options for `output_uri` (also used to read the shards).
         input_storage_options: fsspec options for the table and the media.
         shard_parameters: Any other `generate_talking_videos` parameters for every shard.
+        max_submits: The most new (paid) jobs the whole table may submit, checked against the
+            ledger before any shard starts (see `generate_talking_videos`).
 
     Returns:
         The merged manifest of this run's rows.
@@ -595,8 +601,21 @@ async def generate_talking_videos_sharded(
     check = check_table(df)
     for problem in check.invalid:
         logger.warning("Invalid %s", problem.message)
-    frames = shard_frames(check.valid, df, shard_size, base_dir=table_folder(table_uri))
     store = OutputStore(output_uri, storage_options)
+    if max_submits is not None:
+        entries = await asyncio.to_thread(Ledger(store).load_all)
+        present = set(await asyncio.to_thread(store.list))
+        options = shard_parameters or {}
+        decisions = plan_rows(
+            check.valid,
+            entries,
+            present,
+            resubmit_unknown=bool(options.get("resubmit_unknown", False)),
+            retry_failed=bool(options.get("retry_failed", False)),
+            max_submits=max_submits,
+        )
+        logger.info("Plan: %s", describe_plan(decisions))
+    frames = shard_frames(check.valid, df, shard_size, base_dir=table_folder(table_uri))
     run_key = _flow_run_id() or uuid.uuid4().hex
     names = shard_names(run_key, len(frames))
     uris = [

@@ -18,7 +18,7 @@ from prefect_runcomfy.sandbox import Sandbox, sample_inputs
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 CLI = str(Path(sys.executable).parent / "prefect-runcomfy")
-COMMANDS = ["run", "validate", "sandbox", "demo", "status", "cancel", "collect"]
+COMMANDS = ["run", "plan", "validate", "sandbox", "demo", "status", "cancel", "collect"]
 
 
 @pytest.fixture
@@ -124,6 +124,54 @@ def test_run_partial_failure_exits_1(sb: Sandbox, tmp_path: Path) -> None:
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "1 succeeded" in result.stdout and "1 failed" in result.stdout
+
+
+def test_run_over_max_submits_exits_3_and_submits_nothing(sb: Sandbox, tmp_path: Path) -> None:
+    table = write_table(tmp_path / "rows.csv", sample_inputs(sb.base_url)[:2])
+    result = cli(
+        "run",
+        table,
+        "-o",
+        str(tmp_path / "o"),
+        "--max-submits",
+        "1",
+        token=sb.token,
+        base_url=sb.base_url,
+    )
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "would submit 2 new jobs, more than max_submits=1" in " ".join(result.stderr.split())
+    assert sb.stats()["submits_accepted"] == 0
+
+
+def test_plan_reads_the_ledger_and_spends_nothing(sb: Sandbox, tmp_path: Path) -> None:
+    samples = sample_inputs(sb.base_url)
+    out = tmp_path / "out"
+    first = cli(
+        "run",
+        write_table(tmp_path / "two.csv", samples[:2]),
+        "-o",
+        str(out),
+        token=sb.token,
+        base_url=sb.base_url,
+    )
+    assert first.returncode == 0, first.stdout + first.stderr
+    submitted = sb.stats()["submits_accepted"]
+    grown = [*samples, {**samples[0], "id": "[/]odd", "prompt": "markup [/] in a row"}]
+    table = write_table(tmp_path / "grown.csv", grown)
+    requests_before = sb.stats()["requests_total"]
+
+    result = cli("plan", table, "-o", str(out))  # no token: plan never calls RunComfy
+    assert result.returncode == 2, result.stdout + result.stderr  # the odd id is invalid
+    text = " ".join(result.stdout.split())
+    assert f"{len(samples) - 2} to submit, 2 already stored, 1 invalid" in text
+    assert "[/]odd" in text  # shown as text, not read as markup
+    over = cli("plan", table, "-o", str(out), "--max-submits", "0")
+    assert over.returncode == 3, over.stdout + over.stderr
+    fresh = cli("plan", table, "-o", str(tmp_path / "never-run"))
+    assert f"{len(samples)} to submit" in " ".join(fresh.stdout.split())
+    assert not (tmp_path / "never-run").exists(), "a plan writes nothing"
+    assert sb.stats()["submits_accepted"] == submitted
+    assert sb.stats()["requests_total"] == requests_before
 
 
 def test_run_bad_input_exits_2_and_submits_nothing(sb: Sandbox, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from prefect_runcomfy import RunComfyCredentials, generate_talking_videos
-from prefect_runcomfy.exceptions import InvalidInputError
+from prefect_runcomfy.exceptions import ConfigurationError, InvalidInputError, SubmitLimitError
 from prefect_runcomfy.ledger import Ledger
 from prefect_runcomfy.sandbox import Sandbox, sample_inputs
 from prefect_runcomfy.storage import OutputStore
@@ -160,6 +160,47 @@ async def test_stop_on_invalid_submits_nothing(sb: Sandbox, tmp_path: Path) -> N
         await generate_talking_videos(
             table, str(tmp_path / "o"), creds(sb), on_invalid="stop", **FAST
         )
+    assert sb.stats()["submits_accepted"] == 0
+
+
+async def test_max_submits_refuses_a_run_that_would_pay_for_more_rows(
+    sb: Sandbox, tmp_path: Path
+) -> None:
+    out = str(tmp_path / "o")
+    with pytest.raises(
+        SubmitLimitError, match=r"would submit 3 new jobs, more than max_submits=2"
+    ) as caught:
+        await generate_talking_videos(rows(sb, 3), out, creds(sb), max_submits=2, **FAST)
+    assert (caught.value.would_submit, caught.value.limit) == (3, 2)
+    assert "r0, r1, r2" in str(caught.value)
+    assert sb.stats()["submits_accepted"] == 0
+    assert Ledger(OutputStore(out)).load_all() == {}, "nothing was even marked as submitting"
+
+    # Rows already stored (or collected) do not count: 2 stored + 2 new rows fit under 2.
+    await generate_talking_videos(rows(sb, 2), out, creds(sb), max_submits=2, **FAST)
+    manifest = await generate_talking_videos(rows(sb, 4), out, creds(sb), max_submits=2, **FAST)
+    assert list(manifest["status"]) == ["succeeded"] * 4
+    assert sb.stats()["submits_accepted"] == 4
+    # 0 allows a run that only skips and collects
+    again = await generate_talking_videos(rows(sb, 4), out, creds(sb), max_submits=0, **FAST)
+    assert all("already stored" in n for n in again["note"])
+    with pytest.raises(ConfigurationError, match="max_submits must be 0 or more"):
+        await generate_talking_videos(rows(sb, 1), out, creds(sb), max_submits=-1, **FAST)
+    assert sb.stats()["submits_accepted"] == 4
+
+
+async def test_sharded_parent_checks_max_submits_before_any_shard(
+    sb: Sandbox, tmp_path: Path
+) -> None:
+    from prefect_runcomfy.flows import generate_talking_videos_sharded
+
+    out = tmp_path / "o"
+    # No deployment exists: the parent must refuse before it writes or starts any shard.
+    with pytest.raises(SubmitLimitError, match="would submit 3 new jobs, more than max_submits=1"):
+        await generate_talking_videos_sharded(
+            rows(sb, 3), str(out), deployment="missing/deployment", max_submits=1
+        )
+    assert not (out / "_shards").exists()
     assert sb.stats()["submits_accepted"] == 0
 
 

@@ -326,3 +326,19 @@ def test_ledger_round_trip_drives_plan(ledger: Ledger) -> None:
     assert plan_row(ledger.get("row"), OLD, **{**flags, "output_exists": True}).plan is (
         RowPlan.SKIP_STORED
     )
+
+
+def test_describe_plan_counts_each_kind_in_words() -> None:
+    from prefect_runcomfy.ledger import RowDecision
+    from prefect_runcomfy.planning import describe_plan
+
+    decisions = [
+        RowDecision(RowPlan.SUBMIT, "new"),
+        RowDecision(RowPlan.SUBMIT, "new"),
+        RowDecision(RowPlan.SKIP_STORED, "stored"),
+        RowDecision(RowPlan.UNKNOWN, "lost answer"),
+    ]
+    assert describe_plan(decisions) == (
+        "2 to submit, 1 already stored, 1 with an unknown earlier submit (not sent again)"
+    )
+    assert describe_plan([]) == "no valid rows"

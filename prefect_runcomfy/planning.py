@@ -1,0 +1,164 @@
+"""What a run will do with each row, decided from the ledger before anything is paid for.
+
+`plan_rows` applies `ledger.plan_row` to every valid row and enforces `max_submits`;
+`plan_table` does the same for a whole table and an output location without running a flow
+or calling RunComfy (the `prefect-runcomfy plan` command), so a night's spending can be read
+before it happens.
+
+```python
+plan = await plan_table("rows.csv", "s3://bucket/videos")
+print(plan.describe())   # '480 to submit, 3 to collect from earlier runs, 17 already stored'
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from prefect_runcomfy.exceptions import ConfigurationError, SubmitLimitError
+from prefect_runcomfy.ledger import Ledger, LedgerEntry, RowDecision, RowPlan, plan_row
+from prefect_runcomfy.storage import OutputStore
+from prefect_runcomfy.table import (
+    PreparedRow,
+    RowProblem,
+    TableLike,
+    check_local_media,
+    check_table,
+    read_table,
+    table_folder,
+)
+
+
+def plan_rows(
+    rows: list[PreparedRow],
+    entries: dict[str, LedgerEntry],
+    present: set[str],
+    *,
+    resubmit_unknown: bool,
+    retry_failed: bool,
+    max_submits: int | None = None,
+) -> list[RowDecision]:
+    """Decide each valid row's plan from the ledger (`plan_row`) and enforce `max_submits`.
+
+    `present` holds the names listed under the output location: a stored row whose video or
+    sidecar is gone is collected again rather than skipped. Raises `SubmitLimitError`, before
+    anything is sent, when more rows would be submitted than `max_submits` allows.
+    """
+    if max_submits is not None and max_submits < 0:
+        raise ConfigurationError(f"max_submits must be 0 or more, not {max_submits}.")
+    decisions = []
+    for row in rows:
+        entry = entries.get(row.id)
+        outputs = entry.video_uris if entry else []
+        output_exists = (
+            bool(outputs)
+            and all(uri.rsplit("/", 1)[-1] in present for uri in outputs)
+            and f"{row.id}.json" in present
+        )
+        decisions.append(
+            plan_row(
+                entry,
+                row.fingerprint,
+                output_exists=output_exists,
+                resubmit_unknown=resubmit_unknown,
+                retry_failed=retry_failed,
+            )
+        )
+    new = [row.id for row, d in zip(rows, decisions, strict=True) if d.plan is RowPlan.SUBMIT]
+    if max_submits is not None and len(new) > max_submits:
+        shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
+        raise SubmitLimitError(
+            f"This run would submit {len(new)} new jobs, more than max_submits={max_submits}; "
+            f"nothing was submitted. Rows to submit: {shown}. Check the table (did a join "
+            "repeat rows, or did the ids change?) or raise max_submits.",
+            would_submit=len(new),
+            limit=max_submits,
+        )
+    return decisions
+
+
+def describe_plan(decisions: list[RowDecision]) -> str:
+    """Say in words how many rows a run submits, collects, skips and reports again."""
+    words = {
+        RowPlan.SUBMIT: "to submit",
+        RowPlan.RESUME: "to collect from earlier runs",
+        RowPlan.SKIP_STORED: "already stored",
+        RowPlan.UNKNOWN: "with an unknown earlier submit (not sent again)",
+        RowPlan.KEEP_FAILED: "failed earlier (not retried)",
+    }
+    counts = {plan: 0 for plan in words}
+    for decision in decisions:
+        counts[decision.plan] += 1
+    parts = [f"{counts[plan]} {text}" for plan, text in words.items() if counts[plan]]
+    return ", ".join(parts) or "no valid rows"
+
+
+@dataclass(frozen=True)
+class TablePlan:
+    """A table's plan: each valid row with its decision, and the rows that are invalid."""
+
+    rows: list[PreparedRow]
+    decisions: list[RowDecision]
+    invalid: list[RowProblem]
+
+    @property
+    def to_submit(self) -> list[str]:
+        """Ids of the rows a run would submit (and pay for)."""
+        return [
+            r.id for r, d in zip(self.rows, self.decisions, strict=True) if d.plan is RowPlan.SUBMIT
+        ]
+
+    def describe(self) -> str:
+        """The plan in words, invalid rows included."""
+        text = describe_plan(self.decisions)
+        return f"{text}, {len(self.invalid)} invalid" if self.invalid else text
+
+
+async def plan_table(
+    inputs: TableLike,
+    output_uri: str,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    input_storage_options: dict[str, Any] | None = None,
+    resubmit_unknown: bool = False,
+    retry_failed: bool = False,
+) -> TablePlan:
+    """Plan `inputs` against the ledger under `output_uri`, as `generate_talking_videos` would.
+
+    Reads only: no Prefect flow run, no RunComfy call, nothing written (a local output folder
+    that does not exist yet means every row is new). Local media files are checked to exist;
+    remote media are checked by the run itself.
+    """
+    table_uri = inputs if isinstance(inputs, str) else None
+    df = await asyncio.to_thread(read_table, inputs, storage_options=input_storage_options)
+    local_table = table_uri is not None and (
+        "://" not in table_uri or table_uri.startswith("file://")
+    )
+    check = check_local_media(
+        check_table(df), base_dir=table_folder(table_uri) if local_table else None
+    )
+    entries, present = await asyncio.to_thread(_read_output, output_uri, storage_options)
+    decisions = plan_rows(
+        check.valid,
+        entries,
+        present,
+        resubmit_unknown=resubmit_unknown,
+        retry_failed=retry_failed,
+    )
+    return TablePlan(rows=check.valid, decisions=decisions, invalid=check.invalid)
+
+
+def _read_output(
+    output_uri: str, storage_options: dict[str, Any] | None
+) -> tuple[dict[str, LedgerEntry], set[str]]:
+    local = "://" not in output_uri or output_uri.startswith("file://")
+    if local and not os.path.exists(output_uri.removeprefix("file://")):
+        return {}, set()  # OutputStore would create the folder; a plan writes nothing
+    store = OutputStore(output_uri, storage_options)
+    return Ledger(store).load_all(), set(store.list())
+
+
+__all__ = ["TablePlan", "describe_plan", "plan_rows", "plan_table"]
