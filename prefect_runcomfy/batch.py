@@ -63,6 +63,9 @@ from prefect_runcomfy.table import PreparedRow, RowProblem
 from prefect_runcomfy.tasks import client_for
 from prefect_runcomfy.waiting import PollPolicy
 
+LEDGER_RETRY_DELAYS_S: tuple[float, ...] = (0.5, 2.0)
+"""Pauses before writing a ledger entry again after the output location failed."""
+
 UNKNOWN_ADVICE = (
     "an earlier submit of this row got no answer, so a job may have run and been billed; "
     "check your RunComfy dashboard, then run again with resubmit_unknown=True to submit it anew"
@@ -135,8 +138,44 @@ class Batch:
                 await client.aclose()
 
     async def ledger_call(self, method: str, *args: Any, **kwargs: Any) -> LedgerEntry:
-        """Run a ledger write off the event loop (fsspec is blocking)."""
-        return await asyncio.to_thread(getattr(self.ledger, method), *args, **kwargs)
+        """Run a ledger write off the event loop (fsspec is blocking), trying again after a
+        pause when the output location fails (a write is an atomic replace: safe to repeat)."""
+        call = getattr(self.ledger, method)
+        for delay in (*LEDGER_RETRY_DELAYS_S, None):
+            try:
+                return await asyncio.to_thread(call, *args, **kwargs)
+            except StorageError:
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def record_paid(
+        self,
+        record: dict[str, Any],
+        row_id: str,
+        request_id: str,
+        state: LedgerState,
+        **fields: Any,
+    ) -> None:
+        """Write a submitted request's next state to the ledger, never losing the row over it.
+
+        The job is paid for: when the output location cannot be written even after retries,
+        the row goes on (its video or its reason still reaches the manifest), the request id
+        is logged, and the record says what the ledger is missing.
+        """
+        try:
+            await self.ledger_call("mark", row_id, state, request_id=request_id, **fields)
+        except StorageError as exc:
+            get_run_logger().warning(
+                "%s: request %s is %s, but the ledger could not record it: %s",
+                row_id,
+                request_id,
+                state.value,
+                exc,
+            )
+            note = f"the ledger could not record request {request_id} as {state.value}: {exc}"
+            record["note"] = f"{record['note']}; {note}" if record.get("note") else note
 
     async def done(self, record: dict[str, Any]) -> dict[str, Any]:
         if self.progress is not None:
@@ -375,11 +414,28 @@ async def _submit_wait_store(
             record.update(status=RowStatus.FAILED.value, error=str(exc))
             return
         submitted_at = utc_now()
-        await asyncio.to_thread(
-            _mark_submitted_with_inputs, batch.ledger, row, request_id, submitted_at, inputs
-        )
         # Said with the row's next state change: one log line fewer per row.
         first_note = f"submitted as request {request_id}"
+        try:
+            await batch.ledger_call(
+                "mark",
+                row.id,
+                LedgerState.SUBMITTED,
+                **_submitted_fields(row, request_id, submitted_at, inputs),
+            )
+        except StorageError as exc:
+            # Paid for, and its id is known only here: say it now, and wait for it anyway.
+            logger.warning(
+                "%s: submitted as request %s, but the ledger could not record it (%s); "
+                "waiting for it anyway. If this run stops first, the request id is here and "
+                "in the manifest: `prefect-runcomfy status %s`.",
+                row.id,
+                request_id,
+                exc,
+                request_id,
+            )
+            record["note"] = f"the ledger could not record request {request_id}: {exc}"
+            first_note = None
     record.update(request_id=request_id, submitted_at=submitted_at)
     await collect_request(
         batch,
@@ -394,24 +450,18 @@ async def _submit_wait_store(
     )
 
 
-def _mark_submitted_with_inputs(
-    ledger: Ledger,
-    row: PreparedRow,
-    request_id: str,
-    submitted_at: str,
-    inputs: dict[str, Any],
-) -> LedgerEntry:
+def _submitted_fields(
+    row: PreparedRow, request_id: str, submitted_at: str, inputs: dict[str, Any]
+) -> dict[str, Any]:
     # The ledger keeps what the collecting flow needs to finish this row without the table.
-    return ledger.mark(
-        row.id,
-        LedgerState.SUBMITTED,
-        request_id=request_id,
-        submitted_at=submitted_at,
-        inputs=inputs,
-        row=row.row,
-        friendly_inputs=input_columns(row.job),
-        extras={k: _jsonable(v) for k, v in row.extras.items()},
-    )
+    return {
+        "request_id": request_id,
+        "submitted_at": submitted_at,
+        "inputs": inputs,
+        "row": row.row,
+        "friendly_inputs": input_columns(row.job),
+        "extras": {k: _jsonable(v) for k, v in row.extras.items()},
+    }
 
 
 def _jsonable(value: Any) -> Any:
@@ -501,9 +551,10 @@ async def collect_request(
         )
         uri = await asyncio.to_thread(batch.store.write_json, f"{row_id}.json", metadata)
         record["metadata_uri"] = uri
-        await batch.ledger_call(
-            "mark",
+        await batch.record_paid(
+            record,
             row_id,
+            request_id,
             LedgerState.CANCELLED if cancelled else LedgerState.FAILED,
             error=error,
             metadata_uri=uri,
@@ -518,16 +569,18 @@ async def collect_request(
         )
         error = f"{exc} ({what})"
         record.update(status=RowStatus.TIMED_OUT.value, error=error)
-        await batch.ledger_call("mark", row_id, state, error=error)
+        await batch.record_paid(record, row_id, request_id, state, error=error)
         return
     except RequestNotFoundError as exc:
         error = f"request {request_id} is unknown or its record expired: {exc}"
         record.update(status=RowStatus.FAILED.value, error=error)
-        await batch.ledger_call("mark", row_id, LedgerState.FAILED, error=error)
+        await batch.record_paid(record, row_id, request_id, LedgerState.FAILED, error=error)
         return
     except RunComfyError as exc:
         record.update(status=RowStatus.FAILED.value, error=str(exc))
-        await batch.ledger_call("mark", row_id, LedgerState.TIMED_OUT, error=str(exc))
+        await batch.record_paid(
+            record, row_id, request_id, LedgerState.TIMED_OUT, error=str(exc)
+        )
         return
 
     result = finished.result
@@ -548,7 +601,7 @@ async def collect_request(
     except DownloadError as exc:
         error = f"the video could not be downloaded: {exc}"
         record.update(status=RowStatus.FAILED.value, error=error, request_id=request_id)
-        await batch.ledger_call("mark", row_id, LedgerState.FAILED, error=error)
+        await batch.record_paid(record, row_id, request_id, LedgerState.FAILED, error=error)
         return
     files = [f.model_dump(mode="json") for f in stored.files]
     record.update(_files_facts(files))
@@ -562,9 +615,10 @@ async def collect_request(
         cost_usd=result.cost,
         finished_at=finished_at,
     )
-    await batch.ledger_call(
-        "mark",
+    await batch.record_paid(
+        record,
         row_id,
+        request_id,
         LedgerState.STORED,
         video_uris=stored.video_uris,
         metadata_uri=stored.metadata_uri,

@@ -15,7 +15,12 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from prefect_runcomfy import RunComfyCredentials, generate_talking_videos
-from prefect_runcomfy.exceptions import ConfigurationError, InvalidInputError, SubmitLimitError
+from prefect_runcomfy.exceptions import (
+    ConfigurationError,
+    InvalidInputError,
+    StorageError,
+    SubmitLimitError,
+)
 from prefect_runcomfy.ledger import Ledger
 from prefect_runcomfy.sandbox import Sandbox, sample_inputs
 from prefect_runcomfy.storage import OutputStore
@@ -250,6 +255,65 @@ async def test_dropped_submit_answer_is_outcome_unknown_and_not_resubmitted(
     )
     assert list(forced["status"]) == ["succeeded", "succeeded"]
     assert sb.stats()["submits_accepted"] == 3
+
+
+def _failing_ledger_writes(
+    monkeypatch: pytest.MonkeyPatch, state: str, times: int | None
+) -> list[str]:
+    """Make the ledger's writes of `state` fail like an unwritable output location.
+
+    Injected (not real) because a storage failure exactly between a POST and its ledger entry
+    cannot be produced on demand with a real disk or moto; everything else stays real.
+    """
+    failed: list[str] = []
+    real_write = Ledger._write
+
+    def write(self: Ledger, entry: Any) -> Any:
+        if entry.state == state and (times is None or len(failed) < times):
+            failed.append(entry.id)
+            raise StorageError(f"could not write {entry.id}: injected outage")
+        return real_write(self, entry)
+
+    monkeypatch.setattr(Ledger, "_write", write)
+    return failed
+
+
+async def test_a_ledger_write_that_fails_once_after_the_post_is_retried(
+    sb: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failed = _failing_ledger_writes(monkeypatch, "submitted", times=1)
+    out = str(tmp_path / "o")
+    manifest = await generate_talking_videos(rows(sb, 1), out, creds(sb), **FAST)
+    assert failed == ["r0"]
+    assert list(manifest["status"]) == ["succeeded"]
+    entry = Ledger(OutputStore(out)).get("r0")
+    assert entry is not None and entry.request_id == manifest["request_id"][0]
+    assert "submitted" in [step["state"] for step in entry.history]
+
+
+async def test_a_paid_request_the_ledger_cannot_record_is_still_delivered(
+    sb: Sandbox,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    failed = _failing_ledger_writes(monkeypatch, "submitted", times=None)
+    out = str(tmp_path / "o")
+    with caplog.at_level(logging.WARNING):
+        manifest = await generate_talking_videos(rows(sb, 2), out, creds(sb), **FAST)
+    assert sorted(set(failed)) == ["r0", "r1"]
+    assert list(manifest["status"]) == ["succeeded", "succeeded"]
+    for record in manifest.to_dict(orient="records"):
+        request_id = record["request_id"]
+        assert request_id and f"ledger could not record request {request_id}" in record["note"]
+        assert any(request_id in m and "could not record" in m for m in caplog.messages)
+        # the final entry carries the request id even though `submitted` was never written
+        entry = Ledger(OutputStore(out)).get(record["id"])
+        assert entry is not None and entry.state == "stored" and entry.request_id == request_id
+    monkeypatch.undo()
+    again = await generate_talking_videos(rows(sb, 2), out, creds(sb), **FAST)
+    assert set(again["status"]) == {"succeeded"}
+    assert sb.stats()["submits_accepted"] == 2, "paid once per row"
 
 
 async def test_bad_token_stops_submitting_and_says_so(sb: Sandbox, tmp_path: Path) -> None:
