@@ -578,9 +578,7 @@ async def collect_request(
         return
     except RunComfyError as exc:
         record.update(status=RowStatus.FAILED.value, error=str(exc))
-        await batch.record_paid(
-            record, row_id, request_id, LedgerState.TIMED_OUT, error=str(exc)
-        )
+        await batch.record_paid(record, row_id, request_id, LedgerState.TIMED_OUT, error=str(exc))
         return
 
     result = finished.result

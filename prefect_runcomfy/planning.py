@@ -72,8 +72,8 @@ def plan_rows(
         shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
         raise SubmitLimitError(
             f"This run would submit {len(new)} new jobs, more than max_submits={max_submits}; "
-            f"nothing was submitted. Rows to submit: {shown}. Check the table (did a join "
-            "repeat rows, or did the ids change?) or raise max_submits.",
+            f"nothing was submitted. Rows to submit: {shown}. Check the table (did it grow by "
+            "mistake, or did its ids change?) or raise max_submits.",
             would_submit=len(new),
             limit=max_submits,
         )
