@@ -240,6 +240,7 @@ async def generate_talking_videos(
     cancel_queued_at_deadline: bool = True,
     poll_initial_s: float = 2.0,
     poll_max_s: float = 30.0,
+    not_found_grace_s: float = 30.0,
     model_id: str = MODEL_ID,
     table_storage_options: dict[str, Any] | None = None,
     manifest_name: str = MANIFEST_NAME,
@@ -278,6 +279,8 @@ async def generate_talking_videos(
         cancel_queued_at_deadline: Cancel a job still queued at `max_wait_s`.
         poll_initial_s: First polling interval; it doubles up to `poll_max_s`.
         poll_max_s: The longest polling interval.
+        not_found_grace_s: How long after its submit a request RunComfy does not know yet is
+            taken as "not visible yet" rather than gone (once seen, "not found" means gone).
         model_id: The RunComfy model (InfiniteTalk's by default).
         table_storage_options: fsspec options for reading `inputs` when it is a URL
             (default: `input_storage_options`).
@@ -348,7 +351,9 @@ async def generate_talking_videos(
         max_concurrency=max_concurrency,
         concurrency_limit=concurrency_limit,
         max_wait_s=max_wait_s,
-        poll=PollPolicy(initial_s=poll_initial_s, max_s=poll_max_s),
+        poll=PollPolicy(
+            initial_s=poll_initial_s, max_s=poll_max_s, not_found_grace_s=not_found_grace_s
+        ),
         cancel_queued_at_deadline=cancel_queued_at_deadline,
         model_id=model_id,
         flow_run_id=_flow_run_id(),

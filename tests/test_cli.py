@@ -165,10 +165,15 @@ def test_plan_reads_the_ledger_and_spends_nothing(sb: Sandbox, tmp_path: Path) -
     text = " ".join(result.stdout.split())
     assert f"{len(samples) - 2} to submit, 2 already stored, 1 invalid" in text
     assert "[/]odd" in text  # shown as text, not read as markup
-    over = cli("plan", table, "-o", str(out), "--max-submits", "0")
-    assert over.returncode == 3, over.stdout + over.stderr
-    fresh = cli("plan", table, "-o", str(tmp_path / "never-run"))
-    assert f"{len(samples)} to submit" in " ".join(fresh.stdout.split())
+    # the same command in-process (it needs no Prefect): the console script was shown above
+    from typer.testing import CliRunner
+
+    from prefect_runcomfy.cli import app
+
+    over = CliRunner().invoke(app, ["plan", table, "-o", str(out), "--max-submits", "0"])
+    assert over.exit_code == 3, over.output
+    fresh = CliRunner().invoke(app, ["plan", table, "-o", str(tmp_path / "never-run")])
+    assert f"{len(samples)} to submit" in " ".join(fresh.output.split())
     assert not (tmp_path / "never-run").exists(), "a plan writes nothing"
     assert sb.stats()["submits_accepted"] == submitted
     assert sb.stats()["requests_total"] == requests_before

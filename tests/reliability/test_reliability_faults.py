@@ -64,7 +64,11 @@ async def test_scripted_fault_matrix_gives_each_row_its_status(sb: Sandbox, tmp_
     sb.set(not_found_after_submit_s=0.3)
 
     out = tmp_path / "out"
-    manifest = await generate_talking_videos(table, str(out), creds(sb), max_concurrency=1, **FAST)
+    # r7's result expires as soon as it finishes: if no poll saw it running, "not found" is
+    # only believed after the grace (2 s here, 30 s by default)
+    manifest = await generate_talking_videos(
+        table, str(out), creds(sb), max_concurrency=1, not_found_grace_s=2.0, **FAST
+    )
     status = dict(zip(manifest["id"], manifest["status"], strict=True))
     errors = dict(zip(manifest["id"], manifest["error"].fillna(""), strict=True))
     assert status == {
