@@ -390,6 +390,7 @@ async def _submit_wait_store(
             batch.flow_run_id,
         )
         record["attempts"] = (entry.attempts if entry else 0) + 1
+        record["submitted_by_this_run"] = True
         try:
             request_id = await submit_job(
                 client, payload, model_id=batch.model_id, row_id=row.id, log=False

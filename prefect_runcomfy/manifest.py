@@ -50,6 +50,7 @@ DETAIL_COLUMNS = [
     "submitted_at",
     "finished_at",
     "attempts",
+    "submitted_by_this_run",
 ]
 """Columns that follow the contract columns: timing, cost and facts about the stored video."""
 
@@ -92,6 +93,8 @@ def build_manifest(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         df[column] = pd.to_numeric(df[column], errors="coerce")
     for column in ("row", "size_bytes", "width", "height", "attempts"):
         df[column] = pd.to_numeric(df[column], errors="coerce").astype("Int64")
+    # True only where this run sent the row's POST: its cost is this run's spending
+    df["submitted_by_this_run"] = df["submitted_by_this_run"].eq(True)
     return df.reset_index(drop=True)
 
 

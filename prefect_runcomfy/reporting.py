@@ -124,7 +124,12 @@ def summary_markdown(
     """A short markdown report: counts per status, where the outputs are, what it cost."""
     counts = status_counts(manifest)
     total = len(manifest)
-    cost = pd.to_numeric(manifest.get("cost_usd"), errors="coerce").sum() if total else 0.0
+    costs = pd.to_numeric(manifest.get("cost_usd"), errors="coerce") if total else None
+    new = (
+        manifest["submitted_by_this_run"].eq(True)
+        if total and "submitted_by_this_run" in manifest
+        else None
+    )
     seconds = pd.to_numeric(manifest.get("duration_s"), errors="coerce").sum() if total else 0.0
     lines = [f"# {title}", "", f"**{counts['succeeded']} of {total} rows succeeded.**", ""]
     lines += ["| status | rows |", "|---|---:|"]
@@ -137,7 +142,7 @@ def summary_markdown(
         f"- Outputs: `{output_uri}`",
         f"- Manifest: `{manifest_uri}`",
         f"- Video produced: {seconds:.1f} s",
-        f"- Cost reported by RunComfy: ${cost:.4f}" if cost else "- Cost: not reported",
+        *_cost_lines(costs, new),
     ]
     problems = manifest[manifest["status"] != "succeeded"] if total else manifest
     if len(problems):
@@ -154,6 +159,24 @@ def summary_markdown(
         if len(problems) > 50:
             lines.append(f"| … | | {len(problems) - 50} more in the manifest |")
     return "\n".join(lines) + "\n"
+
+
+def _cost_lines(costs: pd.Series | None, new: pd.Series | None) -> list[str]:
+    """This run's spending apart from what earlier runs paid for rows it only skipped or
+    collected: a nightly report must not count last week's videos again."""
+    if costs is None or new is None or not costs.notna().any():
+        return ["- Cost: not reported"]
+    lines = [
+        f"- Jobs this run submitted: {int(new.sum())}, cost reported by RunComfy "
+        f"${costs[new].sum():.4f}"
+    ]
+    earlier = costs[~new]
+    if earlier.notna().any():
+        lines.append(
+            f"- Rows submitted by earlier runs (stored or collected now): "
+            f"{int(earlier.notna().sum())}, cost ${earlier.sum():.4f} (not spent by this run)"
+        )
+    return lines
 
 
 def _link(uri: str) -> str:

@@ -341,13 +341,20 @@ async def test_deadline_cancels_queued_jobs(sb: Sandbox, tmp_path: Path) -> None
 # --- resume -------------------------------------------------------------------------------------
 
 
-async def test_rerun_skips_stored_rows_and_pays_nothing(sb: Sandbox, tmp_path: Path) -> None:
+async def test_rerun_skips_stored_rows_and_pays_only_for_new_ones(sb: Sandbox, tmp_path: Path) -> None:
     out = str(tmp_path / "o")
     await generate_talking_videos(rows(sb, 3), out, creds(sb), **FAST)
-    again = await generate_talking_videos(rows(sb, 3), out, creds(sb), **FAST)
+    again = await generate_talking_videos(rows(sb, 3) + rows(sb, 4)[3:], out, creds(sb), **FAST)
     assert set(again["status"]) == {"succeeded"}
-    assert all("already stored" in n for n in again["note"])
-    assert sb.stats()["submits_accepted"] == 3
+    assert [("already stored" in str(n)) for n in again["note"]] == [True, True, True, False]
+    assert sb.stats()["submits_accepted"] == 4
+    # tonight's spending is the one new row; the three stored rows were paid for before
+    assert list(again["submitted_by_this_run"]) == [False, False, False, True]
+    from prefect_runcomfy.reporting import summary_markdown
+
+    summary = summary_markdown(again, output_uri=out, manifest_uri=out)
+    assert "Jobs this run submitted: 1, cost reported by RunComfy" in summary
+    assert "Rows submitted by earlier runs (stored or collected now): 3" in summary
 
 
 async def test_collect_finishes_what_a_timed_out_run_left(sb: Sandbox, tmp_path: Path) -> None:
@@ -395,6 +402,7 @@ async def test_artifacts_show_progress_rows_and_summary(sb: Sandbox, tmp_path: P
     assert "2 of 3 rows succeeded" in summary
     assert "index.html" in summary and str(tmp_path / "o") in summary
     assert "cfg" in summary
+    assert "Jobs this run submitted: 2, cost reported by RunComfy $0." in summary
 
 
 async def test_one_task_run_per_row_named_after_it_in_the_rows_state(
