@@ -341,7 +341,9 @@ async def test_deadline_cancels_queued_jobs(sb: Sandbox, tmp_path: Path) -> None
 # --- resume -------------------------------------------------------------------------------------
 
 
-async def test_rerun_skips_stored_rows_and_pays_only_for_new_ones(sb: Sandbox, tmp_path: Path) -> None:
+async def test_rerun_skips_stored_rows_and_pays_only_for_new_ones(
+    sb: Sandbox, tmp_path: Path
+) -> None:
     out = str(tmp_path / "o")
     await generate_talking_videos(rows(sb, 3), out, creds(sb), **FAST)
     again = await generate_talking_videos(rows(sb, 3) + rows(sb, 4)[3:], out, creds(sb), **FAST)
