@@ -67,6 +67,7 @@ def _options(values: list[str] | None) -> dict[str, Any] | None:
 
 def _summary(manifest: Any, output: str) -> None:
     from prefect_runcomfy.manifest import status_counts
+    from prefect_runcomfy.reporting import spending
 
     table = Table(title="Talking videos", show_lines=False)
     for column in ("id", "status", "request id", "seconds", "video / error"):
@@ -88,6 +89,8 @@ def _summary(manifest: Any, output: str) -> None:
     console.print(table)
     counts = {k: v for k, v in status_counts(manifest).items() if v}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items()) or "no rows")
+    for sentence in spending(manifest):
+        console.print(escape(sentence))
     console.print(f"Outputs and manifest.parquet: [bold]{escape(output)}[/]")
     page = manifest.attrs.get("review_page")
     if page:

@@ -50,7 +50,7 @@ from prefect_runcomfy.manifest import (
 from prefect_runcomfy.media import MediaResolver
 from prefect_runcomfy.models import MODEL_ID
 from prefect_runcomfy.planning import describe_plan, plan_rows
-from prefect_runcomfy.reporting import Progress, publish_summary
+from prefect_runcomfy.reporting import Progress, publish_summary, spending
 from prefect_runcomfy.storage import OutputStore
 from prefect_runcomfy.table import (
     PreparedRow,
@@ -421,8 +421,9 @@ async def _write_manifest(
             logger.warning("Could not write the review page: %s", exc)
     counts = {k: v for k, v in status_counts(manifest).items() if v}
     logger.info(
-        "Done: %s. Manifest: %s%s",
+        "Done: %s. %s. Manifest: %s%s",
         ", ".join(f"{n} {s}" for s, n in counts.items()),
+        spending(manifest)[0],
         manifest_uri,
         f". Review page: {page_uri}" if page_uri else "",
     )

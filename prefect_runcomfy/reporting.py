@@ -124,12 +124,6 @@ def summary_markdown(
     """A short markdown report: counts per status, where the outputs are, what it cost."""
     counts = status_counts(manifest)
     total = len(manifest)
-    costs = pd.to_numeric(manifest.get("cost_usd"), errors="coerce") if total else None
-    new = (
-        manifest["submitted_by_this_run"].eq(True)
-        if total and "submitted_by_this_run" in manifest
-        else None
-    )
     seconds = pd.to_numeric(manifest.get("duration_s"), errors="coerce").sum() if total else 0.0
     lines = [f"# {title}", "", f"**{counts['succeeded']} of {total} rows succeeded.**", ""]
     lines += ["| status | rows |", "|---|---:|"]
@@ -142,7 +136,7 @@ def summary_markdown(
         f"- Outputs: `{output_uri}`",
         f"- Manifest: `{manifest_uri}`",
         f"- Video produced: {seconds:.1f} s",
-        *_cost_lines(costs, new),
+        *(f"- {sentence}" for sentence in spending(manifest)),
     ]
     problems = manifest[manifest["status"] != "succeeded"] if total else manifest
     if len(problems):
@@ -161,19 +155,42 @@ def summary_markdown(
     return "\n".join(lines) + "\n"
 
 
-def _cost_lines(costs: pd.Series | None, new: pd.Series | None) -> list[str]:
-    """This run's spending apart from what earlier runs paid for rows it only skipped or
-    collected: a nightly report must not count last week's videos again."""
-    if costs is None or new is None or not costs.notna().any():
-        return ["- Cost: not reported"]
-    lines = [
-        f"- Jobs this run submitted: {int(new.sum())}, cost reported by RunComfy "
-        f"${costs[new].sum():.4f}"
-    ]
+def spending(manifest: pd.DataFrame) -> list[str]:
+    """What the run spent, in sentences: the jobs it submitted and their cost as RunComfy
+    reported it, then (if any) the cost of rows it only skipped or collected, paid by earlier
+    runs. A nightly report must not count last week's videos again.
+
+    Example:
+        ```python
+        spending(manifest)
+        # ['Jobs this run submitted: 3, cost reported by RunComfy $0.4200',
+        #  'Rows submitted by earlier runs (stored or collected now): 17, cost $2.3800 (not spent by this run)']
+        ```
+    """
+    if not len(manifest):
+        return ["Jobs this run submitted: 0"]
+    costs = pd.to_numeric(
+        manifest["cost_usd"] if "cost_usd" in manifest else pd.Series(None, index=manifest.index),
+        errors="coerce",
+    )
+    new = (
+        manifest["submitted_by_this_run"].eq(True)
+        if "submitted_by_this_run" in manifest
+        else pd.Series(False, index=manifest.index)
+    )
+    if not new.any():
+        lines = ["Jobs this run submitted: 0"]
+    elif not costs[new].notna().any():
+        lines = [f"Jobs this run submitted: {int(new.sum())}, cost not reported"]
+    else:
+        lines = [
+            f"Jobs this run submitted: {int(new.sum())}, cost reported by RunComfy "
+            f"${costs[new].sum():.4f}"
+        ]
     earlier = costs[~new]
     if earlier.notna().any():
         lines.append(
-            f"- Rows submitted by earlier runs (stored or collected now): "
+            f"Rows submitted by earlier runs (stored or collected now): "
             f"{int(earlier.notna().sum())}, cost ${earlier.sum():.4f} (not spent by this run)"
         )
     return lines

@@ -107,6 +107,7 @@ def test_run_all_succeed(sb: Sandbox, tmp_path: Path) -> None:
     result = cli("run", table, "--output", str(out), token=sb.token, base_url=sb.base_url)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 succeeded" in result.stdout
+    assert "Jobs this run submitted: 2, cost reported by RunComfy $0." in result.stdout
     assert "sample-hello" in result.stdout
     assert (out / "manifest.parquet").exists()
 
