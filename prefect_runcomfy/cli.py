@@ -27,6 +27,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+StorageOptions = Annotated[
+    list[str] | None,
+    typer.Option("--storage-option", "-s", help="fsspec option for --output, key=value."),
+]
+"""The `-s key=value` option of every command that opens the output location."""
+
 EXIT_OK = 0
 EXIT_PARTIAL = 1
 EXIT_BAD_INPUT = 2
@@ -192,10 +198,7 @@ def run(
     concurrency_limit: Annotated[
         str | None, typer.Option(help="Prefect global concurrency limit for the account.")
     ] = None,
-    storage_option: Annotated[
-        list[str] | None,
-        typer.Option("--storage-option", "-s", help="fsspec option for --output, key=value."),
-    ] = None,
+    storage_option: StorageOptions = None,
     max_submits: Annotated[
         int | None,
         typer.Option(help="Refuse to run (exit 3) if more new, paid jobs would be submitted."),
@@ -246,9 +249,15 @@ def validate(
     Example: `prefect-runcomfy validate rows.csv`. Exit code 0: all rows valid; 2: not.
     """
     from prefect_runcomfy.exceptions import InvalidInputError
-    from prefect_runcomfy.table import check_local_media, check_table, read_table, table_folder
+    from prefect_runcomfy.table import (
+        check_local_media,
+        check_table,
+        is_local_uri,
+        read_table,
+        table_folder,
+    )
 
-    local_table = "://" not in inputs or inputs.startswith("file://")
+    local_table = is_local_uri(inputs)
     base_dir = table_folder(inputs) if local_table else None
     try:
         check = check_local_media(check_table(read_table(inputs)), base_dir=base_dir)
@@ -275,10 +284,7 @@ def plan(
     max_submits: Annotated[
         int | None, typer.Option(help="Exit 3 if more new jobs would be submitted.")
     ] = None,
-    storage_option: Annotated[
-        list[str] | None,
-        typer.Option("--storage-option", "-s", help="fsspec option for --output, key=value."),
-    ] = None,
+    storage_option: StorageOptions = None,
 ) -> None:
     """Show what `run` would do with each row of INPUTS, from the ledger under --output.
 
@@ -294,7 +300,6 @@ def plan(
 
     Exit code 0: planned; 2: bad input (invalid rows are listed); 3: over --max-submits.
     """
-    from prefect_runcomfy.exceptions import InvalidInputError
     from prefect_runcomfy.planning import plan_table
 
     try:
@@ -307,9 +312,6 @@ def plan(
                 retry_failed=retry_failed,
             )
         )
-    except InvalidInputError as exc:
-        err.print(f"[red]{escape(str(exc))}[/]")
-        raise typer.Exit(EXIT_BAD_INPUT) from None
     except Exception as exc:
         raise typer.Exit(_handle(exc)) from None
     table = Table(title="Plan", show_lines=False)

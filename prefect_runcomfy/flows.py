@@ -49,7 +49,7 @@ from prefect_runcomfy.manifest import (
 )
 from prefect_runcomfy.media import MediaResolver
 from prefect_runcomfy.models import MODEL_ID
-from prefect_runcomfy.planning import describe_plan, plan_rows
+from prefect_runcomfy.planning import describe_plan, output_state, plan_rows
 from prefect_runcomfy.reporting import Progress, publish_summary, spending
 from prefect_runcomfy.storage import OutputStore
 from prefect_runcomfy.table import (
@@ -326,8 +326,7 @@ async def generate_talking_videos(
     store = OutputStore(output_uri, storage_options)
     await asyncio.to_thread(store.check_writable)
     ledger = Ledger(store)
-    entries: dict[str, LedgerEntry] = await asyncio.to_thread(ledger.load_all)
-    present = set(await asyncio.to_thread(store.list))
+    entries, present = await asyncio.to_thread(output_state, store)
 
     decisions = plan_rows(
         valid,
@@ -609,8 +608,7 @@ async def generate_talking_videos_sharded(
         logger.warning("Invalid %s", problem.message)
     store = OutputStore(output_uri, storage_options)
     if max_submits is not None:
-        entries = await asyncio.to_thread(Ledger(store).load_all)
-        present = set(await asyncio.to_thread(store.list))
+        entries, present = await asyncio.to_thread(output_state, store)
         options = shard_parameters or {}
         decisions = plan_rows(
             check.valid,

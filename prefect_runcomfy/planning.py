@@ -27,6 +27,7 @@ from prefect_runcomfy.table import (
     TableLike,
     check_local_media,
     check_table,
+    is_local_uri,
     read_table,
     table_folder,
 )
@@ -67,7 +68,7 @@ def plan_rows(
                 retry_failed=retry_failed,
             )
         )
-    new = [row.id for row, d in zip(rows, decisions, strict=True) if d.plan is RowPlan.SUBMIT]
+    new = ids_to_submit(rows, decisions)
     if max_submits is not None and len(new) > max_submits:
         shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
         raise SubmitLimitError(
@@ -78,6 +79,18 @@ def plan_rows(
             limit=max_submits,
         )
     return decisions
+
+
+def ids_to_submit(rows: list[PreparedRow], decisions: list[RowDecision]) -> list[str]:
+    """Ids of the rows whose plan is to submit (and pay for) a new job."""
+    return [r.id for r, d in zip(rows, decisions, strict=True) if d.plan is RowPlan.SUBMIT]
+
+
+def output_state(store: OutputStore) -> tuple[dict[str, LedgerEntry], set[str]]:
+    """What a plan needs from the output location: every ledger entry, and the names there.
+
+    Blocking I/O (one listing of the ledger and its reads, one listing of everything)."""
+    return Ledger(store).load_all(), set(store.list())
 
 
 def describe_plan(decisions: list[RowDecision]) -> str:
@@ -107,9 +120,7 @@ class TablePlan:
     @property
     def to_submit(self) -> list[str]:
         """Ids of the rows a run would submit (and pay for)."""
-        return [
-            r.id for r, d in zip(self.rows, self.decisions, strict=True) if d.plan is RowPlan.SUBMIT
-        ]
+        return ids_to_submit(self.rows, self.decisions)
 
     def describe(self) -> str:
         """The plan in words, invalid rows included."""
@@ -134,9 +145,7 @@ async def plan_table(
     """
     table_uri = inputs if isinstance(inputs, str) else None
     df = await asyncio.to_thread(read_table, inputs, storage_options=input_storage_options)
-    local_table = table_uri is not None and (
-        "://" not in table_uri or table_uri.startswith("file://")
-    )
+    local_table = table_uri is not None and is_local_uri(table_uri)
     check = check_local_media(
         check_table(df), base_dir=table_folder(table_uri) if local_table else None
     )
@@ -154,11 +163,16 @@ async def plan_table(
 def _read_output(
     output_uri: str, storage_options: dict[str, Any] | None
 ) -> tuple[dict[str, LedgerEntry], set[str]]:
-    local = "://" not in output_uri or output_uri.startswith("file://")
-    if local and not os.path.exists(output_uri.removeprefix("file://")):
+    if is_local_uri(output_uri) and not os.path.exists(output_uri.removeprefix("file://")):
         return {}, set()  # OutputStore would create the folder; a plan writes nothing
-    store = OutputStore(output_uri, storage_options)
-    return Ledger(store).load_all(), set(store.list())
+    return output_state(OutputStore(output_uri, storage_options))
 
 
-__all__ = ["TablePlan", "describe_plan", "plan_rows", "plan_table"]
+__all__ = [
+    "TablePlan",
+    "describe_plan",
+    "ids_to_submit",
+    "output_state",
+    "plan_rows",
+    "plan_table",
+]

@@ -287,6 +287,11 @@ def check_local_media(check: TableCheck, *, base_dir: str | None = None) -> Tabl
     return TableCheck(valid=valid, invalid=invalid)
 
 
+def is_local_uri(uri: str) -> bool:
+    """True for a local path (relative, absolute or `file://`), False for any other URL."""
+    return "://" not in uri or uri.startswith("file://")
+
+
 def table_folder(table_uri: str | None) -> str | None:
     """The folder a table file sits in (an absolute local path, or a URL prefix); relative
     media paths in the table are read against it. None for in-memory tables."""
@@ -294,6 +299,6 @@ def table_folder(table_uri: str | None) -> str | None:
 
     if not table_uri:
         return None
-    if "://" not in table_uri or table_uri.startswith("file://"):
+    if is_local_uri(table_uri):
         return os.path.dirname(os.path.abspath(table_uri.removeprefix("file://")))
     return table_uri.split("?", 1)[0].rsplit("/", 1)[0]
