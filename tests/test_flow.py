@@ -23,7 +23,7 @@ from prefect_runcomfy.exceptions import (
 )
 from prefect_runcomfy.ledger import Ledger
 from prefect_runcomfy.sandbox import Sandbox, sample_inputs
-from prefect_runcomfy.storage import OutputStore
+from prefect_runcomfy.storage import TEMP_PREFIX, OutputStore
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -510,6 +510,8 @@ async def test_cancelling_the_flow_cancels_queued_requests(sb: Sandbox, tmp_path
 def _ledger_states(out: Path) -> list[str]:
     states = []
     for path in (out / "_ledger").glob("*.json"):
+        if path.name.startswith(TEMP_PREFIX):
+            continue  # a write in progress: not the ledger's state until it is renamed
         try:
             states.append(json.loads(path.read_text())["state"])
         except (ValueError, OSError):

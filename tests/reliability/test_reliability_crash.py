@@ -44,6 +44,8 @@ def crash_sandbox() -> Iterator[Sandbox]:
 def _ledger(out: Path) -> dict[str, dict[str, Any]]:
     entries = {}
     for path in (out / "_ledger").glob("*.json"):
+        if path.name.startswith(TEMP_PREFIX):
+            continue  # a write in progress (or cut off by the kill): not an entry
         try:
             entries[path.stem] = json.loads(path.read_text())
         except (ValueError, OSError):
