@@ -75,7 +75,7 @@ async def _http(n: int, base_url: str) -> dict[str, Any]:
     import httpx
 
     from prefect_runcomfy import RunComfyClient
-    from prefect_runcomfy.models import InfiniteTalkInput
+    from prefect_runcomfy.api.models import InfiniteTalkInput
 
     found: dict[str, Any] = {}
     async with httpx.AsyncClient(base_url=base_url) as http:

@@ -49,7 +49,7 @@ quiet_prefect_env()
 
 import httpx  # noqa: E402
 
-from prefect_runcomfy.models import MODEL_ID  # noqa: E402
+from prefect_runcomfy.api.models import MODEL_ID  # noqa: E402
 
 FINISHED = {"succeeded", "failed", "cancelled", "canceled"}
 

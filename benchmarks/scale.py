@@ -90,7 +90,7 @@ def _floor_flow() -> Any:
     from prefect.cache_policies import NO_CACHE
     from prefect.utilities.annotations import quote
 
-    from prefect_runcomfy.models import InfiniteTalkInput
+    from prefect_runcomfy.api.models import InfiniteTalkInput
 
     @task(task_run_name="{row_id}", retries=0, cache_policy=NO_CACHE, persist_result=False)
     async def bare_row(row_id: str, payload: dict[str, Any], client: Any) -> str:

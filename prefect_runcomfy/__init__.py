@@ -6,14 +6,14 @@ from prefect_runcomfy import RunComfyCredentials, RunComfyClient, InfiniteTalkIn
 """
 
 from prefect_runcomfy._version import __version__
+from prefect_runcomfy.api.client import RunComfyClient
+from prefect_runcomfy.api.models import InfiniteTalkInput, RequestStatus
 from prefect_runcomfy.blocks import RunComfyCredentials
-from prefect_runcomfy.client import RunComfyClient
 from prefect_runcomfy.flows import (
     collect_outstanding_requests,
     generate_talking_videos,
     generate_talking_videos_sharded,
 )
-from prefect_runcomfy.models import InfiniteTalkInput, RequestStatus
 
 __all__ = [
     "InfiniteTalkInput",

@@ -7,7 +7,7 @@ from typing import Any
 from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, SecretStr, field_validator
 
-from prefect_runcomfy.client import DEFAULT_BASE_URL, RunComfyClient
+from prefect_runcomfy.api.client import DEFAULT_BASE_URL, RunComfyClient
 
 
 class RunComfyCredentials(CredentialsBlock):

@@ -72,8 +72,8 @@ def _options(values: list[str] | None) -> dict[str, Any] | None:
 
 
 def _summary(manifest: Any, output: str) -> None:
-    from prefect_runcomfy.manifest import status_counts
-    from prefect_runcomfy.reporting import spending
+    from prefect_runcomfy.engine.manifest import status_counts
+    from prefect_runcomfy.report.artifacts import spending
 
     table = Table(title="Talking videos", show_lines=False)
     for column in ("id", "status", "request id", "seconds", "video / error"):
@@ -123,7 +123,7 @@ def _run_flow(*, show_progress: bool = True, **kwargs: Any) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from prefect_runcomfy.flows import generate_talking_videos
-    from prefect_runcomfy.reporting import progress_listeners
+    from prefect_runcomfy.report.artifacts import progress_listeners
 
     if not show_progress:
         return asyncio.run(generate_talking_videos(**kwargs))
@@ -156,7 +156,7 @@ def _exit_for(manifest: Any) -> int:
 
 
 def _handle(exc: BaseException) -> int:
-    from prefect_runcomfy.exceptions import (
+    from prefect_runcomfy.api.exceptions import (
         ConfigurationError,
         InvalidInputError,
         RunComfyAPIError,
@@ -248,8 +248,8 @@ def validate(
 
     Example: `prefect-runcomfy validate rows.csv`. Exit code 0: all rows valid; 2: not.
     """
-    from prefect_runcomfy.exceptions import InvalidInputError
-    from prefect_runcomfy.table import (
+    from prefect_runcomfy.api.exceptions import InvalidInputError
+    from prefect_runcomfy.engine.table import (
         check_local_media,
         check_table,
         is_local_uri,
@@ -300,7 +300,7 @@ def plan(
 
     Exit code 0: planned; 2: bad input (invalid rows are listed); 3: over --max-submits.
     """
-    from prefect_runcomfy.planning import plan_table
+    from prefect_runcomfy.engine.planning import plan_table
 
     try:
         table_plan = asyncio.run(
@@ -384,7 +384,7 @@ def demo(
 
 
 def _single(coro_factory: Any) -> Any:
-    from prefect_runcomfy.client import RunComfyClient
+    from prefect_runcomfy.api.client import RunComfyClient
 
     async def go() -> Any:
         async with RunComfyClient() as client:

@@ -28,7 +28,11 @@ from prefect.context import get_run_context
 from prefect.logging import get_logger, get_run_logger
 from prefect.states import State
 
-from prefect_runcomfy.batch import (
+from prefect_runcomfy.api.client import RunComfyClient
+from prefect_runcomfy.api.exceptions import ConfigurationError, InvalidInputError
+from prefect_runcomfy.api.models import MODEL_ID
+from prefect_runcomfy.blocks import RunComfyCredentials
+from prefect_runcomfy.engine.batch import (
     Batch,
     cancel_queued_requests,
     collect_request,
@@ -36,30 +40,26 @@ from prefect_runcomfy.batch import (
     invalid_record,
     run_row,
 )
-from prefect_runcomfy.blocks import RunComfyCredentials
-from prefect_runcomfy.client import RunComfyClient
-from prefect_runcomfy.exceptions import ConfigurationError, InvalidInputError
-from prefect_runcomfy.ledger import Ledger, LedgerEntry, LedgerState
-from prefect_runcomfy.manifest import (
+from prefect_runcomfy.engine.ledger import Ledger, LedgerEntry, LedgerState
+from prefect_runcomfy.engine.manifest import (
     RowStatus,
     build_manifest,
     merge_manifests,
     parquet_safe,
     status_counts,
 )
-from prefect_runcomfy.media import MediaResolver
-from prefect_runcomfy.models import MODEL_ID
-from prefect_runcomfy.planning import describe_plan, output_state, plan_rows
-from prefect_runcomfy.reporting import Progress, publish_summary, spending
-from prefect_runcomfy.storage import OutputStore
-from prefect_runcomfy.table import (
+from prefect_runcomfy.engine.media import MediaResolver
+from prefect_runcomfy.engine.planning import describe_plan, output_state, plan_rows
+from prefect_runcomfy.engine.storage import OutputStore
+from prefect_runcomfy.engine.table import (
     PreparedRow,
     RowProblem,
     check_table,
     read_table,
     table_folder,
 )
-from prefect_runcomfy.waiting import PollPolicy
+from prefect_runcomfy.engine.waiting import PollPolicy
+from prefect_runcomfy.report.artifacts import Progress, publish_summary, spending
 
 MANIFEST_NAME = "manifest.parquet"
 
@@ -410,7 +410,7 @@ async def _write_manifest(
     manifest_uri = await asyncio.to_thread(store.write_manifest, merged, name)
     page_uri = None
     if name == MANIFEST_NAME:  # a shard's manifest gets no page: its parent writes one
-        from prefect_runcomfy.review import write_review_page
+        from prefect_runcomfy.report.review import write_review_page
 
         try:
             page_uri = await asyncio.to_thread(
@@ -598,7 +598,7 @@ async def generate_talking_videos_sharded(
     """
     from prefect.deployments import run_deployment
 
-    from prefect_runcomfy.sharding import shard_frames, shard_names, write_shard
+    from prefect_runcomfy.engine.sharding import shard_frames, shard_names, write_shard
 
     logger = get_run_logger()
     table_uri = inputs if isinstance(inputs, str) else None

@@ -4,7 +4,7 @@ Every task creates its own `RunComfyClient` (Prefect may run each async task in 
 loop), reads with `NO_CACHE` (a cached status would never change), returns small values (ids,
 URIs, small models) and never video bytes. `submit_request` is never retried by Prefect: a
 submit whose answer was lost may have created a billed job. Their bodies are the plain
-functions of `prefect_runcomfy.steps`, which a batch runs in one task run per row.
+functions of `prefect_runcomfy.engine.steps`, which a batch runs in one task run per row.
 
 Example:
     ```python
@@ -31,16 +31,16 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from prefect_runcomfy.blocks import RunComfyCredentials
-from prefect_runcomfy.client import RunComfyClient
-from prefect_runcomfy.models import (
+from prefect_runcomfy.api.client import RunComfyClient
+from prefect_runcomfy.api.models import (
     MODEL_ID,
     CancelOutcome,
     InfiniteTalkInput,
     RequestResult,
     RequestState,
 )
-from prefect_runcomfy.steps import (
+from prefect_runcomfy.blocks import RunComfyCredentials
+from prefect_runcomfy.engine.steps import (
     STORE_RETRY_DELAYS_S,
     FinishedRequest,
     StoredFile,
@@ -52,8 +52,8 @@ from prefect_runcomfy.steps import (
     utc_now,
     wait_for_job,
 )
-from prefect_runcomfy.storage import OutputStore
-from prefect_runcomfy.waiting import PollPolicy
+from prefect_runcomfy.engine.storage import OutputStore
+from prefect_runcomfy.engine.waiting import PollPolicy
 
 Credentials = RunComfyCredentials | None
 

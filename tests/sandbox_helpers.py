@@ -12,7 +12,7 @@ import av
 import httpx
 import numpy as np
 
-from prefect_runcomfy.models import MODEL_ID
+from prefect_runcomfy.api.models import MODEL_ID
 
 SUBMIT_PATH = f"/v1/models/{MODEL_ID}"
 """Where InfiniteTalk jobs are submitted."""

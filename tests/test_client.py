@@ -12,8 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from prefect_runcomfy.backoff import Backoff, parse_retry_after
-from prefect_runcomfy.client import RunComfyClient
+from prefect_runcomfy.api.backoff import Backoff, parse_retry_after
+from prefect_runcomfy.api.client import RunComfyClient
+from prefect_runcomfy.api.models import InfiniteTalkInput, RequestStatus
 from prefect_runcomfy.exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -30,7 +31,6 @@ from prefect_runcomfy.exceptions import (
     SubmitOutcomeUnknownError,
     TransportError,
 )
-from prefect_runcomfy.models import InfiniteTalkInput, RequestStatus
 from prefect_runcomfy.sandbox import Sandbox
 
 FAST = Backoff(initial_s=0.01, max_delay_s=0.05)

@@ -15,15 +15,15 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from prefect_runcomfy import RunComfyCredentials, generate_talking_videos
+from prefect_runcomfy.engine.ledger import Ledger
+from prefect_runcomfy.engine.storage import TEMP_PREFIX, OutputStore
 from prefect_runcomfy.exceptions import (
     ConfigurationError,
     InvalidInputError,
     StorageError,
     SubmitLimitError,
 )
-from prefect_runcomfy.ledger import Ledger
 from prefect_runcomfy.sandbox import Sandbox, sample_inputs
-from prefect_runcomfy.storage import TEMP_PREFIX, OutputStore
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -352,7 +352,7 @@ async def test_rerun_skips_stored_rows_and_pays_only_for_new_ones(
     assert sb.stats()["submits_accepted"] == 4
     # tonight's spending is the one new row; the three stored rows were paid for before
     assert list(again["submitted_by_this_run"]) == [False, False, False, True]
-    from prefect_runcomfy.reporting import summary_markdown
+    from prefect_runcomfy.report.artifacts import summary_markdown
 
     summary = summary_markdown(again, output_uri=out, manifest_uri=out)
     assert "Jobs this run submitted: 1, cost reported by RunComfy" in summary
@@ -741,7 +741,7 @@ def test_storing_is_retried_unless_the_output_expired() -> None:
 async def test_a_row_whose_task_run_never_finished_its_body_is_failed_not_lost() -> None:
     from prefect import flow
 
-    from prefect_runcomfy.batch import in_row_task
+    from prefect_runcomfy.engine.batch import in_row_task
 
     record: dict[str, Any] = {"id": "r9"}
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from prefect_runcomfy.models import (
+from prefect_runcomfy.api.models import (
     API_KEYS,
     FRAME_COUNTS,
     RESOLUTIONS,

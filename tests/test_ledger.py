@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from prefect_runcomfy.exceptions import InvalidInputError
-from prefect_runcomfy.ledger import (
+from prefect_runcomfy.engine.ledger import (
     HISTORY_LIMIT,
     Ledger,
     LedgerEntry,
@@ -22,7 +21,8 @@ from prefect_runcomfy.ledger import (
     payload_fingerprint,
     plan_row,
 )
-from prefect_runcomfy.storage import OutputStore
+from prefect_runcomfy.engine.storage import OutputStore
+from prefect_runcomfy.exceptions import InvalidInputError
 
 OLD = "a" * 64
 NEW = "b" * 64
@@ -329,8 +329,8 @@ def test_ledger_round_trip_drives_plan(ledger: Ledger) -> None:
 
 
 def test_describe_plan_counts_each_kind_in_words() -> None:
-    from prefect_runcomfy.ledger import RowDecision
-    from prefect_runcomfy.planning import describe_plan
+    from prefect_runcomfy.engine.ledger import RowDecision
+    from prefect_runcomfy.engine.planning import describe_plan
 
     decisions = [
         RowDecision(RowPlan.SUBMIT, "new"),

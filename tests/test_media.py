@@ -17,8 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from prefect_runcomfy.exceptions import MediaError
-from prefect_runcomfy.media import (
+from prefect_runcomfy.engine.media import (
     INLINE_CAPS,
     MediaResolver,
     ResolvedMedia,
@@ -27,6 +26,7 @@ from prefect_runcomfy.media import (
     resolve_media,
     sniff_format,
 )
+from prefect_runcomfy.exceptions import MediaError
 
 # --- real media, made here ---------------------------------------------------------------------
 

@@ -20,9 +20,10 @@ import pandas as pd
 import pytest
 
 from prefect_runcomfy import RunComfyCredentials, generate_talking_videos
-from prefect_runcomfy.manifest import RowStatus, build_manifest
-from prefect_runcomfy.previews import jpeg_bytes, poster_frame, thumbnail
-from prefect_runcomfy.review import (
+from prefect_runcomfy.engine.manifest import RowStatus, build_manifest
+from prefect_runcomfy.engine.storage import OutputStore
+from prefect_runcomfy.report.previews import jpeg_bytes, poster_frame, thumbnail
+from prefect_runcomfy.report.review import (
     INDEX_NAME,
     advice_for,
     read_input_image,
@@ -30,7 +31,6 @@ from prefect_runcomfy.review import (
     write_review_page,
 )
 from prefect_runcomfy.sandbox import Sandbox, sample_inputs
-from prefect_runcomfy.storage import OutputStore
 
 EVIL = "<script>alert('x')</script>\"><img src=x onerror=alert(1)>&amp;"
 

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from prefect_runcomfy import RunComfyCredentials, generate_talking_videos
-from prefect_runcomfy.review import write_review_page
+from prefect_runcomfy.engine.storage import OutputStore
+from prefect_runcomfy.report.review import write_review_page
 from prefect_runcomfy.sandbox import Sandbox, sample_inputs
-from prefect_runcomfy.storage import OutputStore
 
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.timeout(900)]
 

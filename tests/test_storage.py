@@ -21,8 +21,7 @@ import pandas as pd
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from prefect_runcomfy.exceptions import InvalidInputError, StorageError
-from prefect_runcomfy.storage import (
+from prefect_runcomfy.engine.storage import (
     STAGING_PREFIX,
     TEMP_PREFIX,
     OutputStore,
@@ -30,6 +29,7 @@ from prefect_runcomfy.storage import (
     staging_file,
     sweep_stale_staging,
 )
+from prefect_runcomfy.exceptions import InvalidInputError, StorageError
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "prefect_runcomfy"
 
@@ -320,7 +320,7 @@ def test_a_killed_upload_leaves_no_file_under_the_final_name(tmp_path: Path) -> 
         pkg = types.ModuleType("prefect_runcomfy")
         pkg.__path__ = [{str(PACKAGE_DIR)!r}]
         sys.modules["prefect_runcomfy"] = pkg
-        from prefect_runcomfy.storage import OutputStore
+        from prefect_runcomfy.engine.storage import OutputStore
         OutputStore({str(out)!r}).put_file({str(big)!r}, "video.mp4")
         """
     )
@@ -357,7 +357,7 @@ def test_storage_modules_do_not_import_prefect() -> None:
         pkg = types.ModuleType("prefect_runcomfy")
         pkg.__path__ = [{str(PACKAGE_DIR)!r}]
         sys.modules["prefect_runcomfy"] = pkg
-        import prefect_runcomfy.storage, prefect_runcomfy.ledger, prefect_runcomfy.media
+        import prefect_runcomfy.engine.storage, prefect_runcomfy.engine.ledger, prefect_runcomfy.engine.media
         assert not [m for m in sys.modules if m.split(".")[0] == "prefect"], "prefect imported"
         """
     )
@@ -454,7 +454,7 @@ def test_staging_left_by_a_killed_process_is_removed_once_stale(tmp_path: Path) 
         pkg = types.ModuleType("prefect_runcomfy")
         pkg.__path__ = [{str(PACKAGE_DIR)!r}]
         sys.modules["prefect_runcomfy"] = pkg
-        from prefect_runcomfy.storage import staging_folder
+        from prefect_runcomfy.engine.storage import staging_folder
         with staging_folder() as folder:
             with open(folder + "/partial.mp4", "wb") as fh:
                 fh.write(b"x" * 1000)
@@ -494,7 +494,7 @@ def test_staging_left_by_a_killed_process_is_removed_once_stale(tmp_path: Path) 
         pkg = types.ModuleType("prefect_runcomfy")
         pkg.__path__ = [{str(PACKAGE_DIR)!r}]
         sys.modules["prefect_runcomfy"] = pkg
-        from prefect_runcomfy.storage import staging_file
+        from prefect_runcomfy.engine.storage import staging_file
         with staging_file(".mp4") as path:
             path.write_bytes(b"z")
         """

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from prefect_runcomfy.models import InfiniteTalkInput
+from prefect_runcomfy.api.models import InfiniteTalkInput
 from prefect_runcomfy.sandbox.config import SandboxConfig
 from prefect_runcomfy.sandbox.render import MediaError, RenderedVideo
 from prefect_runcomfy.sandbox.stats import Stats

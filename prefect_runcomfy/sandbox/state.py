@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from prefect_runcomfy._version import __version__
-from prefect_runcomfy.models import InfiniteTalkInput
+from prefect_runcomfy.api.models import InfiniteTalkInput
 from prefect_runcomfy.sandbox.cache import CacheKey, RenderCache
 from prefect_runcomfy.sandbox.config import SandboxConfig, draw_seconds
 from prefect_runcomfy.sandbox.faults import Fault, FaultBook

@@ -10,9 +10,9 @@ from typing import Any
 import av
 
 from prefect_runcomfy import RunComfyCredentials
-from prefect_runcomfy.media import probe_video
+from prefect_runcomfy.engine.media import probe_video
+from prefect_runcomfy.engine.storage import TEMP_PREFIX
 from prefect_runcomfy.sandbox import Sandbox, SandboxConfig, sample_inputs
-from prefect_runcomfy.storage import TEMP_PREFIX
 
 FAST = {"poll_initial_s": 0.05, "poll_max_s": 0.3}
 """Poll settings scaled for sub-second sandbox jobs."""

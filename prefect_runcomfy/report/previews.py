@@ -119,7 +119,7 @@ def probe_with_poster(
         info, has_poster = probe_with_poster("out/alice.mp4", "out/alice.poster.jpg")
         ```
     """
-    from prefect_runcomfy.media import describe_video, probe_video
+    from prefect_runcomfy.engine.media import describe_video, probe_video
 
     if av is None:
         return probe_video(video_path), False

@@ -43,8 +43,8 @@ from urllib.parse import urlsplit
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from prefect_runcomfy.exceptions import MediaError, StorageError
-from prefect_runcomfy.storage import OutputStore, _secret_strings
+from prefect_runcomfy.api.exceptions import MediaError, StorageError
+from prefect_runcomfy.engine.storage import OutputStore, _secret_strings
 
 MediaKind = Literal["image", "audio"]
 """Which input a value is for: the portrait `image` or the speech `audio`."""

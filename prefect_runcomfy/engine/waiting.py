@@ -13,15 +13,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from prefect_runcomfy.client import RunComfyClient
-from prefect_runcomfy.exceptions import (
+from prefect_runcomfy.api.client import RunComfyClient
+from prefect_runcomfy.api.exceptions import (
     RateLimitedError,
     RequestNotFoundError,
     RunTimedOutError,
     ServerError,
     TransportError,
 )
-from prefect_runcomfy.models import RequestResult, RequestStatus
+from prefect_runcomfy.api.models import RequestResult, RequestStatus
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ Example:
     ```python
     from prefect import task
     from prefect_runcomfy import RunComfyClient
-    from prefect_runcomfy.steps import store_job_outputs, submit_job, wait_for_job
-    from prefect_runcomfy.storage import OutputStore
+    from prefect_runcomfy.engine.steps import store_job_outputs, submit_job, wait_for_job
+    from prefect_runcomfy.engine.storage import OutputStore
 
     @task
     async def one_video(job, row_id: str) -> str:
@@ -35,22 +35,22 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from prefect_runcomfy.client import RunComfyClient
-from prefect_runcomfy.downloads import download_output, output_http_client, short_url
-from prefect_runcomfy.exceptions import (
+from prefect_runcomfy.api.client import RunComfyClient
+from prefect_runcomfy.api.downloads import download_output, output_http_client, short_url
+from prefect_runcomfy.api.exceptions import (
     DownloadError,
     RunCancelledError,
     RunFailedError,
     RunTimedOutError,
 )
-from prefect_runcomfy.models import (
+from prefect_runcomfy.api.models import (
     MODEL_ID,
     InfiniteTalkInput,
     RequestResult,
     RequestStatus,
 )
-from prefect_runcomfy.storage import OutputStore, staging_folder
-from prefect_runcomfy.waiting import PollPolicy, wait_until_finished
+from prefect_runcomfy.engine.storage import OutputStore, staging_folder
+from prefect_runcomfy.engine.waiting import PollPolicy, wait_until_finished
 
 STORE_RETRY_DELAYS_S: tuple[float, ...] = (2.0, 10.0)
 """Pauses before the second and third try of storing a row's outputs."""
@@ -277,8 +277,8 @@ def _keep_file(
     store: OutputStore, local: str, name: str, row_id: str, tmp: str, with_poster: bool
 ) -> tuple[str, dict[str, Any] | None]:
     """Probe a downloaded output, make the row's poster from it, upload both (one thread hop)."""
-    from prefect_runcomfy.media import probe_video
-    from prefect_runcomfy.previews import poster_name, probe_with_poster
+    from prefect_runcomfy.engine.media import probe_video
+    from prefect_runcomfy.report.previews import poster_name, probe_with_poster
 
     if with_poster:
         # The review page's poster, made while the video is on local disk anyway.

@@ -17,7 +17,7 @@ from prefect.artifacts import (
 )
 from prefect.logging import get_run_logger
 
-from prefect_runcomfy.manifest import status_counts
+from prefect_runcomfy.engine.manifest import status_counts
 
 ProgressListener = Callable[[int, int, dict[str, int]], None]
 """Called in-process with (rows done, rows in all, count per status) as each row finishes."""

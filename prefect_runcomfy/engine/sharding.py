@@ -14,8 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from prefect_runcomfy.storage import OutputStore
-from prefect_runcomfy.table import ID_COLUMN, PreparedRow
+from prefect_runcomfy.engine.storage import OutputStore
+from prefect_runcomfy.engine.table import ID_COLUMN, PreparedRow
 
 SHARDS_DIR = "_shards"
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -64,6 +64,6 @@ def shard_names(run_key: str, count: int) -> list[tuple[str, str]]:
 
 def write_shard(store: OutputStore, frame: pd.DataFrame, name: str) -> str:
     """Write one shard's rows as Parquet under the output location; return its URI."""
-    from prefect_runcomfy.manifest import parquet_safe
+    from prefect_runcomfy.engine.manifest import parquet_safe
 
     return store.write_manifest(parquet_safe(frame), name)

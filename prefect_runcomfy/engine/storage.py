@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from prefect_runcomfy.exceptions import InvalidInputError, StorageError
+from prefect_runcomfy.api.exceptions import InvalidInputError, StorageError
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -19,10 +19,10 @@ import fsspec
 import pandas as pd
 from pydantic import ValidationError
 
-from prefect_runcomfy.exceptions import InvalidInputError
-from prefect_runcomfy.ledger import payload_fingerprint
-from prefect_runcomfy.models import API_KEYS, FRIENDLY_NAMES, InfiniteTalkInput
-from prefect_runcomfy.models import describe_validation_error as _describe
+from prefect_runcomfy.api.exceptions import InvalidInputError
+from prefect_runcomfy.api.models import API_KEYS, FRIENDLY_NAMES, InfiniteTalkInput
+from prefect_runcomfy.api.models import describe_validation_error as _describe
+from prefect_runcomfy.engine.ledger import payload_fingerprint
 
 TableLike: TypeAlias = pd.DataFrame | list[dict[str, Any]] | str
 """What a flow accepts as `inputs`."""

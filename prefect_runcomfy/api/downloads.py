@@ -20,8 +20,8 @@ from typing import IO
 import httpx
 
 from prefect_runcomfy._version import __version__
-from prefect_runcomfy.backoff import Backoff, parse_retry_after
-from prefect_runcomfy.exceptions import DownloadError
+from prefect_runcomfy.api.backoff import Backoff, parse_retry_after
+from prefect_runcomfy.api.exceptions import DownloadError
 
 DOWNLOAD_TIMEOUT = httpx.Timeout(connect=10.0, read=120.0, write=60.0, pool=30.0)
 MAX_RETRY_AFTER_S = 120.0

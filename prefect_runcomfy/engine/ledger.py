@@ -37,7 +37,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from prefect_runcomfy.storage import OutputStore, safe_name
+from prefect_runcomfy.engine.storage import OutputStore, safe_name
 
 LEDGER_DIR = "_ledger"
 """The folder under the output location that holds one `<id>.json` per row."""

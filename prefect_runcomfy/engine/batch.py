@@ -27,10 +27,9 @@ from prefect.states import Cancelled, State
 from prefect.utilities.annotations import quote
 
 from prefect_runcomfy._version import __version__
-from prefect_runcomfy.blocks import RunComfyCredentials
-from prefect_runcomfy.client import RunComfyClient
-from prefect_runcomfy.downloads import short_url
-from prefect_runcomfy.exceptions import (
+from prefect_runcomfy.api.client import RunComfyClient
+from prefect_runcomfy.api.downloads import short_url
+from prefect_runcomfy.api.exceptions import (
     AuthenticationError,
     DownloadError,
     InsufficientBalanceError,
@@ -45,11 +44,11 @@ from prefect_runcomfy.exceptions import (
     SubmitOutcomeUnknownError,
     TransportError,
 )
-from prefect_runcomfy.ledger import Ledger, LedgerEntry, LedgerState, RowDecision, RowPlan
-from prefect_runcomfy.manifest import RowStatus
-from prefect_runcomfy.models import MODEL_ID, InfiniteTalkInput
-from prefect_runcomfy.reporting import Progress
-from prefect_runcomfy.steps import (
+from prefect_runcomfy.api.models import MODEL_ID, InfiniteTalkInput
+from prefect_runcomfy.blocks import RunComfyCredentials
+from prefect_runcomfy.engine.ledger import Ledger, LedgerEntry, LedgerState, RowDecision, RowPlan
+from prefect_runcomfy.engine.manifest import RowStatus
+from prefect_runcomfy.engine.steps import (
     STORE_RETRY_DELAYS_S,
     StoredOutputs,
     store_is_worth_retrying,
@@ -58,10 +57,11 @@ from prefect_runcomfy.steps import (
     utc_now,
     wait_for_job,
 )
-from prefect_runcomfy.storage import OutputStore
-from prefect_runcomfy.table import PreparedRow, RowProblem
+from prefect_runcomfy.engine.storage import OutputStore
+from prefect_runcomfy.engine.table import PreparedRow, RowProblem
+from prefect_runcomfy.engine.waiting import PollPolicy
+from prefect_runcomfy.report.artifacts import Progress
 from prefect_runcomfy.tasks import client_for
-from prefect_runcomfy.waiting import PollPolicy
 
 LEDGER_RETRY_DELAYS_S: tuple[float, ...] = (0.5, 2.0)
 """Pauses before writing a ledger entry again after the output location failed."""

@@ -7,7 +7,7 @@ from the network and links only file names in its own folder (`alice.mp4`,
 downloaded from a bucket, or served by any static host. Every value from the data (prompts are
 user text) is HTML-escaped; ids in links are percent-encoded as well.
 
-Beside the videos it relies on two previews per row (see `prefect_runcomfy.previews`):
+Beside the videos it relies on two previews per row (see `prefect_runcomfy.report.previews`):
 `<id>.poster.jpg` (the video's poster frame) and `<id>.portrait.jpg` (the input portrait).
 `write_review_page` creates the ones that are missing.
 
@@ -41,16 +41,16 @@ from typing import Any
 import pandas as pd
 
 from prefect_runcomfy._version import __version__
-from prefect_runcomfy.downloads import shared_ssl_context
-from prefect_runcomfy.manifest import RowStatus
-from prefect_runcomfy.previews import (
+from prefect_runcomfy.api.downloads import shared_ssl_context
+from prefect_runcomfy.engine.manifest import RowStatus
+from prefect_runcomfy.engine.storage import MANIFEST_NAME, OutputStore, staging_file, staging_folder
+from prefect_runcomfy.report.previews import (
     MAX_IMAGE_BYTES,
     portrait_name,
     poster_frame,
     poster_name,
     thumbnail,
 )
-from prefect_runcomfy.storage import MANIFEST_NAME, OutputStore, staging_file, staging_folder
 
 logger = logging.getLogger(__name__)
 
@@ -870,7 +870,7 @@ def _safe_id(value: Any) -> str | None:
     text = _text(value)
     if not text:
         return None
-    from prefect_runcomfy.storage import _name_problem
+    from prefect_runcomfy.engine.storage import _name_problem
 
     return None if _name_problem(text) else text
 

@@ -1,6 +1,6 @@
 """`RunComfyClient`: the async HTTP client for RunComfy's Model API.
 
-One method per endpoint, errors translated into `prefect_runcomfy.exceptions` in one place,
+One method per endpoint, errors translated into `prefect_runcomfy.api.exceptions` in one place,
 and a retry rule per kind of call:
 
 - reads (`status`, `result`, `model_info`) and `cancel` are retried with exponential backoff
@@ -28,14 +28,14 @@ import httpx
 from pydantic import SecretStr
 
 from prefect_runcomfy._version import __version__
-from prefect_runcomfy.backoff import Backoff, parse_retry_after
-from prefect_runcomfy.downloads import (
+from prefect_runcomfy.api.backoff import Backoff, parse_retry_after
+from prefect_runcomfy.api.downloads import (
     DownloadedFile,
     download_output,
     output_http_client,
     shared_ssl_context,
 )
-from prefect_runcomfy.exceptions import (
+from prefect_runcomfy.api.exceptions import (
     AuthenticationError,
     ConfigurationError,
     InputRejectedError,
@@ -50,7 +50,7 @@ from prefect_runcomfy.exceptions import (
     SubmitOutcomeUnknownError,
     TransportError,
 )
-from prefect_runcomfy.models import (
+from prefect_runcomfy.api.models import (
     MODEL_ID,
     CancelOutcome,
     InfiniteTalkInput,
@@ -73,7 +73,7 @@ USER_AGENT = f"prefect-runcomfy/{__version__}"
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=30.0)
 
-logger = logging.getLogger("prefect_runcomfy.client")
+logger = logging.getLogger("prefect_runcomfy.api.client")
 
 T = TypeVar("T")
 

@@ -18,10 +18,10 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from prefect_runcomfy.exceptions import ConfigurationError, SubmitLimitError
-from prefect_runcomfy.ledger import Ledger, LedgerEntry, RowDecision, RowPlan, plan_row
-from prefect_runcomfy.storage import OutputStore
-from prefect_runcomfy.table import (
+from prefect_runcomfy.api.exceptions import ConfigurationError, SubmitLimitError
+from prefect_runcomfy.engine.ledger import Ledger, LedgerEntry, RowDecision, RowPlan, plan_row
+from prefect_runcomfy.engine.storage import OutputStore
+from prefect_runcomfy.engine.table import (
     PreparedRow,
     RowProblem,
     TableLike,

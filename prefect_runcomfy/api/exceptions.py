@@ -1,0 +1,251 @@
+"""Every error prefect-runcomfy raises, in one tree.
+
+Catch `RunComfyError` for all of them. Each class says when it is raised and what to do.
+HTTP and transport errors are translated into these in one place (`client.py`); the token
+never appears in any message.
+
+```
+RunComfyError
+├── ConfigurationError                 no token / bad settings
+│   └── SubmitLimitError               a run would submit more new jobs than max_submits
+├── InvalidInputError                  a row is not a valid InfiniteTalk input
+├── MediaError                         an input file cannot be read, signed or staged
+├── StorageError                       outputs cannot be written / read where asked
+├── RunComfyAPIError                   the API said no (carries status code, error code, detail)
+│   ├── AuthenticationError            token missing, expired, revoked; account inactive
+│   ├── InsufficientBalanceError       no balance left
+│   ├── PermissionDeniedError          the request belongs to another user
+│   ├── RequestNotFoundError           unknown or expired request id
+│   ├── ModelNotFoundError             bad model id
+│   ├── InputRejectedError             the API rejected the input (422 / schema)
+│   ├── RateLimitedError               429; carries retry_after
+│   └── ServerError                    5xx
+├── TransportError                     the API could not be reached (safe to retry reads)
+├── SubmitOutcomeUnknownError          a submit was sent but its answer was lost
+├── RunFailedError                     the job ran and failed
+├── RunCancelledError                  the job was cancelled
+├── RunTimedOutError                   waiting passed its deadline
+└── DownloadError                      an output could not be downloaded completely
+```
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RunComfyError(Exception):
+    """Base class of every error raised by prefect-runcomfy."""
+
+
+class ConfigurationError(RunComfyError):
+    """Settings are missing or wrong (no token, bad URL); fix the configuration and run again."""
+
+
+class SubmitLimitError(ConfigurationError):
+    """A run would submit more new, paid jobs than `max_submits` allows; nothing was submitted."""
+
+    def __init__(self, message: str, *, would_submit: int, limit: int) -> None:
+        super().__init__(message)
+        self.would_submit = would_submit
+        self.limit = limit
+
+
+class InvalidInputError(RunComfyError, ValueError):
+    """An input row is not a valid InfiniteTalk job; the message names the row, column and reason."""
+
+    def __init__(
+        self, message: str, *, problems: list[tuple[str, str]] | None = None, row: Any = None
+    ) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+        self.row = row
+
+
+class MediaError(RunComfyError):
+    """An input image or audio cannot be read, signed, staged or inlined; fix the path or option."""
+
+
+class StorageError(RunComfyError):
+    """Outputs cannot be written to (or read from) the output location; check URI and credentials."""
+
+
+# --- the API said no -------------------------------------------------------------------------
+
+
+class RunComfyAPIError(RunComfyError):
+    """RunComfy answered with an error; `status_code`, `error_code` and `detail` say which."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        error_code: int | str | None = None,
+        detail: Any = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.error_code = error_code
+        self.detail = detail
+        self.request_id = request_id
+
+
+class AuthenticationError(RunComfyAPIError):
+    """The token is missing, expired or revoked, or the account is inactive (400004, 401/403)."""
+
+
+class InsufficientBalanceError(RunComfyAPIError):
+    """The account has no balance left (400002, 402); top up before submitting more jobs."""
+
+
+class PermissionDeniedError(RunComfyAPIError):
+    """The request belongs to another user (403001); use the token that submitted it."""
+
+
+class RequestNotFoundError(RunComfyAPIError):
+    """The request id is unknown or its record has expired (404001); it cannot be collected."""
+
+
+class ModelNotFoundError(RunComfyAPIError):
+    """The model id is not known to RunComfy (400001); check the spelling."""
+
+
+class InputRejectedError(RunComfyAPIError):
+    """RunComfy rejected the job's input (422 or a schema error); `detail` holds its reason."""
+
+
+class RateLimitedError(RunComfyAPIError):
+    """Too many requests (429); `retry_after` is the wait RunComfy asked for, in seconds."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class ServerError(RunComfyAPIError):
+    """RunComfy failed on its side (5xx); reads are retried, a submit's outcome becomes unknown."""
+
+
+# --- the API could not be reached --------------------------------------------------------------
+
+
+class TransportError(RunComfyError):
+    """RunComfy could not be reached or the connection broke; check the network and retry."""
+
+
+class SubmitOutcomeUnknownError(RunComfyError):
+    """A submit reached RunComfy but its answer was lost: a job may be running and billed.
+
+    It is never retried automatically, because RunComfy has no idempotency key. Look for the
+    video in your RunComfy dashboard, or submit again on purpose (`resubmit_unknown=True`).
+    """
+
+    def __init__(self, message: str, *, cause: str | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+# --- the job itself ----------------------------------------------------------------------------
+
+
+class RunFailedError(RunComfyError):
+    """The job ran and failed; `error` holds RunComfy's reason as given."""
+
+    def __init__(
+        self, message: str, *, request_id: str, error: Any = None, details: Any = None
+    ) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+        self.error = error
+        self.details = details
+
+
+class RunCancelledError(RunComfyError):
+    """The job was cancelled before it produced outputs."""
+
+    def __init__(self, message: str, *, request_id: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+        self.details = details
+
+
+class RunTimedOutError(RunComfyError):
+    """Waiting passed its deadline; a running job is kept in the ledger so a later run collects it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request_id: str,
+        last_status: str | None = None,
+        cancelled: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+        self.last_status = last_status
+        self.cancelled = cancelled
+        self.details: Any = None
+
+
+class DownloadError(RunComfyError):
+    """An output could not be downloaded completely (expired link, size mismatch, broken stream).
+
+    `expired` is True when the output host said the file is gone or forbidden (HTTP 403, 404,
+    410): trying again will not help. Anything else (429, 5xx, a broken stream) may pass.
+    """
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+    @property
+    def expired(self) -> bool:
+        """True when the output is gone for good (HTTP 403, 404 or 410)."""
+        return self.status_code in (403, 404, 410)
+
+
+# --- batches ------------------------------------------------------------------------------------
+
+
+class RowNotStoredError(RunComfyError):
+    """A batch row ended without a stored video; it only marks the row's task run as failed.
+
+    The flow catches nothing here: the row's manifest record (`status`, `error`) says what
+    happened and what to do, and the other rows go on.
+    """
+
+    def __init__(self, row_id: str, status: str, error: str | None) -> None:
+        super().__init__(f"{row_id} ended {status}: {error or 'no reason given'}")
+        self.row_id = row_id
+        self.status = status
+
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigurationError",
+    "DownloadError",
+    "InputRejectedError",
+    "InsufficientBalanceError",
+    "InvalidInputError",
+    "MediaError",
+    "ModelNotFoundError",
+    "PermissionDeniedError",
+    "RateLimitedError",
+    "RequestNotFoundError",
+    "RowNotStoredError",
+    "RunCancelledError",
+    "RunComfyAPIError",
+    "RunComfyError",
+    "RunFailedError",
+    "RunTimedOutError",
+    "ServerError",
+    "StorageError",
+    "SubmitLimitError",
+    "SubmitOutcomeUnknownError",
+    "TransportError",
+]
