@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from prefect_runcomfy.api.backoff import Backoff, parse_retry_after
-from prefect_runcomfy.api.client import RunComfyClient
+from prefect_runcomfy.api.client import RunComfyClient, may_resend_submit
 from prefect_runcomfy.api.models import InfiniteTalkInput, RequestStatus
 from prefect_runcomfy.exceptions import (
     AuthenticationError,
@@ -244,6 +244,29 @@ async def test_submit_to_a_closed_port_never_sent_is_retried_then_transport_erro
             await c.submit({"241_positive_prompt": "x"})
         assert c.requests_sent == 3
     assert "nothing was submitted" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("error", "resend"),
+    [
+        (httpx.ConnectError("refused"), True),
+        (httpx.ConnectTimeout("no answer to SYN"), True),
+        (httpx.PoolTimeout("no free connection"), True),
+        (httpx.UnsupportedProtocol("ftp://"), True),
+        (RateLimitedError("429", status_code=429, retry_after=1.0), True),
+        (httpx.ReadTimeout("sent, no answer"), False),
+        (httpx.WriteTimeout("half sent"), False),
+        (httpx.RemoteProtocolError("dropped"), False),
+        (httpx.ReadError("reset"), False),
+        (ServerError("502", status_code=502), False),
+        (TransportError("unreachable, but not said how"), False),
+        (InputRejectedError("422", status_code=422), False),
+    ],
+)
+def test_the_submit_rule_resends_only_what_never_left_or_was_refused(
+    error: BaseException, resend: bool
+) -> None:
+    assert may_resend_submit(error) is resend
 
 
 @pytest.mark.parametrize(

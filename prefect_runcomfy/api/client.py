@@ -1,14 +1,14 @@
 """`RunComfyClient`: the async HTTP client for RunComfy's Model API.
 
 One method per endpoint, errors translated into `prefect_runcomfy.api.exceptions` in one place,
-and a retry rule per kind of call:
+and a retry rule per kind of call, all run by the one loop `prefect_runcomfy.api.backoff.retrying`:
 
-- reads (`status`, `result`, `model_info`) and `cancel` are retried with exponential backoff
-  and jitter, honouring `Retry-After`, a bounded number of times;
-- `submit` is retried only when the request provably never reached RunComfy (connection
-  refused, DNS failure, connect timeout, no free connection) or was refused with 429. Any other
-  failure after the bytes left raises `SubmitOutcomeUnknownError`: RunComfy has no idempotency
-  key, so a blind retry could pay for the same video twice;
+- reads (`status`, `result`, `model_info`, `list_models`) and `cancel` are retried with
+  exponential backoff and jitter, honouring `Retry-After`, a bounded number of times;
+- `submit` is retried only as `may_resend_submit` allows: when the request provably never
+  reached RunComfy or was refused with 429. Any other failure after the bytes left raises
+  `SubmitOutcomeUnknownError`: RunComfy has no idempotency key, so a blind retry could pay for
+  the same video twice;
 - downloads of output URLs go through a separate HTTP client that never carries the token.
 
 This module does not import Prefect.
@@ -16,10 +16,8 @@ This module does not import Prefect.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import random
 from collections.abc import Awaitable, Callable
 from typing import IO, Any, TypeVar
 from urllib.parse import quote
@@ -28,7 +26,7 @@ import httpx
 from pydantic import SecretStr
 
 from prefect_runcomfy._version import __version__
-from prefect_runcomfy.api.backoff import Backoff, parse_retry_after
+from prefect_runcomfy.api.backoff import Backoff, parse_retry_after, retry_after_of, retrying
 from prefect_runcomfy.api.downloads import (
     DownloadedFile,
     download_output,
@@ -45,7 +43,6 @@ from prefect_runcomfy.api.exceptions import (
     RateLimitedError,
     RequestNotFoundError,
     RunComfyAPIError,
-    RunComfyError,
     ServerError,
     SubmitOutcomeUnknownError,
     TransportError,
@@ -77,13 +74,43 @@ logger = logging.getLogger("prefect_runcomfy.api.client")
 
 T = TypeVar("T")
 
-# Errors after which the request certainly did not reach the server: safe to send again.
+# httpx errors raised before a single byte of the request was written: no connection was made
+# (refused, DNS failure, TLS handshake, connect timeout), none was free in the pool, or the URL
+# scheme cannot be spoken at all.
 _NEVER_SENT = (
     httpx.ConnectError,
     httpx.ConnectTimeout,
     httpx.PoolTimeout,
     httpx.UnsupportedProtocol,
 )
+
+# Reads and cancel change nothing that a second try could double: any of these may pass.
+_READ_RETRYABLE = (TransportError, ServerError, RateLimitedError)
+
+
+def may_resend_submit(error: BaseException) -> bool:
+    """The submit rule: True only when sending the same submit again cannot create a second job.
+
+    That is when the request provably never reached RunComfy (an httpx connect error or connect
+    timeout: connection refused, DNS failure; no free pooled connection; an unusable URL scheme)
+    or when RunComfy refused it outright with 429 (`RateLimitedError`). Anything else after the
+    bytes left (a read timeout, a dropped connection, a 5xx, an answer without a request id) may
+    have created a billed job; RunComfy has no idempotency key, so such a submit is never sent
+    again and ends as `SubmitOutcomeUnknownError`.
+    """
+    return isinstance(error, (*_NEVER_SENT, RateLimitedError))
+
+
+def _read_may_be_retried(error: BaseException) -> bool:
+    return isinstance(error, _READ_RETRYABLE)
+
+
+def _log_retry(error: BaseException, failures: int, pause: float) -> None:
+    # The type only: an httpx error's text carries the URL, and nothing here may echo a body.
+    logger.debug(
+        "Retrying after %s (try %d failed) in %.1f s", type(error).__name__, failures, pause
+    )
+
 
 _CODE_ERRORS: dict[int, type[RunComfyAPIError]] = {
     400001: ModelNotFoundError,
@@ -219,7 +246,7 @@ class RunComfyClient:
         """Submit one job and return its `request_id` and follow-up URLs.
 
         `inputs` is an `InfiniteTalkInput` or an API body (raw keys). Retried only when the
-        request never reached RunComfy or was refused with 429.
+        request never reached RunComfy or was refused with 429 (the rule: `may_resend_submit`).
 
         Raises:
             SubmitOutcomeUnknownError: the request was sent but no usable answer came back;
@@ -228,50 +255,40 @@ class RunComfyClient:
         """
         payload = inputs.to_api_payload() if isinstance(inputs, InfiniteTalkInput) else inputs
         path = f"/v1/models/{quote(model_id, safe='/')}"
-        attempt = 0
-        while True:
-            try:
-                self.requests_sent += 1
-                response = await self._api.post(path, json=payload)
-            except _NEVER_SENT as exc:
-                if attempt >= self.max_retries:
-                    raise TransportError(
-                        f"Could not reach RunComfy at {self.base_url} to submit "
-                        f"({type(exc).__name__}); nothing was submitted."
-                    ) from None
-                await self._sleep(self.backoff.delay(attempt))
-                attempt += 1
-                continue
-            except httpx.HTTPError as exc:
-                raise SubmitOutcomeUnknownError(
-                    f"The submit was sent to RunComfy but its answer was lost ({type(exc).__name__}); "
-                    "a job may be running and billed. It was not sent again.",
-                    cause=type(exc).__name__,
+
+        async def once() -> dict[str, Any]:
+            self.requests_sent += 1
+            return self._check(await self._api.post(path, json=payload))
+
+        try:
+            body = await self._retry(once, retry_if=may_resend_submit)
+        except httpx.HTTPError as exc:
+            # `from None`: the httpx error holds the request, and with it the Authorization header.
+            if may_resend_submit(exc):
+                raise TransportError(
+                    f"Could not reach RunComfy at {self.base_url} to submit "
+                    f"({type(exc).__name__}); nothing was submitted."
                 ) from None
-            try:
-                body = self._check(response)
-            except RateLimitedError as exc:
-                # 429 means RunComfy refused the request outright: sending it again is safe.
-                if attempt >= self.max_retries or not self._can_wait(exc.retry_after):
-                    raise
-                await self._sleep(self._wait_for(exc, attempt))
-                attempt += 1
-                continue
-            except ServerError as exc:
-                raise SubmitOutcomeUnknownError(
-                    f"RunComfy answered the submit with a server error ({exc.status_code or ''} "
-                    f"{exc.error_code or ''}); a job may still have been created. "
-                    "It was not sent again.",
-                    cause=f"server_error:{exc.status_code or exc.error_code}",
-                ) from None
-            try:
-                return SubmittedRequest.model_validate(body)
-            except ValueError:
-                raise SubmitOutcomeUnknownError(
-                    "RunComfy accepted the submit but its answer had no request_id; a job may be "
-                    "running and billed. It was not sent again.",
-                    cause="no_request_id",
-                ) from None
+            raise SubmitOutcomeUnknownError(
+                f"The submit was sent to RunComfy but its answer was lost ({type(exc).__name__}); "
+                "a job may be running and billed. It was not sent again.",
+                cause=type(exc).__name__,
+            ) from None
+        except ServerError as exc:
+            raise SubmitOutcomeUnknownError(
+                f"RunComfy answered the submit with a server error ({exc.status_code or ''} "
+                f"{exc.error_code or ''}); a job may still have been created. "
+                "It was not sent again.",
+                cause=f"server_error:{exc.status_code or exc.error_code}",
+            ) from None
+        try:
+            return SubmittedRequest.model_validate(body)
+        except ValueError:
+            raise SubmitOutcomeUnknownError(
+                "RunComfy accepted the submit but its answer had no request_id; a job may be "
+                "running and billed. It was not sent again.",
+                cause="no_request_id",
+            ) from None
 
     async def status(self, request_id: str) -> RequestState:
         """Read where a request stands (`in_queue` with its position, `in_progress`, ...)."""
@@ -357,34 +374,21 @@ class RunComfyClient:
                 ) from None
             return self._check(response, request_id=request_id)
 
-        return await self._retrying(once)
+        return await self._retry(once, retry_if=_read_may_be_retried)
 
-    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
-        attempt = 0
-        while True:
-            try:
-                return await call()
-            except (TransportError, ServerError, RateLimitedError) as exc:
-                retry_after = getattr(exc, "retry_after", None)
-                if attempt >= self.max_retries or not self._can_wait(retry_after):
-                    raise
-                delay = self._wait_for(exc, attempt)
-                logger.debug("Retrying after %s in %.1f s", type(exc).__name__, delay)
-                await self._sleep(delay)
-                attempt += 1
-
-    def _can_wait(self, retry_after: float | None) -> bool:
-        return retry_after is None or retry_after <= self.max_retry_after_s
-
-    def _wait_for(self, exc: RunComfyError, attempt: int) -> float:
-        retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:
-            # A little jitter on top, so a fleet of workers does not come back in the same instant.
-            return retry_after + random.uniform(0, min(1.0, retry_after * 0.1))
-        return self.backoff.delay(attempt)
-
-    async def _sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
+    async def _retry(
+        self, call: Callable[[], Awaitable[T]], *, retry_if: Callable[[BaseException], bool]
+    ) -> T:
+        """Run `call` under this client's retry settings; `retry_if` says which errors may pass."""
+        return await retrying(
+            call,
+            delays=self.backoff,
+            attempts=self.max_retries + 1,
+            retry_if=retry_if,
+            wait_hint=retry_after_of,
+            max_wait_s=self.max_retry_after_s,
+            on_retry=_log_retry,
+        )
 
     def _check(self, response: httpx.Response, *, request_id: str | None = None) -> dict[str, Any]:
         """Return the JSON body of a good answer; raise the matching exception for any other.
@@ -504,4 +508,4 @@ def _error_detail(body: dict[str, Any]) -> str:
     return ""
 
 
-__all__ = ["DEFAULT_BASE_URL", "DownloadedFile", "RunComfyClient"]
+__all__ = ["DEFAULT_BASE_URL", "DownloadedFile", "RunComfyClient", "may_resend_submit"]

@@ -6,7 +6,6 @@ does the same). The HTTP client used here never carries an `Authorization` heade
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import os
@@ -20,12 +19,13 @@ from typing import IO
 import httpx
 
 from prefect_runcomfy._version import __version__
-from prefect_runcomfy.api.backoff import Backoff, parse_retry_after
+from prefect_runcomfy.api.backoff import Backoff, parse_retry_after, retry_after_of, retrying
 from prefect_runcomfy.api.exceptions import DownloadError
 
 DOWNLOAD_TIMEOUT = httpx.Timeout(connect=10.0, read=120.0, write=60.0, pool=30.0)
 MAX_RETRY_AFTER_S = 120.0
-"""The longest `Retry-After` from an output host that a download waits for."""
+"""The longest `Retry-After` from an output host that a download waits for; a longer one is cut
+to this (the download is tried again then), not given up on."""
 
 
 @dataclass(frozen=True)
@@ -110,28 +110,29 @@ async def download_output(
     Raises:
         DownloadError: the file could not be fetched completely.
     """
-    delays = backoff or Backoff()
     own = http is None
     client = http or output_http_client()
     try:
-        last: DownloadError | None = None
-        for attempt in range(max(1, attempts)):
-            if attempt:
-                wait = delays.delay(attempt - 1)
-                if last is not None and last.retry_after is not None:
-                    wait = max(wait, min(last.retry_after, MAX_RETRY_AFTER_S))
-                await asyncio.sleep(wait)
-            try:
-                return await _download_once(client, url, destination, chunk_size)
-            except DownloadError as exc:
-                last = exc
-                if exc.expired:
-                    break  # gone or forbidden: another try will not help
-        assert last is not None
-        raise last
+        return await retrying(
+            lambda: _download_once(client, url, destination, chunk_size),
+            delays=backoff or Backoff(),
+            attempts=max(1, attempts),
+            retry_if=_download_may_be_retried,
+            wait_hint=_capped_retry_after,
+        )
     finally:
         if own:
             await client.aclose()
+
+
+def _download_may_be_retried(error: BaseException) -> bool:
+    # Gone or forbidden (403, 404, 410): another try will not help.
+    return isinstance(error, DownloadError) and not error.expired
+
+
+def _capped_retry_after(error: BaseException) -> float | None:
+    hint = retry_after_of(error)
+    return None if hint is None else min(hint, MAX_RETRY_AFTER_S)
 
 
 async def _download_once(

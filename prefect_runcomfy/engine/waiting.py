@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from prefect_runcomfy.api.backoff import Backoff
 from prefect_runcomfy.api.client import RunComfyClient
 from prefect_runcomfy.api.exceptions import (
     RateLimitedError,
@@ -29,8 +30,9 @@ class PollPolicy:
     """How often to ask whether a request is done.
 
     The interval starts at `initial_s` and doubles up to `max_s`, with `jitter` (a fraction)
-    drawn at random. For a five-minute job that is 13 polls and at most `max_s` of lag between
-    the job finishing and the download starting.
+    drawn at random either way, and never beyond `max_s`. For a five-minute job that is about
+    13 polls and at most `max_s` of lag between the job finishing and the download starting.
+    The interval is drawn from the package's one growing-delay policy, `Backoff` (see `backoff`).
     """
 
     initial_s: float = 2.0
@@ -40,15 +42,23 @@ class PollPolicy:
     max_s: float = 30.0
     """The longest interval."""
     jitter: float = 0.1
-    """Fraction of each interval drawn at random, so many rows do not poll in step."""
+    """Fraction of each interval drawn at random either way, so many rows do not poll in step."""
     not_found_grace_s: float = 30.0
     """How long after a submit "request not found" means "not visible yet" rather than gone."""
 
+    @property
+    def backoff(self) -> Backoff:
+        """This policy as a `Backoff` (whose `jitter` is the spread's whole width: twice ours)."""
+        return Backoff(
+            initial_s=self.initial_s,
+            multiplier=self.multiplier,
+            max_delay_s=self.max_s,
+            jitter=2 * self.jitter,
+        )
+
     def interval(self, poll_number: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before poll number `poll_number` + 1 (0-based)."""
-        base = min(self.max_s, self.initial_s * self.multiplier**poll_number)
-        spread = base * self.jitter
-        return max(0.0, base + (rng or random).uniform(-spread, spread))
+        return self.backoff.delay(poll_number, rng=rng)
 
 
 @dataclass
