@@ -32,37 +32,26 @@ from prefect_runcomfy.api.client import RunComfyClient
 from prefect_runcomfy.api.exceptions import ConfigurationError, InvalidInputError
 from prefect_runcomfy.api.models import MODEL_ID
 from prefect_runcomfy.blocks import RunComfyCredentials
-from prefect_runcomfy.engine.batch import (
-    Batch,
-    cancel_queued_requests,
-    collect_request,
-    in_row_task,
-    invalid_record,
-    run_row,
-)
-from prefect_runcomfy.engine.ledger import Ledger, LedgerEntry, LedgerState
-from prefect_runcomfy.engine.manifest import (
-    RowStatus,
-    build_manifest,
-    merge_manifests,
-    parquet_safe,
-    status_counts,
-)
+from prefect_runcomfy.engine.batch import Batch, cancel_queued_requests
+from prefect_runcomfy.engine.ledger import Ledger, LedgerEntry
+from prefect_runcomfy.engine.manifest import build_manifest
 from prefect_runcomfy.engine.media import MediaResolver
-from prefect_runcomfy.engine.planning import describe_plan, output_state, plan_rows
-from prefect_runcomfy.engine.storage import OutputStore
-from prefect_runcomfy.engine.table import (
-    PreparedRow,
-    RowProblem,
-    check_table,
-    read_table,
-    table_folder,
+from prefect_runcomfy.engine.outcome import RowOutcome
+from prefect_runcomfy.engine.phases import (
+    execute,
+    invalid_outcome,
+    plan,
+    prepare,
+    resolve_media,
 )
+from prefect_runcomfy.engine.row import RowCell, collect_request, in_row_task, run_row
+from prefect_runcomfy.engine.status import LedgerState, RowStatus
+from prefect_runcomfy.engine.storage import MANIFEST_NAME, OutputStore
+from prefect_runcomfy.engine.table import RowProblem, table_folder
 from prefect_runcomfy.engine.waiting import PollPolicy
-from prefect_runcomfy.report.artifacts import Progress, publish_summary, spending
-
-MANIFEST_NAME = "manifest.parquet"
-
+from prefect_runcomfy.report.artifacts import Progress
+from prefect_runcomfy.report.finish import finish_run
+from prefect_runcomfy.tasks import cancel_request, client_for
 
 STORED_TABLE_ROWS = 1000
 """In-memory tables up to this many rows are stored as the flow run's `inputs` parameter."""
@@ -145,7 +134,7 @@ async def _cancel_queued_on_stop(flow: Any, flow_run: FlowRun, state: State) -> 
         credentials = await load_credentials(params.get("credentials"))
         store = OutputStore(output_uri, params.get("storage_options"))
         cancelled = await cancel_queued_requests(
-            Ledger(store), credentials, flow_run_id=str(flow_run.id)
+            Ledger(store), lambda: client_for(credentials), flow_run_id=str(flow_run.id)
         )
         if cancelled:
             hook_logger.warning("Cancelled %d queued requests: %s", len(cancelled), cancelled)
@@ -167,53 +156,6 @@ def _resolver(
         storage_options=input_storage_options,
         staging_storage_options=staging_storage_options,
     )
-
-
-MEDIA_COLUMNS = ("image", "audio")
-
-
-async def api_payload(row: PreparedRow, resolver: MediaResolver) -> dict[str, Any]:
-    """The row's API body, its media resolved to URLs RunComfy can fetch (cached per run)."""
-    resolved = {
-        kind: (await resolver.resolve(getattr(row.job, kind), kind)).url  # type: ignore[arg-type]
-        for kind in MEDIA_COLUMNS
-    }
-    return row.job.model_copy(update=resolved).to_api_payload()
-
-
-async def _media_problems(row: PreparedRow, resolver: MediaResolver) -> list[tuple[str, str]]:
-    problems = []
-    for kind in MEDIA_COLUMNS:
-        try:
-            await resolver.resolve(getattr(row.job, kind), kind)  # type: ignore[arg-type]
-        except Exception as exc:
-            problems.append((kind, str(exc)))
-    return problems
-
-
-async def _resolve_all(
-    rows: list[PreparedRow], resolver: MediaResolver
-) -> tuple[list[PreparedRow], list[RowProblem], dict[str, dict[str, Any]]]:
-    """Resolve every row's media before anything is submitted; a row that cannot be is invalid."""
-    good: list[PreparedRow] = []
-    bad: list[RowProblem] = []
-    payloads: dict[str, dict[str, Any]] = {}
-    semaphore = asyncio.Semaphore(16)
-
-    async def one(row: PreparedRow) -> None:
-        async with semaphore:
-            problems = await _media_problems(row, resolver)
-        if problems:
-            bad.append(RowProblem(row.row, row.id, problems, row.extras, row.job.model_dump()))
-            return
-        # Inline media can be megabytes per row: it is rebuilt at submit time instead.
-        payloads[row.id] = {} if resolver.inline_media else await api_payload(row, resolver)
-        good.append(row)
-
-    await asyncio.gather(*(one(r) for r in rows))
-    good.sort(key=lambda r: r.row)
-    bad.sort(key=lambda r: r.row)
-    return good, bad, payloads
 
 
 @table_flow(
@@ -297,56 +239,36 @@ async def generate_talking_videos(
     """
     logger = get_run_logger()
     creds = await load_credentials(credentials)
-    table_uri = inputs if isinstance(inputs, str) else None
-    df = await asyncio.to_thread(
-        read_table, inputs, storage_options=table_storage_options or input_storage_options
-    )
-    check = check_table(df)
-    resolver = _resolver(
-        table_uri, staging_uri, inline_media, input_storage_options, staging_storage_options
-    )
-    valid, media_problems, payloads = await _resolve_all(check.valid, resolver)
-    invalid = sorted([*check.invalid, *media_problems], key=lambda p: p.row)
-    for problem in invalid:
-        logger.warning("Invalid %s", problem.message)
-    if invalid and on_invalid == "stop":
-        raise InvalidInputError(
-            f"{len(invalid)} of {len(df)} rows are invalid; nothing was submitted "
-            "(on_invalid='stop'):\n" + "\n".join(p.message for p in invalid),
-            problems=[(p.message, "") for p in invalid],
-        )
-    logger.info(
-        "%d rows: %d valid, %d invalid; outputs go to %s",
-        len(df),
-        len(valid),
-        len(invalid),
-        output_uri,
-    )
-
+    table = await prepare(inputs, storage_options=table_storage_options or input_storage_options)
     store = OutputStore(output_uri, storage_options)
     await asyncio.to_thread(store.check_writable)
-    ledger = Ledger(store)
-    entries, present = await asyncio.to_thread(output_state, store)
-
-    decisions = plan_rows(
-        valid,
-        entries,
-        present,
+    run_plan = await plan(
+        store,
+        table.valid,
         resubmit_unknown=resubmit_unknown,
         retry_failed=retry_failed,
         max_submits=max_submits,
     )
-    logger.info("Plan: %s", describe_plan(decisions))
-
-    async def resolve_payload(row: PreparedRow) -> dict[str, Any]:
-        return payloads.get(row.id) or await api_payload(row, resolver)
-
-    progress = Progress(len(df))
+    resolver = _resolver(
+        inputs if isinstance(inputs, str) else None,
+        staging_uri,
+        inline_media,
+        input_storage_options,
+        staging_storage_options,
+    )
+    payloads, media_problems = await resolve_media(run_plan, resolver)
+    run_plan = run_plan.without({p.id or "" for p in media_problems})
+    invalid = _report_invalid([*table.invalid, *media_problems], len(table.frame), on_invalid)
+    logger.info(
+        "%d rows: %d valid, %d invalid; outputs go to %s",
+        *(len(table.frame), len(run_plan.rows), len(invalid), output_uri),
+    )
+    progress = Progress(len(table.frame))
     await progress.start()
     batch = Batch(
-        credentials=creds,
         store=store,
-        ledger=ledger,
+        ledger=Ledger(store),
+        make_client=lambda: client_for(creds),
         max_concurrency=max_concurrency,
         concurrency_limit=concurrency_limit,
         max_wait_s=max_wait_s,
@@ -356,82 +278,38 @@ async def generate_talking_videos(
         cancel_queued_at_deadline=cancel_queued_at_deadline,
         model_id=model_id,
         flow_run_id=_flow_run_id(),
-        progress=progress,
-        resolve_payload=resolve_payload,
+        on_row_done=lambda outcome: progress.row_done(str(outcome.status)),
+        payloads=payloads,
     )
-    records: list[dict[str, Any]] = [invalid_record(p) for p in invalid]
-    for _ in invalid:
-        await progress.row_done(RowStatus.INVALID.value)
-
+    outcomes = [await batch.done(invalid_outcome(p)) for p in invalid]
     jobs = [
-        run_row(batch, row, decision, entries.get(row.id))
-        for row, decision in zip(valid, decisions, strict=True)
+        run_row(batch, row, decision, run_plan.entries.get(row.id))
+        for row, decision in zip(run_plan.rows, run_plan.decisions, strict=True)
     ]
-    try:
-        records += await asyncio.gather(*jobs)
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        # Stopped from outside: cancel what is still queued (best effort), keep the rest in
-        # the ledger for `collect_outstanding_requests`.
-        with_suppressed = asyncio.shield(
-            cancel_queued_requests(ledger, creds, flow_run_id=batch.flow_run_id)
-        )
-        try:
-            await asyncio.wait_for(with_suppressed, timeout=30)
-        except BaseException as exc:
-            logger.warning("Could not cancel queued requests: %s", exc)
-        raise
-    finally:
-        await batch.aclose()
+    outcomes += await execute(batch, jobs, make_client=lambda: client_for(creds))
     await progress.finish()
-    records.sort(key=lambda r: r["row"])
-    manifest = build_manifest(records)
-    return await _write_manifest(
-        store,
-        manifest,
-        output_uri,
-        logger,
-        name=manifest_name,
-        input_storage_options=input_storage_options,
+    outcomes.sort(key=lambda o: o.row if o.row is not None else -1)
+    manifest = build_manifest(outcomes)
+    return await finish_run(
+        store, manifest, output_uri, name=manifest_name, input_storage_options=input_storage_options
     )
 
 
-async def _write_manifest(
-    store: OutputStore,
-    manifest: pd.DataFrame,
-    output_uri: str,
-    logger: Any,
-    *,
-    name: str = MANIFEST_NAME,
-    input_storage_options: dict[str, Any] | None = None,
-) -> pd.DataFrame:
-    """Merge this run's rows into the manifest at `name`, write it, and publish the summary."""
-    previous = await asyncio.to_thread(store.read_manifest, name)
-    merged = parquet_safe(merge_manifests(previous, manifest))
-    manifest_uri = await asyncio.to_thread(store.write_manifest, merged, name)
-    page_uri = None
-    if name == MANIFEST_NAME:  # a shard's manifest gets no page: its parent writes one
-        from prefect_runcomfy.report.review import write_review_page
-
-        try:
-            page_uri = await asyncio.to_thread(
-                write_review_page, store, merged, input_storage_options=input_storage_options
-            )
-        except Exception as exc:  # the page is a view; the run's outputs are what count
-            logger.warning("Could not write the review page: %s", exc)
-    counts = {k: v for k, v in status_counts(manifest).items() if v}
-    logger.info(
-        "Done: %s. %s. Manifest: %s%s",
-        ", ".join(f"{n} {s}" for s, n in counts.items()),
-        spending(manifest)[0],
-        manifest_uri,
-        f". Review page: {page_uri}" if page_uri else "",
-    )
-    await publish_summary(
-        manifest, output_uri=output_uri, manifest_uri=manifest_uri, page_uri=page_uri
-    )
-    manifest.attrs["review_page"] = page_uri
-    manifest.attrs["manifest_uri"] = manifest_uri
-    return manifest
+def _report_invalid(
+    invalid: list[RowProblem], total: int, on_invalid: Literal["continue", "stop"]
+) -> list[RowProblem]:
+    """Log every invalid row; with `on_invalid="stop"` refuse the run before any submit."""
+    invalid = sorted(invalid, key=lambda p: p.row)
+    logger = get_run_logger()
+    for problem in invalid:
+        logger.warning("Invalid %s", problem.message)
+    if invalid and on_invalid == "stop":
+        raise InvalidInputError(
+            f"{len(invalid)} of {total} rows are invalid; nothing was submitted "
+            "(on_invalid='stop'):\n" + "\n".join(p.message for p in invalid),
+            problems=[(p.message, "") for p in invalid],
+        )
+    return invalid
 
 
 @flow(name="collect-outstanding-requests", log_prints=False)
@@ -459,15 +337,15 @@ async def collect_outstanding_requests(
     creds = await load_credentials(credentials)
     store = OutputStore(output_uri, storage_options)
     ledger = Ledger(store)
-    entries = await asyncio.to_thread(ledger.load_all)
+    entries = list((await asyncio.to_thread(ledger.load_all)).values())
     outstanding = [
         e
-        for e in entries.values()
+        for e in entries
         if e.state in (LedgerState.SUBMITTED, LedgerState.TIMED_OUT) and e.request_id
     ]
     unknown = [
         e
-        for e in entries.values()
+        for e in entries
         if e.state in (LedgerState.SUBMITTING, LedgerState.OUTCOME_UNKNOWN) and not e.request_id
     ]
     logger.info(
@@ -479,77 +357,49 @@ async def collect_outstanding_requests(
     progress = Progress(len(outstanding) + len(unknown))
     await progress.start()
     batch = Batch(
-        credentials=creds,
         store=store,
         ledger=ledger,
+        make_client=lambda: client_for(creds),
         max_concurrency=max_concurrency,
         max_wait_s=max_wait_s,
         poll=PollPolicy(initial_s=poll_initial_s, max_s=poll_max_s),
         flow_run_id=_flow_run_id(),
-        progress=progress,
+        on_row_done=lambda outcome: progress.row_done(str(outcome.status)),
     )
-
-    async def one(entry: LedgerEntry) -> dict[str, Any]:
-        extra = entry.model_extra or {}
-        record: dict[str, Any] = {
-            "id": entry.id,
-            "row": extra.get("row"),
-            "extras": extra.get("extras") or {},
-            **(extra.get("friendly_inputs") or {}),
-            "request_id": entry.request_id,
-            "submitted_at": entry.submitted_at,
-            "attempts": entry.attempts,
-            "note": "collected by collect-outstanding-requests",
-        }
-        assert entry.request_id is not None
-        async with batch.slot() as client:
-            if cancel:
-                from prefect_runcomfy.tasks import cancel_request
-
-                answer = await cancel_request(entry.request_id, creds)
-                if answer.cancelled:
-                    await batch.ledger_call(
-                        "mark", entry.id, LedgerState.CANCELLED, error="cancelled on request"
-                    )
-                    record.update(status=RowStatus.CANCELLED.value, error="cancelled on request")
-                    return await batch.done(record)
-            request_id = entry.request_id
-            await in_row_task(
-                entry.id,
-                record,
-                lambda: collect_request(
-                    batch,
-                    client,
-                    entry.id,
-                    request_id,
-                    entry.submitted_at,
-                    record,
-                    inputs=extra.get("inputs"),
-                ),
-            )
-        return await batch.done(record)
-
-    try:
-        records = list(await asyncio.gather(*(one(e) for e in outstanding)))
-    finally:
-        await batch.aclose()
+    jobs = [_collect_one(batch, entry, creds, cancel=cancel) for entry in outstanding]
+    outcomes = await execute(batch, jobs, make_client=lambda: client_for(creds))
     for entry in unknown:
-        record = {
-            "id": entry.id,
-            "row": (entry.model_extra or {}).get("row"),
-            "attempts": entry.attempts,
-        }
-        record.update(
-            status=RowStatus.OUTCOME_UNKNOWN.value,
-            error=entry.error or "a submit was sent but its answer was lost",
-        )
-        records.append(await batch.done(record))
+        error = entry.error or "a submit was sent but its answer was lost"
+        outcome = RowOutcome.from_ledger_entry(entry).ended(RowStatus.OUTCOME_UNKNOWN, error)
+        outcomes.append(await batch.done(outcome))
     await progress.finish()
-    manifest = build_manifest(records)
+    manifest = build_manifest(outcomes)
     if manifest.empty:
         logger.info("Nothing to collect.")
         return manifest
-    return await _write_manifest(store, manifest, output_uri, logger)
+    return await finish_run(store, manifest, output_uri)
+
+
+async def _collect_one(
+    batch: Batch, entry: LedgerEntry, creds: RunComfyCredentials | None, *, cancel: bool
+) -> RowOutcome:
+    """Collect (or with `cancel`, first try to cancel) one request the ledger holds."""
+    start = RowOutcome.from_ledger_entry(
+        entry, model_id=batch.model_id, flow_run_id=batch.flow_run_id
+    ).noted("collected by collect-outstanding-requests")
+    assert entry.request_id is not None
+    async with batch.slot() as client:
+        if cancel:
+            answer = await cancel_request(entry.request_id, creds)
+            if answer.cancelled:
+                error = "cancelled on request"
+                await batch.write_ledger(
+                    lambda: batch.ledger.mark(entry.id, LedgerState.CANCELLED, error=error)
+                )
+                return await batch.done(start.ended(RowStatus.CANCELLED, error))
+        cell = RowCell(start)
+        outcome = await in_row_task(cell, lambda: collect_request(batch, client, cell))
+    return await batch.done(outcome)
 
 
 @table_flow(name="generate-talking-videos-sharded", log_prints=False)
@@ -596,99 +446,94 @@ async def generate_talking_videos_sharded(
     Returns:
         The merged manifest of this run's rows.
     """
-    from prefect.deployments import run_deployment
-
     from prefect_runcomfy.engine.sharding import shard_frames, shard_names, write_shard
 
     logger = get_run_logger()
-    table_uri = inputs if isinstance(inputs, str) else None
-    df = await asyncio.to_thread(read_table, inputs, storage_options=input_storage_options)
-    check = check_table(df)
-    for problem in check.invalid:
+    table = await prepare(inputs, storage_options=input_storage_options)
+    for problem in table.invalid:
         logger.warning("Invalid %s", problem.message)
     store = OutputStore(output_uri, storage_options)
     if max_submits is not None:
-        entries, present = await asyncio.to_thread(output_state, store)
         options = shard_parameters or {}
-        decisions = plan_rows(
-            check.valid,
-            entries,
-            present,
+        await plan(
+            store,
+            table.valid,
             resubmit_unknown=bool(options.get("resubmit_unknown", False)),
             retry_failed=bool(options.get("retry_failed", False)),
             max_submits=max_submits,
         )
-        logger.info("Plan: %s", describe_plan(decisions))
-    frames = shard_frames(check.valid, df, shard_size, base_dir=table_folder(table_uri))
-    run_key = _flow_run_id() or uuid.uuid4().hex
-    names = shard_names(run_key, len(frames))
+    table_uri = inputs if isinstance(inputs, str) else None
+    frames = shard_frames(table.valid, table.frame, shard_size, base_dir=table_folder(table_uri))
+    names = shard_names(_flow_run_id() or uuid.uuid4().hex, len(frames))
     uris = [
         await asyncio.to_thread(write_shard, store, frame, table_name)
         for frame, (table_name, _) in zip(frames, names, strict=True)
     ]
     logger.info(
         "%d rows: %d valid in %d shards of up to %d, %d invalid",
-        len(df),
-        len(check.valid),
+        len(table.frame),
+        len(table.valid),
         len(frames),
         shard_size,
-        len(check.invalid),
+        len(table.invalid),
     )
-
-    async def one(number: int, uri: str, manifest_name: str) -> pd.DataFrame | None:
-        parameters: dict[str, Any] = {
-            **(shard_parameters or {}),
-            "inputs": uri,
-            "output_uri": output_uri,
-            "credentials": credentials,
-            "concurrency_limit": concurrency_limit,
-            "max_concurrency": max_concurrency_per_shard,
-            "max_wait_s": max_wait_s,
-            "storage_options": storage_options,
-            "input_storage_options": input_storage_options,
-            "table_storage_options": storage_options,
-            "manifest_name": manifest_name,
-        }
-        run = await run_deployment(  # type: ignore[misc]  # async in an async flow
-            deployment,
-            parameters=parameters,
-            flow_run_name=f"shard-{number:04d}",
-            as_subflow=True,
-            timeout=None,
-        )
-        state = run.state
-        logger.info("Shard %d ended %s", number, state.name if state else "without a state")
-        return await asyncio.to_thread(store.read_manifest, manifest_name)
-
+    common: dict[str, Any] = {
+        **(shard_parameters or {}),
+        "output_uri": output_uri,
+        "credentials": credentials,
+        "concurrency_limit": concurrency_limit,
+        "max_concurrency": max_concurrency_per_shard,
+        "max_wait_s": max_wait_s,
+        "storage_options": storage_options,
+        "input_storage_options": input_storage_options,
+        "table_storage_options": storage_options,
+    }
     shard_manifests = await asyncio.gather(
-        *(one(i, uri, names[i][1]) for i, uri in enumerate(uris))
+        *(
+            _run_shard(
+                store, deployment, i, {**common, "inputs": uri, "manifest_name": names[i][1]}
+            )
+            for i, uri in enumerate(uris)
+        )
     )
-    records: list[dict[str, Any]] = [invalid_record(p) for p in check.invalid]
-    parts = [m for m in shard_manifests if m is not None and not m.empty]
+    outcomes = [invalid_outcome(p) for p in table.invalid]
     for frame, shard_manifest in zip(frames, shard_manifests, strict=True):
         if shard_manifest is None:
-            # The shard run died before writing its manifest: its rows are in the ledger, and
-            # running this flow again collects or skips them without paying twice.
-            for row_id in frame["id"]:
-                records.append(
-                    {
-                        "id": row_id,
-                        "status": RowStatus.FAILED.value,
-                        "error": "its shard's flow run ended before writing a manifest; "
-                        "run again (nothing is paid twice) or collect_outstanding_requests",
-                    }
-                )
-    manifest = (
-        pd.concat([*parts, build_manifest(records)], ignore_index=True)
-        if records or parts
-        else build_manifest([])
+            outcomes += [_shard_lost(str(row_id)) for row_id in frame["id"]]
+        else:
+            outcomes += [RowOutcome.from_manifest_row(r) for r in shard_manifest.to_dict("records")]
+    positions = {row.id: row.row for row in table.valid}
+    outcomes = [o.evolve(row=positions.get(o.id, o.row)) for o in outcomes]
+    outcomes.sort(key=lambda o: o.row if o.row is not None else -1)
+    return await finish_run(store, build_manifest(outcomes), output_uri)
+
+
+async def _run_shard(
+    store: OutputStore, deployment: str, number: int, parameters: dict[str, Any]
+) -> pd.DataFrame | None:
+    """Run one shard as a flow run of `deployment`; its manifest, or None if it wrote none."""
+    from prefect.deployments import run_deployment
+
+    run = await run_deployment(  # type: ignore[misc]  # async in an async flow
+        deployment,
+        parameters=parameters,
+        flow_run_name=f"shard-{number:04d}",
+        as_subflow=True,
+        timeout=None,
     )
-    by_id = {row.id: row.row for row in check.valid} | {p.id or "": p.row for p in check.invalid}
-    manifest["row"] = [
-        by_id.get(i, r) for i, r in zip(manifest["id"], manifest["row"], strict=True)
-    ]
-    manifest = manifest.sort_values("row", kind="stable").reset_index(drop=True)
-    return await _write_manifest(store, manifest, output_uri, logger)
+    state = run.state
+    get_run_logger().info("Shard %d ended %s", number, state.name if state else "without a state")
+    return await asyncio.to_thread(store.read_manifest, parameters["manifest_name"])
+
+
+def _shard_lost(row_id: str) -> RowOutcome:
+    # The shard run died before writing its manifest: its rows are in the ledger, and
+    # running this flow again collects or skips them without paying twice.
+    return RowOutcome(id=row_id).ended(
+        RowStatus.FAILED,
+        "its shard's flow run ended before writing a manifest; "
+        "run again (nothing is paid twice) or collect_outstanding_requests",
+    )
 
 
 __all__ = [

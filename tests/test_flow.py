@@ -741,17 +741,20 @@ def test_storing_is_retried_unless_the_output_expired() -> None:
 async def test_a_row_whose_task_run_never_finished_its_body_is_failed_not_lost() -> None:
     from prefect import flow
 
-    from prefect_runcomfy.engine.batch import in_row_task
+    from prefect_runcomfy.engine.outcome import RowOutcome
+    from prefect_runcomfy.engine.row import RowCell, in_row_task
 
-    record: dict[str, Any] = {"id": "r9"}
+    cell = RowCell(RowOutcome(id="r9"))
 
     async def body_that_leaves_no_status() -> None:
         return None
 
     @flow
-    async def one_row() -> None:
-        await in_row_task("r9", record, body_that_leaves_no_status)
+    async def one_row() -> RowOutcome:
+        return await in_row_task(cell, body_that_leaves_no_status)
 
-    await one_row()
-    assert record["status"] == "failed"
-    assert record["error"].startswith("the row's task run ended FAILED: ")
+    outcome = await one_row()
+    assert outcome is cell.latest
+    assert outcome.status == "failed"
+    assert outcome.error is not None
+    assert outcome.error.startswith("the row's task run ended FAILED: ")

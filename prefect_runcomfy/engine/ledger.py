@@ -16,11 +16,11 @@ function so every rule can be tested and explained.
 
 ```python
 ledger = Ledger(OutputStore("s3://bkt/out"))
-decision = plan_row(ledger.get("alice"), payload_fingerprint(payload),
+decision = plan_row(ledger.get("alice"), row.fingerprint,
                     output_exists=store.exists("alice.mp4"),
                     resubmit_unknown=False, retry_failed=False)
 if decision.plan is RowPlan.SUBMIT:
-    ledger.mark_submitting("alice", payload_fingerprint(payload), flow_run_id)
+    ledger.mark_submitting("alice", row.fingerprint, flow_run_id)
     answer = await client.submit(payload)          # only now is money at stake
     ledger.mark_submitted("alice", answer.request_id)
 ```
@@ -28,15 +28,15 @@ if decision.plan is RowPlan.SUBMIT:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from prefect_runcomfy.engine.outcome import utc_now
+from prefect_runcomfy.engine.status import LedgerState, RowPlan
 from prefect_runcomfy.engine.storage import OutputStore, safe_name
 
 LEDGER_DIR = "_ledger"
@@ -46,59 +46,12 @@ HISTORY_LIMIT = 50
 """How many earlier states an entry keeps (the oldest are dropped)."""
 
 
-def utc_now_iso() -> str:
-    """The current time as an ISO-8601 UTC string, e.g. `2026-01-31T12:00:00.123+00:00`."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
 def _iso(value: str | datetime | None) -> str | None:
     if value is None or isinstance(value, str):
         return value
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC).isoformat(timespec="milliseconds")
-
-
-def payload_fingerprint(payload: dict[str, Any]) -> str:
-    """The sha256 (hex) of the canonical JSON of an API payload.
-
-    Canonical: sorted keys, no whitespace, ASCII escapes, unknown types via `str`, so equal payloads
-    give equal fingerprints whatever their key order.
-
-    Fingerprint the payload *as the user wrote it* (media sources such as `s3://...` or a
-    local path), not after media resolution: pre-signed URLs change on every run and would make
-    every row look changed.
-
-    Example:
-        ```python
-        payload_fingerprint({"b": 1, "a": 2}) == payload_fingerprint({"a": 2, "b": 1})  # True
-        ```
-    """
-    # ASCII escapes (json's default) keep the bytes hashed independent of any encoding choice.
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("ascii")).hexdigest()
-
-
-class LedgerState(StrEnum):
-    """Where a row stands in the ledger.
-
-    - `submitting`: a POST is about to be (or was) sent; its answer was not recorded yet.
-    - `submitted`: RunComfy accepted the job; `request_id` is known.
-    - `stored`: the outputs and the metadata are in the output location.
-    - `failed` / `cancelled`: the job ended without outputs.
-    - `timed_out`: waiting stopped at the deadline; the job may still run and can be collected.
-    - `outcome_unknown`: a POST was sent but its answer was lost; a job may be running and billed.
-    - `invalid`: the input was rejected (locally or by RunComfy); nothing was paid for.
-    """
-
-    SUBMITTING = "submitting"
-    SUBMITTED = "submitted"
-    STORED = "stored"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    TIMED_OUT = "timed_out"
-    OUTCOME_UNKNOWN = "outcome_unknown"
-    INVALID = "invalid"
 
 
 class LedgerEntry(BaseModel):
@@ -115,7 +68,7 @@ class LedgerEntry(BaseModel):
     payload_sha256: str | None = None
     request_id: str | None = None
     submitted_at: str | None = None
-    updated_at: str = Field(default_factory=utc_now_iso)
+    updated_at: str = Field(default_factory=utc_now)
     attempts: int = Field(default=0, description="How many POSTs were ever started for this row.")
     error: str | None = None
     flow_run_id: str | None = None
@@ -128,21 +81,6 @@ class LedgerEntry(BaseModel):
         return self.model_dump(mode="json")
 
 
-class RowPlan(StrEnum):
-    """What a run may do with one row; decided by `plan_row`."""
-
-    SUBMIT = "submit"
-    """POST the job (new, or a retry the user allowed)."""
-    RESUME = "resume"
-    """Wait for the known request id again and store its outputs; nothing new is paid for."""
-    SKIP_STORED = "skip_stored"
-    """The outputs are already stored; nothing to do."""
-    UNKNOWN = "unknown"
-    """An earlier POST's outcome is unknown; report `outcome_unknown` and never submit."""
-    KEEP_FAILED = "keep_failed"
-    """The row failed or was cancelled earlier; report that again without paying for a retry."""
-
-
 @dataclass(frozen=True)
 class RowDecision:
     """`plan_row`'s answer: the plan, a reason in words, and whether the payload changed."""
@@ -150,7 +88,6 @@ class RowDecision:
     plan: RowPlan
     reason: str
     payload_changed: bool = False
-    request_id: str | None = None
 
 
 _FAILED_STATES = frozenset({LedgerState.FAILED, LedgerState.CANCELLED, LedgerState.INVALID})
@@ -206,76 +143,79 @@ def plan_row(
     """
     if entry is None:
         return RowDecision(RowPlan.SUBMIT, "new row: never submitted")
-
     changed = entry.payload_sha256 is not None and entry.payload_sha256 != payload_sha256
-    state = entry.state
-    rid = entry.request_id
-
-    if state == LedgerState.STORED:
-        if changed:
-            return RowDecision(
-                RowPlan.SUBMIT,
-                "the row changed since its video was stored; generating it again",
-                payload_changed=True,
-                request_id=rid,
-            )
-        if output_exists:
-            return RowDecision(RowPlan.SKIP_STORED, "already stored", request_id=rid)
-        if rid:
-            return RowDecision(
-                RowPlan.RESUME,
-                f"stored output is missing; collecting request {rid} again",
-                request_id=rid,
-            )
-        return RowDecision(RowPlan.SUBMIT, "stored output is missing and no request id is recorded")
-
-    if state in _FAILED_STATES:
-        if (entry.model_extra or {}).get("billed") is False:
-            return RowDecision(
-                RowPlan.SUBMIT,
-                f"previously refused by RunComfy before any job was created ({entry.error}); "
-                "nothing was paid, so submitting again",
-                payload_changed=changed,
-            )
-        if retry_failed:
-            return RowDecision(
-                RowPlan.SUBMIT,
-                f"previously {state.value}; retrying because retry_failed=True",
-                payload_changed=changed,
-                request_id=rid,
-            )
-        if changed:
-            return RowDecision(
-                RowPlan.SUBMIT,
-                f"previously {state.value}; the row changed since, so submitting the new input",
-                payload_changed=True,
-                request_id=rid,
-            )
-        detail = f": {entry.error}" if entry.error else ""
-        return RowDecision(
-            RowPlan.KEEP_FAILED,
-            f"previously {state.value}{detail} (pass retry_failed=True to pay for another try)",
-            request_id=rid,
-        )
-
-    if state in _MAY_BE_RUNNING and rid:
+    if entry.state == LedgerState.STORED:
+        return _plan_stored(entry, changed, output_exists)
+    if entry.state in _FAILED_STATES:
+        return _plan_failed(entry, changed, retry_failed)
+    if entry.state in _MAY_BE_RUNNING and entry.request_id:
         note = " (the row changed since; collecting the job already paid for)" if changed else ""
         return RowDecision(
             RowPlan.RESUME,
-            f"{state.value} as request {rid}; waiting for it again{note}",
+            f"{entry.state.value} as request {entry.request_id}; waiting for it again{note}",
             payload_changed=changed,
-            request_id=rid,
         )
+    return _plan_unknown(entry, changed, resubmit_unknown)
 
+
+def _plan_stored(entry: LedgerEntry, changed: bool, output_exists: bool) -> RowDecision:
+    """Rules 2-4: a stored row."""
+    if changed:
+        return RowDecision(
+            RowPlan.SUBMIT,
+            "the row changed since its video was stored; generating it again",
+            payload_changed=True,
+        )
+    if output_exists:
+        return RowDecision(RowPlan.SKIP_STORED, "already stored")
+    if entry.request_id:
+        return RowDecision(
+            RowPlan.RESUME, f"stored output is missing; collecting request {entry.request_id} again"
+        )
+    return RowDecision(RowPlan.SUBMIT, "stored output is missing and no request id is recorded")
+
+
+def _plan_failed(entry: LedgerEntry, changed: bool, retry_failed: bool) -> RowDecision:
+    """Rule 5: a row that failed, was cancelled or was refused."""
+    state = entry.state.value
+    if (entry.model_extra or {}).get("billed") is False:
+        return RowDecision(
+            RowPlan.SUBMIT,
+            f"previously refused by RunComfy before any job was created ({entry.error}); "
+            "nothing was paid, so submitting again",
+            payload_changed=changed,
+        )
+    if retry_failed:
+        return RowDecision(
+            RowPlan.SUBMIT,
+            f"previously {state}; retrying because retry_failed=True",
+            payload_changed=changed,
+        )
+    if changed:
+        return RowDecision(
+            RowPlan.SUBMIT,
+            f"previously {state}; the row changed since, so submitting the new input",
+            payload_changed=True,
+        )
+    detail = f": {entry.error}" if entry.error else ""
+    return RowDecision(
+        RowPlan.KEEP_FAILED,
+        f"previously {state}{detail} (pass retry_failed=True to pay for another try)",
+    )
+
+
+def _plan_unknown(entry: LedgerEntry, changed: bool, resubmit_unknown: bool) -> RowDecision:
+    """Rules 7-8: a POST may have been sent and nobody knows its request id."""
+    state = entry.state.value
     if resubmit_unknown:
         return RowDecision(
             RowPlan.SUBMIT,
-            f"{state.value} without a request id; submitting again because resubmit_unknown=True",
+            f"{state} without a request id; submitting again because resubmit_unknown=True",
             payload_changed=changed,
         )
     return RowDecision(
         RowPlan.UNKNOWN,
-        f"{state.value} without a request id: an earlier submit may be running and billed; "
+        f"{state} without a request id: an earlier submit may be running and billed; "
         "check the RunComfy dashboard, or pass resubmit_unknown=True to submit again",
         payload_changed=changed,
     )
@@ -382,7 +322,7 @@ class Ledger:
         state: LedgerState,
         fields: dict[str, Any],
     ) -> LedgerEntry:
-        now = utc_now_iso()
+        now = utc_now()
         if previous is None:
             data: dict[str, Any] = {"id": id}
         else:
@@ -441,7 +381,7 @@ class Ledger:
             self._latest(id),
             id,
             LedgerState.SUBMITTED,
-            {"request_id": request_id, "submitted_at": _iso(submitted_at) or utc_now_iso()},
+            {"request_id": request_id, "submitted_at": _iso(submitted_at) or utc_now()},
         )
 
     def mark(self, id: str, state: LedgerState | str, **fields: Any) -> LedgerEntry:
@@ -464,7 +404,5 @@ __all__ = [
     "LedgerState",
     "RowDecision",
     "RowPlan",
-    "payload_fingerprint",
     "plan_row",
-    "utc_now_iso",
 ]

@@ -8,28 +8,12 @@ then the user's own extra columns, untouched.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from enum import StrEnum
 from typing import Any
 
 import pandas as pd
 
-
-class RowStatus(StrEnum):
-    """How a row ended, as the manifest's `status` column says it."""
-
-    SUCCEEDED = "succeeded"
-    """The video is stored with its sidecar (now, or by an earlier run)."""
-    FAILED = "failed"
-    """RunComfy refused the job, the job failed, or its outputs could not be stored."""
-    CANCELLED = "cancelled"
-    """The job was cancelled before it ran."""
-    INVALID = "invalid"
-    """The row was rejected before anything was submitted; `error` says why."""
-    TIMED_OUT = "timed_out"
-    """Waiting passed `max_wait_s`; a job that was running can be collected later."""
-    OUTCOME_UNKNOWN = "outcome_unknown"
-    """A submit was sent but its answer was lost; not submitted again without asking."""
-
+from prefect_runcomfy.engine.outcome import RowOutcome
+from prefect_runcomfy.engine.status import RowStatus
 
 CONTRACT_COLUMNS = ["id", "status", "request_id", "video_uri", "metadata_uri", "error"]
 """Columns every manifest has, in this order."""
@@ -70,13 +54,15 @@ INPUT_COLUMNS = [
 RESULT_COLUMNS = CONTRACT_COLUMNS + DETAIL_COLUMNS
 
 
-def build_manifest(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Turn per-row records into the manifest DataFrame, columns in a fixed order.
+def build_manifest(records: Iterable[RowOutcome | dict[str, Any]]) -> pd.DataFrame:
+    """Turn rows' records (`RowOutcome`, or their `manifest_record()` dicts) into the manifest
+    DataFrame, columns in a fixed order.
 
     A user column whose name collides with one of ours is kept as `input_<name>`.
     """
     rows = []
-    for record in records:
+    for given in records:
+        record = given.manifest_record() if isinstance(given, RowOutcome) else given
         row = {k: v for k, v in record.items() if k != "extras"}
         for name, value in (record.get("extras") or {}).items():
             key = name if name not in row and name not in RESULT_COLUMNS else f"input_{name}"

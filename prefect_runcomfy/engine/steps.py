@@ -28,7 +28,6 @@ import asyncio
 import logging
 import os
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +48,8 @@ from prefect_runcomfy.api.models import (
     RequestResult,
     RequestStatus,
 )
+from prefect_runcomfy.engine.outcome import RowOutcome, StoredFile, utc_now
+from prefect_runcomfy.engine.status import RowStatus
 from prefect_runcomfy.engine.storage import OutputStore, staging_folder
 from prefect_runcomfy.engine.waiting import PollPolicy, wait_until_finished
 
@@ -65,11 +66,6 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
         return get_run_logger()
     except MissingContextError:
         return logging.getLogger("prefect_runcomfy")
-
-
-def utc_now() -> str:
-    """The current time as an ISO-8601 UTC string (what the ledger and sidecars store)."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def label(row_id: str | None, request_id: str | None = None) -> str:
@@ -144,82 +140,110 @@ async def wait_for_job(
         RunTimedOutError: the deadline passed (`cancelled` says whether it was cancelled).
         RequestNotFoundError: the request is unknown or its record expired.
     """
-    logger = run_logger()
-    pending_note = [first_note]
-
-    def line_start() -> str:
-        note, pending_note[0] = pending_note[0], None
-        name = label(row_id, request_id)
-        return f"{name}: {note}, " if note else f"{name}: "
-
-    policy = poll or PollPolicy()
+    speaker = _StateSpeaker(row_id, request_id, first_note)
     started = time.monotonic()
     submitted_mono = None
     if submitted_at is not None:
         submitted_mono = started - max(0.0, time.time() - submitted_at)
-
-    def on_change(status: RequestStatus, raw: str | None, position: int | None) -> None:
-        if status is RequestStatus.IN_QUEUE:
-            where = f" at position {position}" if position is not None else ""
-            logger.info("%squeued%s", line_start(), where)
-        elif status is RequestStatus.UNKNOWN:
-            logger.info("%sRunComfy says %r (not finished yet)", line_start(), raw)
-        elif not status.is_terminal:
-            logger.info("%s%s", line_start(), (raw or status.value).replace("_", " "))
-
     try:
         outcome = await wait_until_finished(
             client,
             request_id,
             max_wait_s=max_wait_s,
-            policy=policy,
+            policy=poll or PollPolicy(),
             submitted_monotonic=submitted_mono,
-            on_change=on_change,
+            on_change=speaker.on_change,
         )
     except RunTimedOutError as exc:
-        if cancel_queued_at_deadline and exc.last_status in (
-            RequestStatus.IN_QUEUE.value,
-            RequestStatus.UNKNOWN.value,
-        ):
-            try:
-                answer = await client.cancel(request_id)
-                exc.cancelled = answer.cancelled
-            except Exception as cancel_error:  # best effort; the ledger keeps the id
-                logger.warning("%scould not cancel at the deadline: %s", line_start(), cancel_error)
+        await _at_deadline(client, request_id, exc, speaker, cancel_queued_at_deadline)
         what = "cancelled while still queued" if exc.cancelled else "left running; collect it later"
-        logger.warning("%sgave up after %g s (%s)", line_start(), max_wait_s, what)
+        speaker.warning("gave up after %g s (%s)", max_wait_s, what)
         raise
     end = outcome.finished or time.monotonic()
     base = submitted_mono if submitted_mono is not None else outcome.started_waiting
-    queue_s = (outcome.first_running - base) if outcome.first_running is not None else None
-    run_s = (end - outcome.first_running) if outcome.first_running is not None else None
-    result = outcome.result
-    if result.status is RequestStatus.SUCCEEDED:
-        if log_success:
-            logger.info("%ssucceeded after %.0f s", line_start(), end - base)
-        return FinishedRequest(
-            request_id=request_id,
-            result=result,
-            queue_seconds=_round(queue_s),
-            run_seconds=_round(run_s),
-            total_seconds=_round(end - base),
-            wait_seconds=round(end - started, 3),
-            polls=outcome.polls,
-        )
-    details = {
-        "queue_seconds": _round(queue_s),
-        "run_seconds": _round(run_s),
-        "polls": outcome.polls,
-        "result": result.model_dump(mode="json"),
+    running = outcome.first_running
+    timing = {
+        "queue_seconds": _round(running - base) if running is not None else None,
+        "run_seconds": _round(end - running) if running is not None else None,
     }
+    result = outcome.result
+    if result.status is not RequestStatus.SUCCEEDED:
+        raise _ended_without_outputs(request_id, result, speaker, timing, outcome.polls)
+    if log_success:
+        speaker.info("succeeded after %.0f s", end - base)
+    return FinishedRequest(
+        request_id=request_id,
+        result=result,
+        total_seconds=_round(end - base),
+        wait_seconds=round(end - started, 3),
+        polls=outcome.polls,
+        **timing,
+    )
+
+
+class _StateSpeaker:
+    """Says a job's state changes, one line each, the first one led by the caller's note."""
+
+    def __init__(self, row_id: str | None, request_id: str, first_note: str | None) -> None:
+        self.name = label(row_id, request_id)
+        self.note = first_note
+        self.logger = run_logger()
+
+    def _start(self) -> str:
+        note, self.note = self.note, None
+        return f"{self.name}: {note}, " if note else f"{self.name}: "
+
+    def info(self, message: str, *args: Any) -> None:
+        self.logger.info(self._start() + message, *args)
+
+    def warning(self, message: str, *args: Any) -> None:
+        self.logger.warning(self._start() + message, *args)
+
+    def on_change(self, status: RequestStatus, raw: str | None, position: int | None) -> None:
+        """What `wait_until_finished` calls when the state (or queue position) changes."""
+        if status is RequestStatus.IN_QUEUE:
+            self.info("queued%s", f" at position {position}" if position is not None else "")
+        elif status is RequestStatus.UNKNOWN:
+            self.info("RunComfy says %r (not finished yet)", raw)
+        elif not status.is_terminal:
+            self.info("%s", (raw or status.value).replace("_", " "))
+
+
+async def _at_deadline(
+    client: RunComfyClient,
+    request_id: str,
+    exc: RunTimedOutError,
+    speaker: _StateSpeaker,
+    cancel_queued: bool,
+) -> None:
+    """Cancel a job still queued at the deadline (nothing is billed); best effort."""
+    queued = exc.last_status in (RequestStatus.IN_QUEUE.value, RequestStatus.UNKNOWN.value)
+    if not (cancel_queued and queued):
+        return
+    try:
+        answer = await client.cancel(request_id)
+        exc.cancelled = answer.cancelled
+    except Exception as cancel_error:  # the ledger keeps the id
+        speaker.warning("could not cancel at the deadline: %s", cancel_error)
+
+
+def _ended_without_outputs(
+    request_id: str,
+    result: RequestResult,
+    speaker: _StateSpeaker,
+    timing: dict[str, float | None],
+    polls: int,
+) -> RunCancelledError | RunFailedError:
+    """The error for a job that finished cancelled or failed, its details kept."""
+    details = {**timing, "polls": polls, "result": result.model_dump(mode="json")}
     if result.status is RequestStatus.CANCELLED:
-        logger.warning("%scancelled", line_start())
-        raise RunCancelledError(
+        speaker.warning("cancelled")
+        return RunCancelledError(
             f"Request {request_id} was cancelled.", request_id=request_id, details=details
         )
     reason = result.error_message or "RunComfy gave no reason"
-    logger.warning("%sfailed: %s", line_start(), reason)
-    raise RunFailedError(
+    speaker.warning("failed: %s", reason)
+    return RunFailedError(
         f"Request {request_id} failed: {reason}",
         request_id=request_id,
         error=result.error if result.error is not None else result.failure_reason,
@@ -232,17 +256,6 @@ def _round(value: float | None) -> float | None:
 
 
 # --- store -----------------------------------------------------------------------------------
-
-
-class StoredFile(BaseModel):
-    """One stored output: where it is, and what was checked about it."""
-
-    uri: str
-    source_url: str
-    size: int
-    sha256: str
-    content_type: str | None = None
-    video: dict[str, Any] | None = Field(default=None, description="Probed properties (PyAV).")
 
 
 class StoredOutputs(BaseModel):
@@ -293,6 +306,61 @@ def _keep_file(
     return uri, video
 
 
+async def store_files(
+    result: RequestResult,
+    row_id: str,
+    store: OutputStore,
+    *,
+    http: httpx.AsyncClient,
+) -> tuple[StoredFile, ...]:
+    """Download every output of a finished request and upload it into `store` (with the
+    row's poster made from the first); no sidecar. Idempotent: it overwrites."""
+    urls = result.output_urls
+    if not urls:
+        raise DownloadError(f"Request {result.request_id} succeeded but listed no output URL.")
+    files: list[StoredFile] = []
+    with staging_folder() as tmp:
+        for url, name in zip(urls, output_names(row_id, urls), strict=True):
+            local = os.path.join(tmp, name)
+            downloaded = await download_output(url, local, http=http)
+            uri, video = await asyncio.to_thread(
+                _keep_file, store, local, name, row_id, tmp, not files
+            )
+            files.append(
+                StoredFile(
+                    uri=uri,
+                    source_url=short_url(url),
+                    size=downloaded.size,
+                    sha256=downloaded.sha256,
+                    content_type=downloaded.content_type,
+                    video=video,
+                )
+            )
+    return tuple(files)
+
+
+def stored_outcome(
+    outcome: RowOutcome, result: RequestResult, files: tuple[StoredFile, ...]
+) -> RowOutcome:
+    """`outcome` once `result`'s outputs are stored as `files`."""
+    return outcome.ended(
+        RowStatus.SUCCEEDED,
+        request_id=result.request_id,
+        cost_usd=result.cost if result.cost is not None else outcome.cost_usd,
+        created_at=result.created_at,
+        api_finished_at=result.finished_at,
+        output_urls=tuple(short_url(u) for u in result.output_urls),
+        files=files,
+        stored_at=utc_now(),
+    )
+
+
+async def write_sidecar(store: OutputStore, outcome: RowOutcome) -> RowOutcome:
+    """Write the row's `<id>.json` from its record; the record comes back with its URI."""
+    uri = await asyncio.to_thread(store.write_json, f"{outcome.id}.json", outcome.sidecar())
+    return outcome.evolve(metadata_uri=uri)
+
+
 async def store_job_outputs(
     result: RequestResult,
     row_id: str,
@@ -304,54 +372,22 @@ async def store_job_outputs(
 ) -> StoredOutputs:
     """Download every output of a finished request into `store`; the body of
     `tasks.store_outputs` (see its docstring). `http` is a client for output hosts (one
-    without the API token); a new one is opened when none is given."""
-    urls = result.output_urls
-    if not urls:
-        raise DownloadError(f"Request {result.request_id} succeeded but listed no output URL.")
-    names = output_names(row_id, urls)
-    files: list[StoredFile] = []
-    own_http = http is None
+    without the API token); a new one is opened when none is given. The sidecar is
+    `metadata` with what was stored (the `RowOutcome` sidecar's facts) over it."""
     client = http or output_http_client()
     try:
-        with staging_folder() as tmp:
-            for url, name in zip(urls, names, strict=True):
-                local = os.path.join(tmp, name)
-                downloaded = await download_output(url, local, http=client)
-                uri, video = await asyncio.to_thread(
-                    _keep_file, store, local, name, row_id, tmp, not files
-                )
-                files.append(
-                    StoredFile(
-                        uri=uri,
-                        source_url=short_url(url),
-                        size=downloaded.size,
-                        sha256=downloaded.sha256,
-                        content_type=downloaded.content_type,
-                        video=video,
-                    )
-                )
+        files = await store_files(result, row_id, store, http=client)
     finally:
-        if own_http:
+        if http is None:
             await client.aclose()
-    sidecar = dict(metadata or {})
-    sidecar.update(
-        {
-            "id": row_id,
-            "request_id": result.request_id,
-            "status": "succeeded",
-            "output_urls": [short_url(u) for u in urls],
-            "files": [f.model_dump(mode="json") for f in files],
-            "stored_at": utc_now(),
-        }
-    )
+    outcome = stored_outcome(RowOutcome(id=row_id), result, files)
+    facts = {k: v for k, v in outcome.sidecar().items() if v is not None}
+    sidecar = {**(metadata or {}), **facts}
     metadata_uri = await asyncio.to_thread(store.write_json, f"{row_id}.json", sidecar)
     if log_success:
         run_logger().info("%s: stored %s", row_id, ", ".join(f.uri for f in files))
     return StoredOutputs(
-        row_id=row_id,
-        video_uris=[f.uri for f in files],
-        metadata_uri=metadata_uri,
-        files=files,
+        row_id=row_id, video_uris=outcome.video_uris, metadata_uri=metadata_uri, files=list(files)
     )
 
 
@@ -363,9 +399,12 @@ __all__ = [
     "label",
     "output_names",
     "run_logger",
+    "store_files",
     "store_is_worth_retrying",
     "store_job_outputs",
+    "stored_outcome",
     "submit_job",
     "utc_now",
     "wait_for_job",
+    "write_sidecar",
 ]

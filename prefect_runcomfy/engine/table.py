@@ -8,6 +8,7 @@ the table itself.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -22,7 +23,6 @@ from pydantic import ValidationError
 from prefect_runcomfy.api.exceptions import InvalidInputError
 from prefect_runcomfy.api.models import API_KEYS, FRIENDLY_NAMES, InfiniteTalkInput
 from prefect_runcomfy.api.models import describe_validation_error as _describe
-from prefect_runcomfy.engine.ledger import payload_fingerprint
 
 TableLike: TypeAlias = pd.DataFrame | list[dict[str, Any]] | str
 """What a flow accepts as `inputs`."""
@@ -31,6 +31,26 @@ ID_COLUMN = "id"
 INPUT_COLUMNS = frozenset(API_KEYS) | frozenset(FRIENDLY_NAMES)
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _RESERVED_IDS = {"manifest", "index", "_ledger", "con", "nul", "prn", "aux"}
+
+
+def payload_fingerprint(payload: dict[str, Any]) -> str:
+    """The sha256 (hex) of the canonical JSON of an API payload.
+
+    Canonical: sorted keys, no whitespace, ASCII escapes, unknown types via `str`, so equal payloads
+    give equal fingerprints whatever their key order.
+
+    Fingerprint the payload *as the user wrote it* (media sources such as `s3://...` or a
+    local path), not after media resolution: pre-signed URLs change on every run and would make
+    every row look changed.
+
+    Example:
+        ```python
+        payload_fingerprint({"b": 1, "a": 2}) == payload_fingerprint({"a": 2, "b": 1})  # True
+        ```
+    """
+    # ASCII escapes (json's default) keep the bytes hashed independent of any encoding choice.
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -42,7 +62,6 @@ class PreparedRow:
     job: InfiniteTalkInput
     fingerprint: str
     extras: dict[str, Any] = field(default_factory=dict)
-    id_given: bool = True
 
 
 @dataclass(frozen=True)
@@ -239,7 +258,7 @@ def check_table(df: pd.DataFrame) -> TableCheck:
                 )
             if not problems:
                 seen_ids[row_id] = position
-                valid.append(PreparedRow(position, row_id, job, digest, extras, id_given))
+                valid.append(PreparedRow(position, row_id, job, digest, extras))
                 continue
         shown = {FRIENDLY_NAMES.get(k, k): v for k, v in given.items()}
         invalid.append(RowProblem(position, row_id, problems, extras, shown))

@@ -1,0 +1,166 @@
+"""The phases every flow is made of: prepare → plan → resolve media → execute.
+
+`generate_talking_videos` runs all four; `generate_talking_videos_sharded` prepares and
+plans the whole table, then hands shards to other flow runs; `collect_outstanding_requests`
+executes what the ledger holds. Each phase logs what it decided, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from prefect.logging import get_run_logger
+
+from prefect_runcomfy.api.client import RunComfyClient
+from prefect_runcomfy.engine.batch import Batch, cancel_queued_requests
+from prefect_runcomfy.engine.ledger import LedgerEntry, RowDecision
+from prefect_runcomfy.engine.media import MediaResolver
+from prefect_runcomfy.engine.outcome import RowOutcome
+from prefect_runcomfy.engine.planning import describe_plan, output_state, plan_rows
+from prefect_runcomfy.engine.status import RowPlan, RowStatus
+from prefect_runcomfy.engine.storage import OutputStore
+from prefect_runcomfy.engine.table import (
+    PreparedRow,
+    RowProblem,
+    TableLike,
+    check_table,
+    read_table,
+)
+
+MEDIA_COLUMNS = ("image", "audio")
+RESOLVE_AT_ONCE = 16
+"""Rows whose media are resolved at the same time (uploads and signatures are blocking I/O)."""
+STOP_GRACE_S = 30.0
+"""How long a stopped run tries to cancel its still-queued requests."""
+
+
+@dataclass(frozen=True)
+class PreparedTable:
+    """A table read and checked: its valid rows, and the rows that are not, by position."""
+
+    frame: pd.DataFrame
+    valid: list[PreparedRow]
+    invalid: list[RowProblem]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Each valid row with its decision, and the ledger entries the decisions came from."""
+
+    rows: list[PreparedRow]
+    decisions: list[RowDecision]
+    entries: dict[str, LedgerEntry]
+
+    def without(self, ids: set[str]) -> RunPlan:
+        """The plan without the rows in `ids` (rows found invalid after planning)."""
+        kept = [(r, d) for r, d in zip(self.rows, self.decisions, strict=True) if r.id not in ids]
+        return RunPlan([r for r, _ in kept], [d for _, d in kept], self.entries)
+
+
+async def prepare(inputs: TableLike, *, storage_options: dict[str, Any] | None) -> PreparedTable:
+    """Read the table and check every row; nothing is sent anywhere."""
+    frame = await asyncio.to_thread(read_table, inputs, storage_options=storage_options)
+    check = check_table(frame)
+    return PreparedTable(frame, check.valid, check.invalid)
+
+
+async def plan(
+    store: OutputStore,
+    rows: list[PreparedRow],
+    *,
+    resubmit_unknown: bool,
+    retry_failed: bool,
+    max_submits: int | None,
+) -> RunPlan:
+    """Decide each row's plan from the ledger under `store` (raises `SubmitLimitError` before
+    anything is paid when `max_submits` would be passed) and log it."""
+    entries, present = await asyncio.to_thread(output_state, store)
+    decisions = plan_rows(
+        rows,
+        entries,
+        present,
+        resubmit_unknown=resubmit_unknown,
+        retry_failed=retry_failed,
+        max_submits=max_submits,
+    )
+    get_run_logger().info("Plan: %s", describe_plan(decisions))
+    return RunPlan(rows, decisions, entries)
+
+
+async def resolve_media(
+    run_plan: RunPlan, resolver: MediaResolver
+) -> tuple[dict[str, dict[str, Any]], list[RowProblem]]:
+    """Make the media of the rows to submit fetchable, once each: their API payloads, and the
+    rows whose media cannot be (invalid). Rows that are stored, collected or reported again
+    need no media, so a portrait deleted after its video was made is no problem."""
+    semaphore = asyncio.Semaphore(RESOLVE_AT_ONCE)
+    payloads: dict[str, dict[str, Any]] = {}
+    problems: list[RowProblem] = []
+
+    async def one(row: PreparedRow) -> None:
+        resolved: dict[str, str] = {}
+        failed: list[tuple[str, str]] = []
+        async with semaphore:
+            for kind in MEDIA_COLUMNS:
+                try:
+                    media = await resolver.resolve(getattr(row.job, kind), kind)  # type: ignore[arg-type]
+                    resolved[kind] = media.url
+                except Exception as exc:
+                    failed.append((kind, str(exc)))
+        if failed:
+            problems.append(RowProblem(row.row, row.id, failed, row.extras, row.job.model_dump()))
+        else:
+            payloads[row.id] = row.job.model_copy(update=resolved).to_api_payload()
+
+    to_submit = [
+        r
+        for r, d in zip(run_plan.rows, run_plan.decisions, strict=True)
+        if d.plan is RowPlan.SUBMIT
+    ]
+    await asyncio.gather(*(one(r) for r in to_submit))
+    return payloads, sorted(problems, key=lambda p: p.row)
+
+
+def invalid_outcome(problem: RowProblem) -> RowOutcome:
+    """The record of a row rejected before anything was submitted."""
+    return RowOutcome.start(problem).ended(RowStatus.INVALID, problem.message)
+
+
+async def execute(
+    batch: Batch,
+    jobs: Sequence[Awaitable[RowOutcome]],
+    *,
+    make_client: Callable[[], RunComfyClient],
+) -> list[RowOutcome]:
+    """Run the rows' jobs at once (bounded by the batch's slots) and return their records.
+
+    Stopped from outside, it cancels what is still queued (best effort, for a short while)
+    and leaves the rest in the ledger for `collect_outstanding_requests`."""
+    try:
+        return list(await asyncio.gather(*jobs))
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        stopping = asyncio.shield(
+            cancel_queued_requests(batch.ledger, make_client, flow_run_id=batch.flow_run_id)
+        )
+        try:
+            await asyncio.wait_for(stopping, timeout=STOP_GRACE_S)
+        except BaseException as exc:
+            get_run_logger().warning("Could not cancel queued requests: %s", exc)
+        raise
+    finally:
+        await batch.aclose()
+
+
+__all__ = [
+    "PreparedTable",
+    "RunPlan",
+    "execute",
+    "invalid_outcome",
+    "plan",
+    "prepare",
+    "resolve_media",
+]

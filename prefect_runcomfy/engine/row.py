@@ -1,0 +1,446 @@
+"""One row's path through a batch: ledger → submit → wait → store → its `RowOutcome`.
+
+A row that needs RunComfy runs as one Prefect task run named after the row (`r00042`), which
+does the submit, the wait and the store over the client its concurrency slot lends it: one
+task run per row instead of three halves the client's CPU per row and makes the Prefect
+database a third of the size (`benchmarks/scale.py`). The run's state is the row's:
+Completed when its video is stored, Failed (or Cancelled) with the reason otherwise.
+
+Each step returns the row's next `RowOutcome`; a `RowCell` keeps the latest one, so a step
+that raises still leaves what was known (the request id above all) to the row's end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+from prefect.states import Cancelled, State
+from prefect.utilities.annotations import quote
+
+from prefect_runcomfy.api.backoff import retrying
+from prefect_runcomfy.api.client import RunComfyClient
+from prefect_runcomfy.api.exceptions import (
+    AuthenticationError,
+    DownloadError,
+    InsufficientBalanceError,
+    RequestNotFoundError,
+    RowNotStoredError,
+    RunCancelledError,
+    RunComfyAPIError,
+    RunComfyError,
+    RunFailedError,
+    RunTimedOutError,
+    StorageError,
+    SubmitOutcomeUnknownError,
+    TransportError,
+)
+from prefect_runcomfy.api.models import RequestResult
+from prefect_runcomfy.engine.batch import Batch
+from prefect_runcomfy.engine.ledger import LedgerEntry, RowDecision
+from prefect_runcomfy.engine.outcome import RowOutcome, media_source, sanitize_payload, utc_now
+from prefect_runcomfy.engine.status import LedgerState, RowPlan, RowStatus
+from prefect_runcomfy.engine.steps import (
+    STORE_RETRY_DELAYS_S,
+    FinishedRequest,
+    store_files,
+    store_is_worth_retrying,
+    stored_outcome,
+    submit_job,
+    wait_for_job,
+    write_sidecar,
+)
+from prefect_runcomfy.engine.table import PreparedRow
+
+UNKNOWN_ADVICE = (
+    "an earlier submit of this row got no answer, so a job may have run and been billed; "
+    "check your RunComfy dashboard, then run again with resubmit_unknown=True to submit it anew"
+)
+
+FRESH_SUBMIT_S = 60.0
+"""A request submitted this recently may briefly be unknown to RunComfy (not visible yet)."""
+
+
+class RowCell:
+    """Holds the latest `RowOutcome` of a row while its task run works on it."""
+
+    def __init__(self, outcome: RowOutcome) -> None:
+        self.latest = outcome
+
+    def keep(self, outcome: RowOutcome) -> RowOutcome:
+        """Make `outcome` the latest and hand it back."""
+        self.latest = outcome
+        return outcome
+
+
+# -- the row's way ----------------------------------------------------------------------------
+
+
+async def run_row(
+    batch: Batch, row: PreparedRow, decision: RowDecision, entry: LedgerEntry | None
+) -> RowOutcome:
+    """Take one valid row to its end and return its record. Never raises for the row's own
+    trouble: that becomes the record's status and error."""
+    start = RowOutcome.start(
+        row,
+        attempts=entry.attempts if entry else 0,
+        model_id=batch.model_id,
+        flow_run_id=batch.flow_run_id,
+    )
+    if decision.plan is RowPlan.SKIP_STORED:
+        return await batch.done(await _already_stored(batch, start))
+    if decision.plan in (RowPlan.UNKNOWN, RowPlan.KEEP_FAILED):
+        return await batch.done(_reported_again(start, decision, entry))
+    cell = RowCell(
+        start.evolve(
+            sources={"image": media_source(row.job.image), "audio": media_source(row.job.audio)}
+        )
+    )
+    try:
+        async with batch.slot() as client:
+            await in_row_task(
+                cell, lambda: _submit_and_collect(batch, client, row, decision, entry, cell)
+            )
+    except Exception as exc:  # no place to run in (a missing global concurrency limit, ...)
+        get_run_logger().error("%s: not run: %s", row.id, exc)
+        cell.keep(cell.latest.ended(RowStatus.FAILED, f"{type(exc).__name__}: {exc}"))
+    return await batch.done(cell.latest)
+
+
+async def _already_stored(batch: Batch, start: RowOutcome) -> RowOutcome:
+    sidecar = await asyncio.to_thread(batch.store.read_json, f"{start.id}.json")
+    return (
+        start.with_sidecar(sidecar or {})
+        .ended(RowStatus.SUCCEEDED, metadata_uri=batch.store.uri(f"{start.id}.json"))
+        .noted("already stored by an earlier run; not paid again")
+    )
+
+
+def _reported_again(
+    start: RowOutcome, decision: RowDecision, entry: LedgerEntry | None
+) -> RowOutcome:
+    """A row this run does not pay for again: an unknown earlier submit, or an earlier failure."""
+    request_id = entry.request_id if entry else None
+    if decision.plan is RowPlan.UNKNOWN:
+        return start.ended(
+            RowStatus.OUTCOME_UNKNOWN, f"not submitted: {UNKNOWN_ADVICE}", request_id=request_id
+        )
+    state = entry.state if entry else LedgerState.FAILED
+    status = RowStatus.CANCELLED if state is LedgerState.CANCELLED else RowStatus.FAILED
+    return start.ended(
+        status, (entry.error if entry else None) or decision.reason, request_id=request_id
+    ).noted("failed in an earlier run; run with retry_failed=True to pay for another try")
+
+
+async def _submit_and_collect(
+    batch: Batch,
+    client: RunComfyClient,
+    row: PreparedRow,
+    decision: RowDecision,
+    entry: LedgerEntry | None,
+    cell: RowCell,
+) -> None:
+    if decision.plan is RowPlan.RESUME and entry is not None and entry.request_id:
+        outcome = _resumed(cell.latest, row, decision, entry)
+        first_note = None
+    else:
+        outcome = await submit_row(batch, client, row, entry, cell.keep(cell.latest))
+        first_note = f"submitted as request {outcome.request_id}"
+        if outcome.status is not None:
+            cell.keep(outcome)
+            return
+        if outcome.notes:  # the ledger missed the id: the warning said it already
+            first_note = None
+    cell.keep(outcome)
+    await collect_request(batch, client, cell, first_note=first_note)
+
+
+def _resumed(
+    outcome: RowOutcome, row: PreparedRow, decision: RowDecision, entry: LedgerEntry
+) -> RowOutcome:
+    if decision.payload_changed:
+        get_run_logger().warning(
+            "%s: the row's inputs changed since request %s was submitted; collecting it "
+            "anyway (it is paid for); the next run submits the new inputs",
+            row.id,
+            entry.request_id,
+        )
+    return outcome.evolve(
+        request_id=entry.request_id,
+        submitted_at=entry.submitted_at,
+        sent=(entry.model_extra or {}).get("inputs"),
+    ).noted("collected a request submitted by an earlier run")
+
+
+# -- submit -----------------------------------------------------------------------------------
+
+
+async def submit_row(
+    batch: Batch,
+    client: RunComfyClient,
+    row: PreparedRow,
+    entry: LedgerEntry | None,
+    outcome: RowOutcome,
+) -> RowOutcome:
+    """POST the row once, the ledger written before and after. Returns the record with its
+    request id, or ended (`failed`, `outcome_unknown`) when no job is known to exist."""
+    if batch.stop_reason:
+        return outcome.ended(RowStatus.FAILED, f"not submitted: {batch.stop_reason}")
+    payload = batch.payloads.pop(row.id, None)
+    if payload is None:
+        raise RuntimeError(f"{row.id}: no payload was prepared for a row to submit")
+    await batch.write_ledger(
+        lambda: batch.ledger.mark_submitting(row.id, row.fingerprint, batch.flow_run_id)
+    )
+    outcome = outcome.evolve(
+        sent=sanitize_payload(payload),
+        attempts=(entry.attempts if entry else 0) + 1,
+        submitted_by_this_run=True,
+    )
+    try:
+        request_id = await submit_job(
+            client, payload, model_id=batch.model_id, row_id=row.id, log=False
+        )
+    except RunComfyError as exc:
+        return await _refused(batch, outcome, exc)
+    outcome = outcome.evolve(request_id=request_id, submitted_at=utc_now())
+    try:
+        fields = outcome.ledger_fields()
+        await batch.write_ledger(lambda: batch.ledger.mark(row.id, LedgerState.SUBMITTED, **fields))
+    except StorageError as exc:
+        # Paid for, and its id is known only here: say it now, and wait for it anyway.
+        get_run_logger().warning(
+            "%s: submitted as request %s, but the ledger could not record it (%s); "
+            "waiting for it anyway. If this run stops first, the request id is here and "
+            "in the manifest: `prefect-runcomfy status %s`.",
+            row.id,
+            request_id,
+            exc,
+            request_id,
+        )
+        outcome = outcome.noted(f"the ledger could not record request {request_id}: {exc}")
+    return outcome
+
+
+async def _refused(batch: Batch, outcome: RowOutcome, exc: RunComfyError) -> RowOutcome:
+    """A submit that raised: an unknown outcome, or refused with nothing created or billed."""
+    if isinstance(exc, SubmitOutcomeUnknownError):
+        await batch.write_ledger(
+            lambda: batch.ledger.mark(outcome.id, LedgerState.OUTCOME_UNKNOWN, error=str(exc))
+        )
+        return outcome.ended(RowStatus.OUTCOME_UNKNOWN, str(exc))
+    if not isinstance(exc, (RunComfyAPIError, TransportError)):
+        raise exc
+    if isinstance(exc, (AuthenticationError, InsufficientBalanceError)):
+        # Every later submit would be refused the same way: stop submitting, keep the rest.
+        batch.stop_reason = batch.stop_reason or str(exc)
+    await batch.write_ledger(
+        lambda: batch.ledger.mark(outcome.id, LedgerState.FAILED, error=str(exc), billed=False)
+    )
+    return outcome.ended(RowStatus.FAILED, str(exc))
+
+
+# -- wait and store ---------------------------------------------------------------------------
+
+
+async def collect_request(
+    batch: Batch, client: RunComfyClient, cell: RowCell, *, first_note: str | None = None
+) -> RowOutcome:
+    """Wait for the row's known request, store its outputs, and write the ledger and the
+    record (kept in `cell`, and returned).
+
+    Logs the row's state changes and, at the end, one line with the request id and where the
+    video went; `first_note` starts the first line (see `wait_for_job`)."""
+    outcome = cell.latest
+    assert outcome.request_id is not None
+    submitted = _epoch(outcome.submitted_at)
+    fresh = submitted is not None and time.time() - submitted < FRESH_SUBMIT_S
+    try:
+        finished = await wait_for_job(
+            client,
+            outcome.request_id,
+            max_wait_s=batch.max_wait_s,
+            poll=batch.poll,
+            cancel_queued_at_deadline=batch.cancel_queued_at_deadline,
+            submitted_at=submitted if fresh else None,
+            row_id=outcome.id,
+            log_success=False,  # one line below, once the video is stored
+            first_note=first_note,
+        )
+    except RunComfyError as exc:
+        return cell.keep(await _ended_unstored(batch, outcome, exc))
+    outcome = cell.keep(
+        outcome.evolve(
+            queue_seconds=finished.queue_seconds,
+            run_seconds=finished.run_seconds,
+            total_seconds=finished.total_seconds,
+            cost_usd=finished.result.cost,
+            finished_at=utc_now(),
+        )
+    )
+    return cell.keep(await _store(batch, client, outcome, finished))
+
+
+async def _ended_unstored(batch: Batch, outcome: RowOutcome, exc: RunComfyError) -> RowOutcome:
+    """The record and ledger entry of a request that produced no video."""
+    if isinstance(exc, (RunFailedError, RunCancelledError)):
+        return await _ended_on_runcomfy(batch, outcome, exc)
+    if isinstance(exc, RunTimedOutError):
+        what = (
+            "cancelled while still queued; nothing was billed"
+            if exc.cancelled
+            else "still running on RunComfy; collect it later with collect_outstanding_requests"
+        )
+        error = f"{exc} ({what})"
+        state = LedgerState.CANCELLED if exc.cancelled else LedgerState.TIMED_OUT
+        return await batch.record_paid(
+            outcome.ended(RowStatus.TIMED_OUT, error), state, error=error
+        )
+    if isinstance(exc, RequestNotFoundError):
+        error = f"request {outcome.request_id} is unknown or its record expired: {exc}"
+        return await batch.record_paid(
+            outcome.ended(RowStatus.FAILED, error), LedgerState.FAILED, error=error
+        )
+    # Anything else (RunComfy unreachable for the whole wait, ...): the job may still finish.
+    return await batch.record_paid(
+        outcome.ended(RowStatus.FAILED, str(exc)), LedgerState.TIMED_OUT, error=str(exc)
+    )
+
+
+async def _ended_on_runcomfy(
+    batch: Batch, outcome: RowOutcome, exc: RunFailedError | RunCancelledError
+) -> RowOutcome:
+    cancelled = isinstance(exc, RunCancelledError)
+    details = exc.details or {}
+    result = details.get("result") or {}
+    outcome = outcome.ended(
+        RowStatus.CANCELLED if cancelled else RowStatus.FAILED,
+        str(exc),
+        queue_seconds=details.get("queue_seconds"),
+        run_seconds=details.get("run_seconds"),
+        cost_usd=result.get("cost"),
+        finished_at=utc_now(),
+        api_error=result.get("error") or result.get("failure_reason"),
+        api_result=result,
+    )
+    outcome = await write_sidecar(batch.store, outcome)
+    state = LedgerState.CANCELLED if cancelled else LedgerState.FAILED
+    return await batch.record_paid(
+        outcome, state, error=outcome.error, metadata_uri=outcome.metadata_uri
+    )
+
+
+async def _store(
+    batch: Batch, client: RunComfyClient, outcome: RowOutcome, finished: FinishedRequest
+) -> RowOutcome:
+    try:
+        stored = await _store_with_retries(batch, client, outcome, finished.result)
+    except DownloadError as exc:
+        error = f"the video could not be downloaded: {exc}"
+        return await batch.record_paid(
+            outcome.ended(RowStatus.FAILED, error), LedgerState.FAILED, error=error
+        )
+    stored = await batch.record_paid(
+        stored,
+        LedgerState.STORED,
+        video_uris=stored.video_uris,
+        metadata_uri=stored.metadata_uri,
+        error=None,
+    )
+    get_run_logger().info(
+        "%s: request %s succeeded after %.0f s; stored %s",
+        stored.id,
+        stored.request_id,
+        finished.total_seconds or 0.0,
+        ", ".join(stored.video_uris),
+    )
+    return stored
+
+
+async def _store_with_retries(
+    batch: Batch, client: RunComfyClient, outcome: RowOutcome, result: RequestResult
+) -> RowOutcome:
+    """Store a row's outputs and then its sidecar; tried again after a pause unless the
+    output is gone for good (storing is idempotent: it overwrites)."""
+
+    async def once() -> RowOutcome:
+        files = await store_files(result, outcome.id, batch.store, http=client.output_http)
+        return await write_sidecar(batch.store, stored_outcome(outcome, result, files))
+
+    def say(exc: BaseException, tries: int, delay: float) -> None:
+        get_run_logger().warning(
+            "%s: storing failed (%s); trying again in %g s", outcome.id, exc, delay
+        )
+
+    return await retrying(
+        once, delays=STORE_RETRY_DELAYS_S, retry_if=store_is_worth_retrying, on_retry=say
+    )
+
+
+def _epoch(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return None
+
+
+# -- the row's task run -----------------------------------------------------------------------
+
+
+@task(
+    name="talking-video",
+    task_run_name="{name}",
+    retries=0,  # it submits: a retry could pay twice
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+async def _row_task(
+    name: str, cell: RowCell, body: Callable[[], Awaitable[Any]]
+) -> State[Any] | None:
+    try:
+        await body()
+    except StorageError as exc:
+        cell.keep(cell.latest.ended(RowStatus.FAILED, str(exc)))
+    except Exception as exc:  # a bug must not lose the other rows' records
+        get_run_logger().exception("%s: unexpected error", name)
+        status = cell.latest.status
+        if status is None or status is RowStatus.SUCCEEDED:
+            status = RowStatus.FAILED
+        cell.keep(cell.latest.ended(status, f"{type(exc).__name__}: {exc}"))
+    outcome = cell.latest
+    if outcome.status is RowStatus.SUCCEEDED:
+        return None
+    if outcome.status is RowStatus.CANCELLED:
+        return Cancelled(message=f"{name} ended cancelled: {outcome.error}")
+    raise RowNotStoredError(name, str(outcome.status), outcome.error)
+
+
+async def in_row_task(cell: RowCell, body: Callable[[], Awaitable[Any]]) -> RowOutcome:
+    """Run `body` (which keeps the row's versions in `cell`) as the row's task run.
+
+    The task run ends Completed when the record says succeeded, Cancelled when cancelled, and
+    Failed with `RowNotStoredError` (the row's status and error) otherwise. The caller gets
+    the record, never an exception: one row's trouble does not stop the others.
+    """
+    # quote: Prefect need not walk these looking for upstream futures.
+    state = await _row_task(cell.latest.id, quote(cell), quote(body), return_state=True)  # type: ignore[misc]
+    if cell.latest.status is None:
+        # The body never ran to its end (Prefect itself failed around it): say so.
+        cell.keep(
+            cell.latest.ended(
+                RowStatus.FAILED,
+                f"the row's task run ended {state.type.value}: {state.message}",
+            )
+        )
+    return cell.latest
+
+
+__all__ = ["UNKNOWN_ADVICE", "RowCell", "collect_request", "in_row_task", "run_row", "submit_row"]
