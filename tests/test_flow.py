@@ -653,6 +653,37 @@ async def test_local_media_sent_inline(sb: Sandbox, tmp_path: Path) -> None:
     assert len(json.dumps(sidecar)) < 10_000, "inline bytes are not copied into the sidecar"
 
 
+async def test_a_stored_row_needs_no_media_on_a_rerun(sb: Sandbox, tmp_path: Path) -> None:
+    # Media are resolved only for rows to submit: a portrait deleted after its video was
+    # stored does not make the stored row invalid (the manifest would disown a video in place).
+    image, audio = _local_media(tmp_path)
+    table = [{"id": "kept", "prompt": "talks", "image": str(image), "audio": str(audio)}]
+    first = await generate_talking_videos(
+        table, str(tmp_path / "o"), creds(sb), inline_media=True, **FAST
+    )
+    assert list(first["status"]) == ["succeeded"], first["error"].tolist()
+    submits = sb.stats()["submits_accepted"]
+    image.unlink()
+    again = await generate_talking_videos(
+        table, str(tmp_path / "o"), creds(sb), inline_media=True, **FAST
+    )
+    assert list(again["status"]) == ["succeeded"], again["error"].tolist()
+    assert "already stored" in again["note"][0]
+    assert sb.stats()["submits_accepted"] == submits
+    on_disk = pd.read_parquet(tmp_path / "o" / "manifest.parquet")
+    assert list(on_disk["status"]) == ["succeeded"]
+    # A row that must be submitted still needs its media, and says which file is missing.
+    table.append({"id": "new", "prompt": "talks", "image": str(image), "audio": str(audio)})
+    third = await generate_talking_videos(
+        table, str(tmp_path / "o"), creds(sb), inline_media=True, **FAST
+    )
+    by_id = third.set_index("id")
+    assert by_id.loc["kept", "status"] == "succeeded"
+    assert by_id.loc["new", "status"] == "invalid"
+    assert "face.png" in by_id.loc["new", "error"] and "image" in by_id.loc["new", "error"]
+    assert sb.stats()["submits_accepted"] == submits
+
+
 async def test_local_media_staged_to_s3_and_signed(
     sb: Sandbox, tmp_path: Path, s3_server: Any, s3_bucket: str
 ) -> None:
