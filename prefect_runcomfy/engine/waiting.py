@@ -111,25 +111,12 @@ async def wait_until_finished(
     result: RequestResult | None = None
     while True:
         delay_hint: float | None = None
+        polls += 1
         try:
-            polls += 1
-            if status in (RequestStatus.IN_QUEUE, RequestStatus.UNKNOWN) and polls > 1:
-                state = await client.status(request_id)
-                status = state.status
-                raw, position = state.raw_status, state.queue_position
-                if status is RequestStatus.IN_PROGRESS and first_running is None:
-                    first_running = clock()
-                # A finished job is read once more from /result for its outputs and error.
-                if status.is_terminal or status is RequestStatus.IN_PROGRESS:
-                    result = await client.result(request_id, include_cost=True)
-                    status, raw = result.status, result.raw_status
-                    position = None
-            else:
-                result = await client.result(request_id, include_cost=True)
-                status, raw, position = result.status, result.raw_status, result.queue_position
-                if status is RequestStatus.COMPLETED:
-                    # /result speaks succeeded/failed; "completed" here means "ask again".
-                    status = RequestStatus.IN_PROGRESS
+            status, raw, position, fresh, ran = await _poll(client, request_id, status, polls)
+            result = fresh or result
+            if ran and first_running is None:
+                first_running = clock()
             seen = True
         except RequestNotFoundError:
             if seen or clock() - submitted > policy.not_found_grace_s:
@@ -159,9 +146,10 @@ async def wait_until_finished(
             )
         now = clock()
         if now >= deadline:
+            seen_last = last_key[1] if last_key else "nothing yet"
             raise RunTimedOutError(
                 f"Request {request_id} did not finish within {max_wait_s:g} s "
-                f"(last seen: {last_key[1] if last_key else 'nothing yet'}).",
+                f"(last seen: {seen_last}).",
                 request_id=request_id,
                 last_status=status.value,
             )
@@ -169,6 +157,28 @@ async def wait_until_finished(
         if delay_hint is not None:
             pause = max(pause, delay_hint)
         await asyncio.sleep(max(0.0, min(pause, deadline - now)))
+
+
+async def _poll(
+    client: RunComfyClient, request_id: str, status: RequestStatus, polls: int
+) -> tuple[RequestStatus, str | None, int | None, RequestResult | None, bool]:
+    """One look at a request: (status, raw word, queue position, result if read, whether
+    `/status` saw it running). `/result` alone tells the state; while the job queues,
+    `/status` is read instead for its queue position."""
+    if status in (RequestStatus.IN_QUEUE, RequestStatus.UNKNOWN) and polls > 1:
+        state = await client.status(request_id)
+        running = state.status is RequestStatus.IN_PROGRESS
+        if not (state.status.is_terminal or running):
+            return state.status, state.raw_status, state.queue_position, None, False
+        # A finished job is read once more from /result for its outputs and error.
+        result = await client.result(request_id, include_cost=True)
+        return result.status, result.raw_status, None, result, running
+    result = await client.result(request_id, include_cost=True)
+    status = result.status
+    if status is RequestStatus.COMPLETED:
+        # /result speaks succeeded/failed; "completed" here means "ask again".
+        status = RequestStatus.IN_PROGRESS
+    return status, result.raw_status, result.queue_position, result, False
 
 
 __all__ = ["PollPolicy", "StateListener", "WaitOutcome", "wait_until_finished"]
