@@ -60,6 +60,9 @@ API_KEYS: dict[str, str] = {
 """Friendly input names and the API keys (ComfyUI node ids) they stand for."""
 
 FRIENDLY_NAMES: dict[str, str] = {v: k for k, v in API_KEYS.items()}
+
+MEDIA_COLUMNS = ("image", "audio")
+"""The inputs that are media files (URLs RunComfy fetches), by friendly name."""
 """API keys and the friendly names they are known by."""
 
 

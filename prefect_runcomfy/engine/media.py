@@ -44,7 +44,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from prefect_runcomfy.api.exceptions import MediaError, StorageError
-from prefect_runcomfy.engine.storage import OutputStore, _secret_strings
+from prefect_runcomfy.engine.storage import OutputStore, scrub, secret_strings
 
 MediaKind = Literal["image", "audio"]
 """Which input a value is for: the portrait `image` or the speech `audio`."""
@@ -223,7 +223,7 @@ class MediaResolver:
             self.storage_options if staging_storage_options is None else staging_storage_options
         )
         self.expires_s = expires_s
-        self._secrets = _secret_strings([self.storage_options, self.staging_storage_options])
+        self._secrets = secret_strings([self.storage_options, self.staging_storage_options])
         self._staging_store: OutputStore | None = None
         self._cache: dict[tuple[str, str], tuple[ResolvedMedia, float]] = {}
         self._locks: dict[tuple[str, str], threading.Lock] = {}
@@ -282,9 +282,7 @@ class MediaResolver:
         return signed and time.monotonic() - at > self.expires_s / 2
 
     def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return scrub(text, self._secrets)
 
     # -- the rules -------------------------------------------------------------------------
 

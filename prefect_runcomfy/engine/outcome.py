@@ -16,11 +16,11 @@ outcome.manifest_record()["status"]                  # 'failed'
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_runcomfy._version import __version__
@@ -37,16 +37,15 @@ def utc_now() -> str:
 
 
 def is_missing(value: Any) -> bool:
-    """True for None, NaN and pandas' NA: what a manifest cell holds when nothing is known."""
+    """True for None, NaN, NaT and pandas' NA: what a manifest cell holds when nothing is
+    known. Text, lists and other containers are values, even when empty."""
     if value is None:
         return True
-    if isinstance(value, float):
-        return math.isnan(value)
+    if isinstance(value, (str, bytes, list, tuple, dict, set)):
+        return False
     try:
-        import pandas as pd
-
-        return value is pd.NA or value is pd.NaT
-    except ImportError:  # pragma: no cover - pandas is a dependency
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # an array, or something pandas cannot judge
         return False
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 from prefect.logging import get_run_logger
 
 from prefect_runcomfy.api.client import RunComfyClient
+from prefect_runcomfy.api.models import MEDIA_COLUMNS
 from prefect_runcomfy.engine.batch import Batch, cancel_queued_requests
 from prefect_runcomfy.engine.ledger import LedgerEntry, RowDecision
 from prefect_runcomfy.engine.media import MediaResolver
@@ -31,7 +32,6 @@ from prefect_runcomfy.engine.table import (
     read_table,
 )
 
-MEDIA_COLUMNS = ("image", "audio")
 RESOLVE_AT_ONCE = 16
 """Rows whose media are resolved at the same time (uploads and signatures are blocking I/O)."""
 STOP_GRACE_S = 30.0

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from prefect_runcomfy.api.models import API_KEYS, MEDIA_COLUMNS
 from prefect_runcomfy.engine.storage import OutputStore
 from prefect_runcomfy.engine.table import ID_COLUMN, PreparedRow
 
@@ -44,7 +45,7 @@ def shard_frames(
     size = max(1, int(shard_size))
     picked = df.iloc[[r.row for r in rows]].copy()
     picked[ID_COLUMN] = [r.id for r in rows]
-    for column in ("image", "audio", "284_image", "125_audio"):
+    for column in (*MEDIA_COLUMNS, *(API_KEYS[c] for c in MEDIA_COLUMNS)):
         if column in picked.columns:
             picked[column] = [absolute_media(v, base_dir) for v in picked[column]]
     picked = picked.reset_index(drop=True)

@@ -231,15 +231,22 @@ def _sweep_once() -> None:
         logger.debug("Could not sweep old staging folders: %s", exc)
 
 
-def _secret_strings(options: Any) -> list[str]:
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every one of `secrets` replaced by `***` (longest first)."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def secret_strings(options: Any) -> list[str]:
     """Every string in `storage_options` long enough to be a secret, longest first."""
     found: list[str] = []
     if isinstance(options, dict):
         for value in options.values():
-            found.extend(_secret_strings(value))
+            found.extend(secret_strings(value))
     elif isinstance(options, list | tuple):
         for value in options:
-            found.extend(_secret_strings(value))
+            found.extend(secret_strings(value))
     elif isinstance(options, str) and len(options) >= 4:
         found.append(options)
     return sorted(set(found), key=len, reverse=True)
@@ -270,7 +277,7 @@ class OutputStore:
         if not isinstance(output_uri, str | os.PathLike) or not str(output_uri).strip():
             raise StorageError(f"output_uri must be a folder path or URL, got {output_uri!r}")
         self.output_uri = str(os.fspath(output_uri)).strip()
-        self._secrets = _secret_strings(storage_options or {})
+        self._secrets = secret_strings(storage_options or {})
         try:
             fs, root = fsspec.core.url_to_fs(self.output_uri, **(storage_options or {}))
         except ImportError as exc:
@@ -339,9 +346,7 @@ class OutputStore:
     # -- errors ----------------------------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return scrub(text, self._secrets)
 
     def _error(self, action: str, where: str, exc: BaseException) -> StorageError:
         hint = _LOCAL_HINT if getattr(self, "is_local", False) else _OBJECT_STORE_HINT

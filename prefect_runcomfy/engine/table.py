@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from prefect_runcomfy.api.exceptions import InvalidInputError
 from prefect_runcomfy.api.models import API_KEYS, FRIENDLY_NAMES, InfiniteTalkInput
 from prefect_runcomfy.api.models import describe_validation_error as _describe
+from prefect_runcomfy.engine.outcome import is_missing
 
 TableLike: TypeAlias = pd.DataFrame | list[dict[str, Any]] | str
 """What a flow accepts as `inputs`."""
@@ -177,16 +178,10 @@ def read_table(inputs: TableLike, *, storage_options: dict[str, Any] | None = No
 
 
 def _is_missing(value: Any) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, float) and math.isnan(value):
-        return True
-    if isinstance(value, str) and not value.strip():
-        return True
-    try:
-        return bool(pd.isna(value)) if not isinstance(value, (list, dict, tuple)) else False
-    except (TypeError, ValueError):
-        return False
+    """A table cell that holds nothing: missing (`is_missing`) or blank text."""
+    if isinstance(value, str):
+        return not value.strip()
+    return is_missing(value)
 
 
 def check_table(df: pd.DataFrame) -> TableCheck:
