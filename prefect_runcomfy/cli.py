@@ -72,8 +72,8 @@ def _options(values: list[str] | None) -> dict[str, Any] | None:
 
 
 def _summary(manifest: Any, output: str) -> None:
-    from prefect_runcomfy.engine.manifest import status_counts
-    from prefect_runcomfy.report.artifacts import spending
+    """Print the run's rows as a table, then its counts, spending and where its files are."""
+    from prefect_runcomfy.report.summary import summarize
 
     table = Table(title="Talking videos", show_lines=False)
     for column in ("id", "status", "request id", "seconds", "video / error"):
@@ -93,9 +93,10 @@ def _summary(manifest: Any, output: str) -> None:
             escape(str(where or "")),
         )
     console.print(table)
-    counts = {k: v for k, v in status_counts(manifest).items() if v}
-    console.print(", ".join(f"{n} {s}" for s, n in counts.items()) or "no rows")
-    for sentence in spending(manifest):
+    summary = summarize(manifest)
+    counts = summary.nonzero_counts.items()
+    console.print(escape(", ".join(f"{n} {s}" for s, n in counts)) or "no rows")
+    for sentence in summary.spending:
         console.print(escape(sentence))
     console.print(f"Outputs and manifest.parquet: [bold]{escape(output)}[/]")
     page = manifest.attrs.get("review_page")

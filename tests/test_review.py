@@ -221,7 +221,7 @@ def test_user_text_is_escaped_everywhere() -> None:
     page = render(manifest, title=EVIL, generated_at=EVIL, sidecars={"ok": {"model_id": EVIL}})
     assert "<script>alert" not in page and "<img src=x" not in page
     assert page.count("<script") == 1, "only the page's own filter script"
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page
     assert "&amp;amp;" in page, "an entity in the data is shown, not interpreted"
     assert "<b>status</b>" not in page and "&lt;b&gt;status&lt;/b&gt;" in page
     # Only the page's own tags: nothing smuggled in through the data.
@@ -231,6 +231,73 @@ def test_user_text_is_escaped_everywhere() -> None:
         "main", "article", "video", "header", "h2", "img", "b", "dl", "dt", "dd", "code",
         "footer", "script",
     }  # fmt: skip
+
+
+HOSTILE = [
+    "<script>alert(1)</script>",
+    "</script><script>alert(2)</script>",
+    "</textarea><img src=x onerror=alert(3)>",
+    '"><svg onload=alert(4)>',
+    "' onmouseover='alert(5)' x='",
+    "</title></style><iframe src=javascript:alert(6)></iframe>",
+    "<!-- --><![CDATA[ ]]>&lt;b&gt;",
+    "{{ 7 * 7 }}{% raw %}",
+]
+
+
+def test_hostile_text_in_every_field_stays_text() -> None:
+    """Prompts, ids, errors, notes, request ids, statuses, sources, settings, the sidecar's
+    facts, the title and the output location: every one is shown as text, in elements and in
+    attributes, and none becomes a tag, an attribute or template code."""
+    rows = []
+    for i, text in enumerate(HOSTILE):
+        rows += [
+            record(f"{text}{i}", "succeeded", prompt=text, note=text, request_id=text,
+                   image=f"https://h/{text}", audio=text, resolution=text, seed=text,
+                   video_uri=None, video_uris=[f"/o/{text}{i}.mp4", f"/o/{text}{i}-b.mp4"]),
+            record(f"bad{i}", "failed", error=text, request_id=text, queue_seconds=1.0),
+            record(f"odd{i}", text, error=text, note=text),
+        ]  # fmt: skip
+    sidecars = {
+        f"bad{i}": {"inputs": {"241_positive_prompt": text, "128_steps": text}}
+        for i, text in enumerate(HOSTILE)
+    }
+    page = render(
+        build_manifest(rows),
+        sidecars=sidecars,
+        title=HOSTILE[5],
+        generated_at=HOSTILE[2],
+        output_uri=HOSTILE[3],
+    )
+    for text in HOSTILE:
+        if set(text) & set("<>&\"'"):
+            assert text not in page, text
+    assert page.count("<script") == 1 and page.count("</script>") == 1
+    assert "</textarea>" not in page and "<iframe" not in page and "<![CDATA[" not in page
+    assert page.count("<!--") == 0 and page.count("</style>") == 1
+    tags = parse(page)
+    assert {tag for tag, _ in tags} <= {
+        "html", "head", "meta", "title", "link", "style", "body", "div", "h1", "p", "a",
+        "section", "h3", "span", "svg", "line", "text", "g", "rect", "nav", "button", "i",
+        "main", "article", "video", "header", "h2", "img", "b", "dl", "dt", "dd", "code",
+        "footer", "script",
+    }  # fmt: skip
+    assert not [n for _, attrs in tags for n in attrs if n.startswith("on")], "no handlers"
+    # What was given is what is shown: the attributes and the text read back unchanged.
+    assert [a["title"] for t, a in tags if t == "h2"][::3] == [
+        f"{t}{i}" for i, t in enumerate(HOSTILE)
+    ]
+    statuses = [a["data-status"] for t, a in tags if t == "article"]
+    assert statuses[2::3] == HOSTILE
+    assert [a["class"] for t, a in tags if t == "article"][2::3] == ["card s-other"] * len(HOSTILE)
+    shown = html.unescape(re.sub(r"<[^>]+>", "", page))
+    assert all(text in shown for text in HOSTILE)
+    assert "{{ 7 * 7 }}{% raw %}" in shown and ">49<" not in page, "data is never template code"
+    for tag, attrs in tags:
+        for name in ("href", "src", "poster"):
+            value = attrs.get(name)
+            if value is not None and value != "data:,":
+                assert re.fullmatch(r"[A-Za-z0-9._~%-]+", value), (tag, name, value)
 
 
 def test_ids_in_links_are_percent_encoded() -> None:
@@ -271,7 +338,9 @@ def test_links_are_relative_file_names_and_nothing_is_loaded_from_outside() -> N
 @pytest.mark.parametrize("status", [s.value for s in RowStatus if s is not RowStatus.SUCCEEDED])
 def test_every_problem_status_shows_its_error_and_what_to_do(status: str) -> None:
     page = render(all_statuses_manifest(), output_uri="s3://bucket/out")
-    card = re.search(rf'<article class="card [^"]*" data-status="{status}".*?</article>', page)
+    card = re.search(
+        rf'<article class="card [^"]*" data-status="{status}".*?</article>', page, re.S
+    )
     assert card, status
     html_text = card.group(0)
     assert 'class="problem"' in html_text and "What to do:" in html_text

@@ -17,7 +17,7 @@ from prefect.artifacts import (
 )
 from prefect.logging import get_run_logger
 
-from prefect_runcomfy.engine.manifest import status_counts
+from prefect_runcomfy.report.summary import summarize
 
 ProgressListener = Callable[[int, int, dict[str, int]], None]
 """Called in-process with (rows done, rows in all, count per status) as each row finishes."""
@@ -122,12 +122,10 @@ def summary_markdown(
     title: str = "Talking videos",
 ) -> str:
     """A short markdown report: counts per status, where the outputs are, what it cost."""
-    counts = status_counts(manifest)
-    total = len(manifest)
-    seconds = pd.to_numeric(manifest.get("duration_s"), errors="coerce").sum() if total else 0.0
-    lines = [f"# {title}", "", f"**{counts['succeeded']} of {total} rows succeeded.**", ""]
+    summary = summarize(manifest)
+    lines = [f"# {title}", "", f"**{summary.succeeded} of {summary.total} rows succeeded.**", ""]
     lines += ["| status | rows |", "|---|---:|"]
-    lines += [f"| {status} | {n} |" for status, n in counts.items() if n]
+    lines += [f"| {status} | {n} |" for status, n in summary.nonzero_counts.items()]
     lines += [
         "",
         f"- Review page: [{page_uri}]({_link(page_uri)})"
@@ -135,10 +133,10 @@ def summary_markdown(
         else "- Review page: not written",
         f"- Outputs: `{output_uri}`",
         f"- Manifest: `{manifest_uri}`",
-        f"- Video produced: {seconds:.1f} s",
-        *(f"- {sentence}" for sentence in spending(manifest)),
+        f"- Video produced: {summary.video_seconds or 0.0:.1f} s",
+        *(f"- {sentence}" for sentence in summary.spending),
     ]
-    problems = manifest[manifest["status"] != "succeeded"] if total else manifest
+    problems = manifest[manifest["status"] != "succeeded"] if summary.total else manifest
     if len(problems):
         lines += [
             "",
@@ -160,6 +158,8 @@ def spending(manifest: pd.DataFrame) -> list[str]:
     reported it, then (if any) the cost of rows it only skipped or collected, paid by earlier
     runs. A nightly report must not count last week's videos again.
 
+    The sentences of `summarize(manifest).spending`.
+
     Example:
         ```python
         spending(manifest)
@@ -167,33 +167,7 @@ def spending(manifest: pd.DataFrame) -> list[str]:
         #  'Rows submitted by earlier runs (stored or collected now): 17, cost $2.3800 (not spent by this run)']
         ```
     """
-    if not len(manifest):
-        return ["Jobs this run submitted: 0"]
-    costs = pd.to_numeric(
-        manifest["cost_usd"] if "cost_usd" in manifest else pd.Series(None, index=manifest.index),
-        errors="coerce",
-    )
-    new = (
-        manifest["submitted_by_this_run"].eq(True)
-        if "submitted_by_this_run" in manifest
-        else pd.Series(False, index=manifest.index)
-    )
-    if not new.any():
-        lines = ["Jobs this run submitted: 0"]
-    elif not costs[new].notna().any():
-        lines = [f"Jobs this run submitted: {int(new.sum())}, cost not reported"]
-    else:
-        lines = [
-            f"Jobs this run submitted: {int(new.sum())}, cost reported by RunComfy "
-            f"${costs[new].sum():.4f}"
-        ]
-    earlier = costs[~new]
-    if earlier.notna().any():
-        lines.append(
-            f"Rows submitted by earlier runs (stored or collected now): "
-            f"{int(earlier.notna().sum())}, cost ${earlier.sum():.4f} (not spent by this run)"
-        )
-    return lines
+    return summarize(manifest).spending
 
 
 def _link(uri: str) -> str:
