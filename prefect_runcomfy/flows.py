@@ -289,9 +289,13 @@ async def generate_talking_videos(
     outcomes += await execute(batch, jobs, make_client=lambda: client_for(creds))
     await progress.finish()
     outcomes.sort(key=lambda o: o.row if o.row is not None else -1)
-    manifest = build_manifest(outcomes)
     return await finish_run(
-        store, manifest, output_uri, name=manifest_name, input_storage_options=input_storage_options
+        store,
+        build_manifest(outcomes),
+        output_uri,
+        name=manifest_name,
+        input_storage_options=input_storage_options,
+        outcomes=outcomes,
     )
 
 
@@ -377,7 +381,7 @@ async def collect_outstanding_requests(
     if manifest.empty:
         logger.info("Nothing to collect.")
         return manifest
-    return await finish_run(store, manifest, output_uri)
+    return await finish_run(store, manifest, output_uri, outcomes=outcomes)
 
 
 async def _collect_one(

@@ -21,8 +21,8 @@ import pytest
 
 from prefect_runcomfy import RunComfyCredentials, generate_talking_videos
 from prefect_runcomfy.engine.manifest import RowStatus, build_manifest
+from prefect_runcomfy.engine.previews import jpeg_bytes, poster_frame, thumbnail
 from prefect_runcomfy.engine.storage import OutputStore
-from prefect_runcomfy.report.previews import jpeg_bytes, poster_frame, thumbnail
 from prefect_runcomfy.report.review import (
     INDEX_NAME,
     advice_for,
@@ -485,6 +485,28 @@ def test_write_review_page_to_a_local_folder(tmp_path: Path) -> None:
     write_review_page(store, manifest)
     assert store.read_bytes("ok.poster.jpg") == poster_before
     assert store.exists("ok.portrait.jpg")
+
+
+def test_the_page_reads_sidecars_only_for_rows_the_run_does_not_hold(tmp_path: Path) -> None:
+    store = OutputStore(str(tmp_path / "out"))
+    image = tmp_path / "face.png"
+    image.write_bytes(make_png(60, 40))
+    manifest = seed_store(store, tmp_path, str(image))
+    store.write_json("bad.json", {"id": "bad", "inputs": {"128_seed": 4242}})
+    read: list[str] = []
+    original = store.read_many_bytes
+
+    def spy(names: Any) -> dict[str, bytes]:
+        names = list(names)
+        read.extend(names)
+        return original(names)
+
+    store.read_many_bytes = spy  # type: ignore[method-assign]
+    probed = {"video_codec": "heldcodec", "fps": 25}
+    held = {"ok": {"id": "ok", "status": "succeeded", "files": [{"video": probed}]}}
+    page = check_written(store, write_review_page(store, manifest, known=held))
+    assert read == ["bad.json"], "the held row's sidecar is not read back"
+    assert "heldcodec" in page and "4242" in page
 
 
 def test_write_review_page_to_memory(tmp_path: Path) -> None:

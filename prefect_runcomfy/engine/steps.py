@@ -291,14 +291,11 @@ def _keep_file(
 ) -> tuple[str, dict[str, Any] | None]:
     """Probe a downloaded output, make the row's poster from it, upload both (one thread hop)."""
     from prefect_runcomfy.engine.media import probe_video
-    from prefect_runcomfy.report.previews import poster_name, probe_with_poster
+    from prefect_runcomfy.engine.previews import store_poster
 
     if with_poster:
         # The review page's poster, made while the video is on local disk anyway.
-        poster = os.path.join(tmp, poster_name(row_id))
-        video, has_poster = probe_with_poster(local, poster)
-        if has_poster:
-            store.put_file(poster, poster_name(row_id))
+        video, _ = store_poster(store, local, row_id, tmp, probe=True)
     else:
         video = probe_video(local)
     uri = store.put_file(local, name)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +16,7 @@ from prefect.artifacts import (
 )
 from prefect.logging import get_run_logger
 
+from prefect_runcomfy.engine.outcome import RowOutcome, is_missing
 from prefect_runcomfy.report.summary import summarize
 
 ProgressListener = Callable[[int, int, dict[str, int]], None]
@@ -81,36 +81,12 @@ class Progress:
             get_run_logger().debug("Progress artifact not updated: %s", exc)
 
 
-def _cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, float) and math.isnan(value):
-        return ""
-    if value is pd.NA:
-        return ""
-    return value
-
-
 def summary_table(manifest: pd.DataFrame) -> list[dict[str, Any]]:
-    """The rows of the final table artifact: id, status, request id, seconds, video, error."""
-    rows = []
-    for record in manifest.to_dict(orient="records"):
-        queue = record.get("queue_seconds")
-        run = record.get("run_seconds")
-        rows.append(
-            {
-                "id": _cell(record.get("id")),
-                "status": _cell(record.get("status")),
-                "request_id": _cell(record.get("request_id")),
-                "queue_s": _cell(
-                    round(queue, 1) if isinstance(queue, float) and queue == queue else queue
-                ),
-                "run_s": _cell(round(run, 1) if isinstance(run, float) and run == run else run),
-                "video": _cell(record.get("video_uri")),
-                "error": _cell(record.get("error")),
-            }
-        )
-    return rows
+    """The rows of the final table artifact (each row's `RowOutcome.artifact_row`)."""
+    return [
+        RowOutcome.from_manifest_row(record).artifact_row()
+        for record in manifest.to_dict(orient="records")
+    ]
 
 
 def summary_markdown(
@@ -146,7 +122,11 @@ def summary_markdown(
             "|---|---|---|",
         ]
         for record in problems.head(50).to_dict(orient="records"):
-            error = str(_cell(record.get("error"))).replace("|", "\\|").replace("\n", " ")[:300]
+            error = (
+                str("" if is_missing(record.get("error")) else record.get("error"))
+                .replace("|", "\\|")
+                .replace("\n", " ")[:300]
+            )
             lines.append(f"| {record.get('id')} | {record.get('status')} | {error} |")
         if len(problems) > 50:
             lines.append(f"| … | | {len(problems) - 50} more in the manifest |")

@@ -4,11 +4,13 @@ summary artifacts, and one closing log line."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pandas as pd
 from prefect.logging import get_run_logger
 
 from prefect_runcomfy.engine.manifest import merge_manifests, parquet_safe, status_counts
+from prefect_runcomfy.engine.outcome import RowOutcome
 from prefect_runcomfy.engine.storage import MANIFEST_NAME, OutputStore
 from prefect_runcomfy.report.artifacts import publish_summary, spending
 
@@ -20,10 +22,14 @@ async def finish_run(
     *,
     name: str = MANIFEST_NAME,
     input_storage_options: dict[str, object] | None = None,
+    outcomes: Sequence[RowOutcome] = (),
 ) -> pd.DataFrame:
     """Merge this run's rows into the manifest at `name`, write it, draw the review page (for
     the output location's own manifest only: a shard's parent draws one for all), publish the
-    summary, and return this run's rows (`attrs` holds `manifest_uri` and `review_page`)."""
+    summary, and return this run's rows (`attrs` holds `manifest_uri` and `review_page`).
+
+    `outcomes`, the records behind `manifest` when the run holds them, draw their rows of the
+    page without reading their sidecars back."""
     logger = get_run_logger()
     previous = await asyncio.to_thread(store.read_manifest, name)
     merged = parquet_safe(merge_manifests(previous, manifest))
@@ -34,7 +40,11 @@ async def finish_run(
 
         try:
             page_uri = await asyncio.to_thread(
-                write_review_page, store, merged, input_storage_options=input_storage_options
+                write_review_page,
+                store,
+                merged,
+                input_storage_options=input_storage_options,
+                known={o.id: o.sidecar() if o.metadata_uri else {} for o in outcomes},
             )
         except Exception as exc:  # the page is a view; the run's outputs are what count
             logger.warning("Could not write the review page: %s", exc)

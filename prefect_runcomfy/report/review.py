@@ -11,7 +11,7 @@ The markup is the Jinja2 template `templates/review.html.j2` (with `review.css` 
 user text) is HTML-escaped, and ids in links are percent-encoded as well. This module only
 reads the rows and prepares what the template shows, as plain strings and numbers.
 
-Beside the videos it relies on two previews per row (see `prefect_runcomfy.report.previews`):
+Beside the videos it relies on two previews per row (see `prefect_runcomfy.engine.previews`):
 `<id>.poster.jpg` (the video's poster frame) and `<id>.portrait.jpg` (the input portrait).
 `write_review_page` creates the ones that are missing.
 
@@ -47,14 +47,14 @@ import pandas as pd
 
 from prefect_runcomfy._version import __version__
 from prefect_runcomfy.api.downloads import shared_ssl_context
-from prefect_runcomfy.engine.storage import MANIFEST_NAME, OutputStore, staging_file, staging_folder
-from prefect_runcomfy.report.previews import (
+from prefect_runcomfy.engine.previews import (
     MAX_IMAGE_BYTES,
     portrait_name,
-    poster_frame,
     poster_name,
+    store_poster,
     thumbnail,
 )
+from prefect_runcomfy.engine.storage import MANIFEST_NAME, OutputStore, staging_file, staging_folder
 from prefect_runcomfy.report.summary import RunSummary, summarize
 
 logger = logging.getLogger(__name__)
@@ -854,11 +854,8 @@ def _make_posters(store: OutputStore, wanted: dict[str, str]) -> set[str]:
                 else:
                     local = os.path.join(tmp, "video" + posixpath.splitext(video)[1])
                     store.fs.get_file(store.path(video), local)
-                poster = os.path.join(tmp, "poster.jpg")
-                if not poster_frame(local, poster):
-                    return None
-                store.put_file(poster, poster_name(row_id))
-                return poster_name(row_id)
+                _, made = store_poster(store, local, row_id, tmp)
+                return poster_name(row_id) if made else None
         except Exception as exc:
             logger.debug("Cannot make the poster of %s: %s", row_id, exc)
             return None
@@ -900,6 +897,7 @@ def write_review_page(
     *,
     input_storage_options: dict[str, Any] | None = None,
     title: str | None = None,
+    known: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
     """Write `index.html` for `manifest` under `store` (atomically); returns its URI.
 
@@ -913,6 +911,9 @@ def write_review_page(
         manifest: usually the merged `manifest.parquet` (every row stored there).
         input_storage_options: fsspec options for reading `s3://` / `gs://` portraits.
         title: the page title; default "Talking videos · <folder name>".
+        known: the sidecars of the rows a run holds in memory (each `RowOutcome.sidecar()`,
+            `{}` for a row that has none), keyed by row id: only the other rows' sidecars are
+            read from the store.
 
     Raises:
         StorageError: only when `index.html` itself cannot be written.
@@ -926,7 +927,8 @@ def write_review_page(
         manifest = pd.DataFrame(columns=["id", "status"])
     records = manifest.to_dict(orient="records")
     ids = [i for i in (_safe_id(r.get("id")) for r in records) if i]
-    sidecars = _tolerant_sidecars(store, ids)
+    held = {k: dict(v) for k, v in (known or {}).items()}
+    sidecars = {**_tolerant_sidecars(store, [i for i in ids if i not in held]), **held}
     try:
         present = set(store.list())
     except Exception as exc:

@@ -1,4 +1,4 @@
-"""Small JPEG previews for the review page, made with PyAV: a poster frame and a portrait thumbnail.
+"""Small JPEG previews, made with PyAV: a poster frame and a portrait thumbnail.
 
 They are written beside the videos, so the page (`index.html`) can link them by file name:
 
@@ -24,7 +24,7 @@ import logging
 import os
 import uuid
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ try:  # PyAV comes with the `media` extra; without it there are no previews, and
     import av
 except ImportError:  # pragma: no cover - the test environment installs every extra
     av = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from prefect_runcomfy.engine.storage import OutputStore
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +140,33 @@ def probe_with_poster(
     if frame is None:  # a broken index: the slower path starts over from the top
         return info, poster_frame(path, dest_path, fraction=fraction, max_width=max_width)
     return info, _write_poster(frame, dest_path, max_width, video_path)
+
+
+def store_poster(
+    store: OutputStore,
+    video_path: str | os.PathLike[str],
+    row_id: str,
+    tmp_dir: str,
+    *,
+    probe: bool = False,
+) -> tuple[dict[str, Any] | None, bool]:
+    """Make a row's poster (`<id>.poster.jpg`) from its video on local disk and upload it into
+    `store`: the one place posters are made (when a video is stored, and by the review page
+    for rows stored before they had one). With `probe`, the video's description comes back
+    too, from the same pass over the file.
+
+    Returns:
+        The description (None unless `probe`, or when the file is not a readable video) and
+        whether the poster was stored.
+    """
+    poster = os.path.join(tmp_dir, poster_name(row_id))
+    if probe:
+        info, made = probe_with_poster(video_path, poster)
+    else:
+        info, made = None, poster_frame(video_path, poster)
+    if made:
+        store.put_file(poster, poster_name(row_id))
+    return info, made
 
 
 def thumbnail(
