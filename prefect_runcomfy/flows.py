@@ -38,6 +38,8 @@ from prefect_runcomfy.engine.manifest import build_manifest
 from prefect_runcomfy.engine.media import MediaResolver
 from prefect_runcomfy.engine.outcome import RowOutcome
 from prefect_runcomfy.engine.phases import (
+    api_payload,
+    check_limit,
     execute,
     invalid_outcome,
     plan,
@@ -247,7 +249,7 @@ async def generate_talking_videos(
         table.valid,
         resubmit_unknown=resubmit_unknown,
         retry_failed=retry_failed,
-        max_submits=max_submits,
+        max_submits=None,  # counted below, once rows with unusable media are left out
     )
     resolver = _resolver(
         inputs if isinstance(inputs, str) else None,
@@ -259,10 +261,8 @@ async def generate_talking_videos(
     payloads, media_problems = await resolve_media(run_plan, resolver)
     run_plan = run_plan.without({p.id or "" for p in media_problems})
     invalid = _report_invalid([*table.invalid, *media_problems], len(table.frame), on_invalid)
-    logger.info(
-        "%d rows: %d valid, %d invalid; outputs go to %s",
-        *(len(table.frame), len(run_plan.rows), len(invalid), output_uri),
-    )
+    check_limit(run_plan, max_submits)
+    logger.info("%d rows, %d invalid; outputs go to %s", len(table.frame), len(invalid), output_uri)
     progress = Progress(len(table.frame))
     await progress.start()
     batch = Batch(
@@ -280,6 +280,7 @@ async def generate_talking_videos(
         flow_run_id=_flow_run_id(),
         on_row_done=lambda outcome: progress.row_done(str(outcome.status)),
         payloads=payloads,
+        build_payload=lambda row: api_payload(row, resolver),
     )
     outcomes = [await batch.done(invalid_outcome(p)) for p in invalid]
     jobs = [
@@ -371,7 +372,10 @@ async def collect_outstanding_requests(
         on_row_done=lambda outcome: progress.row_done(str(outcome.status)),
     )
     jobs = [_collect_one(batch, entry, creds, cancel=cancel) for entry in outstanding]
-    outcomes = await execute(batch, jobs, make_client=lambda: client_for(creds))
+    # Stopped, it leaves the requests it collects as they were: they belong to earlier runs.
+    outcomes = await execute(
+        batch, jobs, make_client=lambda: client_for(creds), cancel_on_stop=False
+    )
     for entry in unknown:
         error = entry.error or "a submit was sent but its answer was lost"
         outcome = RowOutcome.from_ledger_entry(entry).ended(RowStatus.OUTCOME_UNKNOWN, error)

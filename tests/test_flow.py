@@ -684,6 +684,24 @@ async def test_a_stored_row_needs_no_media_on_a_rerun(sb: Sandbox, tmp_path: Pat
     assert sb.stats()["submits_accepted"] == submits
 
 
+async def test_max_submits_counts_only_rows_that_will_be_sent(sb: Sandbox, tmp_path: Path) -> None:
+    image, audio = _local_media(tmp_path)
+    table = [
+        {"id": f"ok{i}", "prompt": "talks", "image": str(image), "audio": str(audio)}
+        for i in range(2)
+    ] + [{"id": "gone", "prompt": "talks", "image": str(tmp_path / "no.png"), "audio": str(audio)}]
+    before = sb.stats()["submits_accepted"]
+    manifest = await generate_talking_videos(
+        table, str(tmp_path / "o"), creds(sb), inline_media=True, max_submits=2, **FAST
+    )
+    assert dict(zip(manifest["id"], manifest["status"], strict=True)) == {
+        "ok0": "succeeded",
+        "ok1": "succeeded",
+        "gone": "invalid",
+    }
+    assert sb.stats()["submits_accepted"] - before == 2
+
+
 async def test_local_media_staged_to_s3_and_signed(
     sb: Sandbox, tmp_path: Path, s3_server: Any, s3_bucket: str
 ) -> None:

@@ -342,3 +342,39 @@ def test_describe_plan_counts_each_kind_in_words() -> None:
         "2 to submit, 1 already stored, 1 with an unknown earlier submit (not sent again)"
     )
     assert describe_plan([]) == "no valid rows"
+
+
+def test_a_refusal_does_not_outlive_the_next_submit(tmp_path: Path) -> None:
+    # billed=False says one refused POST created no job; a later, billed attempt that fails
+    # must not inherit it, or every run would pay for the row again without retry_failed.
+    ledger = Ledger(OutputStore(str(tmp_path)))
+    ledger.mark_submitting("row", OLD)
+    ledger.mark("row", LedgerState.FAILED, error="no balance", billed=False)
+    ledger.mark_submitting("row", OLD)
+    ledger.mark_submitted("row", "req-2")
+    ledger.mark("row", LedgerState.FAILED, request_id="req-2", error="face not found")
+    entry = ledger.get("row")
+    assert entry is not None and "billed" not in (entry.model_extra or {})
+    decision = plan_row(entry, OLD, output_exists=False, resubmit_unknown=False, retry_failed=False)
+    assert decision.plan is RowPlan.KEEP_FAILED, decision.reason
+
+
+def test_manifests_merge_with_list_columns_read_back_from_parquet(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from prefect_runcomfy.engine.manifest import build_manifest, merge_manifests, parquet_safe
+
+    store = OutputStore(str(tmp_path))
+    earlier = build_manifest(
+        [
+            {"id": "one", "status": "succeeded", "video_uris": ["one.mp4"]},
+            {"id": "two", "status": "succeeded", "video_uris": ["two-1.mp4", "two-2.mp4"]},
+        ]
+    )
+    store.write_manifest(parquet_safe(earlier))
+    now = build_manifest([{"id": "new", "status": "succeeded", "video_uris": ["new.mp4"]}])
+    merged = parquet_safe(merge_manifests(store.read_manifest(), now))
+    store.write_manifest(merged)
+    back = pd.read_parquet(tmp_path / "manifest.parquet").set_index("id")["video_uris"]
+    assert list(back["two"]) == ["two-1.mp4", "two-2.mp4"]
+    assert list(back["one"]) == ["one.mp4"] and list(back["new"]) == ["new.mp4"]

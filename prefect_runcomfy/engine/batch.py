@@ -47,6 +47,8 @@ class Batch:
     on_row_done: Callable[[RowOutcome], Awaitable[None]] | None = None
     payloads: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Each row to submit's API body, its media already resolved (`engine.phases`)."""
+    build_payload: Callable[[Any], Awaitable[dict[str, Any]]] | None = None
+    """Builds a row's API body at its submit when `payloads` has none (inline media)."""
     stop_reason: str | None = None
     """Set when every later submit would be refused the same way (bad token, no balance)."""
     _semaphore: asyncio.Semaphore | None = None

@@ -42,6 +42,9 @@ from prefect_runcomfy.engine.storage import OutputStore, safe_name
 LEDGER_DIR = "_ledger"
 """The folder under the output location that holds one `<id>.json` per row."""
 
+_FORGET = object()
+"""A field value that removes the field from the entry."""
+
 HISTORY_LIMIT = 50
 """How many earlier states an entry keeps (the oldest are dropped)."""
 
@@ -335,6 +338,8 @@ class Ledger:
             }
             data["history"] = [*previous.history, step][-HISTORY_LIMIT:]
         data.update({k: _iso(v) if isinstance(v, datetime) else v for k, v in fields.items()})
+        for key in [k for k, v in fields.items() if v is _FORGET]:
+            del data[key]
         data["id"] = id
         data["state"] = LedgerState(state)
         data["updated_at"] = now
@@ -367,6 +372,8 @@ class Ledger:
                 "error": None,
                 "video_uris": [],
                 "metadata_uri": None,
+                # A refusal's "nothing was paid" belongs to that attempt, not to this one.
+                "billed": _FORGET,
             },
         )
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from prefect_runcomfy.engine.outcome import RowOutcome
+from prefect_runcomfy.engine.outcome import RowOutcome, is_missing
 from prefect_runcomfy.engine.status import RowStatus
 
 CONTRACT_COLUMNS = ["id", "status", "request_id", "video_uri", "metadata_uri", "error"]
@@ -112,8 +113,10 @@ def parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
     for column in out.columns:
         if out[column].dtype != object:
             continue
+        # Parquet reads lists back as arrays: one kind for lists, whichever run wrote them.
+        out[column] = out[column].map(lambda v: v.tolist() if isinstance(v, np.ndarray) else v)
         values = out[column].dropna()
         kinds = {type(v) for v in values}
         if len(kinds) > 1 and not kinds <= {list, tuple}:
-            out[column] = out[column].map(lambda v: v if v is None or v != v else str(v))
+            out[column] = out[column].map(lambda v: v if is_missing(v) else str(v))
     return out

@@ -253,9 +253,7 @@ class RowOutcome(BaseModel):
     def with_sidecar(self, sidecar: Mapping[str, Any]) -> RowOutcome:
         """This record with a stored row's facts read from its sidecar (a row stored earlier)."""
         files = tuple(
-            StoredFile.model_validate(f)
-            for f in (sidecar.get("files") or [])
-            if isinstance(f, Mapping) and _is_file(f)
+            f for f in (_stored_file(d) for d in sidecar.get("files") or []) if f is not None
         )
         return self.evolve(
             status=_status(sidecar.get("status")) or self.status,
@@ -356,8 +354,15 @@ def _number(value: Any) -> float | None:
         return None
 
 
-def _is_file(data: Mapping[str, Any]) -> bool:
-    return all(k in data for k in ("uri", "size", "sha256")) and isinstance(data["uri"], str)
+def _stored_file(data: Any) -> StoredFile | None:
+    """A sidecar's file entry, or None when it is not one (an older or hand-edited sidecar
+    must not fail a row that is stored)."""
+    if not isinstance(data, Mapping):
+        return None
+    try:
+        return StoredFile.model_validate({"source_url": "", **data})
+    except ValueError:
+        return None
 
 
 def _jsonable(value: Any) -> Any:

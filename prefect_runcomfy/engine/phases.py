@@ -21,7 +21,12 @@ from prefect_runcomfy.engine.batch import Batch, cancel_queued_requests
 from prefect_runcomfy.engine.ledger import LedgerEntry, RowDecision
 from prefect_runcomfy.engine.media import MediaResolver
 from prefect_runcomfy.engine.outcome import RowOutcome
-from prefect_runcomfy.engine.planning import describe_plan, output_state, plan_rows
+from prefect_runcomfy.engine.planning import (
+    check_submit_limit,
+    describe_plan,
+    output_state,
+    plan_rows,
+)
 from prefect_runcomfy.engine.status import RowPlan, RowStatus
 from prefect_runcomfy.engine.storage import OutputStore
 from prefect_runcomfy.engine.table import (
@@ -91,30 +96,41 @@ async def plan(
     return RunPlan(rows, decisions, entries)
 
 
+async def api_payload(row: PreparedRow, resolver: MediaResolver) -> dict[str, Any]:
+    """The row's API body, its media made fetchable (raises `MediaError` naming what is wrong)."""
+    resolved = {
+        kind: (await resolver.resolve(getattr(row.job, kind), kind)).url  # type: ignore[arg-type]
+        for kind in MEDIA_COLUMNS
+    }
+    return row.job.model_copy(update=resolved).to_api_payload()
+
+
 async def resolve_media(
     run_plan: RunPlan, resolver: MediaResolver
 ) -> tuple[dict[str, dict[str, Any]], list[RowProblem]]:
     """Make the media of the rows to submit fetchable, once each: their API payloads, and the
     rows whose media cannot be (invalid). Rows that are stored, collected or reported again
-    need no media, so a portrait deleted after its video was made is no problem."""
+    need no media, so a portrait deleted after its video was made is no problem.
+
+    Inline media (`data:` URIs, megabytes a row) are only checked here: holding every row's
+    bytes until its turn would not fit a large table in memory, so `submit_row` builds
+    those payloads again at its POST (`Batch.build_payload`)."""
     semaphore = asyncio.Semaphore(RESOLVE_AT_ONCE)
     payloads: dict[str, dict[str, Any]] = {}
     problems: list[RowProblem] = []
 
     async def one(row: PreparedRow) -> None:
-        resolved: dict[str, str] = {}
         failed: list[tuple[str, str]] = []
         async with semaphore:
             for kind in MEDIA_COLUMNS:
                 try:
-                    media = await resolver.resolve(getattr(row.job, kind), kind)  # type: ignore[arg-type]
-                    resolved[kind] = media.url
+                    await resolver.resolve(getattr(row.job, kind), kind)  # type: ignore[arg-type]
                 except Exception as exc:
                     failed.append((kind, str(exc)))
+            if not failed and not resolver.inline_media:
+                payloads[row.id] = await api_payload(row, resolver)  # answered from its cache
         if failed:
             problems.append(RowProblem(row.row, row.id, failed, row.extras, row.job.model_dump()))
-        else:
-            payloads[row.id] = row.job.model_copy(update=resolved).to_api_payload()
 
     to_submit = [
         r
@@ -123,6 +139,11 @@ async def resolve_media(
     ]
     await asyncio.gather(*(one(r) for r in to_submit))
     return payloads, sorted(problems, key=lambda p: p.row)
+
+
+def check_limit(run_plan: RunPlan, max_submits: int | None) -> None:
+    """`max_submits` applied to the rows that will really be submitted (after media checks)."""
+    check_submit_limit(run_plan.rows, run_plan.decisions, max_submits)
 
 
 def invalid_outcome(problem: RowProblem) -> RowOutcome:
@@ -135,14 +156,18 @@ async def execute(
     jobs: Sequence[Awaitable[RowOutcome]],
     *,
     make_client: Callable[[], RunComfyClient],
+    cancel_on_stop: bool = True,
 ) -> list[RowOutcome]:
     """Run the rows' jobs at once (bounded by the batch's slots) and return their records.
 
-    Stopped from outside, it cancels what is still queued (best effort, for a short while)
-    and leaves the rest in the ledger for `collect_outstanding_requests`."""
+    Stopped from outside, it cancels this run's requests still queued (best effort, for a
+    short while; `cancel_on_stop`) and leaves the rest in the ledger for
+    `collect_outstanding_requests`."""
     try:
         return list(await asyncio.gather(*jobs))
     except (asyncio.CancelledError, KeyboardInterrupt):
+        if not cancel_on_stop or batch.flow_run_id is None:
+            raise
         stopping = asyncio.shield(
             cancel_queued_requests(batch.ledger, make_client, flow_run_id=batch.flow_run_id)
         )
@@ -158,6 +183,8 @@ async def execute(
 __all__ = [
     "PreparedTable",
     "RunPlan",
+    "api_payload",
+    "check_limit",
     "execute",
     "invalid_outcome",
     "plan",

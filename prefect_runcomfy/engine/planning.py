@@ -48,8 +48,6 @@ def plan_rows(
     sidecar is gone is collected again rather than skipped. Raises `SubmitLimitError`, before
     anything is sent, when more rows would be submitted than `max_submits` allows.
     """
-    if max_submits is not None and max_submits < 0:
-        raise ConfigurationError(f"max_submits must be 0 or more, not {max_submits}.")
     decisions = []
     for row in rows:
         entry = entries.get(row.id)
@@ -68,6 +66,17 @@ def plan_rows(
                 retry_failed=retry_failed,
             )
         )
+    check_submit_limit(rows, decisions, max_submits)
+    return decisions
+
+
+def check_submit_limit(
+    rows: list[PreparedRow], decisions: list[RowDecision], max_submits: int | None
+) -> None:
+    """Raise `SubmitLimitError`, before anything is sent, when more rows would be submitted
+    than `max_submits` allows (None: no limit)."""
+    if max_submits is not None and max_submits < 0:
+        raise ConfigurationError(f"max_submits must be 0 or more, not {max_submits}.")
     new = ids_to_submit(rows, decisions)
     if max_submits is not None and len(new) > max_submits:
         shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
@@ -78,7 +87,6 @@ def plan_rows(
             would_submit=len(new),
             limit=max_submits,
         )
-    return decisions
 
 
 def ids_to_submit(rows: list[PreparedRow], decisions: list[RowDecision]) -> list[str]:
@@ -170,6 +178,7 @@ def _read_output(
 
 __all__ = [
     "TablePlan",
+    "check_submit_limit",
     "describe_plan",
     "ids_to_submit",
     "output_state",

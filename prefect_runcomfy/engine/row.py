@@ -150,7 +150,7 @@ async def _submit_and_collect(
         outcome = _resumed(cell.latest, row, decision, entry)
         first_note = None
     else:
-        outcome = await submit_row(batch, client, row, entry, cell.keep(cell.latest))
+        outcome = await submit_row(batch, client, row, entry, cell)
         first_note = f"submitted as request {outcome.request_id}"
         if outcome.status is not None:
             cell.keep(outcome)
@@ -186,22 +186,28 @@ async def submit_row(
     client: RunComfyClient,
     row: PreparedRow,
     entry: LedgerEntry | None,
-    outcome: RowOutcome,
+    cell: RowCell,
 ) -> RowOutcome:
     """POST the row once, the ledger written before and after. Returns the record with its
-    request id, or ended (`failed`, `outcome_unknown`) when no job is known to exist."""
+    request id, or ended (`failed`, `outcome_unknown`) when no job is known to exist; each
+    version is kept in `cell` as soon as it exists (above all the request id)."""
+    outcome = cell.latest
     if batch.stop_reason:
         return outcome.ended(RowStatus.FAILED, f"not submitted: {batch.stop_reason}")
     payload = batch.payloads.pop(row.id, None)
+    if payload is None and batch.build_payload is not None:
+        payload = await batch.build_payload(row)
     if payload is None:
         raise RuntimeError(f"{row.id}: no payload was prepared for a row to submit")
     await batch.write_ledger(
         lambda: batch.ledger.mark_submitting(row.id, row.fingerprint, batch.flow_run_id)
     )
-    outcome = outcome.evolve(
-        sent=sanitize_payload(payload),
-        attempts=(entry.attempts if entry else 0) + 1,
-        submitted_by_this_run=True,
+    outcome = cell.keep(
+        outcome.evolve(
+            sent=sanitize_payload(payload),
+            attempts=(entry.attempts if entry else 0) + 1,
+            submitted_by_this_run=True,
+        )
     )
     try:
         request_id = await submit_job(
@@ -209,7 +215,7 @@ async def submit_row(
         )
     except RunComfyError as exc:
         return await _refused(batch, outcome, exc)
-    outcome = outcome.evolve(request_id=request_id, submitted_at=utc_now())
+    outcome = cell.keep(outcome.evolve(request_id=request_id, submitted_at=utc_now()))
     try:
         fields = outcome.ledger_fields()
         await batch.write_ledger(lambda: batch.ledger.mark(row.id, LedgerState.SUBMITTED, **fields))

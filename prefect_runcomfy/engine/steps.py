@@ -342,7 +342,7 @@ def stored_outcome(
     """`outcome` once `result`'s outputs are stored as `files`."""
     return outcome.ended(
         RowStatus.SUCCEEDED,
-        request_id=result.request_id,
+        request_id=outcome.request_id or result.request_id,
         cost_usd=result.cost if result.cost is not None else outcome.cost_usd,
         created_at=result.created_at,
         api_finished_at=result.finished_at,

@@ -44,7 +44,7 @@ async def finish_run(
                 store,
                 merged,
                 input_storage_options=input_storage_options,
-                known={o.id: o.sidecar() if o.metadata_uri else {} for o in outcomes},
+                known={o.id: o.sidecar() for o in outcomes if o.metadata_uri},
             )
         except Exception as exc:  # the page is a view; the run's outputs are what count
             logger.warning("Could not write the review page: %s", exc)
