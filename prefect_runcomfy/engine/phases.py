@@ -120,15 +120,17 @@ async def resolve_media(
     problems: list[RowProblem] = []
 
     async def one(row: PreparedRow) -> None:
+        resolved: dict[str, str] = {}
         failed: list[tuple[str, str]] = []
         async with semaphore:
             for kind in MEDIA_COLUMNS:
                 try:
-                    await resolver.resolve(getattr(row.job, kind), kind)  # type: ignore[arg-type]
+                    media = await resolver.resolve(getattr(row.job, kind), kind)  # type: ignore[arg-type]
+                    resolved[kind] = media.url
                 except Exception as exc:
                     failed.append((kind, str(exc)))
-            if not failed and not resolver.inline_media:
-                payloads[row.id] = await api_payload(row, resolver)  # answered from its cache
+        if not failed and not resolver.inline_media:
+            payloads[row.id] = row.job.model_copy(update=resolved).to_api_payload()
         if failed:
             problems.append(RowProblem(row.row, row.id, failed, row.extras, row.job.model_dump()))
 
