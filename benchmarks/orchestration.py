@@ -257,10 +257,8 @@ def main() -> None:
         creds = RunComfyCredentials(api_token=TOKEN, base_url=sb_flow.base_url)
         out = tempfile.mkdtemp(prefix="bench-flow-")
         started = time.monotonic()
-        manifest = asyncio.run(
-            generate_talking_videos(
-                table, out, creds, max_concurrency=args.concurrency, max_wait_s=3600, **poll
-            )
+        manifest = generate_talking_videos(
+            table, out, creds, max_concurrency=args.concurrency, max_wait_s=3600, **poll
         )
         flow_makespan = time.monotonic() - started
         statuses = manifest["status"].value_counts().to_dict()

@@ -186,15 +186,13 @@ def main() -> None:
         if args.floor:
             manifest = asyncio.run(floor_flow(str(table), creds, max_concurrency=args.concurrency))
         else:
-            manifest = asyncio.run(
-                generate_talking_videos(
-                    str(table),
-                    out,
-                    creds,
-                    max_concurrency=args.concurrency,
-                    poll_initial_s=0.05,
-                    poll_max_s=1.0,
-                )
+            manifest = generate_talking_videos(
+                str(table),
+                out,
+                creds,
+                max_concurrency=args.concurrency,
+                poll_initial_s=0.05,
+                poll_max_s=1.0,
             )
         wall = time.monotonic() - started
         cpu_after = resource.getrusage(resource.RUSAGE_SELF)

@@ -127,7 +127,7 @@ def _run_flow(*, show_progress: bool = True, **kwargs: Any) -> Any:
     from prefect_runcomfy.report.artifacts import progress_listeners
 
     if not show_progress:
-        return asyncio.run(generate_talking_videos(**kwargs))
+        return generate_talking_videos(**kwargs)
     bar = Progress(
         TextColumn("[bold]rows"),
         BarColumn(),
@@ -146,7 +146,7 @@ def _run_flow(*, show_progress: bool = True, **kwargs: Any) -> Any:
     progress_listeners.append(listen)
     try:
         with bar:
-            return asyncio.run(generate_talking_videos(**kwargs))
+            return generate_talking_videos(**kwargs)
     finally:
         progress_listeners.remove(listen)
 
@@ -434,13 +434,11 @@ def collect(
     from prefect_runcomfy.flows import collect_outstanding_requests
 
     try:
-        manifest = asyncio.run(
-            collect_outstanding_requests(
-                output_uri=output,
-                credentials=credentials,
-                cancel=cancel_queued,
-                max_wait_s=max_wait,
-            )
+        manifest = collect_outstanding_requests(
+            output_uri=output,
+            credentials=credentials,
+            cancel=cancel_queued,
+            max_wait_s=max_wait,
         )
     except Exception as exc:
         raise typer.Exit(_handle(exc)) from None

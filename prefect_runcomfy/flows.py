@@ -2,16 +2,18 @@
 
 Example:
     ```python
-    import asyncio
     import pandas as pd
     from prefect_runcomfy import generate_talking_videos
 
     table = pd.DataFrame([
         {"id": "ada", "prompt": "a woman talks", "image": "s3://in/ada.png", "audio": "s3://in/ada.mp3"},
     ])
-    manifest = asyncio.run(generate_talking_videos(table, "s3://out/videos", credentials="runcomfy"))
+    manifest = generate_talking_videos(table, "s3://out/videos", credentials="runcomfy")
     print(manifest[["id", "status", "video_uri", "error"]])
     ```
+
+    From a script or a sync `@flow` the call runs and returns the manifest (a subflow of the
+    sync parent); from async code, await it: `await generate_talking_videos(...)`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import pandas as pd
-from prefect import Flow, flow
 from prefect.client.schemas.objects import FlowRun
 from prefect.context import get_run_context
 from prefect.logging import get_logger, get_run_logger
@@ -53,13 +54,14 @@ from prefect_runcomfy.engine.table import RowProblem, table_folder
 from prefect_runcomfy.engine.waiting import PollPolicy
 from prefect_runcomfy.report.artifacts import Progress
 from prefect_runcomfy.report.finish import finish_run
+from prefect_runcomfy.sync_or_async import SyncOrAsyncFlow, sync_or_async_flow
 from prefect_runcomfy.tasks import cancel_request, client_for
 
 STORED_TABLE_ROWS = 1000
 """In-memory tables up to this many rows are stored as the flow run's `inputs` parameter."""
 
 
-class TableFlow(Flow[..., Any]):
+class TableFlow(SyncOrAsyncFlow):
     """A flow whose in-memory `inputs` table is stored in Prefect only while it is small.
 
     Prefect keeps every flow run's parameters in its database and refuses more than 512 KiB:
@@ -81,13 +83,9 @@ class TableFlow(Flow[..., Any]):
         return super().serialize_parameters(parameters)
 
 
-def table_flow(**options: Any) -> Callable[[Callable[..., Any]], TableFlow]:
+def table_flow(**options: Any) -> Callable[[Callable[..., Any]], SyncOrAsyncFlow]:
     """`@flow(...)`, making a `TableFlow`."""
-
-    def make(fn: Callable[..., Any]) -> TableFlow:
-        return TableFlow(fn=fn, **options)
-
-    return make
+    return sync_or_async_flow(TableFlow, **options)
 
 
 async def load_credentials(
@@ -317,7 +315,7 @@ def _report_invalid(
     return invalid
 
 
-@flow(name="collect-outstanding-requests", log_prints=False)
+@sync_or_async_flow(name="collect-outstanding-requests", log_prints=False)
 async def collect_outstanding_requests(
     output_uri: str,
     credentials: RunComfyCredentials | str | None = None,

@@ -13,21 +13,23 @@ Example:
     from prefect_runcomfy.tasks import submit_request, wait_for_request, store_outputs
 
     @flow
-    async def one_video(image_url: str, audio_url: str) -> str:
-        credentials = await RunComfyCredentials.load("runcomfy")
+    def one_video(image_url: str, audio_url: str) -> str:
+        credentials = RunComfyCredentials.load("runcomfy")
         job = InfiniteTalkInput(prompt="a woman talks", image=image_url, audio=audio_url)
-        request_id = await submit_request(job, credentials, row_id="ada")
-        finished = await wait_for_request(request_id, credentials, row_id="ada")
-        stored = await store_outputs(finished.result, "ada", "s3://bucket/videos")
+        request_id = submit_request(job, credentials, row_id="ada")
+        finished = wait_for_request(request_id, credentials, row_id="ada")
+        stored = store_outputs(finished.result, "ada", "s3://bucket/videos")
         return stored.video_uris[0]
     ```
+
+    In an async flow, await each call (`request_id = await submit_request(...)`);
+    `.submit()` and `.map()` work from both.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
@@ -54,6 +56,7 @@ from prefect_runcomfy.engine.steps import (
 )
 from prefect_runcomfy.engine.storage import OutputStore
 from prefect_runcomfy.engine.waiting import PollPolicy
+from prefect_runcomfy.sync_or_async import sync_or_async_task
 
 Credentials = RunComfyCredentials | None
 
@@ -66,7 +69,7 @@ def client_for(credentials: Credentials) -> RunComfyClient:
 # --- one task per API call ---------------------------------------------------------------------
 
 
-@task(
+@sync_or_async_task(
     name="submit-request",
     task_run_name="submit {row_id}",
     retries=0,  # a lost answer may mean a billed job: never re-POST blindly
@@ -88,14 +91,18 @@ async def submit_request(
         return await submit_job(client, inputs, model_id=model_id, row_id=row_id)
 
 
-@task(name="get-request-status", task_run_name="status {request_id}", cache_policy=NO_CACHE)
+@sync_or_async_task(
+    name="get-request-status", task_run_name="status {request_id}", cache_policy=NO_CACHE
+)
 async def get_request_status(request_id: str, credentials: Credentials = None) -> RequestState:
     """Read a request's state (`in_queue` with its position, `in_progress`, `completed`, ...)."""
     async with client_for(credentials) as client:
         return await client.status(request_id)
 
 
-@task(name="get-request-result", task_run_name="result {request_id}", cache_policy=NO_CACHE)
+@sync_or_async_task(
+    name="get-request-result", task_run_name="result {request_id}", cache_policy=NO_CACHE
+)
 async def get_request_result(
     request_id: str, credentials: Credentials = None, *, include_cost: bool = True
 ) -> RequestResult:
@@ -104,7 +111,9 @@ async def get_request_result(
         return await client.result(request_id, include_cost=include_cost)
 
 
-@task(name="cancel-request", task_run_name="cancel {request_id}", cache_policy=NO_CACHE)
+@sync_or_async_task(
+    name="cancel-request", task_run_name="cancel {request_id}", cache_policy=NO_CACHE
+)
 async def cancel_request(request_id: str, credentials: Credentials = None) -> CancelOutcome:
     """Cancel a queued request. A running one cannot be cancelled: it runs to the end, billed."""
     async with client_for(credentials) as client:
@@ -116,7 +125,7 @@ async def cancel_request(request_id: str, credentials: Credentials = None) -> Ca
 # --- waiting ---------------------------------------------------------------------------------
 
 
-@task(name="wait-for-request", task_run_name="wait {row_id}", cache_policy=NO_CACHE)
+@sync_or_async_task(name="wait-for-request", task_run_name="wait {row_id}", cache_policy=NO_CACHE)
 async def wait_for_request(
     request_id: str,
     credentials: Credentials = None,
@@ -165,7 +174,7 @@ def _should_retry_store(task: Any, task_run: Any, state: Any) -> bool:
     return store_is_worth_retrying(error) if isinstance(error, BaseException) else True
 
 
-@task(
+@sync_or_async_task(
     name="store-outputs",
     task_run_name="store {row_id}",
     cache_policy=NO_CACHE,

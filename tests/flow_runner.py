@@ -6,7 +6,6 @@ Usage: python flow_runner.py ARGS.json — the file holds the flow's keyword arg
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 
@@ -19,7 +18,7 @@ def main() -> None:
     credentials = RunComfyCredentials(
         api_token=kwargs.pop("token"), base_url=kwargs.pop("base_url"), max_retries=3
     )
-    manifest = asyncio.run(generate_talking_videos(credentials=credentials, **kwargs))
+    manifest = generate_talking_videos(credentials=credentials, **kwargs)
     print(json.dumps(manifest["status"].tolist()))
 
 

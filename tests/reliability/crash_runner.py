@@ -7,7 +7,6 @@ written to a file.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -21,7 +20,7 @@ def main() -> None:
     credentials = RunComfyCredentials(
         api_token=os.environ["RELIABILITY_TOKEN"], base_url=kwargs.pop("base_url"), max_retries=3
     )
-    manifest = asyncio.run(generate_talking_videos(credentials=credentials, **kwargs))
+    manifest = generate_talking_videos(credentials=credentials, **kwargs)
     print(json.dumps(manifest["status"].tolist()))
 
 

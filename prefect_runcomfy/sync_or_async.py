@@ -1,0 +1,132 @@
+"""Flows and tasks that run when called from sync code and can be awaited from async code.
+
+Everything in this library is written once, async. A plain call from a sync script, a sync
+`@flow` or a sync `@task` runs that coroutine to its end and returns the value; a call from
+async code (a running event loop, an async flow or task) returns the coroutine to await, as
+Prefect does for any async flow. The flow run, its parent link, its tags and its state are
+Prefect's own in both cases: the sync path only drives the same coroutine.
+
+Example:
+    ```python
+    from prefect import flow
+    from prefect_runcomfy import generate_talking_videos
+
+    @flow
+    def nightly():  # a sync parent: the call returns the manifest DataFrame
+        manifest = generate_talking_videos("rows.csv", "s3://out/videos", credentials="runcomfy")
+        return manifest[manifest.status == "succeeded"]
+
+    @flow
+    async def nightly_async():  # an async parent: await it
+        return await generate_talking_videos("rows.csv", "s3://out/videos", credentials="runcomfy")
+    ```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from prefect import Flow, Task
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.utilities.asyncutils import run_coro_as_sync
+
+
+def caller_is_async() -> bool:
+    """Whether the code calling us can await: inside an async flow or task run, or with an
+    event loop running in this thread outside any run.
+
+    Inside a run, the run decides (a sync task run in an async flow's worker thread is sync);
+    outside, a running loop does. The same rule as Prefect's own `async_dispatch`, written
+    with the public run contexts (`tests/test_sync_or_async.py` pins that they agree).
+    """
+    run = TaskRunContext.get() or FlowRunContext.get()
+    if run is not None:
+        runner = getattr(run, "task", None) or getattr(run, "flow", None)
+        return bool(getattr(runner, "isasync", True))
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def run_here(call: Any) -> Any:
+    """Return `call` to a caller that can await it; run it to its end for one that cannot.
+
+    Prefect's `run_coro_as_sync` copies the caller's context into the coroutine, so a flow
+    run started here is the sync parent's subflow, under the caller's `prefect.tags(...)`.
+    """
+    if not inspect.iscoroutine(call) or caller_is_async():
+        return call
+    return run_coro_as_sync(call)
+
+
+class SyncOrAsyncFlow(Flow[..., Any]):
+    """An async flow that also runs when called from sync code (see the module docstring).
+
+    `.fn`, `.serve`, `.deploy`, `.to_deployment` and deployments are Prefect's own; only a
+    direct call changes: it returns the result (or the state, with `return_state=True`) to a
+    sync caller instead of a coroutine that would never run.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the flow: awaitable from async code, run to its end from sync code."""
+        return run_here(super().__call__(*args, **kwargs))
+
+    def with_options(self, **options: Any) -> Any:
+        """Prefect's `with_options`, keeping this class (Prefect's makes a plain `Flow`)."""
+        copy = super().with_options(**options)
+        copy.__class__ = type(self)
+        return copy
+
+
+class SyncOrAsyncTask(Task[..., Any]):
+    """An async task that also runs when called directly from a sync flow or script.
+
+    `.submit()` and `.map()` are Prefect's own: they already work from sync flows.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the task: awaitable from async code, run to its end from sync code."""
+        return run_here(super().__call__(*args, **kwargs))
+
+    def with_options(self, **options: Any) -> Any:
+        """Prefect's `with_options`, keeping this class."""
+        copy = super().with_options(**options)
+        copy.__class__ = type(self)
+        return copy
+
+
+def sync_or_async_task(
+    **options: Any,
+) -> Callable[[Callable[..., Coroutine[Any, Any, Any]]], SyncOrAsyncTask]:
+    """`@task(**options)` for an async function, making a `SyncOrAsyncTask`."""
+
+    def make(fn: Callable[..., Coroutine[Any, Any, Any]]) -> SyncOrAsyncTask:
+        return SyncOrAsyncTask(fn=fn, **options)
+
+    return make
+
+
+def sync_or_async_flow(
+    cls: type[SyncOrAsyncFlow] = SyncOrAsyncFlow, **options: Any
+) -> Callable[[Callable[..., Coroutine[Any, Any, Any]]], SyncOrAsyncFlow]:
+    """`@flow(**options)` for an async function, making a `cls` (a `SyncOrAsyncFlow`)."""
+
+    def make(fn: Callable[..., Coroutine[Any, Any, Any]]) -> SyncOrAsyncFlow:
+        return cls(fn=fn, **options)
+
+    return make
+
+
+__all__ = [
+    "SyncOrAsyncFlow",
+    "SyncOrAsyncTask",
+    "caller_is_async",
+    "run_here",
+    "sync_or_async_flow",
+    "sync_or_async_task",
+]
