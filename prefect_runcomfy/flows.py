@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import pandas as pd
+from prefect import tags
 from prefect.client.schemas.objects import FlowRun
 from prefect.context import get_run_context
 from prefect.logging import get_logger, get_run_logger
@@ -54,6 +55,8 @@ from prefect_runcomfy.engine.table import RowProblem, table_folder
 from prefect_runcomfy.engine.waiting import PollPolicy
 from prefect_runcomfy.report.artifacts import Progress
 from prefect_runcomfy.report.finish import finish_run
+from prefect_runcomfy.report.naming import artifact_key as artifact_key_for
+from prefect_runcomfy.report.naming import run_tags
 from prefect_runcomfy.sync_or_async import SyncOrAsyncFlow, sync_or_async_flow
 from prefect_runcomfy.tasks import cancel_request, client_for
 
@@ -108,6 +111,29 @@ async def load_credentials(
     # No block: the environment must hold the token. Fail now, not after the first row.
     await RunComfyClient().aclose()
     return None
+
+
+async def tag_flow_run(wanted: tuple[str, ...]) -> None:
+    """Add `wanted` to this flow run's tags (a deployment's run has only the deployment's).
+
+    Row task runs get them from `prefect.tags(...)` around the batch; the flow run was
+    created before its body ran, so it is updated once, through the API.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    if run is None:
+        return
+    missing = [t for t in wanted if t not in run.tags]
+    if not missing:
+        return
+    try:
+        async with get_client() as client:
+            await client.update_flow_run(run.id, tags=[*run.tags, *missing])
+    except Exception as exc:  # a tag is not worth failing a paid run for
+        get_logger("prefect_runcomfy.flows").warning("Could not tag the flow run: %s", exc)
 
 
 def _flow_run_id() -> str | None:
@@ -187,6 +213,7 @@ async def generate_talking_videos(
     table_storage_options: dict[str, Any] | None = None,
     manifest_name: str = MANIFEST_NAME,
     max_submits: int | None = None,
+    artifact_key: str | None = None,
 ) -> pd.DataFrame:
     """Turn every row of a table into a lip-synced talking video, stored with its metadata.
 
@@ -232,12 +259,19 @@ async def generate_talking_videos(
             more fails with `SubmitLimitError` before submitting any, naming the count: a
             guard against a table that grew by mistake. Rows collected, skipped or reported
             again are not counted; `0` allows only collecting. None: no limit.
+        artifact_key: The key prefix of the run's summary artifacts (`<key>-summary`,
+            `<key>-rows`), so that every run adds a version under one key on the Artifacts
+            page. Default: derived from `output_uri` (`runcomfy-<location>-<hash>`). A shard
+            (a `manifest_name` of its own) publishes unkeyed artifacts unless given one.
 
     Returns:
         The manifest: one row per input row with `id, status, request_id, video_uri,
         metadata_uri, error`, timing, cost, file facts, the inputs and the extra columns.
     """
     logger = get_run_logger()
+    keyed = artifact_key is not None or manifest_name == MANIFEST_NAME
+    key = artifact_key_for(output_uri, artifact_key) if keyed else None
+    await tag_flow_run(run_tags(model_id))
     creds = await load_credentials(credentials)
     table = await prepare(inputs, storage_options=table_storage_options or input_storage_options)
     store = OutputStore(output_uri, storage_options)
@@ -285,7 +319,8 @@ async def generate_talking_videos(
         run_row(batch, row, decision, run_plan.entries.get(row.id))
         for row, decision in zip(run_plan.rows, run_plan.decisions, strict=True)
     ]
-    outcomes += await execute(batch, jobs, make_client=lambda: client_for(creds))
+    with tags(*run_tags(model_id)):
+        outcomes += await execute(batch, jobs, make_client=lambda: client_for(creds))
     await progress.finish()
     outcomes.sort(key=lambda o: o.row if o.row is not None else -1)
     return await finish_run(
@@ -295,6 +330,7 @@ async def generate_talking_videos(
         name=manifest_name,
         input_storage_options=input_storage_options,
         outcomes=outcomes,
+        artifact_key=key,
     )
 
 
@@ -337,6 +373,7 @@ async def collect_outstanding_requests(
         The manifest rows of the requests it handled.
     """
     logger = get_run_logger()
+    await tag_flow_run(run_tags(MODEL_ID))
     creds = await load_credentials(credentials)
     store = OutputStore(output_uri, storage_options)
     ledger = Ledger(store)
@@ -371,9 +408,10 @@ async def collect_outstanding_requests(
     )
     jobs = [_collect_one(batch, entry, creds, cancel=cancel) for entry in outstanding]
     # Stopped, it leaves the requests it collects as they were: they belong to earlier runs.
-    outcomes = await execute(
-        batch, jobs, make_client=lambda: client_for(creds), cancel_on_stop=False
-    )
+    with tags(*run_tags(MODEL_ID)):
+        outcomes = await execute(
+            batch, jobs, make_client=lambda: client_for(creds), cancel_on_stop=False
+        )
     for entry in unknown:
         error = entry.error or "a submit was sent but its answer was lost"
         outcome = RowOutcome.from_ledger_entry(entry).ended(RowStatus.OUTCOME_UNKNOWN, error)
@@ -383,7 +421,8 @@ async def collect_outstanding_requests(
     if manifest.empty:
         logger.info("Nothing to collect.")
         return manifest
-    return await finish_run(store, manifest, output_uri, outcomes=outcomes)
+    key = f"{artifact_key_for(output_uri)}-collect"
+    return await finish_run(store, manifest, output_uri, outcomes=outcomes, artifact_key=key)
 
 
 async def _collect_one(
@@ -455,6 +494,7 @@ async def generate_talking_videos_sharded(
     from prefect_runcomfy.engine.sharding import shard_frames, shard_names, write_shard
 
     logger = get_run_logger()
+    await tag_flow_run(run_tags(MODEL_ID))
     table = await prepare(inputs, storage_options=input_storage_options)
     for problem in table.invalid:
         logger.warning("Invalid %s", problem.message)
@@ -511,7 +551,9 @@ async def generate_talking_videos_sharded(
     positions = {row.id: row.row for row in table.valid}
     outcomes = [o.evolve(row=positions.get(o.id, o.row)) for o in outcomes]
     outcomes.sort(key=lambda o: o.row if o.row is not None else -1)
-    return await finish_run(store, build_manifest(outcomes), output_uri)
+    return await finish_run(
+        store, build_manifest(outcomes), output_uri, artifact_key=artifact_key_for(output_uri)
+    )
 
 
 async def _run_shard(

@@ -224,3 +224,35 @@ def test_sync_or_async_is_decided_as_prefect_decides() -> None:
     }
     for where, (ours, prefects) in seen.items():
         assert prefects is None or ours == prefects, where
+
+
+# -- artifacts and tags -----------------------------------------------------------------------
+
+
+async def test_two_runs_add_two_versions_under_one_key_and_carry_the_tags(
+    sb: Sandbox, tmp_path: Path
+) -> None:
+    from prefect import tags
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from prefect_runcomfy.report.naming import artifact_key
+
+    out = str(tmp_path / "out")
+    with tags("nightly"):
+        await generate_talking_videos(two_rows(sb), out, creds(sb), **FAST)
+        await generate_talking_videos(two_rows(sb), out, creds(sb), **FAST)
+    key = f"{artifact_key(out)}-summary"
+    async with get_client() as client:
+        versions = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+        )
+        assert len(versions) == 2 and len({v.flow_run_id for v in versions}) == 2
+        run_ids = {v.flow_run_id for v in versions}
+        for run_id in run_ids:
+            run = await client.read_flow_run(run_id)  # type: ignore[arg-type]
+            assert {"runcomfy", "infinite-talk", "nightly"} <= set(run.tags)
+        # Only the first run has row task runs: the second finds both rows stored.
+        task_runs = [t for t in await client.read_task_runs() if t.flow_run_id in run_ids]
+        rows = [t for t in task_runs if t.name in {"n0", "n1"}]
+        assert len(rows) == 2
+        assert rows and all({"runcomfy", "infinite-talk", "nightly"} <= set(t.tags) for t in rows)

@@ -23,10 +23,11 @@ async def finish_run(
     name: str = MANIFEST_NAME,
     input_storage_options: dict[str, object] | None = None,
     outcomes: Sequence[RowOutcome] = (),
+    artifact_key: str | None = None,
 ) -> pd.DataFrame:
     """Merge this run's rows into the manifest at `name`, write it, draw the review page (for
     the output location's own manifest only: a shard's parent draws one for all), publish the
-    summary, and return this run's rows (`attrs` holds `manifest_uri` and `review_page`).
+    summary (under `artifact_key`, when given), and return this run's rows (`attrs` holds `manifest_uri` and `review_page`).
 
     `outcomes`, the records behind `manifest` when the run holds them, draw their rows of the
     page without reading their sidecars back."""
@@ -57,7 +58,11 @@ async def finish_run(
         f". Review page: {page_uri}" if page_uri else "",
     )
     await publish_summary(
-        manifest, output_uri=output_uri, manifest_uri=manifest_uri, page_uri=page_uri
+        manifest,
+        output_uri=output_uri,
+        manifest_uri=manifest_uri,
+        page_uri=page_uri,
+        key_prefix=artifact_key,
     )
     manifest.attrs["review_page"] = page_uri
     manifest.attrs["manifest_uri"] = manifest_uri
