@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -151,6 +152,19 @@ def _run_flow(*, show_progress: bool = True, **kwargs: Any) -> Any:
         progress_listeners.remove(listen)
 
 
+def _manifest_of(call: Callable[[], Any]) -> Any:
+    """Run a flow and return its manifest, also when rows ended the flow run Failed (the exit
+    code says so); other errors become their exit codes."""
+    from prefect_runcomfy.api.exceptions import RowsNeedAttentionError
+
+    try:
+        return call()
+    except RowsNeedAttentionError as exc:
+        return exc.manifest
+    except Exception as exc:
+        raise typer.Exit(_handle(exc)) from None
+
+
 def _exit_for(manifest: Any) -> int:
     ok = len(manifest) > 0 and bool((manifest["status"] == "succeeded").all())
     return EXIT_OK if ok else EXIT_PARTIAL
@@ -219,8 +233,8 @@ def run(
     Exit code 0: all rows succeeded; 1: some did not; 2: bad input; 3: configuration error.
     """
     _quiet_console(verbose)
-    try:
-        manifest = _run_flow(
+    manifest = _manifest_of(
+        lambda: _run_flow(
             inputs=inputs,
             output_uri=output,
             credentials=credentials,
@@ -235,8 +249,7 @@ def run(
             storage_options=_options(storage_option),
             max_submits=max_submits,
         )
-    except Exception as exc:
-        raise typer.Exit(_handle(exc)) from None
+    )
     _summary(manifest, output)
     raise typer.Exit(_exit_for(manifest))
 
@@ -364,6 +377,11 @@ def demo(
 
     Example: `prefect-runcomfy demo --output ./output`. Spends no credits; needs no token.
     """
+    from prefect.settings import (
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
+
     from prefect_runcomfy.sandbox import SandboxConfig, run_sandbox, sample_inputs
 
     out = str(Path(output).resolve()) if "://" not in output else output
@@ -372,12 +390,18 @@ def demo(
         os.environ["RUNCOMFY_API_TOKEN"] = sb.token
         rows = sample_inputs(sb.base_url)
         console.print(f"Sandbox at {sb.base_url}; {len(rows)} sample rows → {out}")
-        try:
-            manifest = _run_flow(
-                inputs=rows, output_uri=out, max_concurrency=4, poll_initial_s=0.5, poll_max_s=2.0
+        # The demo starts Prefect's temporary server; on a busy machine it needs more than
+        # Prefect's default 20 s to come up.
+        with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 90}):
+            manifest = _manifest_of(
+                lambda: _run_flow(
+                    inputs=rows,
+                    output_uri=out,
+                    max_concurrency=4,
+                    poll_initial_s=0.5,
+                    poll_max_s=2.0,
+                )
             )
-        except Exception as exc:
-            raise typer.Exit(_handle(exc)) from None
     _summary(manifest, out)
     videos = manifest["video_uri"].dropna()
     console.print(f"Open a video: [bold]{escape(str(videos.iloc[0] if len(videos) else out))}[/]")
@@ -433,15 +457,14 @@ def collect(
     """
     from prefect_runcomfy.flows import collect_outstanding_requests
 
-    try:
-        manifest = collect_outstanding_requests(
+    manifest = _manifest_of(
+        lambda: collect_outstanding_requests(
             output_uri=output,
             credentials=credentials,
             cancel=cancel_queued,
             max_wait_s=max_wait,
         )
-    except Exception as exc:
-        raise typer.Exit(_handle(exc)) from None
+    )
     if manifest.empty:
         console.print("Nothing to collect.")
         raise typer.Exit(EXIT_OK)

@@ -34,7 +34,7 @@ from prefect_runcomfy.api.client import RunComfyClient
 from prefect_runcomfy.api.exceptions import ConfigurationError, InvalidInputError
 from prefect_runcomfy.api.models import MODEL_ID
 from prefect_runcomfy.blocks import RunComfyCredentials
-from prefect_runcomfy.engine.batch import Batch, cancel_queued_requests
+from prefect_runcomfy.engine.batch import Batch, cancel_queued_requests, queued_requests
 from prefect_runcomfy.engine.ledger import Ledger, LedgerEntry
 from prefect_runcomfy.engine.manifest import build_manifest
 from prefect_runcomfy.engine.media import MediaResolver
@@ -54,7 +54,8 @@ from prefect_runcomfy.engine.storage import MANIFEST_NAME, OutputStore
 from prefect_runcomfy.engine.table import RowProblem, table_folder
 from prefect_runcomfy.engine.waiting import PollPolicy
 from prefect_runcomfy.report.artifacts import Progress
-from prefect_runcomfy.report.finish import finish_run
+from prefect_runcomfy.report.events import RowEvents
+from prefect_runcomfy.report.finish import check_allow_failed_rows, finish_run
 from prefect_runcomfy.report.naming import artifact_key as artifact_key_for
 from prefect_runcomfy.report.naming import run_tags
 from prefect_runcomfy.sync_or_async import SyncOrAsyncFlow, sync_or_async_flow
@@ -149,23 +150,48 @@ async def _cancel_queued_on_stop(flow: Any, flow_run: FlowRun, state: State) -> 
     """Hook for cancelled and crashed runs: cancel the run's still-queued requests.
 
     Best effort: the hook may run in another process, or not at all. The ledger stays the
-    source of truth; `collect_outstanding_requests` finishes whatever is left.
+    source of truth; `collect_outstanding_requests` finishes whatever is left. The hook reads
+    the token the way the run was given it: a saved block's name, or the environment. An
+    unsaved block cannot be read back (Prefect stores the parameter masked), so the hook says
+    which requests it left and how to avoid that, instead of failing quietly.
     """
     hook_logger = get_logger("prefect_runcomfy.flows")
     params = flow_run.parameters or {}
     output_uri = params.get("output_uri")
     if not output_uri:
         return
+    given = params.get("credentials")
     try:
-        credentials = await load_credentials(params.get("credentials"))
         store = OutputStore(output_uri, params.get("storage_options"))
+        ledger = Ledger(store)
+        if isinstance(given, dict):  # an unsaved block, stored masked: no token to be had
+            left = await queued_requests(ledger, flow_run_id=str(flow_run.id))
+            if left:
+                hook_logger.warning(
+                    "The run stopped with %d requests that may still be queued (%s), but it was "
+                    "given an unsaved RunComfyCredentials block, whose token Prefect keeps "
+                    "masked: this hook cannot cancel them. They are left for "
+                    "`prefect-runcomfy collect %s --cancel` (or collect_outstanding_requests"
+                    "(..., cancel=True)). To let the hook cancel them, pass a saved block's name "
+                    "(credentials='runcomfy') or set RUNCOMFY_API_TOKEN instead.",
+                    len(left),
+                    ", ".join(left),
+                    output_uri,
+                )
+            return
+        credentials = await load_credentials(given)
         cancelled = await cancel_queued_requests(
-            Ledger(store), lambda: client_for(credentials), flow_run_id=str(flow_run.id)
+            ledger, lambda: client_for(credentials), flow_run_id=str(flow_run.id)
         )
         if cancelled:
             hook_logger.warning("Cancelled %d queued requests: %s", len(cancelled), cancelled)
     except Exception as exc:
-        hook_logger.warning("Could not cancel queued requests: %s", exc)
+        hook_logger.warning(
+            "Could not cancel the run's queued requests (%s); they are left for "
+            "`prefect-runcomfy collect %s --cancel`",
+            exc,
+            output_uri,
+        )
 
 
 def _resolver(
@@ -214,6 +240,7 @@ async def generate_talking_videos(
     manifest_name: str = MANIFEST_NAME,
     max_submits: int | None = None,
     artifact_key: str | None = None,
+    allow_failed_rows: bool | int = False,
 ) -> pd.DataFrame:
     """Turn every row of a table into a lip-synced talking video, stored with its metadata.
 
@@ -263,12 +290,23 @@ async def generate_talking_videos(
             `<key>-rows`), so that every run adds a version under one key on the Artifacts
             page. Default: derived from `output_uri` (`runcomfy-<location>-<hash>`). A shard
             (a `manifest_name` of its own) publishes unkeyed artifacts unless given one.
+        allow_failed_rows: How many rows that need a person (`failed`, `invalid`,
+            `timed_out`, `outcome_unknown`) the run tolerates and still ends Completed: False
+            (the default) none, True any number, or a count. Beyond it the run ends Failed with
+            the counts in its state message, raising `RowsNeedAttentionError`, which carries
+            the manifest (`exc.manifest`). A run in which no due row produced a video ends
+            Failed whatever this says. Everything is written either way.
 
     Returns:
         The manifest: one row per input row with `id, status, request_id, video_uri,
         metadata_uri, error`, timing, cost, file facts, the inputs and the extra columns.
+
+    Raises:
+        RowsNeedAttentionError: rows need a person beyond `allow_failed_rows`, or no row
+            produced a video; `exc.manifest` is the manifest above.
     """
     logger = get_run_logger()
+    check_allow_failed_rows(allow_failed_rows)
     keyed = artifact_key is not None or manifest_name == MANIFEST_NAME
     key = artifact_key_for(output_uri, artifact_key) if keyed else None
     await tag_flow_run(run_tags(model_id))
@@ -297,6 +335,7 @@ async def generate_talking_videos(
     logger.info("%d rows, %d invalid; outputs go to %s", len(table.frame), len(invalid), output_uri)
     progress = Progress(len(table.frame))
     await progress.start()
+    events = RowEvents(store, table_uri=inputs if isinstance(inputs, str) else None)
     batch = Batch(
         store=store,
         ledger=Ledger(store),
@@ -310,7 +349,7 @@ async def generate_talking_videos(
         cancel_queued_at_deadline=cancel_queued_at_deadline,
         model_id=model_id,
         flow_run_id=_flow_run_id(),
-        on_row_done=lambda outcome: progress.row_done(str(outcome.status)),
+        on_row_done=lambda outcome: _row_done(outcome, progress, events),
         payloads=payloads,
         build_payload=lambda row: api_payload(row, resolver),
     )
@@ -331,7 +370,14 @@ async def generate_talking_videos(
         input_storage_options=input_storage_options,
         outcomes=outcomes,
         artifact_key=key,
+        allow_failed_rows=allow_failed_rows,
     )
+
+
+async def _row_done(outcome: RowOutcome, progress: Progress, events: RowEvents) -> None:
+    """A row ended: the progress artifact and Prefect's events hear it."""
+    await progress.row_done(str(outcome.status))
+    await events.row_done(outcome)
 
 
 def _report_invalid(
@@ -361,6 +407,7 @@ async def collect_outstanding_requests(
     max_concurrency: int = 8,
     poll_initial_s: float = 2.0,
     poll_max_s: float = 30.0,
+    allow_failed_rows: bool | int = False,
 ) -> pd.DataFrame:
     """Finish what an interrupted or timed-out run left under `output_uri`.
 
@@ -368,11 +415,16 @@ async def collect_outstanding_requests(
     `timed_out` row) is waited for and stored, or with `cancel=True` cancelled (only queued
     requests can be; running ones finish and are stored). Rows whose submit has an unknown
     outcome are reported as such; nothing is submitted. The manifest is updated.
+    `allow_failed_rows` judges the run as in `generate_talking_videos`.
 
     Returns:
         The manifest rows of the requests it handled.
+
+    Raises:
+        RowsNeedAttentionError: as `generate_talking_videos` does; `exc.manifest` holds the rows.
     """
     logger = get_run_logger()
+    check_allow_failed_rows(allow_failed_rows)
     await tag_flow_run(run_tags(MODEL_ID))
     creds = await load_credentials(credentials)
     store = OutputStore(output_uri, storage_options)
@@ -396,6 +448,7 @@ async def collect_outstanding_requests(
     )
     progress = Progress(len(outstanding) + len(unknown))
     await progress.start()
+    events = RowEvents(store)
     batch = Batch(
         store=store,
         ledger=ledger,
@@ -404,7 +457,7 @@ async def collect_outstanding_requests(
         max_wait_s=max_wait_s,
         poll=PollPolicy(initial_s=poll_initial_s, max_s=poll_max_s),
         flow_run_id=_flow_run_id(),
-        on_row_done=lambda outcome: progress.row_done(str(outcome.status)),
+        on_row_done=lambda outcome: _row_done(outcome, progress, events),
     )
     jobs = [_collect_one(batch, entry, creds, cancel=cancel) for entry in outstanding]
     # Stopped, it leaves the requests it collects as they were: they belong to earlier runs.
@@ -422,7 +475,14 @@ async def collect_outstanding_requests(
         logger.info("Nothing to collect.")
         return manifest
     key = f"{artifact_key_for(output_uri)}-collect"
-    return await finish_run(store, manifest, output_uri, outcomes=outcomes, artifact_key=key)
+    return await finish_run(
+        store,
+        manifest,
+        output_uri,
+        outcomes=outcomes,
+        artifact_key=key,
+        allow_failed_rows=allow_failed_rows,
+    )
 
 
 async def _collect_one(
@@ -461,6 +521,7 @@ async def generate_talking_videos_sharded(
     input_storage_options: dict[str, Any] | None = None,
     shard_parameters: dict[str, Any] | None = None,
     max_submits: int | None = None,
+    allow_failed_rows: bool | int = False,
 ) -> pd.DataFrame:
     """Run a very large table as shards, each a separate flow run of `deployment` on its work
     pool, all under one account-wide limit, and merge their manifests into one.
@@ -487,13 +548,19 @@ async def generate_talking_videos_sharded(
         shard_parameters: Any other `generate_talking_videos` parameters for every shard.
         max_submits: The most new (paid) jobs the whole table may submit, checked against the
             ledger before any shard starts (see `generate_talking_videos`).
+        allow_failed_rows: Judges the merged manifest (and each shard's own run) as in
+            `generate_talking_videos`.
 
     Returns:
         The merged manifest of this run's rows.
+
+    Raises:
+        RowsNeedAttentionError: as `generate_talking_videos` does, over the whole table.
     """
     from prefect_runcomfy.engine.sharding import shard_frames, shard_names, write_shard
 
     logger = get_run_logger()
+    check_allow_failed_rows(allow_failed_rows)
     await tag_flow_run(run_tags(MODEL_ID))
     table = await prepare(inputs, storage_options=input_storage_options)
     for problem in table.invalid:
@@ -533,6 +600,7 @@ async def generate_talking_videos_sharded(
         "storage_options": storage_options,
         "input_storage_options": input_storage_options,
         "table_storage_options": storage_options,
+        "allow_failed_rows": allow_failed_rows,
     }
     shard_manifests = await asyncio.gather(
         *(
@@ -552,7 +620,11 @@ async def generate_talking_videos_sharded(
     outcomes = [o.evolve(row=positions.get(o.id, o.row)) for o in outcomes]
     outcomes.sort(key=lambda o: o.row if o.row is not None else -1)
     return await finish_run(
-        store, build_manifest(outcomes), output_uri, artifact_key=artifact_key_for(output_uri)
+        store,
+        build_manifest(outcomes),
+        output_uri,
+        artifact_key=artifact_key_for(output_uri),
+        allow_failed_rows=allow_failed_rows,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,3 +133,14 @@ def frame_at(data: bytes, index: int) -> np.ndarray:
             if i == index:
                 return frame.to_ndarray(format="rgb24")
     raise IndexError(index)
+
+
+async def manifest_of(run: Awaitable[Any]) -> Any:
+    """The manifest of a flow run, also when its rows made it end Failed (tests that check
+    each row's status, not the run's verdict, which tests/test_run_outcome.py checks)."""
+    from prefect_runcomfy.exceptions import RowsNeedAttentionError
+
+    try:
+        return await run
+    except RowsNeedAttentionError as exc:
+        return exc.manifest

@@ -21,6 +21,7 @@ from prefect.deployments import run_deployment
 from prefect.settings import get_current_settings
 
 from prefect_runcomfy import RunComfyCredentials
+from prefect_runcomfy.exceptions import RowsNeedAttentionError
 from prefect_runcomfy.sandbox import Sandbox, sample_inputs
 
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
@@ -226,15 +227,18 @@ async def test_sharded_run_on_a_work_pool_shares_one_account_limit(
         {**samples[i % 3], "id": f"s{i}", "prompt": f"row {i}", "batch": "b1"} for i in range(5)
     ]
     table.append({**samples[0], "id": "bad", "steps": 0, "batch": "b1"})
-    manifest = await generate_talking_videos_sharded(
-        table,
-        str(out),
-        deployment="generate-talking-videos/shard",
-        shard_size=2,
-        credentials=block_name,
-        concurrency_limit="shard-test-account",
-        shard_parameters={"poll_initial_s": 0.2, "poll_max_s": 1.0},
-    )
+    # the invalid row fails the parent run (after the merged manifest is written)
+    with pytest.raises(RowsNeedAttentionError, match="1 of 6 rows need attention") as raised:
+        await generate_talking_videos_sharded(
+            table,
+            str(out),
+            deployment="generate-talking-videos/shard",
+            shard_size=2,
+            credentials=block_name,
+            concurrency_limit="shard-test-account",
+            shard_parameters={"poll_initial_s": 0.2, "poll_max_s": 1.0},
+        )
+    manifest = raised.value.manifest
     assert list(manifest["id"]) == ["s0", "s1", "s2", "s3", "s4", "bad"], (
         tmp_path / "worker.log"
     ).read_text()[-3000:]

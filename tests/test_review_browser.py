@@ -36,7 +36,11 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-FAST = {"poll_initial_s": 0.1, "poll_max_s": 0.5}
+FAST = {
+    "poll_initial_s": 0.1,
+    "poll_max_s": 0.5,
+    "allow_failed_rows": True,
+}  # one row is invalid on purpose
 EVIL_PROMPT = "<script>window.__pwned = 1</script><img src=x onerror='window.__pwned=2'>"
 
 

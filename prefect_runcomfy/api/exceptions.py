@@ -225,6 +225,31 @@ class RowNotStoredError(RunComfyError):
         self.status = status
 
 
+class RowsNeedAttentionError(RunComfyError):
+    """A run ended with rows that need a person (failed, invalid, timed out, outcome unknown)
+    beyond what `allow_failed_rows` tolerates, or with no video at all; it fails the flow run.
+
+    Everything was written first (videos, sidecars, `manifest.parquet`, the review page, the
+    artifacts); `manifest` is the run's manifest, as the flow would have returned it, and
+    `counts` the rows per status. Look at the rows whose `status` is not `succeeded`.
+    """
+
+    def __init__(self, message: str, *, manifest: Any, counts: dict[str, int]) -> None:
+        super().__init__(message)
+        self.manifest = manifest
+        self.counts = counts
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Prefect may pickle a failed run's exception; keyword-only arguments need this.
+        return (_rebuild_rows_need_attention, (str(self), self.manifest, self.counts))
+
+
+def _rebuild_rows_need_attention(
+    message: str, manifest: Any, counts: dict[str, int]
+) -> RowsNeedAttentionError:
+    return RowsNeedAttentionError(message, manifest=manifest, counts=counts)
+
+
 __all__ = [
     "AuthenticationError",
     "ConfigurationError",
@@ -238,6 +263,7 @@ __all__ = [
     "RateLimitedError",
     "RequestNotFoundError",
     "RowNotStoredError",
+    "RowsNeedAttentionError",
     "RunCancelledError",
     "RunComfyAPIError",
     "RunComfyError",

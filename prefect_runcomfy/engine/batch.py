@@ -141,6 +141,23 @@ class Batch:
         return outcome
 
 
+async def _in_flight(ledger: Ledger, flow_run_id: str | None) -> list[LedgerEntry]:
+    entries = await asyncio.to_thread(ledger.load_all)
+    return [
+        e
+        for e in entries.values()
+        if e.state in (LedgerState.SUBMITTED, LedgerState.SUBMITTING)
+        and e.request_id
+        and (flow_run_id is None or e.flow_run_id == flow_run_id)
+    ]
+
+
+async def queued_requests(ledger: Ledger, *, flow_run_id: str | None = None) -> list[str]:
+    """The request ids of a run that the ledger holds as submitted and not finished: those a
+    stopped run may have left queued."""
+    return [e.request_id for e in await _in_flight(ledger, flow_run_id) if e.request_id]
+
+
 async def cancel_queued_requests(
     ledger: Ledger,
     make_client: Callable[[], RunComfyClient],
@@ -152,14 +169,7 @@ async def cancel_queued_requests(
     Running requests cannot be cancelled; they stay `submitted` in the ledger so
     `collect_outstanding_requests` can collect them.
     """
-    entries = await asyncio.to_thread(ledger.load_all)
-    pending = [
-        e
-        for e in entries.values()
-        if e.state in (LedgerState.SUBMITTED, LedgerState.SUBMITTING)
-        and e.request_id
-        and (flow_run_id is None or e.flow_run_id == flow_run_id)
-    ]
+    pending = await _in_flight(ledger, flow_run_id)
     cancelled: list[str] = []
     if not pending:
         return cancelled
@@ -181,4 +191,4 @@ async def cancel_queued_requests(
     return cancelled
 
 
-__all__ = ["LEDGER_RETRY_DELAYS_S", "Batch", "cancel_queued_requests"]
+__all__ = ["LEDGER_RETRY_DELAYS_S", "Batch", "cancel_queued_requests", "queued_requests"]

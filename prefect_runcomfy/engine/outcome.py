@@ -30,6 +30,12 @@ from prefect_runcomfy.engine.status import RowStatus
 PREVIEW_CHARS = 300
 """A rejected row's inputs are kept this short: it may hold a megabyte prompt or inline file."""
 
+EVENT_ERROR_CHARS = 2000
+"""A row event carries at most this much of the row's error (events are capped at 1.5 MB)."""
+
+SKIPPED = "skipped"
+"""The event word of a row that was already stored by an earlier run (`runcomfy.row.skipped`)."""
+
 
 def utc_now() -> str:
     """The current time as an ISO-8601 UTC string, e.g. `2026-01-31T12:00:00.123+00:00`."""
@@ -103,6 +109,8 @@ class RowOutcome(BaseModel):
     files: tuple[StoredFile, ...] = ()
     metadata_uri: str | None = None
     stored_at: str | None = None
+    already_stored: bool = False
+    """True when an earlier run stored the row and this run only reported it."""
 
     # -- new versions ---------------------------------------------------------------------
 
@@ -217,6 +225,50 @@ class RowOutcome(BaseModel):
             "run_s": "" if self.run_seconds is None else round(self.run_seconds, 1),
             "video": first or "",
             "error": self.error or "",
+        }
+
+    @property
+    def event_word(self) -> str:
+        """The last word of the row's Prefect event: its status, or `skipped` when an earlier
+        run had already stored it (`runcomfy.row.succeeded`, `runcomfy.row.skipped`, ...)."""
+        if self.already_stored:
+            return SKIPPED
+        return self.status.value if self.status else RowStatus.FAILED.value
+
+    def event_payload(self) -> dict[str, Any]:
+        """What the row's Prefect event carries: enough to act on without opening the manifest."""
+        first = self.files[0] if self.files else None
+        error = self.error
+        if error is not None and len(error) > EVENT_ERROR_CHARS:
+            error = error[:EVENT_ERROR_CHARS] + "…"
+        return {
+            "id": self.id,
+            "row": self.row,
+            "status": self.status.value if self.status else None,
+            "request_id": self.request_id,
+            "video_uri": first.uri if first else None,
+            "video_uris": self.video_uris,
+            "metadata_uri": self.metadata_uri,
+            "error": error,
+            "cost_usd": self.cost_usd,
+            "duration_s": ((first.video if first else None) or {}).get("duration_s"),
+            "submitted_by_this_run": self.submitted_by_this_run,
+            "already_stored": self.already_stored,
+        }
+
+    def asset_metadata(self, stored: StoredFile) -> dict[str, Any]:
+        """The small metadata of one stored video's asset materialization."""
+        video = stored.video or {}
+        return {
+            "row_id": self.id,
+            "request_id": self.request_id,
+            "duration_s": video.get("duration_s"),
+            "width": video.get("width"),
+            "height": video.get("height"),
+            "size_bytes": stored.size,
+            "sha256": stored.sha256,
+            "cost_usd": self.cost_usd,
+            "metadata_uri": self.metadata_uri,
         }
 
     # -- records read back ------------------------------------------------------------------

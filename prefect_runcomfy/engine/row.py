@@ -117,7 +117,11 @@ async def _already_stored(batch: Batch, start: RowOutcome) -> RowOutcome:
     sidecar = await asyncio.to_thread(batch.store.read_json, f"{start.id}.json")
     return (
         start.with_sidecar(sidecar or {})
-        .ended(RowStatus.SUCCEEDED, metadata_uri=batch.store.uri(f"{start.id}.json"))
+        .ended(
+            RowStatus.SUCCEEDED,
+            metadata_uri=batch.store.uri(f"{start.id}.json"),
+            already_stored=True,
+        )
         .noted("already stored by an earlier run; not paid again")
     )
 

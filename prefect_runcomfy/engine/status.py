@@ -30,6 +30,12 @@ class RowStatus(StrEnum):
     OUTCOME_UNKNOWN = "outcome_unknown"
     """A submit was sent but its answer was lost; not submitted again without asking."""
 
+    @property
+    def needs_attention(self) -> bool:
+        """True for the statuses a person has to look at: `failed`, `invalid`, `timed_out`,
+        `outcome_unknown` (a cancelled row was cancelled on purpose)."""
+        return self in _NEEDS_ATTENTION
+
 
 class LedgerState(StrEnum):
     """Where a row stands in the ledger.
@@ -58,6 +64,10 @@ class LedgerState(StrEnum):
         a POST may have been sent)."""
         return _ROW_STATUS.get(self, RowStatus.OUTCOME_UNKNOWN)
 
+
+_NEEDS_ATTENTION = frozenset(
+    {RowStatus.FAILED, RowStatus.INVALID, RowStatus.TIMED_OUT, RowStatus.OUTCOME_UNKNOWN}
+)
 
 _ROW_STATUS = {
     LedgerState.STORED: RowStatus.SUCCEEDED,

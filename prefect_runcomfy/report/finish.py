@@ -1,5 +1,5 @@
 """The last phase of every flow: the manifest merged and written, the review page, the
-summary artifacts, and one closing log line."""
+summary artifacts, one closing log line, and the run's verdict (`judge_run`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from collections.abc import Sequence
 import pandas as pd
 from prefect.logging import get_run_logger
 
+from prefect_runcomfy.api.exceptions import ConfigurationError, RowsNeedAttentionError
 from prefect_runcomfy.engine.manifest import merge_manifests, parquet_safe, status_counts
 from prefect_runcomfy.engine.outcome import RowOutcome
+from prefect_runcomfy.engine.status import RowStatus
 from prefect_runcomfy.engine.storage import MANIFEST_NAME, OutputStore
 from prefect_runcomfy.report.artifacts import publish_summary, spending
 
@@ -24,10 +26,14 @@ async def finish_run(
     input_storage_options: dict[str, object] | None = None,
     outcomes: Sequence[RowOutcome] = (),
     artifact_key: str | None = None,
+    allow_failed_rows: bool | int = False,
 ) -> pd.DataFrame:
     """Merge this run's rows into the manifest at `name`, write it, draw the review page (for
     the output location's own manifest only: a shard's parent draws one for all), publish the
     summary (under `artifact_key`, when given), and return this run's rows (`attrs` holds `manifest_uri` and `review_page`).
+
+    Last, the verdict: raises `RowsNeedAttentionError` (carrying the manifest) when the run
+    must end Failed (see `judge_run`), after everything is written.
 
     `outcomes`, the records behind `manifest` when the run holds them, draw their rows of the
     page without reading their sidecars back."""
@@ -66,7 +72,67 @@ async def finish_run(
     )
     manifest.attrs["review_page"] = page_uri
     manifest.attrs["manifest_uri"] = manifest_uri
+    verdict = judge_run(manifest, allow_failed_rows)
+    if verdict:
+        logger.warning("%s", verdict)
     return manifest
 
 
-__all__ = ["finish_run"]
+def check_allow_failed_rows(allow_failed_rows: bool | int) -> None:
+    """Refuse a tolerance that is neither a bool nor a count ≥ 0 (before anything is paid)."""
+    if isinstance(allow_failed_rows, bool):
+        return
+    if not isinstance(allow_failed_rows, int) or allow_failed_rows < 0:
+        raise ConfigurationError(
+            f"allow_failed_rows={allow_failed_rows!r}: give True (tolerate any number of rows "
+            "that need attention), False (none) or a count of rows to tolerate (0 or more)"
+        )
+
+
+def judge_run(manifest: pd.DataFrame, allow_failed_rows: bool | int = False) -> str | None:
+    """The run's verdict from this run's rows: raise when it must end Failed, else say what a
+    tolerated run left to look at (None for a clean run).
+
+    - Rows that need a person are `failed`, `invalid`, `timed_out` and `outcome_unknown`;
+      cancelled rows were cancelled on purpose and do not count.
+    - More of them than `allow_failed_rows` tolerates (False: none; True: any number; a count)
+      → `RowsNeedAttentionError`.
+    - No row produced a video although some were due (every row but cancelled ones) →
+      `RowsNeedAttentionError`, whatever the tolerance.
+    """
+    counts = {s: n for s, n in status_counts(manifest).items() if n}
+    total = len(manifest)
+    attention = sum(n for s, n in counts.items() if RowStatus(s).needs_attention)
+    due = total - counts.get(RowStatus.CANCELLED.value, 0)
+    described = ", ".join(f"{n} {s}" for s, n in counts.items())
+    where = manifest.attrs.get("manifest_uri")
+    look = f"; the manifest is at {where}" if where else ""
+    if due and not counts.get(RowStatus.SUCCEEDED.value):
+        raise RowsNeedAttentionError(
+            f"No row produced a video: {described} of {total} rows{look}",
+            manifest=manifest,
+            counts=counts,
+        )
+    if not attention:
+        return None
+    tolerated = (
+        total
+        if allow_failed_rows is True
+        else 0
+        if allow_failed_rows is False
+        else allow_failed_rows
+    )
+    if attention > tolerated:
+        raise RowsNeedAttentionError(
+            f"{attention} of {total} rows need attention ({described}); "
+            f"allow_failed_rows={allow_failed_rows!r} tolerates {tolerated}{look}",
+            manifest=manifest,
+            counts=counts,
+        )
+    return (
+        f"{attention} of {total} rows need attention ({described}), "
+        f"tolerated by allow_failed_rows={allow_failed_rows!r}{look}"
+    )
+
+
+__all__ = ["check_allow_failed_rows", "finish_run", "judge_run"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from reliability_helpers import FAST, TOKEN, config, creds, rows
+from sandbox_helpers import manifest_of
 
 from prefect_runcomfy import generate_talking_videos
 from prefect_runcomfy.sandbox import Sandbox, run_sandbox
@@ -40,9 +41,13 @@ async def test_the_token_is_nowhere(
     await generate_talking_videos(table, str(out), creds(sb), **FAST)
     # refused tokens: the error paths must not echo them either
     wrong = TOKEN[::-1]
-    await generate_talking_videos(rows(sb, 1, prefix="w-"), str(out), creds(sb, wrong), **FAST)
+    await manifest_of(
+        generate_talking_videos(rows(sb, 1, prefix="w-"), str(out), creds(sb, wrong), **FAST)
+    )
     broke = "broke-" + TOKEN
-    await generate_talking_videos(rows(sb, 1, prefix="b-"), str(out), creds(sb, broke), **FAST)
+    await manifest_of(
+        generate_talking_videos(rows(sb, 1, prefix="b-"), str(out), creds(sb, broke), **FAST)
+    )
     assert sb.stats()["file_requests_with_authorization"] == 0
 
     secrets = [TOKEN.encode(), wrong.encode()]

@@ -1,0 +1,142 @@
+"""What Prefect's event system hears about rows: one event per row's outcome, and an asset
+materialization per stored video.
+
+Every row that ends emits `runcomfy.row.<status>` (`succeeded`, `failed`, `cancelled`,
+`invalid`, `timed_out`, `outcome_unknown`), or `runcomfy.row.skipped` when an earlier run had
+already stored it. The event's resource is the row at its output location
+(`runcomfy.row.<output_uri>/<id>`), so automations can follow one row across nightly runs; the
+payload is `RowOutcome.event_payload()`. Prefect adds the flow run, flow, deployment and tags as
+related resources by itself.
+
+Each video this run stored is reported the way Prefect reports a materializing task's assets
+(`prefect.asset.materialization.succeeded`, resource id = the video's URI, the input table as
+upstream asset when it is a URI), with `RowOutcome.asset_metadata()` as payload. A URI Prefect
+will not take as an asset key (a space, `%`, quotes, over 512 characters) is left out of the
+assets with one warning per run; the row's event still names the video.
+
+Emitting never fails a row: Prefect's events client sends in the background, and any error
+here is logged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect.logging import get_logger
+
+from prefect_runcomfy.engine.outcome import RowOutcome
+from prefect_runcomfy.engine.status import RowStatus
+from prefect_runcomfy.engine.storage import OutputStore
+
+EVENT_PREFIX = "runcomfy.row"
+"""Row events are named `runcomfy.row.<status>`."""
+
+MATERIALIZED_BY = "prefect-runcomfy"
+"""The tool named as the materializer of every video asset."""
+
+logger = get_logger("prefect_runcomfy.events")
+
+
+def asset_key(uri: str) -> str | None:
+    """The Prefect asset key of a stored file's URI, or None when Prefect refuses it.
+
+    A local path becomes `file://` + its absolute path (not percent-encoded: Prefect refuses
+    `%`); other URIs are kept as they are.
+
+    Example:
+        >>> asset_key("s3://bucket/videos/ada.mp4")
+        's3://bucket/videos/ada.mp4'
+        >>> asset_key("s3://bucket/my videos/ada.mp4") is None
+        True
+    """
+    from prefect.assets import Asset
+    from pydantic import ValidationError
+
+    key = uri if "://" in uri else "file://" + Path(uri).resolve().as_posix()
+    try:
+        return Asset(key=key).key
+    except ValidationError:
+        return None
+
+
+@dataclass
+class RowEvents:
+    """Says each finished row to Prefect's event system (see the module's docstring).
+
+    Args:
+        store: The run's output location (names each row's resource).
+        table_uri: The input table's URI when it was given as one: the videos' upstream asset.
+    """
+
+    store: OutputStore
+    table_uri: str | None = None
+    _refused: list[str] = field(default_factory=list)
+
+    def resource(self, outcome: RowOutcome) -> dict[str, str]:
+        """The row at its output location, as an event resource."""
+        return {
+            "prefect.resource.id": f"{EVENT_PREFIX}.{self.store.uri(outcome.id)}",
+            "prefect.resource.name": outcome.id,
+            "runcomfy.row.id": outcome.id,
+            "runcomfy.output-uri": self.store.uri(),
+        }
+
+    async def row_done(self, outcome: RowOutcome) -> None:
+        """Emit the row's event, and an asset materialization for each video it stored now."""
+        try:
+            self._emit(outcome)
+        except Exception as exc:  # an event is not worth a paid row
+            logger.warning("Could not emit the event of row %s: %s", outcome.id, exc)
+
+    def _emit(self, outcome: RowOutcome) -> None:
+        from prefect.events import emit_event
+
+        videos = (
+            [(f, asset_key(f.uri)) for f in outcome.files]
+            if outcome.status is RowStatus.SUCCEEDED and not outcome.already_stored
+            else []
+        )
+        related = [
+            {"prefect.resource.id": k, "prefect.resource.role": "video"} for _, k in videos if k
+        ]
+        emit_event(
+            f"{EVENT_PREFIX}.{outcome.event_word}",
+            resource=self.resource(outcome),
+            related=related,
+            payload=outcome.event_payload(),
+        )
+        for stored, key in videos:
+            if key is None:
+                self._refuse(stored.uri)
+                continue
+            self._materialize(key, outcome.asset_metadata(stored))
+
+    def _materialize(self, key: str, metadata: dict[str, Any]) -> None:
+        # Prefect's own format, as a task declared with `assets=[...]` would emit it.
+        from prefect.assets import Asset
+        from prefect.context import AssetContext
+        from prefect.states import Completed
+
+        upstream = asset_key(self.table_uri) if self.table_uri else None
+        context = AssetContext(
+            downstream_assets={Asset(key=key)},
+            upstream_assets={Asset(key=upstream)} if upstream else set(),
+            materialized_by=MATERIALIZED_BY,
+            materialization_metadata={key: metadata},
+        )
+        context.emit_events(Completed())
+
+    def _refuse(self, uri: str) -> None:
+        if not self._refused:
+            logger.warning(
+                "Prefect does not take %s as an asset key (spaces, %%, quotes or over 512 "
+                "characters); its video is not reported as an asset, but its row event names "
+                "it. Later such videos of this run are left out silently.",
+                uri,
+            )
+        self._refused.append(uri)
+
+
+__all__ = ["EVENT_PREFIX", "MATERIALIZED_BY", "RowEvents", "asset_key"]
