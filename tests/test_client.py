@@ -21,6 +21,7 @@ from prefect_runcomfy.exceptions import (
     DownloadError,
     InputRejectedError,
     InsufficientBalanceError,
+    InvalidRequestIdError,
     ModelNotFoundError,
     PermissionDeniedError,
     RateLimitedError,
@@ -183,6 +184,64 @@ async def test_rejected_input_carries_the_servers_detail(sb: Sandbox) -> None:
 
 
 @pytest.mark.parametrize("shape", ["error_code", "detail", "code"])
+async def test_a_schema_rejection_says_the_message_and_every_detail(
+    sb: Sandbox, shape: str
+) -> None:
+    # RunComfy's 422: {"error_code", "error_message": "input does not match the schema",
+    # "detail": [...]}; the message alone would hide which field is wrong.
+    sb.set(error_body_shape=shape)
+    payload = job(sb).to_api_payload() | {"128_steps": 99, "270_value": 7}
+    async with client_for(sb) as client:
+        with pytest.raises(InputRejectedError) as caught:
+            await client.submit(payload)
+    text = str(caught.value)
+    if shape != "detail":
+        assert "input does not match the schema" in text
+    assert "128_steps: " in text and "270_value: " in text
+    assert isinstance(caught.value.detail, list) and len(caught.value.detail) == 2
+    assert sb.stats()["submits_accepted"] == 0
+
+
+def test_error_reasons_of_every_shape_are_kept_whole_and_cut_at_a_limit() -> None:
+    from prefect_runcomfy.api.client import MAX_REASON_CHARS, _error_detail
+
+    assert _error_detail({"error_message": "bad", "detail": "steps too high"}) == (
+        "bad: steps too high"
+    )
+    assert _error_detail(
+        {"error_message": "input does not match the schema", "detail": ["128_steps: 6..20"]}
+    ) == ("input does not match the schema: 128_steps: 6..20")
+    pydantic_style = {"detail": [{"loc": ["body", "128_steps"], "msg": "too big"}]}
+    assert _error_detail(pydantic_style) == "128_steps: too big"
+    assert _error_detail({"error": {"type": "Quota", "message": "slow down"}}) == "slow down"
+    assert _error_detail({"detail": {"field": "x", "limits": [1, 2]}}) == (
+        '{"field": "x", "limits": [1, 2]}'
+    )
+    # the message repeated in the detail is said once
+    assert _error_detail({"error_message": "no", "detail": "no"}) == "no"
+    long = _error_detail({"error_message": "x" * 5000, "detail": ["a"] * 100})
+    assert len(long) == MAX_REASON_CHARS and long.endswith("…")
+    assert "\n" not in _error_detail({"detail": "two\nlines"})
+    many = _error_detail({"detail": [f"f{i}: bad" for i in range(30)]})
+    assert "f19: bad" in many and "f20" not in many and "and 10 more" in many
+
+
+async def test_an_echoed_token_is_redacted_from_the_reason_before_it_is_cut(sb: Sandbox) -> None:
+    # An error body that echoes the token (in its message or deep in its detail): the
+    # message says '**********', and no cut can leave a piece of the token behind.
+    secret = sb.token
+    async with client_for(sb) as client:
+        request = httpx.Request("POST", f"{sb.base_url}/v1/models/x")
+        body = {
+            "error_message": "x" * (990 - len(secret)) + secret,
+            "detail": [{"msg": f"token {secret} refused"}],
+        }
+        error = client._error_for(httpx.Response(422, json=body, request=request), body, None, None)
+    assert secret not in str(error) and secret[:6] not in str(error)
+    assert secret not in repr(error.detail)
+
+
+@pytest.mark.parametrize("shape", ["error_code", "detail", "code"])
 async def test_every_error_body_shape_is_understood(sb: Sandbox, shape: str) -> None:
     sb.set(error_body_shape=shape)
     async with client_for(sb, token="nope") as client:
@@ -202,6 +261,29 @@ async def test_dropped_submit_answer_is_outcome_unknown_and_never_resent(sb: San
     stats = sb.stats()
     assert stats["submits_accepted"] == 1, "the job exists: the server accepted it"
     assert max(stats["submits_by_payload"].values()) == 1, "the client must not resend it"
+
+
+async def test_a_malformed_request_id_is_an_unknown_outcome_never_put_in_a_url(
+    sb: Sandbox,
+) -> None:
+    sb.set(request_id_shape="malformed")
+    async with client_for(sb) as client:
+        with pytest.raises(SubmitOutcomeUnknownError) as caught:
+            await client.submit(job(sb))
+        assert caught.value.cause == "malformed_request_id"
+        assert "may be running and billed" in str(caught.value)
+        before = sb.stats()["requests_total"]
+        for bad in ("../x", "a/b", "a?b=1", "", "x" * 129, "id with space", "ü"):
+            with pytest.raises(InvalidRequestIdError):
+                await client.status(bad)
+            with pytest.raises(InvalidRequestIdError):
+                await client.result(bad)
+            with pytest.raises(InvalidRequestIdError):
+                await client.cancel(bad)
+    stats = sb.stats()
+    assert stats["submits_accepted"] == 1, "the job was created: it is billed"
+    assert stats["requests_total"] == before, "no malformed id reached the server"
+    assert "status" not in stats["requests_by_endpoint"]
 
 
 async def test_submit_5xx_is_outcome_unknown(sb: Sandbox) -> None:

@@ -257,6 +257,25 @@ async def test_dropped_submit_answer_is_outcome_unknown_and_not_resubmitted(
     assert sb.stats()["submits_accepted"] == 3
 
 
+async def test_a_malformed_request_id_is_outcome_unknown_and_never_submitted_again(
+    sb: Sandbox, tmp_path: Path
+) -> None:
+    # The job exists and is billed, but its id cannot be followed: an unknown outcome, not
+    # `failed` (which retry_failed=True would pay for again).
+    out = str(tmp_path / "o")
+    sb.set(request_id_shape="malformed")
+    first = await generate_talking_videos(rows(sb, 1), out, creds(sb), **FAST)
+    assert list(first["status"]) == ["outcome_unknown"]
+    assert "malformed request id" in first["error"][0]
+    assert Ledger(OutputStore(out)).get("r0").state == "outcome_unknown"
+    sb.set(request_id_shape="uuid")
+    again = await generate_talking_videos(rows(sb, 1), out, creds(sb), retry_failed=True, **FAST)
+    assert list(again["status"]) == ["outcome_unknown"]
+    stats = sb.stats()
+    assert stats["submits_accepted"] == 1
+    assert not {"status", "result", "cancel"} & set(stats["requests_by_endpoint"])
+
+
 def _failing_ledger_writes(
     monkeypatch: pytest.MonkeyPatch, state: str, times: int | None
 ) -> list[str]:

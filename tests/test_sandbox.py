@@ -263,7 +263,8 @@ def test_invalid_input_is_422_naming_the_field(
     answer = client.post(SUBMIT_PATH, json=body)
     assert answer.status_code == 422
     data = answer.json()
-    assert field in data["error_message"]
+    assert data["error_message"] == "input does not match the schema"
+    assert any(item.startswith(f"{field}: ") for item in data["detail"])
     assert field in [e["field"] for e in data["errors"]]
     assert sb.stats()["submits_accepted"] == 0
 

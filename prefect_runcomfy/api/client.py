@@ -16,6 +16,7 @@ This module does not import Prefect.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -38,6 +39,7 @@ from prefect_runcomfy.api.exceptions import (
     ConfigurationError,
     InputRejectedError,
     InsufficientBalanceError,
+    InvalidRequestIdError,
     ModelNotFoundError,
     PermissionDeniedError,
     RateLimitedError,
@@ -55,6 +57,7 @@ from prefect_runcomfy.api.models import (
     RequestResult,
     RequestState,
     SubmittedRequest,
+    is_request_id,
 )
 
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net"
@@ -281,6 +284,15 @@ class RunComfyClient:
                 "It was not sent again.",
                 cause=f"server_error:{exc.status_code or exc.error_code}",
             ) from None
+        request_id = body.get("request_id")
+        if request_id is not None and not is_request_id(request_id):
+            # Never put it in a URL: it could point the next call anywhere on the API host.
+            raise SubmitOutcomeUnknownError(
+                "RunComfy accepted the submit but its answer carried a malformed request id "
+                f"({self._redact(repr(request_id))[:80]}); a job may be running and billed, "
+                "and it cannot be followed. It was not sent again.",
+                cause="malformed_request_id",
+            )
         try:
             return SubmittedRequest.model_validate(body)
         except ValueError:
@@ -293,7 +305,7 @@ class RunComfyClient:
     async def status(self, request_id: str) -> RequestState:
         """Read where a request stands (`in_queue` with its position, `in_progress`, ...)."""
         body = await self._read("GET", self._request_path(request_id, "status"), request_id)
-        return RequestState.model_validate({"request_id": request_id, **body})
+        return RequestState.model_validate({**body, "request_id": request_id})
 
     async def result(self, request_id: str, *, include_cost: bool = False) -> RequestResult:
         """Read a request's result: its outputs once succeeded, else its current state.
@@ -305,7 +317,7 @@ class RunComfyClient:
         body = await self._read(
             "GET", self._request_path(request_id, "result"), request_id, params=params
         )
-        return RequestResult.model_validate({"request_id": request_id, **body})
+        return RequestResult.model_validate({**body, "request_id": request_id})
 
     async def cancel(self, request_id: str) -> CancelOutcome:
         """Ask RunComfy to cancel a request. Only queued requests can be; cancelling twice is harmless.
@@ -313,7 +325,7 @@ class RunComfyClient:
         Check `.cancelled` on the answer: `not_cancellable` means it runs to the end and is billed.
         """
         body = await self._read("POST", self._request_path(request_id, "cancel"), request_id)
-        return CancelOutcome.model_validate({"request_id": request_id, **body})
+        return CancelOutcome.model_validate({**body, "request_id": request_id})
 
     async def model_info(self, model_id: str = MODEL_ID) -> ModelInfo:
         """Read a model's catalog entry: display name, price and input schema."""
@@ -350,9 +362,13 @@ class RunComfyClient:
     # --- the one place where HTTP answers become results or exceptions ---------------------
 
     def _request_path(self, request_id: str, action: str) -> str:
-        if not request_id or "/" in request_id or request_id in {".", ".."}:
-            raise ValueError(f"Not a RunComfy request id: {request_id!r}")
-        return f"/v1/requests/{quote(request_id, safe='')}/{action}"
+        if not is_request_id(request_id):
+            shown = repr(request_id)[:80]
+            raise InvalidRequestIdError(
+                f"Not a RunComfy request id: {shown} (ids are 1 to 128 letters, digits, '_' "
+                "or '-'); it was not sent anywhere."
+            )
+        return f"/v1/requests/{request_id}/{action}"
 
     async def _read(
         self,
@@ -414,7 +430,8 @@ class RunComfyClient:
         request_id: str | None,
     ) -> RunComfyAPIError:
         status = response.status_code
-        detail = self._redact(_error_detail(body) or response.reason_phrase or "")
+        # Redacted before it is cut: a cut must not keep half a token.
+        detail = _error_detail(self._redact_any(body)) or response.reason_phrase or ""
         cls: type[RunComfyAPIError]
         if code in _CODE_ERRORS:
             cls = _CODE_ERRORS[code]
@@ -486,26 +503,65 @@ def _error_code(body: dict[str, Any]) -> int | None:
     return None
 
 
+MAX_REASON_CHARS = 1000
+"""The longest reason from an error body that an exception message carries (cut with '…')."""
+
+_MAX_REASON_ITEMS = 20
+"""How many items of a `detail` list a message names before saying how many more there are."""
+
+
 def _error_detail(body: dict[str, Any]) -> str:
-    for key in ("error_message", "message", "detail", "error"):
-        value = body.get(key)
-        if value in (None, "", [], {}):
-            continue
-        if isinstance(value, dict):
-            value = value.get("message") or value.get("msg") or value
-        if isinstance(value, list):
-            parts = []
-            for item in value[:5]:
-                if isinstance(item, dict):
-                    loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
-                    parts.append(
-                        f"{loc}: {item.get('msg', item)}" if loc else str(item.get("msg", item))
-                    )
-                else:
-                    parts.append(str(item))
-            value = "; ".join(parts)
-        return str(value)[:500]
-    return ""
+    """The whole reason an error body gives, as one line: its message, then its detail.
+
+    RunComfy's bodies carry `error_message` and, for a schema rejection, `detail` (a string, a
+    list or an object); other servers say `message`, `error` or `errors`. Each part that
+    says something new is kept, in that order, and the line is cut at `MAX_REASON_CHARS`.
+    """
+    parts: list[str] = []
+    for key in ("error_message", "message", "error", "detail"):
+        text = _describe(body.get(key))
+        if text and not any(text in part for part in parts):
+            parts.append(text)
+    if body.get("detail") in (None, "", [], {}):
+        text = _describe(body.get("errors"))
+        if text and not any(text in part for part in parts):
+            parts.append(text)
+    return _cut(": ".join(parts), MAX_REASON_CHARS)
+
+
+def _describe(value: Any) -> str:
+    """One line for a string, a list (pydantic-style items as `loc: msg`) or an object."""
+    if value in (None, "", [], {}):
+        return ""
+    if isinstance(value, list):
+        items = [_describe_item(item) for item in value[:_MAX_REASON_ITEMS]]
+        more = len(value) - _MAX_REASON_ITEMS
+        return "; ".join(i for i in items if i) + (f"; and {more} more" if more > 0 else "")
+    if isinstance(value, dict):
+        return _describe_item(value)
+    return _cut(str(value), MAX_REASON_CHARS)
+
+
+def _describe_item(item: Any) -> str:
+    if isinstance(item, dict):
+        message = item.get("msg") or item.get("message")
+        where = item.get("loc") or item.get("field") or item.get("path")
+        if isinstance(where, list):
+            where = ".".join(str(p) for p in where if p != "body")
+        if message not in (None, ""):
+            return f"{where}: {message}" if where else str(message)
+        typed = [str(item.get(k)) for k in ("type", "code") if item.get(k) not in (None, "")]
+        if typed and len(item) <= 2:
+            return ": ".join(typed)
+        return _cut(json.dumps(item, default=str, ensure_ascii=False), 300)
+    if isinstance(item, list):
+        return _describe(item)
+    return _cut(str(item), 300)
+
+
+def _cut(text: str, limit: int) -> str:
+    text = " ".join(text.split())  # one line: a server's newlines must not break a log line
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 __all__ = ["DEFAULT_BASE_URL", "DownloadedFile", "RunComfyClient", "may_resend_submit"]

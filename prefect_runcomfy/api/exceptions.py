@@ -9,6 +9,7 @@ RunComfyError
 ├── ConfigurationError                 no token / bad settings
 │   └── SubmitLimitError               a run would submit more new jobs than max_submits
 ├── InvalidInputError                  a row is not a valid InfiniteTalk input
+├── InvalidRequestIdError              a request id is not of RunComfy's form (never sent)
 ├── MediaError                         an input file cannot be read, signed or staged
 ├── StorageError                       outputs cannot be written / read where asked
 ├── RunComfyAPIError                   the API said no (carries status code, error code, detail)
@@ -60,6 +61,10 @@ class InvalidInputError(RunComfyError, ValueError):
         super().__init__(message)
         self.problems = problems or []
         self.row = row
+
+
+class InvalidRequestIdError(RunComfyError, ValueError):
+    """A request id is not 1-128 letters, digits, `_` or `-`; it is never put in a URL."""
 
 
 class MediaError(RunComfyError):
@@ -232,6 +237,7 @@ __all__ = [
     "InputRejectedError",
     "InsufficientBalanceError",
     "InvalidInputError",
+    "InvalidRequestIdError",
     "MediaError",
     "ModelNotFoundError",
     "PermissionDeniedError",

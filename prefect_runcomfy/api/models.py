@@ -352,10 +352,28 @@ class _Answer(BaseModel):
         return dict(self.__pydantic_extra__ or {})
 
 
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+"""What a RunComfy request id looks like (RunComfy's own clients check the same)."""
+
+
+def is_request_id(value: Any) -> bool:
+    """True when `value` is a string of 1 to 128 letters, digits, `_` or `-`: only such an id
+    is ever put in a URL."""
+    return isinstance(value, str) and REQUEST_ID_PATTERN.fullmatch(value) is not None
+
+
 class SubmittedRequest(_Answer):
     """The answer to a submit: the request id and where to follow it."""
 
     request_id: str
+
+    @field_validator("request_id")
+    @classmethod
+    def _an_id(cls, value: str) -> str:
+        if not is_request_id(value):
+            raise ValueError("not a RunComfy request id")
+        return value
+
     status_url: str | None = None
     result_url: str | None = None
     cancel_url: str | None = None

@@ -71,14 +71,17 @@ def build_app(state: SandboxState) -> FastAPI:
         http_status: int,
         headers: dict[str, str] | None = None,
         extra: dict[str, Any] | None = None,
+        detail: Any = None,
     ) -> JSONResponse:
         shape = state.config.error_body_shape
         if shape == "detail":
-            body: dict[str, Any] = {"detail": message}
+            body: dict[str, Any] = {"detail": detail if detail is not None else message}
         elif shape == "code":
             body = {"code": code, "error": message}
         else:
             body = {"error_code": code, "error_message": message}
+        if detail is not None and shape != "detail":
+            body["detail"] = detail
         body.update(extra or {})
         return JSONResponse(body, status_code=http_status, headers=headers)
 
@@ -216,7 +219,11 @@ def build_app(state: SandboxState) -> FastAPI:
                 return checked
             payload, job_input = checked
             job = state.create_job(model_id, payload, owner, job_input)
-            body: dict[str, Any] = {"request_id": job.request_id, **urls(request, job.request_id)}
+            request_id = job.request_id
+            if state.config.request_id_shape == "malformed":
+                # the job exists and will be billed, but its id is not one a client may use
+                request_id = f"../{job.request_id}?next=http://127.0.0.2/"
+            body: dict[str, Any] = {"request_id": request_id, **urls(request, request_id)}
             if state.config.submit_status_code == 202:
                 body["status"] = "in_queue"
             return JSONResponse(body, status_code=state.config.submit_status_code)
@@ -257,8 +264,15 @@ def build_app(state: SandboxState) -> FastAPI:
         return payload, job_input
 
     def invalid(problems: list[dict[str, str]]) -> JSONResponse:
-        message = "invalid input: " + "; ".join(f"{p['field']}: {p['message']}" for p in problems)
-        return error(INVALID_INPUT, message, 422, extra={"errors": problems})
+        # RunComfy's shape: a general message, the reasons in `detail` (the sandbox adds
+        # `errors`, the same reasons as objects)
+        return error(
+            INVALID_INPUT,
+            "input does not match the schema",
+            422,
+            extra={"errors": problems},
+            detail=[f"{p['field']}: {p['message']}" for p in problems],
+        )
 
     @app.get("/v1/requests/{request_id}/status")
     async def status(request_id: str, request: Request) -> Response:

@@ -25,6 +25,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "error_body_shape": ("error_code", "detail", "code"),
     "render": ("full", "tiny"),
     "queue_position_base": (0, 1),
+    "request_id_shape": ("uuid", "malformed"),
 }
 
 
@@ -86,9 +87,12 @@ class SandboxConfig:
     """Probability that a run fails (drawn from the seeded generator at submit)."""
     auth_http_status: int = 401
     """HTTP status of a 400004 (token missing or unknown): 401 or 403."""
+    request_id_shape: str = "uuid"
+    """`uuid`: submit answers carry the job's id; `malformed`: they carry an id that is not one
+    (`../<id>?next=...`) while the job is created and runs as usual."""
     error_body_shape: str = "error_code"
     """Error bodies: `error_code` → `{error_code, error_message}`, `detail` → `{detail}`,
-    `code` → `{code, error}`."""
+    `code` → `{code, error}`; a schema rejection adds its reasons as `detail` (a list)."""
 
     # --- rendering
     render: str = "full"
