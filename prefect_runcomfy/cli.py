@@ -399,7 +399,7 @@ def _single(coro_factory: Any) -> Any:
 
 @app.command()
 def status(request_id: Annotated[str, typer.Argument(help="A RunComfy request id.")]) -> None:
-    """Print a request's status and, when finished, its result (token from RUNCOMFY_API_TOKEN).
+    """Print a request's status and, when finished, its result (token from the environment).
 
     Example: `prefect-runcomfy status 3f1c...`
     """

@@ -94,7 +94,8 @@ def table_flow(**options: Any) -> Callable[[Callable[..., Any]], SyncOrAsyncFlow
 async def load_credentials(
     credentials: RunComfyCredentials | str | None,
 ) -> RunComfyCredentials | None:
-    """A block, a saved block's name, or None (then `RUNCOMFY_API_TOKEN` is required).
+    """A block, a saved block's name, or None (then the environment must hold the token:
+    `RUNCOMFY_API_TOKEN`, `RUNCOMFY_TOKEN` or `RUNCOMFY_API_KEY`).
 
     Raises `ConfigurationError` early, before any row is touched, when no token can be found.
     """
@@ -230,7 +231,8 @@ async def generate_talking_videos(
             carried through to the manifest.
         output_uri: Where outputs go: a local folder, `s3://bucket/prefix`, `gs://...`, ...
         credentials: A `RunComfyCredentials` block, the name of a saved one, or None to use
-            `RUNCOMFY_API_TOKEN` (and `RUNCOMFY_BASE_URL`).
+            `RUNCOMFY_API_TOKEN` (else `RUNCOMFY_TOKEN`, else `RUNCOMFY_API_KEY`) and
+            `RUNCOMFY_BASE_URL`.
         max_concurrency: Jobs in flight at once from this run.
         max_wait_s: How long to wait for one job; a job still queued then is cancelled.
         storage_options: fsspec options for `output_uri` (e.g. an S3 endpoint).

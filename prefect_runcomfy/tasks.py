@@ -62,7 +62,8 @@ Credentials = RunComfyCredentials | None
 
 
 def client_for(credentials: Credentials) -> RunComfyClient:
-    """A new client from a credentials block, or from `RUNCOMFY_API_TOKEN` when there is none."""
+    """A new client from a credentials block, or from the environment when there is none
+    (`RUNCOMFY_API_TOKEN`, then `RUNCOMFY_TOKEN`, then `RUNCOMFY_API_KEY`)."""
     return credentials.get_client() if credentials is not None else RunComfyClient()
 
 

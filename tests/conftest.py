@@ -17,7 +17,8 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_HOME"] = _HOME
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 # The tests pass tokens explicitly; a developer's real token must never be picked up.
-os.environ.pop("RUNCOMFY_API_TOKEN", None)
+for _name in ("RUNCOMFY_API_TOKEN", "RUNCOMFY_TOKEN", "RUNCOMFY_API_KEY", "RUNCOMFY_OUTPUT_HOSTS"):
+    os.environ.pop(_name, None)
 os.environ.pop("RUNCOMFY_BASE_URL", None)
 
 import pytest  # noqa: E402

@@ -500,10 +500,42 @@ async def test_expired_result_and_output(sb: Sandbox, tmp_path: Path) -> None:
 # --- configuration and secrecy ----------------------------------------------------------------
 
 
+TOKEN_VARIABLES = ("RUNCOMFY_API_TOKEN", "RUNCOMFY_TOKEN", "RUNCOMFY_API_KEY")
+
+
 def test_no_token_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("RUNCOMFY_API_TOKEN", raising=False)
-    with pytest.raises(ConfigurationError, match="RUNCOMFY_API_TOKEN"):
+    for name in TOKEN_VARIABLES:
+        monkeypatch.setenv(name, "  ")  # blank counts as unset
+    with pytest.raises(ConfigurationError) as caught:
         RunComfyClient()
+    for name in TOKEN_VARIABLES:
+        assert name in str(caught.value)
+
+
+@pytest.mark.parametrize("position", [0, 1, 2])
+async def test_each_token_variable_is_read_in_order(
+    sb: Sandbox, monkeypatch: pytest.MonkeyPatch, position: int
+) -> None:
+    # RUNCOMFY_API_TOKEN, then RUNCOMFY_TOKEN (RunComfy's CLI and ComfyUI nodes), then
+    # RUNCOMFY_API_KEY (its MCP servers): the first one set is used, the later ones never.
+    for name in TOKEN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(TOKEN_VARIABLES[position], sb.token)
+    for later in TOKEN_VARIABLES[position + 1 :]:
+        monkeypatch.setenv(later, "a-token-the-sandbox-refuses")
+    async with RunComfyClient(base_url=sb.base_url, backoff=FAST) as client:
+        submitted = await client.submit(job(sb))
+    assert submitted.request_id
+    assert sb.stats()["submits_rejected"] == {}
+
+
+async def test_a_given_token_wins_over_every_variable(
+    sb: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in TOKEN_VARIABLES:
+        monkeypatch.setenv(name, "a-token-the-sandbox-refuses")
+    async with RunComfyClient(sb.token, sb.base_url, backoff=FAST) as client:
+        assert (await client.submit(job(sb))).request_id
 
 
 async def test_environment_supplies_token_and_base_url(

@@ -64,7 +64,11 @@ DEFAULT_BASE_URL = "https://model-api.runcomfy.net"
 """Where RunComfy's Model API lives."""
 
 TOKEN_ENV = "RUNCOMFY_API_TOKEN"  # noqa: S105 - a variable name, not a secret
-"""Environment variable read for the token when none is given."""
+"""The first environment variable read for the token when none is given."""
+
+TOKEN_ENVS: tuple[str, ...] = (TOKEN_ENV, "RUNCOMFY_TOKEN", "RUNCOMFY_API_KEY")
+"""Where the token is looked for when none is given, in this order: this package's name,
+then the one RunComfy's CLI and ComfyUI nodes read, then the one its MCP servers read."""
 
 BASE_URL_ENV = "RUNCOMFY_BASE_URL"
 """Environment variable read for the base URL when none is given."""
@@ -126,7 +130,10 @@ _CODE_ERRORS: dict[int, type[RunComfyAPIError]] = {
 _CODE_ADVICE: dict[type[RunComfyAPIError], str] = {
     ModelNotFoundError: "check the model id",
     InsufficientBalanceError: "top up the RunComfy account, then run again",
-    AuthenticationError: "check the API token (RUNCOMFY_API_TOKEN or the credentials block)",
+    AuthenticationError: (
+        "check the API token (the credentials block, or RUNCOMFY_API_TOKEN, RUNCOMFY_TOKEN, "
+        "RUNCOMFY_API_KEY)"
+    ),
     PermissionDeniedError: "read it with the token that submitted it",
     RequestNotFoundError: "the request is unknown or its record has expired; it cannot be collected",
     InputRejectedError: "fix the input and submit again",
@@ -135,15 +142,25 @@ _CODE_ADVICE: dict[type[RunComfyAPIError], str] = {
 }
 
 
+def token_from_environment() -> str | None:
+    """The first non-blank of `RUNCOMFY_API_TOKEN`, `RUNCOMFY_TOKEN`, `RUNCOMFY_API_KEY`."""
+    for name in TOKEN_ENVS:
+        value = os.environ.get(name)
+        if value and value.strip():
+            return value
+    return None
+
+
 def _resolve_token(api_token: str | SecretStr | None) -> SecretStr:
     value: str | None
     if isinstance(api_token, SecretStr):
         value = api_token.get_secret_value()
     else:
-        value = api_token if api_token is not None else os.environ.get(TOKEN_ENV)
+        value = api_token if api_token is not None else token_from_environment()
     if not value or not value.strip():
         raise ConfigurationError(
-            f"No RunComfy API token: pass one, save a RunComfyCredentials block, or set {TOKEN_ENV}."
+            "No RunComfy API token: pass one, save a RunComfyCredentials block, or set "
+            f"{', '.join(TOKEN_ENVS[:-1])} or {TOKEN_ENVS[-1]}."
         )
     return SecretStr(value.strip())
 
@@ -162,7 +179,8 @@ class RunComfyClient:
     loop) and close it with `async with` or `aclose()`.
 
     Args:
-        api_token: The RunComfy token; `RUNCOMFY_API_TOKEN` when omitted. Sent only in the
+        api_token: The RunComfy token; when omitted, the first of `RUNCOMFY_API_TOKEN`,
+            `RUNCOMFY_TOKEN` and `RUNCOMFY_API_KEY` that is set. Sent only in the
             `Authorization` header of API calls, never to output hosts, never logged.
         base_url: The API's base URL; `RUNCOMFY_BASE_URL` or `https://model-api.runcomfy.net`.
         timeout: Seconds (or an `httpx.Timeout`) for API calls.
@@ -175,7 +193,7 @@ class RunComfyClient:
         ```python
         from prefect_runcomfy import RunComfyClient, InfiniteTalkInput
 
-        async with RunComfyClient() as client:  # token from RUNCOMFY_API_TOKEN
+        async with RunComfyClient() as client:  # token from the environment
             job = InfiniteTalkInput(prompt="a man talks", image=image_url, audio=audio_url)
             submitted = await client.submit(job)
             result = await client.result(submitted.request_id, include_cost=True)
@@ -564,4 +582,11 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-__all__ = ["DEFAULT_BASE_URL", "DownloadedFile", "RunComfyClient", "may_resend_submit"]
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "TOKEN_ENVS",
+    "DownloadedFile",
+    "RunComfyClient",
+    "may_resend_submit",
+    "token_from_environment",
+]
