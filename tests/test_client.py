@@ -14,7 +14,7 @@ import pytest
 
 from prefect_runcomfy.api.backoff import Backoff, parse_retry_after
 from prefect_runcomfy.api.client import RunComfyClient, may_resend_submit
-from prefect_runcomfy.api.models import InfiniteTalkInput, RequestStatus
+from prefect_runcomfy.api.models import MODEL_ID, InfiniteTalkInput, RequestStatus
 from prefect_runcomfy.exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -130,11 +130,36 @@ async def test_cancel_a_queued_request_and_twice_is_harmless(sb: Sandbox) -> Non
 # --- every error code ----------------------------------------------------------------------
 
 
-async def test_unknown_model(sb: Sandbox) -> None:
+@pytest.mark.parametrize(
+    ("http_status", "shape"), [(404, "error_code"), (400, "error_code"), (404, "detail")]
+)
+async def test_unknown_model(sb: Sandbox, http_status: int, shape: str) -> None:
+    sb.set(unknown_model_http_status=http_status, error_body_shape=shape)
     async with client_for(sb) as client:
         with pytest.raises(ModelNotFoundError) as caught:
             await client.submit(job(sb), model_id="community/no-such-model")
-    assert caught.value.error_code == 400001
+        with pytest.raises(ModelNotFoundError):
+            await client.model_info("community/no-such-model")
+    assert caught.value.status_code == http_status
+    if shape == "error_code":
+        assert caught.value.error_code == 400001
+
+
+async def test_list_models_returns_the_sandboxs_catalog(sb: Sandbox) -> None:
+    async with client_for(sb) as client:
+        models = await client.list_models()
+        found = await client.list_models("infinite")
+        by_category = await client.list_models(category="text-to-image")
+        page = await client.list_models(limit=1, offset=2)
+        categories = await client.list_categories()
+    assert len(models) == 3 and models[0].model_id == MODEL_ID
+    talk = models[0]
+    assert (talk.base_price_usd, talk.price_unit) == (0.015, "second")
+    assert talk.usable_price and talk.pricing_note and "lip-sync" in talk.categories
+    assert [m.model_id for m in found] == [MODEL_ID]
+    assert [m.price_unit for m in by_category] == ["image"]
+    assert [m.model_id for m in page] == [models[2].model_id]
+    assert "image-to-video" in categories
 
 
 @pytest.mark.parametrize("http_status", [401, 403])

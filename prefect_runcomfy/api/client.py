@@ -350,12 +350,35 @@ class RunComfyClient:
         body = await self._read("GET", f"/v1/models/{quote(model_id, safe='/')}", None)
         return ModelInfo.model_validate({"model_id": model_id, **body})
 
-    async def list_models(self, search: str | None = None) -> list[ModelInfo]:
-        """List catalog entries, optionally filtered by a search term."""
-        params = {"search": search} if search else None
-        body = await self._read("GET", "/v1/models", None, params=params)
+    async def list_models(
+        self,
+        search: str | None = None,
+        *,
+        category: str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> list[ModelInfo]:
+        """List catalog entries (`{"models": [...], "total": N}`), optionally filtered by a
+        search term or a category, one page of `limit` from `offset`."""
+        given = {"search": search, "category": category, "limit": limit, "offset": offset}
+        params = {k: str(v) for k, v in given.items() if v is not None and v != ""}
+        body = await self._read("GET", "/v1/models", None, params=params or None)
         items = body.get("models") or body.get("items") or body.get("data") or []
+        if not items and isinstance(body.get("detail"), list):
+            items = body["detail"]  # a bare list (how `_check` keeps a non-object body)
         return [ModelInfo.model_validate(item) for item in items if isinstance(item, dict)]
+
+    async def list_categories(self) -> list[str]:
+        """The catalog's categories (`GET /v1/models/categories`), as names."""
+        body = await self._read("GET", "/v1/models/categories", None)
+        items = body.get("categories") or body.get("detail") or []
+        names = []
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict):
+                item = item.get("name") or item.get("category") or item.get("slug")
+            if item:
+                names.append(str(item))
+        return names
 
     # --- downloads ---------------------------------------------------------------------------
 

@@ -209,7 +209,7 @@ def build_app(state: SandboxState) -> FastAPI:
             token, owner = auth
             if model_id != MODEL_ID:
                 state.stats.submits_rejected[BAD_MODEL] += 1
-                return error(BAD_MODEL, f"unknown model id {model_id!r}", 400)
+                return unknown_model(model_id)
             if token in state.config.no_balance_tokens:
                 state.stats.submits_rejected[NO_BALANCE] += 1
                 return error(NO_BALANCE, "no balance left on this account", 402)
@@ -329,6 +329,8 @@ def build_app(state: SandboxState) -> FastAPI:
             wants_cost = request.query_params.get("include_cost", "").lower() in {"1", "true"}
             if wants_cost and job.state.finished:
                 seconds = job.video.seconds if job.video is not None else 0.0
+                if cfg.price_unit != "second":  # one output, billed as one
+                    seconds = 1.0 if job.video is not None else 0.0
                 body["cost"] = round(seconds * cfg.price_per_second_usd, 6)
             return JSONResponse(body)
 
@@ -357,13 +359,49 @@ def build_app(state: SandboxState) -> FastAPI:
 
         return await serve(request, "cancel", work)
 
+    def catalog_entries() -> list[dict[str, Any]]:
+        cfg = state.config
+        return catalog.entries(
+            cfg.price_per_second_usd, price_unit=cfg.price_unit, priced=cfg.catalog_priced
+        )
+
+    def unknown_model(model_id: str) -> JSONResponse:
+        status = state.config.unknown_model_http_status
+        return error(BAD_MODEL, f"unknown model id {model_id!r}", status)
+
     @app.get("/v1/models")
-    async def list_models(request: Request, search: str | None = None) -> Response:
+    async def list_models(
+        request: Request,
+        search: str | None = None,
+        category: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        include_schema: bool = False,
+    ) -> Response:
         async def work() -> Response:
             auth = authenticate(request)
             if isinstance(auth, JSONResponse):
                 return auth
-            return JSONResponse(catalog.search(search, state.config.price_per_second_usd))
+            found = catalog.search(
+                catalog_entries(),
+                query=search,
+                category=category,
+                limit=limit,
+                offset=offset,
+                include_schema=include_schema,
+            )
+            return JSONResponse(found)
+
+        return await serve(request, "catalog", work)
+
+    # before the model route, which would take "categories" for a model id
+    @app.get("/v1/models/categories")
+    async def list_categories(request: Request) -> Response:
+        async def work() -> Response:
+            auth = authenticate(request)
+            if isinstance(auth, JSONResponse):
+                return auth
+            return JSONResponse(catalog.categories(catalog_entries()))
 
         return await serve(request, "catalog", work)
 
@@ -373,9 +411,10 @@ def build_app(state: SandboxState) -> FastAPI:
             auth = authenticate(request)
             if isinstance(auth, JSONResponse):
                 return auth
-            if model_id != MODEL_ID:
-                return error(BAD_MODEL, f"unknown model id {model_id!r}", 400)
-            return JSONResponse(catalog.model_entry(state.config.price_per_second_usd))
+            for entry in catalog_entries():
+                if entry["model_id"] == model_id:
+                    return JSONResponse(entry)
+            return unknown_model(model_id)
 
         return await serve(request, "catalog", work)
 

@@ -26,6 +26,8 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "render": ("full", "tiny"),
     "queue_position_base": (0, 1),
     "request_id_shape": ("uuid", "malformed"),
+    "price_unit": ("second", "output", "image"),
+    "unknown_model_http_status": (404, 400),
 }
 
 
@@ -59,7 +61,13 @@ class SandboxConfig:
     no_balance_tokens: tuple[str, ...] = ()
     """Tokens that are valid but out of money: submits answer 400002 (HTTP 402)."""
     price_per_second_usd: float = 0.015
-    """`cost` reported with `?include_cost=true`, per second of output video."""
+    """The catalog's `base_price_usd` of InfiniteTalk, and the `cost` reported with
+    `?include_cost=true`: per second of output video (per output with another `price_unit`)."""
+    price_unit: str = "second"
+    """The catalog's `price_unit` of InfiniteTalk: `second`, `output` or `image`."""
+    catalog_priced: bool = True
+    """False: InfiniteTalk's catalog entry gives no price (`base_price_usd` and `price_unit`
+    null), as for a model whose pricing is not published."""
 
     # --- one switch per [GAP] reading
     submit_status_code: int = 200
@@ -87,6 +95,9 @@ class SandboxConfig:
     """Probability that a run fails (drawn from the seeded generator at submit)."""
     auth_http_status: int = 401
     """HTTP status of a 400004 (token missing or unknown): 401 or 403."""
+    unknown_model_http_status: int = 404
+    """HTTP status of an unknown model (error 400001) on the catalog and on submit: 404 (what
+    RunComfy's CLI reads as "model not found") or 400."""
     request_id_shape: str = "uuid"
     """`uuid`: submit answers carry the job's id; `malformed`: they carry an id that is not one
     (`../<id>?next=...`) while the job is created and runs as usual."""
