@@ -158,6 +158,21 @@ async def test_mixed_valid_and_invalid_rows(sb: Sandbox, tmp_path: Path) -> None
     assert not (tmp_path / "escape.mp4").exists()
 
 
+async def test_ids_no_disk_could_hold_are_invalid_before_anything_is_paid(
+    sb: Sandbox, tmp_path: Path
+) -> None:
+    # `com1` passed validation and was refused at store time, as `failed` with a traceback.
+    table = rows(sb, 1)
+    for i, bad in enumerate(["com1", "LPT9.mp4", "name.", "a..b", "nul"]):
+        table.append({**table[0], "id": bad, "prompt": f"talks {i}"})
+    manifest = await generate_talking_videos(table, str(tmp_path / "o"), creds(sb), **FAST)
+    assert list(manifest["status"]) == ["succeeded"] + ["invalid"] * 5
+    for error in manifest["error"][1:]:
+        assert "cannot name a file" in error
+    assert sb.stats()["submits_accepted"] == 1
+    assert sorted(Ledger(OutputStore(str(tmp_path / "o"))).load_all()) == ["r0"]
+
+
 async def test_stop_on_invalid_submits_nothing(sb: Sandbox, tmp_path: Path) -> None:
     table = rows(sb, 2)
     table.append({**table[0], "id": "bad", "frames": 100})
