@@ -367,7 +367,7 @@ async def collect_outstanding_requests(
     """Finish what an interrupted or timed-out run left under `output_uri`.
 
     Every request in the ledger that was submitted but not stored (a crashed run, a
-    `timed_out` row) is waited for and stored, or with `cancel=True` cancelled (only queued
+    `timed_out` row, an output refused by the output host policy) is waited for and stored, or with `cancel=True` cancelled (only queued
     requests can be; running ones finish and are stored). Rows whose submit has an unknown
     outcome are reported as such; nothing is submitted. The manifest is updated.
 
@@ -383,7 +383,8 @@ async def collect_outstanding_requests(
     outstanding = [
         e
         for e in entries
-        if e.state in (LedgerState.SUBMITTED, LedgerState.TIMED_OUT) and e.request_id
+        if e.state in (LedgerState.SUBMITTED, LedgerState.TIMED_OUT, LedgerState.OUTPUT_REFUSED)
+        and e.request_id
     ]
     unknown = [
         e

@@ -65,6 +65,14 @@ def shared_sandbox() -> Iterator[Sandbox]:
         yield sb
 
 
+@pytest.fixture(scope="session")
+def two_host_sandbox() -> Iterator[Sandbox]:
+    """A sandbox that also listens on 127.0.0.2 (a foreign host to the client); its stats
+    count file requests per listener. Tests reset it themselves."""
+    with run_sandbox(quick_config(), foreign_host="127.0.0.2") as sb:
+        yield sb
+
+
 @pytest.fixture
 def tmp_output(tmp_path: Path) -> Path:
     """A fresh local output folder."""

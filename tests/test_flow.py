@@ -291,6 +291,60 @@ async def test_a_malformed_request_id_is_outcome_unknown_and_never_submitted_aga
     assert not {"status", "result", "cancel"} & set(stats["requests_by_endpoint"])
 
 
+async def test_a_refused_output_keeps_its_paid_request_until_its_host_is_allowed(
+    two_host_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # The result names a foreign host (127.0.0.2): nothing is fetched from it, the row says
+    # which host and how to allow it, and the paid request stays collectable: retry_failed
+    # never submits it again, a run that allows the host stores it.
+    sb = two_host_sandbox
+    sb.reset(config=True)
+    sb.set(output_urls_on="foreign")
+    out = str(tmp_path / "o")
+    first = await generate_talking_videos(rows(sb, 1), out, creds(sb), **FAST)
+    row = first.iloc[0]
+    assert row["status"] == "failed"
+    assert row["request_id"]
+    assert "127.0.0.2" in row["error"] and "RUNCOMFY_OUTPUT_HOSTS" in row["error"]
+    assert "without submitting it again" in row["error"]
+    assert Ledger(OutputStore(out)).get("r0").state == "output_refused"
+    assert not (tmp_path / "o" / "r0.mp4").exists()
+
+    again = await generate_talking_videos(rows(sb, 1), out, creds(sb), retry_failed=True, **FAST)
+    assert list(again["status"]) == ["failed"]
+    assert again["request_id"][0] == row["request_id"]
+
+    allowed = creds(sb).model_copy(update={"output_hosts": [sb.foreign_base_url]})
+    stored = await generate_talking_videos(rows(sb, 1), out, allowed, **FAST)
+    assert list(stored["status"]) == ["succeeded"], stored["error"].tolist()
+    assert stored["request_id"][0] == row["request_id"]
+    assert (tmp_path / "o" / "r0.mp4").stat().st_size > 1000
+    stats = sb.stats()
+    assert stats["submits_accepted"] == 1, "paid once, stored on the third run"
+    assert stats["file_requests_by_listener"] == {"api": 0, "foreign": 1}
+
+
+async def test_collect_stores_a_refused_output_once_its_host_is_allowed(
+    two_host_sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect_runcomfy.flows import collect_outstanding_requests
+
+    sb = two_host_sandbox
+    sb.reset(config=True)
+    sb.set(files_redirect="foreign")  # the API host's file route redirects to 127.0.0.2
+    out = str(tmp_path / "o")
+    first = await generate_talking_videos(rows(sb, 1), out, creds(sb), **FAST)
+    assert "redirected to" in first["error"][0]
+    assert sb.stats()["file_requests_by_listener"] == {"api": 1, "foreign": 0}
+    monkeypatch.setenv("RUNCOMFY_OUTPUT_HOSTS", sb.foreign_base_url)
+    collected = await collect_outstanding_requests(out, creds(sb), poll_initial_s=0.1)
+    assert list(collected["status"]) == ["succeeded"]
+    on_disk = pd.read_parquet(tmp_path / "o" / "manifest.parquet")
+    assert list(on_disk["status"]) == ["succeeded"]
+    assert sb.stats()["submits_accepted"] == 1
+    assert sb.stats()["file_requests_by_listener"] == {"api": 2, "foreign": 1}
+
+
 def _failing_ledger_writes(
     monkeypatch: pytest.MonkeyPatch, state: str, times: int | None
 ) -> list[str]:

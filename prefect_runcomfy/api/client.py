@@ -9,7 +9,8 @@ and a retry rule per kind of call, all run by the one loop `prefect_runcomfy.api
   reached RunComfy or was refused with 429. Any other failure after the bytes left raises
   `SubmitOutcomeUnknownError`: RunComfy has no idempotency key, so a blind retry could pay for
   the same video twice;
-- downloads of output URLs go through a separate HTTP client that never carries the token.
+- downloads of output URLs go through a separate HTTP client that never carries the token,
+  and only to the hosts its `OutputPolicy` allows (`prefect_runcomfy.api.hosts`).
 
 This module does not import Prefect.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import IO, Any, TypeVar
 from urllib.parse import quote
 
@@ -49,6 +50,7 @@ from prefect_runcomfy.api.exceptions import (
     SubmitOutcomeUnknownError,
     TransportError,
 )
+from prefect_runcomfy.api.hosts import OutputPolicy
 from prefect_runcomfy.api.models import (
     MODEL_ID,
     CancelOutcome,
@@ -165,7 +167,8 @@ def _resolve_token(api_token: str | SecretStr | None) -> SecretStr:
     return SecretStr(value.strip())
 
 
-def _resolve_base_url(base_url: str | None) -> str:
+def resolve_base_url(base_url: str | None) -> str:
+    """`base_url`, else `RUNCOMFY_BASE_URL`, else RunComfy's own, without a trailing slash."""
     url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).strip().rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ConfigurationError(f"RunComfy base URL must start with http:// or https://: {url!r}")
@@ -188,6 +191,11 @@ class RunComfyClient:
         backoff: Delays between retries; `Retry-After` wins when RunComfy sends it.
         max_retry_after_s: The longest `Retry-After` honoured before giving up instead.
         transport: An httpx transport for the API (tests, proxies).
+        download_transport: An httpx transport for output hosts.
+        output_hosts: Host patterns outputs may also be downloaded from, beside RunComfy's
+            output domains, this API's own host and `RUNCOMFY_OUTPUT_HOSTS`
+            (`cdn.example.com`, `*.example.com`, `http://10.0.0.5:8080`).
+        max_output_bytes: The largest output downloaded (2 GiB when None).
 
     Example:
         ```python
@@ -211,9 +219,15 @@ class RunComfyClient:
         max_retry_after_s: float = 300.0,
         transport: httpx.AsyncBaseTransport | None = None,
         download_transport: httpx.AsyncBaseTransport | None = None,
+        output_hosts: Sequence[str] = (),
+        max_output_bytes: int | None = None,
     ) -> None:
         self._token = _resolve_token(api_token)
-        self.base_url = _resolve_base_url(base_url)
+        self.base_url = resolve_base_url(base_url)
+        self.output_policy = OutputPolicy.build(
+            self.base_url, extra_hosts=output_hosts, max_bytes=max_output_bytes
+        )
+        """Where outputs may be downloaded from, what they may be, and how big."""
         self.max_retries = max(0, int(max_retries))
         self.backoff = backoff or Backoff()
         self.max_retry_after_s = max_retry_after_s
@@ -245,7 +259,8 @@ class RunComfyClient:
 
     @property
     def output_http(self) -> httpx.AsyncClient:
-        """The HTTP client for output hosts: no Authorization header, redirects followed."""
+        """The HTTP client for output hosts: no Authorization header; redirects are followed by
+        the download itself, each checked against `output_policy`."""
         return self._downloads
 
     async def __aenter__(self) -> RunComfyClient:
@@ -390,7 +405,8 @@ class RunComfyClient:
         chunk_size: int = 1 << 20,
         attempts: int = 3,
     ) -> DownloadedFile:
-        """Stream an output URL to a file without the token; see `download_output`."""
+        """Stream an output URL to a file without the token, if `output_policy` allows it;
+        see `download_output`."""
         return await download_output(
             url,
             destination,
@@ -398,6 +414,7 @@ class RunComfyClient:
             chunk_size=chunk_size,
             attempts=attempts,
             backoff=self.backoff,
+            policy=self.output_policy,
         )
 
     # --- the one place where HTTP answers become results or exceptions ---------------------
@@ -611,5 +628,6 @@ __all__ = [
     "DownloadedFile",
     "RunComfyClient",
     "may_resend_submit",
+    "resolve_base_url",
     "token_from_environment",
 ]

@@ -26,7 +26,8 @@ RunComfyError
 ├── RunFailedError                     the job ran and failed
 ├── RunCancelledError                  the job was cancelled
 ├── RunTimedOutError                   waiting passed its deadline
-└── DownloadError                      an output could not be downloaded completely
+├── DownloadError                      an output could not be downloaded completely
+└── OutputRefusedError                 an output's host, type or size is not allowed
 ```
 """
 
@@ -214,6 +215,23 @@ class DownloadError(RunComfyError):
         return self.status_code in (403, 404, 410)
 
 
+class OutputRefusedError(RunComfyError):
+    """An output URL (or a redirect) points at a host that is not allowed, or the answer is
+    not a video or is over the size cap; nothing of it was kept, and trying again will not
+    help. The message says how to allow it.
+
+    `reason` is `host`, `type`, `size` or `url`; `host` is the host refused, when it was one.
+    """
+
+    def __init__(
+        self, message: str, *, reason: str, url: str | None = None, host: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.url = url
+        self.host = host
+
+
 # --- batches ------------------------------------------------------------------------------------
 
 
@@ -240,6 +258,7 @@ __all__ = [
     "InvalidRequestIdError",
     "MediaError",
     "ModelNotFoundError",
+    "OutputRefusedError",
     "PermissionDeniedError",
     "RateLimitedError",
     "RequestNotFoundError",

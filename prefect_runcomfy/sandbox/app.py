@@ -314,7 +314,10 @@ def build_app(state: SandboxState) -> FastAPI:
                 "finished_at": ts(job.finished_wall) if job.state.finished else None,
             }
             if job.state == JobState.SUCCEEDED and job.video is not None:
-                url = f"{str(request.base_url).rstrip('/')}/files/{job.file_name}"
+                base = str(request.base_url).rstrip("/")
+                if cfg.output_urls_on == "foreign":
+                    base = foreign_base()
+                url = f"{base}/files/{job.file_name}"
                 body["output"] = (
                     {"videos": [url]} if cfg.output_shape == "videos" else {"video": url}
                 )
@@ -420,10 +423,32 @@ def build_app(state: SandboxState) -> FastAPI:
 
     # ---------------------------------------------------------------- public files
 
+    def foreign_base() -> str:
+        base = state.foreign_base_url
+        if base is None:
+            raise RuntimeError(
+                "this sandbox has no foreign listener: start it with Sandbox(foreign_host=...)"
+            )
+        return base
+
+    def listener(request: Request) -> str:
+        server = request.scope.get("server")
+        on_foreign = server is not None and tuple(server) == state.foreign_address
+        return "foreign" if on_foreign else "api"
+
     @app.api_route("/files/{name}", methods=["GET", "HEAD"])
     async def files(name: str, request: Request) -> Response:
         async def work() -> Response:
             state.stats.file_requests += 1
+            came_in_on = listener(request)
+            state.stats.file_requests_by_listener[came_in_on] += 1
+            redirect = state.config.files_redirect
+            if came_in_on == "api" and redirect == "foreign":
+                return Response(
+                    status_code=302, headers={"Location": f"{foreign_base()}/files/{name}"}
+                )
+            if came_in_on == "api" and redirect == "self" and "hop" not in request.query_params:
+                return Response(status_code=302, headers={"Location": f"/files/{name}?hop=1"})
             if "authorization" in request.headers:
                 # count only: the header's value is never looked at or kept
                 state.stats.file_requests_with_authorization += 1
@@ -445,7 +470,8 @@ def build_app(state: SandboxState) -> FastAPI:
             if padding:
                 return padded_file(job.video.path, job.video.size_bytes, padding, name, request)
             # FileResponse streams in chunks and sends Content-Length
-            return FileResponse(job.video.path, media_type="video/mp4", filename=name)
+            served_as = state.config.output_content_type
+            return FileResponse(job.video.path, media_type=served_as, filename=name)
 
         return await serve(request, "files", work)
 

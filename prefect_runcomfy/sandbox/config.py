@@ -28,6 +28,8 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "request_id_shape": ("uuid", "malformed"),
     "price_unit": ("second", "output", "image"),
     "unknown_model_http_status": (404, 400),
+    "output_urls_on": ("api", "foreign"),
+    "files_redirect": ("none", "foreign", "self"),
 }
 
 
@@ -104,6 +106,16 @@ class SandboxConfig:
     error_body_shape: str = "error_code"
     """Error bodies: `error_code` → `{error_code, error_message}`, `detail` → `{detail}`,
     `code` → `{code, error}`; a schema rejection adds its reasons as `detail` (a list)."""
+
+    # --- where outputs are served (the foreign listener: `Sandbox(foreign_host="127.0.0.2")`)
+    output_urls_on: str = "api"
+    """`api`: output URLs are on the API's own host; `foreign`: on the sandbox's foreign
+    listener (another loopback address), as a spoofed answer would name another host."""
+    output_content_type: str = "video/mp4"
+    """The Content-Type output files are served with (`text/html` plays an error page)."""
+    files_redirect: str = "none"
+    """What the API host's file route answers: the file (`none`), a 302 to the same file on the
+    foreign listener (`foreign`), or a 302 to itself under another path (`self`)."""
 
     # --- rendering
     render: str = "full"
