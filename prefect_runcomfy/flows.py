@@ -215,6 +215,7 @@ async def generate_talking_videos(
     manifest_name: str = MANIFEST_NAME,
     max_submits: int | None = None,
     artifact_key: str | None = None,
+    max_cost_usd: float | None = None,
 ) -> pd.DataFrame:
     """Turn every row of a table into a lip-synced talking video, stored with its metadata.
 
@@ -265,6 +266,9 @@ async def generate_talking_videos(
             `<key>-rows`), so that every run adds a version under one key on the Artifacts
             page. Default: derived from `output_uri` (`runcomfy-<location>-<hash>`). A shard
             (a `manifest_name` of its own) publishes unkeyed artifacts unless given one.
+        max_cost_usd: The most this run's new jobs may cost, estimated from the model's price
+            in RunComfy's catalog. A run whose estimate is higher, or that cannot be estimated
+            (no usable price), fails with `CostLimitError` before submitting any. None: no limit.
 
     Returns:
         The manifest: one row per input row with `id, status, request_id, video_uri,
@@ -284,6 +288,9 @@ async def generate_talking_videos(
         resubmit_unknown=resubmit_unknown,
         retry_failed=retry_failed,
         max_submits=None,  # counted below, once rows with unusable media are left out
+        make_client=lambda: client_for(creds),
+        model_id=model_id,
+        media_base_dir=table_folder(inputs) if isinstance(inputs, str) else None,
     )
     resolver = _resolver(
         inputs if isinstance(inputs, str) else None,
@@ -295,7 +302,7 @@ async def generate_talking_videos(
     payloads, media_problems = await resolve_media(run_plan, resolver)
     run_plan = run_plan.without({p.id or "" for p in media_problems})
     invalid = _report_invalid([*table.invalid, *media_problems], len(table.frame), on_invalid)
-    check_limit(run_plan, max_submits)
+    check_limit(run_plan, max_submits, max_cost_usd)
     logger.info("%d rows, %d invalid; outputs go to %s", len(table.frame), len(invalid), output_uri)
     progress = Progress(len(table.frame))
     await progress.start()
@@ -464,6 +471,7 @@ async def generate_talking_videos_sharded(
     input_storage_options: dict[str, Any] | None = None,
     shard_parameters: dict[str, Any] | None = None,
     max_submits: int | None = None,
+    max_cost_usd: float | None = None,
 ) -> pd.DataFrame:
     """Run a very large table as shards, each a separate flow run of `deployment` on its work
     pool, all under one account-wide limit, and merge their manifests into one.
@@ -490,6 +498,8 @@ async def generate_talking_videos_sharded(
         shard_parameters: Any other `generate_talking_videos` parameters for every shard.
         max_submits: The most new (paid) jobs the whole table may submit, checked against the
             ledger before any shard starts (see `generate_talking_videos`).
+        max_cost_usd: The most the whole table's new jobs may cost (the catalog's price),
+            checked before any shard starts (see `generate_talking_videos`).
 
     Returns:
         The merged manifest of this run's rows.
@@ -502,15 +512,20 @@ async def generate_talking_videos_sharded(
     for problem in table.invalid:
         logger.warning("Invalid %s", problem.message)
     store = OutputStore(output_uri, storage_options)
-    if max_submits is not None:
+    if max_submits is not None or max_cost_usd is not None:
         options = shard_parameters or {}
-        await plan(
+        creds = await load_credentials(credentials) if max_cost_usd is not None else None
+        whole = await plan(
             store,
             table.valid,
             resubmit_unknown=bool(options.get("resubmit_unknown", False)),
             retry_failed=bool(options.get("retry_failed", False)),
             max_submits=max_submits,
+            make_client=(lambda: client_for(creds)) if max_cost_usd is not None else None,
+            model_id=str(options.get("model_id", MODEL_ID)),
+            media_base_dir=table_folder(inputs) if isinstance(inputs, str) else None,
         )
+        check_limit(whole, None, max_cost_usd)
     table_uri = inputs if isinstance(inputs, str) else None
     frames = shard_frames(table.valid, table.frame, shard_size, base_dir=table_folder(table_uri))
     names = shard_names(_flow_run_id() or uuid.uuid4().hex, len(frames))

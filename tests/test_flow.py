@@ -19,6 +19,7 @@ from prefect_runcomfy.engine.ledger import Ledger
 from prefect_runcomfy.engine.storage import TEMP_PREFIX, OutputStore
 from prefect_runcomfy.exceptions import (
     ConfigurationError,
+    CostLimitError,
     InvalidInputError,
     StorageError,
     SubmitLimitError,
@@ -209,6 +210,74 @@ async def test_max_submits_refuses_a_run_that_would_pay_for_more_rows(
     assert sb.stats()["submits_accepted"] == 4
 
 
+async def test_the_cost_is_estimated_from_the_catalog_before_paying(
+    sb: Sandbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    out = str(tmp_path / "o")
+    manifest = await generate_talking_videos(rows(sb, 2), out, creds(sb), **FAST)
+    # 125 frames at 25 fps = 5 s of video each, at the catalog's $0.015 per second
+    assert list(manifest["estimated_cost_usd"]) == pytest.approx([0.075, 0.075])
+    assert list(manifest["cost_usd"]) == pytest.approx([0.075, 0.075], abs=0.01)
+    plan_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Plan: ")]
+    assert plan_lines == [
+        "Plan: 2 to submit; estimated cost $0.1500 for 2 jobs "
+        "(10.0 s of video at $0.0150 per second, from RunComfy's catalog)"
+    ]
+    # nothing new to pay for: no estimate needed, $0 fits any limit
+    again = await generate_talking_videos(rows(sb, 2), out, creds(sb), max_cost_usd=0, **FAST)
+    assert list(again["status"]) == ["succeeded", "succeeded"]
+    assert sb.stats()["submits_accepted"] == 2
+    assert sb.stats()["requests_by_endpoint"]["catalog"] == 1, "read only when something is new"
+
+
+async def test_max_cost_refuses_before_any_post_naming_the_estimate_and_the_rows(
+    sb: Sandbox, tmp_path: Path
+) -> None:
+    out = str(tmp_path / "o")
+    with pytest.raises(CostLimitError) as caught:
+        await generate_talking_videos(rows(sb, 3), out, creds(sb), max_cost_usd=0.2, **FAST)
+    message = str(caught.value)
+    assert "estimated cost $0.2250 for 3 jobs" in message and "max_cost_usd=0.2" in message
+    assert "r0, r1, r2" in message and "nothing was submitted" in message
+    assert (caught.value.estimate_usd, caught.value.would_submit) == (pytest.approx(0.225), 3)
+    assert sb.stats()["submits_accepted"] == 0
+    assert Ledger(OutputStore(out)).load_all() == {}
+    # per output: one base price a row
+    sb.set(price_unit="output", price_per_second_usd=0.5)
+    with pytest.raises(CostLimitError, match=r"estimated cost \$1.5000 for 3 jobs"):
+        await generate_talking_videos(rows(sb, 3), out, creds(sb), max_cost_usd=1, **FAST)
+    manifest = await generate_talking_videos(rows(sb, 3), out, creds(sb), max_cost_usd=2, **FAST)
+    assert list(manifest["estimated_cost_usd"]) == [0.5, 0.5, 0.5]
+    assert sb.stats()["submits_accepted"] == 3
+
+
+async def test_no_usable_price_refuses_a_cost_limit_rather_than_guess(
+    sb: Sandbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    sb.set(catalog_priced=False)
+    out = str(tmp_path / "o")
+    with pytest.raises(CostLimitError, match="cannot be estimated") as caught:
+        await generate_talking_videos(rows(sb, 1), out, creds(sb), max_cost_usd=100, **FAST)
+    assert caught.value.estimate_usd is None and "gives no usable price" in str(caught.value)
+    assert sb.stats()["submits_accepted"] == 0
+    # without a limit the run goes on, and says it has no estimate
+    manifest = await generate_talking_videos(rows(sb, 1), out, creds(sb), **FAST)
+    assert list(manifest["status"]) == ["succeeded"]
+    assert manifest["estimated_cost_usd"].isna().all()
+    assert any("cost of 1 job not estimated" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_known_audio_length_caps_the_estimate(sb: Sandbox, tmp_path: Path) -> None:
+    image, audio = _local_media(tmp_path)  # 4.86 s of speech, under 125 frames (5 s)
+    table = [{"id": "short", "prompt": "talks", "image": str(image), "audio": str(audio)}]
+    manifest = await generate_talking_videos(
+        table, str(tmp_path / "o"), creds(sb), inline_media=True, **FAST
+    )
+    assert manifest["estimated_cost_usd"][0] == pytest.approx(4.86 * 0.015, abs=0.001)
+
+
 async def test_sharded_parent_checks_max_submits_before_any_shard(
     sb: Sandbox, tmp_path: Path
 ) -> None:
@@ -219,6 +288,18 @@ async def test_sharded_parent_checks_max_submits_before_any_shard(
     with pytest.raises(SubmitLimitError, match="would submit 3 new jobs, more than max_submits=1"):
         await generate_talking_videos_sharded(
             rows(sb, 3), str(out), deployment="missing/deployment", max_submits=1
+        )
+    assert not (out / "_shards").exists()
+    await RunComfyCredentials(api_token=sb.token, base_url=sb.base_url).save(
+        "sharded-cost", overwrite=True
+    )
+    with pytest.raises(CostLimitError, match=r"estimated cost \$0.2250 for 3 jobs"):
+        await generate_talking_videos_sharded(
+            rows(sb, 3),
+            str(out),
+            deployment="missing/deployment",
+            credentials="sharded-cost",
+            max_cost_usd=0.1,
         )
     assert not (out / "_shards").exists()
     assert sb.stats()["submits_accepted"] == 0
@@ -492,7 +573,11 @@ async def test_artifacts_show_progress_rows_and_summary(sb: Sandbox, tmp_path: P
     assert "2 of 3 rows succeeded" in summary
     assert "index.html" in summary and str(tmp_path / "o") in summary
     assert "cfg" in summary
-    assert "Jobs this run submitted: 2, cost reported by RunComfy $0." in summary
+    # the estimate before paying (2 rows x 125 frames / 25 x $0.015) beside RunComfy's cost
+    assert (
+        "Jobs this run submitted: 2, estimated $0.1500 before submitting, "
+        "cost reported by RunComfy $0."
+    ) in summary
 
 
 async def test_one_task_run_per_row_named_after_it_in_the_rows_state(

@@ -7,7 +7,8 @@ never appears in any message.
 ```
 RunComfyError
 ├── ConfigurationError                 no token / bad settings
-│   └── SubmitLimitError               a run would submit more new jobs than max_submits
+│   ├── SubmitLimitError               a run would submit more new jobs than max_submits
+│   └── CostLimitError                 a run's estimated cost is over max_cost_usd (or unknown)
 ├── InvalidInputError                  a row is not a valid InfiniteTalk input
 ├── InvalidRequestIdError              a request id is not of RunComfy's form (never sent)
 ├── MediaError                         an input file cannot be read, signed or staged
@@ -51,6 +52,24 @@ class SubmitLimitError(ConfigurationError):
         super().__init__(message)
         self.would_submit = would_submit
         self.limit = limit
+
+
+class CostLimitError(ConfigurationError):
+    """A run's estimated cost is over `max_cost_usd`, or cannot be estimated while it is set;
+    nothing was submitted. `estimate_usd` is None when the catalog gave no usable price."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        estimate_usd: float | None,
+        limit_usd: float,
+        would_submit: int,
+    ) -> None:
+        super().__init__(message)
+        self.estimate_usd = estimate_usd
+        self.limit_usd = limit_usd
+        self.would_submit = would_submit
 
 
 class InvalidInputError(RunComfyError, ValueError):
@@ -251,6 +270,7 @@ class RowNotStoredError(RunComfyError):
 __all__ = [
     "AuthenticationError",
     "ConfigurationError",
+    "CostLimitError",
     "DownloadError",
     "InputRejectedError",
     "InsufficientBalanceError",

@@ -86,11 +86,15 @@ class LedgerEntry(BaseModel):
 
 @dataclass(frozen=True)
 class RowDecision:
-    """`plan_row`'s answer: the plan, a reason in words, and whether the payload changed."""
+    """`plan_row`'s answer: the plan, a reason in words, and whether the payload changed.
+
+    A run's plan adds what a row to submit is estimated to cost (`estimated_cost_usd`, from
+    the catalog's price; None when unknown or not submitted)."""
 
     plan: RowPlan
     reason: str
     payload_changed: bool = False
+    estimated_cost_usd: float | None = None
 
 
 _FAILED_STATES = frozenset({LedgerState.FAILED, LedgerState.CANCELLED, LedgerState.INVALID})

@@ -103,6 +103,8 @@ async def run_row(
             sources={"image": media_source(row.job.image), "audio": media_source(row.job.audio)}
         )
     )
+    if decision.plan is RowPlan.SUBMIT:
+        cell.keep(cell.latest.evolve(estimated_cost_usd=decision.estimated_cost_usd))
     try:
         async with batch.slot() as client:
             await in_row_task(

@@ -273,6 +273,12 @@ def _local_path(value: str, base_dir: str | None) -> str | None:
     return value
 
 
+def local_media_path(value: str, base_dir: str | None = None) -> str | None:
+    """The local file a media value names (a relative path read against `base_dir`), or None
+    when it is a URL or a `data:` URI."""
+    return _local_path(value, base_dir)
+
+
 def check_local_media(check: TableCheck, *, base_dir: str | None = None) -> TableCheck:
     """Move rows whose local image or audio file does not exist to the invalid rows.
 
