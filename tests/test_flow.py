@@ -855,6 +855,14 @@ async def test_a_stored_row_needs_no_media_on_a_rerun(sb: Sandbox, tmp_path: Pat
     assert by_id.loc["new", "status"] == "invalid"
     assert "face.png" in by_id.loc["new", "error"] and "image" in by_id.loc["new", "error"]
     assert sb.stats()["submits_accepted"] == submits
+    # `prefect-runcomfy plan` agrees: the stored row is skipped, not invalid
+    from prefect_runcomfy.engine.planning import plan_table
+
+    planned = await plan_table(table, str(tmp_path / "o"))
+    assert [(r.id, d.plan.value) for r, d in zip(planned.rows, planned.decisions, strict=True)] == [
+        ("kept", "skip_stored")
+    ]
+    assert [p.id for p in planned.invalid] == ["new"]
 
 
 async def test_max_submits_counts_only_rows_that_will_be_sent(sb: Sandbox, tmp_path: Path) -> None:
