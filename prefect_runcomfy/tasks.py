@@ -18,7 +18,9 @@ Example:
         job = InfiniteTalkInput(prompt="a woman talks", image=image_url, audio=audio_url)
         request_id = submit_request(job, credentials, row_id="ada")
         finished = wait_for_request(request_id, credentials, row_id="ada")
-        stored = store_outputs(finished.result, "ada", "s3://bucket/videos")
+        stored = store_outputs(
+            finished.result, "ada", "s3://bucket/videos", credentials=credentials
+        )
         return stored.video_uris[0]
     ```
 
