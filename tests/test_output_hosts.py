@@ -132,6 +132,22 @@ async def test_an_output_over_the_size_cap_is_refused_and_removed(
     assert not (tmp_path / "v.mp4").exists()
 
 
+async def test_an_output_without_a_length_is_counted_and_cut_at_the_cap(
+    sb: Sandbox, tmp_path: Path
+) -> None:
+    # chunked, no Content-Length: the bytes are counted as they come
+    sb.set(files_without_length=True, output_padding_bytes=3 << 20)
+    async with client_for(sb, max_output_bytes=2 << 20) as client:
+        result = await finished_result(client, sb)
+        with pytest.raises(OutputRefusedError) as caught:
+            await client.download(result.output_urls[0], tmp_path / "v.mp4")
+    assert caught.value.reason == "size" and f"passed {2 << 20} bytes" in str(caught.value)
+    assert not (tmp_path / "v.mp4").exists()
+    async with client_for(sb, max_output_bytes=4 << 20) as client:
+        done = await client.download(result.output_urls[0], tmp_path / "v.mp4")
+    assert done.size > 3 << 20
+
+
 async def test_an_output_that_is_not_a_video_is_refused(sb: Sandbox, tmp_path: Path) -> None:
     sb.set(output_content_type="text/html")
     async with client_for(sb) as client:

@@ -467,7 +467,7 @@ def build_app(state: SandboxState) -> FastAPI:
                 job.downloads += 1
                 if job.first_download_mono is None:
                     job.first_download_mono = time.monotonic()
-            if padding:
+            if padding or state.config.files_without_length:
                 return padded_file(job.video.path, job.video.size_bytes, padding, name, request)
             # FileResponse streams in chunks and sends Content-Length
             served_as = state.config.output_content_type
@@ -476,13 +476,14 @@ def build_app(state: SandboxState) -> FastAPI:
         return await serve(request, "files", work)
 
     def padded_file(path: Any, size: int, padding: int, name: str, request: Request) -> Response:
-        """The file then `padding` zero bytes, streamed in 1 MiB chunks with Content-Length."""
-        headers = {
-            "Content-Length": str(size + padding),
-            "Content-Disposition": f'attachment; filename="{name}"',
-        }
+        """The file then `padding` zero bytes, streamed in 1 MiB chunks with Content-Length
+        (chunked, without it, when `files_without_length`)."""
+        headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+        if not state.config.files_without_length:
+            headers["Content-Length"] = str(size + padding)
+        served_as = state.config.output_content_type
         if request.method == "HEAD":
-            return Response(status_code=200, media_type="video/mp4", headers=headers)
+            return Response(status_code=200, media_type=served_as, headers=headers)
 
         async def chunks() -> AsyncIterator[bytes]:
             yield await asyncio.to_thread(path.read_bytes)  # the small rendered video
@@ -493,7 +494,7 @@ def build_app(state: SandboxState) -> FastAPI:
                 left -= len(piece)
                 yield piece
 
-        return StreamingResponse(chunks(), media_type="video/mp4", headers=headers)
+        return StreamingResponse(chunks(), media_type=served_as, headers=headers)
 
     @app.get("/samples")
     async def samples_index(request: Request) -> Response:

@@ -111,6 +111,8 @@ class SandboxConfig:
     output_urls_on: str = "api"
     """`api`: output URLs are on the API's own host; `foreign`: on the sandbox's foreign
     listener (another loopback address), as a spoofed answer would name another host."""
+    files_without_length: bool = False
+    """Serve output files chunked, without Content-Length (a client must count the bytes)."""
     output_content_type: str = "video/mp4"
     """The Content-Type output files are served with (`text/html` plays an error page)."""
     files_redirect: str = "none"
