@@ -160,11 +160,12 @@ def _handle(exc: BaseException) -> int:
     from prefect_runcomfy.api.exceptions import (
         ConfigurationError,
         InvalidInputError,
+        InvalidRequestIdError,
         RunComfyAPIError,
         StorageError,
     )
 
-    if isinstance(exc, InvalidInputError):
+    if isinstance(exc, (InvalidInputError, InvalidRequestIdError)):
         err.print(f"[red]Invalid input:[/] {escape(str(exc))}")
         return EXIT_BAD_INPUT
     if isinstance(exc, (ConfigurationError, StorageError)):

@@ -274,6 +274,18 @@ def test_status_and_cancel(sb: Sandbox) -> None:
     missing = cli("status", "no-such-request", token=sb.token, base_url=sb.base_url)
     assert missing.returncode == 4
     assert "404001" in missing.stderr
+    # not an id: refused before any call (in-process: the console script was shown above)
+    from typer.testing import CliRunner
+
+    from prefect_runcomfy.cli import app
+
+    before = sb.stats()["requests_total"]
+    env = {"RUNCOMFY_API_TOKEN": sb.token, "RUNCOMFY_BASE_URL": sb.base_url}
+    for command in ("status", "cancel"):
+        bad = CliRunner().invoke(app, [command, "../x?y=1"], env=env)
+        assert bad.exit_code == 2, bad.output
+        assert "Not a RunComfy request id" in bad.output
+    assert sb.stats()["requests_total"] == before
 
 
 def test_collect_with_nothing_left(sb: Sandbox, tmp_path: Path) -> None:

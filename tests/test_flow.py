@@ -524,7 +524,9 @@ async def test_rerun_skips_stored_rows_and_pays_only_for_new_ones(
     from prefect_runcomfy.report.artifacts import summary_markdown
 
     summary = summary_markdown(again, output_uri=out, manifest_uri=out)
-    assert "Jobs this run submitted: 1, cost reported by RunComfy" in summary
+    assert (
+        "Jobs this run submitted: 1, estimated $0.0750 before submitting, cost reported by RunComfy"
+    ) in summary
     assert "Rows submitted by earlier runs (stored or collected now): 3" in summary
 
 
