@@ -374,9 +374,10 @@ async def collect_outstanding_requests(
     """Finish what an interrupted or timed-out run left under `output_uri`.
 
     Every request in the ledger that was submitted but not stored (a crashed run, a
-    `timed_out` row, an output refused by the output host policy) is waited for and stored, or with `cancel=True` cancelled (only queued
-    requests can be; running ones finish and are stored). Rows whose submit has an unknown
-    outcome are reported as such; nothing is submitted. The manifest is updated.
+    `timed_out` row, an output the output host policy refused) is waited for and stored, or
+    with `cancel=True` cancelled (only queued requests can be; running ones finish and are
+    stored). Rows whose submit has an unknown outcome are reported as such; nothing is
+    submitted. The manifest is updated.
 
     Returns:
         The manifest rows of the requests it handled.

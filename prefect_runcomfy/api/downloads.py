@@ -89,7 +89,15 @@ async def stream_output(
         try:
             async with http.stream("GET", current, follow_redirects=False) as response:
                 if response.is_redirect:
-                    current = str(response.url.join(response.headers["Location"]))
+                    try:
+                        current = str(response.url.join(response.headers["Location"]))
+                    except httpx.InvalidURL:
+                        raise OutputRefusedError(
+                            f"The output {short_url(url)} redirected to an unusable URL; "
+                            "nothing was downloaded.",
+                            reason="url",
+                            url=short_url(url),
+                        ) from None
                     continue
                 if response.status_code >= 400:
                     expired = response.status_code in (403, 404, 410)
