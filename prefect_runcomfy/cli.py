@@ -7,7 +7,7 @@ Exit codes tell outcomes apart, so a scheduler or a shell script can act on them
 | 0 | every row succeeded (or: the command did what it was asked) |
 | 1 | the run finished, but some rows did not succeed (see the manifest) |
 | 2 | bad input: the table (or an argument) is invalid; nothing was submitted |
-| 3 | configuration error: no token, unknown credentials block, unreachable storage |
+| 3 | configuration error: no token, unknown credentials block, unreachable storage, over a limit |
 | 4 | RunComfy refused or failed a single-request command (status, cancel) |
 """
 
@@ -174,11 +174,12 @@ def _handle(exc: BaseException) -> int:
     from prefect_runcomfy.api.exceptions import (
         ConfigurationError,
         InvalidInputError,
+        InvalidRequestIdError,
         RunComfyAPIError,
         StorageError,
     )
 
-    if isinstance(exc, InvalidInputError):
+    if isinstance(exc, (InvalidInputError, InvalidRequestIdError)):
         err.print(f"[red]Invalid input:[/] {escape(str(exc))}")
         return EXIT_BAD_INPUT
     if isinstance(exc, (ConfigurationError, StorageError)):
@@ -218,6 +219,13 @@ def run(
         int | None,
         typer.Option(help="Refuse to run (exit 3) if more new, paid jobs would be submitted."),
     ] = None,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(
+            help="Refuse to run (exit 3) if the new jobs' estimated cost (USD, from RunComfy's "
+            "catalog) is higher, or cannot be estimated."
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every log line.")] = False,
 ) -> None:
     """Run every row of INPUTS and store videos, sidecars and manifest.parquet under --output.
@@ -227,10 +235,11 @@ def run(
     ```
     prefect-runcomfy run rows.csv --output ./videos
     prefect-runcomfy run s3://in/rows.parquet -o s3://out/nightly --credentials runcomfy -c 16
-    prefect-runcomfy run rows.csv -o ./videos --max-submits 500
+    prefect-runcomfy run rows.csv -o ./videos --max-submits 500 --max-cost 25
     ```
 
-    Exit code 0: all rows succeeded; 1: some did not; 2: bad input; 3: configuration error.
+    Exit code 0: all rows succeeded; 1: some did not; 2: bad input; 3: configuration error
+    (or over --max-submits / --max-cost, before anything was submitted).
     """
     _quiet_console(verbose)
     manifest = _manifest_of(
@@ -248,6 +257,7 @@ def run(
             concurrency_limit=concurrency_limit,
             storage_options=_options(storage_option),
             max_submits=max_submits,
+            max_cost_usd=max_cost,
         )
     )
     _summary(manifest, output)
@@ -298,34 +308,54 @@ def plan(
     max_submits: Annotated[
         int | None, typer.Option(help="Exit 3 if more new jobs would be submitted.")
     ] = None,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(help="Exit 3 if the new jobs' estimated cost (USD) is higher, or unknown."),
+    ] = None,
+    credentials: Annotated[
+        str | None, typer.Option(help="Saved RunComfyCredentials block to read the price with.")
+    ] = None,
     storage_option: StorageOptions = None,
 ) -> None:
-    """Show what `run` would do with each row of INPUTS, from the ledger under --output.
+    """Show what `run` would do with each row of INPUTS, from the ledger under --output, and
+    what the new jobs would cost.
 
-    Nothing is submitted or written and RunComfy is not called: read what a run would pay for
-    before it does.
+    Nothing is submitted or written: read what a run would pay for before it does. The only
+    call to RunComfy reads the model's price from its catalog (with the token of the
+    environment or --credentials; without one the cost is not estimated).
 
     Examples:
 
     ```
     prefect-runcomfy plan rows.csv --output ./videos
-    prefect-runcomfy plan s3://in/rows.parquet -o s3://out/nightly --max-submits 500
+    prefect-runcomfy plan s3://in/rows.parquet -o s3://out/nightly --max-submits 500 --max-cost 25
     ```
 
-    Exit code 0: planned; 2: bad input (invalid rows are listed); 3: over --max-submits.
+    Exit code 0: planned; 2: bad input (invalid rows are listed); 3: over --max-submits or
+    --max-cost.
     """
     from prefect_runcomfy.engine.planning import plan_table
+    from prefect_runcomfy.engine.pricing import check_cost_limit
+
+    async def planned() -> Any:
+        from prefect_runcomfy.api.client import RunComfyClient
+
+        block = None
+        if credentials:
+            from prefect_runcomfy.flows import load_credentials
+
+            block = await load_credentials(credentials)
+        return await plan_table(
+            inputs,
+            output,
+            storage_options=_options(storage_option),
+            resubmit_unknown=resubmit_unknown,
+            retry_failed=retry_failed,
+            make_client=block.get_client if block is not None else RunComfyClient,
+        )
 
     try:
-        table_plan = asyncio.run(
-            plan_table(
-                inputs,
-                output,
-                storage_options=_options(storage_option),
-                resubmit_unknown=resubmit_unknown,
-                retry_failed=retry_failed,
-            )
-        )
+        table_plan = asyncio.run(planned())
     except Exception as exc:
         raise typer.Exit(_handle(exc)) from None
     table = Table(title="Plan", show_lines=False)
@@ -338,12 +368,20 @@ def plan(
         table.add_row(shown_id, "[red]invalid[/]", escape(problem.message))
     console.print(table)
     console.print(table_plan.describe())
+    if table_plan.estimate is not None:
+        said = table_plan.estimate.describe()
+        console.print(escape(said[:1].upper() + said[1:]))
     new = len(table_plan.to_submit)
     if max_submits is not None and new > max_submits:
         err.print(
             f"[red]{new} new jobs would be submitted, more than --max-submits {max_submits}.[/]"
         )
         raise typer.Exit(EXIT_CONFIG)
+    if max_cost is not None and table_plan.estimate is not None:
+        try:
+            check_cost_limit(table_plan.estimate, max_cost)
+        except Exception as exc:
+            raise typer.Exit(_handle(exc)) from None
     raise typer.Exit(EXIT_BAD_INPUT if table_plan.invalid else EXIT_OK)
 
 
@@ -423,7 +461,7 @@ def _single(coro_factory: Any) -> Any:
 
 @app.command()
 def status(request_id: Annotated[str, typer.Argument(help="A RunComfy request id.")]) -> None:
-    """Print a request's status and, when finished, its result (token from RUNCOMFY_API_TOKEN).
+    """Print a request's status and, when finished, its result (token from the environment).
 
     Example: `prefect-runcomfy status 3f1c...`
     """

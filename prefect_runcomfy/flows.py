@@ -95,7 +95,8 @@ def table_flow(**options: Any) -> Callable[[Callable[..., Any]], SyncOrAsyncFlow
 async def load_credentials(
     credentials: RunComfyCredentials | str | None,
 ) -> RunComfyCredentials | None:
-    """A block, a saved block's name, or None (then `RUNCOMFY_API_TOKEN` is required).
+    """A block, a saved block's name, or None (then the environment must hold the token:
+    `RUNCOMFY_API_TOKEN`, `RUNCOMFY_TOKEN` or `RUNCOMFY_API_KEY`).
 
     Raises `ConfigurationError` early, before any row is touched, when no token can be found.
     """
@@ -241,6 +242,7 @@ async def generate_talking_videos(
     max_submits: int | None = None,
     artifact_key: str | None = None,
     allow_failed_rows: bool | int = False,
+    max_cost_usd: float | None = None,
 ) -> pd.DataFrame:
     """Turn every row of a table into a lip-synced talking video, stored with its metadata.
 
@@ -257,7 +259,8 @@ async def generate_talking_videos(
             carried through to the manifest.
         output_uri: Where outputs go: a local folder, `s3://bucket/prefix`, `gs://...`, ...
         credentials: A `RunComfyCredentials` block, the name of a saved one, or None to use
-            `RUNCOMFY_API_TOKEN` (and `RUNCOMFY_BASE_URL`).
+            `RUNCOMFY_API_TOKEN` (else `RUNCOMFY_TOKEN`, else `RUNCOMFY_API_KEY`) and
+            `RUNCOMFY_BASE_URL`.
         max_concurrency: Jobs in flight at once from this run.
         max_wait_s: How long to wait for one job; a job still queued then is cancelled.
         storage_options: fsspec options for `output_uri` (e.g. an S3 endpoint).
@@ -296,6 +299,9 @@ async def generate_talking_videos(
             the counts in its state message, raising `RowsNeedAttentionError`, which carries
             the manifest (`exc.manifest`). A run in which no due row produced a video ends
             Failed whatever this says. Everything is written either way.
+        max_cost_usd: The most this run's new jobs may cost, estimated from the model's price
+            in RunComfy's catalog. A run whose estimate is higher, or that cannot be estimated
+            (no usable price), fails with `CostLimitError` before submitting any. None: no limit.
 
     Returns:
         The manifest: one row per input row with `id, status, request_id, video_uri,
@@ -320,6 +326,9 @@ async def generate_talking_videos(
         resubmit_unknown=resubmit_unknown,
         retry_failed=retry_failed,
         max_submits=None,  # counted below, once rows with unusable media are left out
+        make_client=lambda: client_for(creds),
+        model_id=model_id,
+        media_base_dir=table_folder(inputs) if isinstance(inputs, str) else None,
     )
     resolver = _resolver(
         inputs if isinstance(inputs, str) else None,
@@ -331,7 +340,7 @@ async def generate_talking_videos(
     payloads, media_problems = await resolve_media(run_plan, resolver)
     run_plan = run_plan.without({p.id or "" for p in media_problems})
     invalid = _report_invalid([*table.invalid, *media_problems], len(table.frame), on_invalid)
-    check_limit(run_plan, max_submits)
+    check_limit(run_plan, max_submits, max_cost_usd)
     logger.info("%d rows, %d invalid; outputs go to %s", len(table.frame), len(invalid), output_uri)
     progress = Progress(len(table.frame))
     await progress.start()
@@ -412,9 +421,10 @@ async def collect_outstanding_requests(
     """Finish what an interrupted or timed-out run left under `output_uri`.
 
     Every request in the ledger that was submitted but not stored (a crashed run, a
-    `timed_out` row) is waited for and stored, or with `cancel=True` cancelled (only queued
-    requests can be; running ones finish and are stored). Rows whose submit has an unknown
-    outcome are reported as such; nothing is submitted. The manifest is updated.
+    `timed_out` row, an output the output host policy refused) is waited for and stored, or
+    with `cancel=True` cancelled (only queued requests can be; running ones finish and are
+    stored). Rows whose submit has an unknown outcome are reported as such; nothing is
+    submitted. The manifest is updated.
     `allow_failed_rows` judges the run as in `generate_talking_videos`.
 
     Returns:
@@ -433,7 +443,8 @@ async def collect_outstanding_requests(
     outstanding = [
         e
         for e in entries
-        if e.state in (LedgerState.SUBMITTED, LedgerState.TIMED_OUT) and e.request_id
+        if e.state in (LedgerState.SUBMITTED, LedgerState.TIMED_OUT, LedgerState.OUTPUT_REFUSED)
+        and e.request_id
     ]
     unknown = [
         e
@@ -522,6 +533,7 @@ async def generate_talking_videos_sharded(
     shard_parameters: dict[str, Any] | None = None,
     max_submits: int | None = None,
     allow_failed_rows: bool | int = False,
+    max_cost_usd: float | None = None,
 ) -> pd.DataFrame:
     """Run a very large table as shards, each a separate flow run of `deployment` on its work
     pool, all under one account-wide limit, and merge their manifests into one.
@@ -550,6 +562,8 @@ async def generate_talking_videos_sharded(
             ledger before any shard starts (see `generate_talking_videos`).
         allow_failed_rows: Judges the merged manifest (and each shard's own run) as in
             `generate_talking_videos`.
+        max_cost_usd: The most the whole table's new jobs may cost (the catalog's price),
+            checked before any shard starts (see `generate_talking_videos`).
 
     Returns:
         The merged manifest of this run's rows.
@@ -566,15 +580,20 @@ async def generate_talking_videos_sharded(
     for problem in table.invalid:
         logger.warning("Invalid %s", problem.message)
     store = OutputStore(output_uri, storage_options)
-    if max_submits is not None:
+    if max_submits is not None or max_cost_usd is not None:
         options = shard_parameters or {}
-        await plan(
+        creds = await load_credentials(credentials) if max_cost_usd is not None else None
+        whole = await plan(
             store,
             table.valid,
             resubmit_unknown=bool(options.get("resubmit_unknown", False)),
             retry_failed=bool(options.get("retry_failed", False)),
             max_submits=max_submits,
+            make_client=(lambda: client_for(creds)) if max_cost_usd is not None else None,
+            model_id=str(options.get("model_id", MODEL_ID)),
+            media_base_dir=table_folder(inputs) if isinstance(inputs, str) else None,
         )
+        check_limit(whole, None, max_cost_usd)
     table_uri = inputs if isinstance(inputs, str) else None
     frames = shard_frames(table.valid, table.frame, shard_size, base_dir=table_folder(table_uri))
     names = shard_names(_flow_run_id() or uuid.uuid4().hex, len(frames))

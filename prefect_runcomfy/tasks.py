@@ -18,7 +18,9 @@ Example:
         job = InfiniteTalkInput(prompt="a woman talks", image=image_url, audio=audio_url)
         request_id = submit_request(job, credentials, row_id="ada")
         finished = wait_for_request(request_id, credentials, row_id="ada")
-        stored = store_outputs(finished.result, "ada", "s3://bucket/videos")
+        stored = store_outputs(
+            finished.result, "ada", "s3://bucket/videos", credentials=credentials
+        )
         return stored.video_uris[0]
     ```
 
@@ -33,7 +35,8 @@ from typing import Any
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from prefect_runcomfy.api.client import RunComfyClient
+from prefect_runcomfy.api.client import RunComfyClient, resolve_base_url
+from prefect_runcomfy.api.hosts import OutputPolicy
 from prefect_runcomfy.api.models import (
     MODEL_ID,
     CancelOutcome,
@@ -62,8 +65,16 @@ Credentials = RunComfyCredentials | None
 
 
 def client_for(credentials: Credentials) -> RunComfyClient:
-    """A new client from a credentials block, or from `RUNCOMFY_API_TOKEN` when there is none."""
+    """A new client from a credentials block, or from the environment when there is none
+    (`RUNCOMFY_API_TOKEN`, then `RUNCOMFY_TOKEN`, then `RUNCOMFY_API_KEY`)."""
     return credentials.get_client() if credentials is not None else RunComfyClient()
+
+
+def output_policy_for(credentials: Credentials) -> OutputPolicy:
+    """Where outputs may be downloaded from: the block's policy, or the environment's."""
+    if credentials is not None:
+        return credentials.output_policy()
+    return OutputPolicy.build(resolve_base_url(None))
 
 
 # --- one task per API call ---------------------------------------------------------------------
@@ -189,6 +200,7 @@ async def store_outputs(
     *,
     storage_options: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
+    credentials: Credentials = None,
 ) -> StoredOutputs:
     """Download every output of a finished request and store it under `output_uri`.
 
@@ -198,9 +210,14 @@ async def store_outputs(
     sidecar (`<id>.json`: `metadata` plus what was stored) is written last, so a row with a
     sidecar is complete. Safe to run again: it overwrites. Retried twice unless the output is
     gone for good (403/404/410).
+
+    Outputs are downloaded only from RunComfy's output domains, the API's own host and the
+    hosts `credentials` (or `RUNCOMFY_OUTPUT_HOSTS`) add; pass the credentials the request was
+    made with (without them the API host is `RUNCOMFY_BASE_URL`'s).
     """
     store = OutputStore(output_uri, storage_options)
-    return await store_job_outputs(result, row_id, store, metadata=metadata)
+    policy = output_policy_for(credentials)
+    return await store_job_outputs(result, row_id, store, metadata=metadata, policy=policy)
 
 
 __all__ = [
@@ -212,6 +229,7 @@ __all__ = [
     "get_request_result",
     "get_request_status",
     "output_names",
+    "output_policy_for",
     "store_outputs",
     "submit_request",
     "utc_now",

@@ -17,7 +17,8 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_HOME"] = _HOME
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 # The tests pass tokens explicitly; a developer's real token must never be picked up.
-os.environ.pop("RUNCOMFY_API_TOKEN", None)
+for _name in ("RUNCOMFY_API_TOKEN", "RUNCOMFY_TOKEN", "RUNCOMFY_API_KEY", "RUNCOMFY_OUTPUT_HOSTS"):
+    os.environ.pop(_name, None)
 os.environ.pop("RUNCOMFY_BASE_URL", None)
 
 import pytest  # noqa: E402
@@ -61,6 +62,14 @@ def sandbox() -> Iterator[Sandbox]:
 def shared_sandbox() -> Iterator[Sandbox]:
     """One sandbox for tests that reset it themselves (cheaper than a server per test)."""
     with run_sandbox(quick_config()) as sb:
+        yield sb
+
+
+@pytest.fixture(scope="session")
+def two_host_sandbox() -> Iterator[Sandbox]:
+    """A sandbox that also listens on 127.0.0.2 (a foreign host to the client); its stats
+    count file requests per listener. Tests reset it themselves."""
+    with run_sandbox(quick_config(), foreign_host="127.0.0.2") as sb:
         yield sb
 
 

@@ -28,6 +28,18 @@ async def test_save_load_and_use_against_the_sandbox(shared_sandbox: Sandbox) ->
     assert info.model_id == "community/infinite-talk/image-to-video"
 
 
+async def test_a_block_wins_over_every_token_variable(
+    shared_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sb = shared_sandbox
+    for name in ("RUNCOMFY_API_TOKEN", "RUNCOMFY_TOKEN", "RUNCOMFY_API_KEY"):
+        monkeypatch.setenv(name, "a-token-the-sandbox-refuses")
+    block = RunComfyCredentials(api_token=sb.token, base_url=sb.base_url)
+    async with block.get_client() as client:
+        info = await client.model_info()  # the refused token would raise AuthenticationError
+    assert info.model_id == "community/infinite-talk/image-to-video"
+
+
 def test_every_field_is_described() -> None:
     for name, field in RunComfyCredentials.model_fields.items():
         assert field.description, name

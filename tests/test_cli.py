@@ -107,7 +107,10 @@ def test_run_all_succeed(sb: Sandbox, tmp_path: Path) -> None:
     result = cli("run", table, "--output", str(out), token=sb.token, base_url=sb.base_url)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 succeeded" in result.stdout
-    assert "Jobs this run submitted: 2, cost reported by RunComfy $0." in result.stdout
+    assert (
+        "Jobs this run submitted: 2, estimated $0.1500 before submitting, "
+        "cost reported by RunComfy $0."
+    ) in " ".join(result.stdout.split())
     assert "sample-hello" in result.stdout
     assert (out / "manifest.parquet").exists()
 
@@ -144,6 +147,42 @@ def test_run_over_max_submits_exits_3_and_submits_nothing(sb: Sandbox, tmp_path:
     assert sb.stats()["submits_accepted"] == 0
 
 
+def test_run_over_max_cost_exits_3_and_submits_nothing(sb: Sandbox, tmp_path: Path) -> None:
+    table = write_table(tmp_path / "rows.csv", sample_inputs(sb.base_url)[:2])
+    result = cli(
+        "run",
+        table,
+        "-o",
+        str(tmp_path / "o"),
+        "--max-cost",
+        "0.1",
+        token=sb.token,
+        base_url=sb.base_url,
+    )
+    assert result.returncode == 3, result.stdout + result.stderr
+    said = " ".join(result.stderr.split())
+    assert "estimated cost $0.1500 for 2 jobs" in said and "max_cost_usd=0.1" in said
+    assert sb.stats()["submits_accepted"] == 0
+
+
+def test_plan_estimates_the_cost_from_the_catalog(sb: Sandbox, tmp_path: Path) -> None:
+    table = write_table(tmp_path / "rows.csv", sample_inputs(sb.base_url)[:2])
+    out = str(tmp_path / "never-run")
+    priced = cli("plan", table, "-o", out, token=sb.token, base_url=sb.base_url)
+    assert priced.returncode == 0, priced.stdout + priced.stderr
+    text = " ".join(priced.stdout.split())
+    assert "Estimated cost $0.1500 for 2 jobs (10.0 s of video at $0.0150 per second" in text
+    over = cli("plan", table, "-o", out, "--max-cost", "0.1", token=sb.token, base_url=sb.base_url)
+    assert over.returncode == 3, over.stdout + over.stderr
+    assert "more than max_cost_usd=0.1" in " ".join(over.stderr.split())
+    unpriced = cli("plan", table, "-o", out, "--max-cost", "5")  # no token: no price to read
+    assert unpriced.returncode == 3, unpriced.stdout + unpriced.stderr
+    assert "not estimated" in " ".join(unpriced.stdout.split())
+    stats = sb.stats()
+    assert stats["submits_accepted"] == 0
+    assert set(stats["requests_by_endpoint"]) == {"catalog"}, "only the price was read"
+
+
 def test_plan_reads_the_ledger_and_spends_nothing(sb: Sandbox, tmp_path: Path) -> None:
     samples = sample_inputs(sb.base_url)
     out = tmp_path / "out"
@@ -161,7 +200,7 @@ def test_plan_reads_the_ledger_and_spends_nothing(sb: Sandbox, tmp_path: Path) -
     table = write_table(tmp_path / "grown.csv", grown)
     requests_before = sb.stats()["requests_total"]
 
-    result = cli("plan", table, "-o", str(out))  # no token: plan never calls RunComfy
+    result = cli("plan", table, "-o", str(out))  # no token: not even the price is read
     assert result.returncode == 2, result.stdout + result.stderr  # the odd id is invalid
     text = " ".join(result.stdout.split())
     assert f"{len(samples) - 2} to submit, 2 already stored, 1 invalid" in text
@@ -235,6 +274,18 @@ def test_status_and_cancel(sb: Sandbox) -> None:
     missing = cli("status", "no-such-request", token=sb.token, base_url=sb.base_url)
     assert missing.returncode == 4
     assert "404001" in missing.stderr
+    # not an id: refused before any call (in-process: the console script was shown above)
+    from typer.testing import CliRunner
+
+    from prefect_runcomfy.cli import app
+
+    before = sb.stats()["requests_total"]
+    env = {"RUNCOMFY_API_TOKEN": sb.token, "RUNCOMFY_BASE_URL": sb.base_url}
+    for command in ("status", "cancel"):
+        bad = CliRunner().invoke(app, [command, "../x?y=1"], env=env)
+        assert bad.exit_code == 2, bad.output
+        assert "Not a RunComfy request id" in bad.output
+    assert sb.stats()["requests_total"] == before
 
 
 def test_collect_with_nothing_left(sb: Sandbox, tmp_path: Path) -> None:

@@ -14,13 +14,14 @@ import pytest
 
 from prefect_runcomfy.api.backoff import Backoff, parse_retry_after
 from prefect_runcomfy.api.client import RunComfyClient, may_resend_submit
-from prefect_runcomfy.api.models import InfiniteTalkInput, RequestStatus
+from prefect_runcomfy.api.models import MODEL_ID, InfiniteTalkInput, RequestStatus
 from prefect_runcomfy.exceptions import (
     AuthenticationError,
     ConfigurationError,
     DownloadError,
     InputRejectedError,
     InsufficientBalanceError,
+    InvalidRequestIdError,
     ModelNotFoundError,
     PermissionDeniedError,
     RateLimitedError,
@@ -129,11 +130,36 @@ async def test_cancel_a_queued_request_and_twice_is_harmless(sb: Sandbox) -> Non
 # --- every error code ----------------------------------------------------------------------
 
 
-async def test_unknown_model(sb: Sandbox) -> None:
+@pytest.mark.parametrize(
+    ("http_status", "shape"), [(404, "error_code"), (400, "error_code"), (404, "detail")]
+)
+async def test_unknown_model(sb: Sandbox, http_status: int, shape: str) -> None:
+    sb.set(unknown_model_http_status=http_status, error_body_shape=shape)
     async with client_for(sb) as client:
         with pytest.raises(ModelNotFoundError) as caught:
             await client.submit(job(sb), model_id="community/no-such-model")
-    assert caught.value.error_code == 400001
+        with pytest.raises(ModelNotFoundError):
+            await client.model_info("community/no-such-model")
+    assert caught.value.status_code == http_status
+    if shape == "error_code":
+        assert caught.value.error_code == 400001
+
+
+async def test_list_models_returns_the_sandboxs_catalog(sb: Sandbox) -> None:
+    async with client_for(sb) as client:
+        models = await client.list_models()
+        found = await client.list_models("infinite")
+        by_category = await client.list_models(category="text-to-image")
+        page = await client.list_models(limit=1, offset=2)
+        categories = await client.list_categories()
+    assert len(models) == 3 and models[0].model_id == MODEL_ID
+    talk = models[0]
+    assert (talk.base_price_usd, talk.price_unit) == (0.015, "second")
+    assert talk.usable_price and talk.pricing_note and "lip-sync" in talk.categories
+    assert [m.model_id for m in found] == [MODEL_ID]
+    assert [m.price_unit for m in by_category] == ["image"]
+    assert [m.model_id for m in page] == [models[2].model_id]
+    assert "image-to-video" in categories
 
 
 @pytest.mark.parametrize("http_status", [401, 403])
@@ -183,6 +209,64 @@ async def test_rejected_input_carries_the_servers_detail(sb: Sandbox) -> None:
 
 
 @pytest.mark.parametrize("shape", ["error_code", "detail", "code"])
+async def test_a_schema_rejection_says_the_message_and_every_detail(
+    sb: Sandbox, shape: str
+) -> None:
+    # RunComfy's 422: {"error_code", "error_message": "input does not match the schema",
+    # "detail": [...]}; the message alone would hide which field is wrong.
+    sb.set(error_body_shape=shape)
+    payload = job(sb).to_api_payload() | {"128_steps": 99, "270_value": 7}
+    async with client_for(sb) as client:
+        with pytest.raises(InputRejectedError) as caught:
+            await client.submit(payload)
+    text = str(caught.value)
+    if shape != "detail":
+        assert "input does not match the schema" in text
+    assert "128_steps: " in text and "270_value: " in text
+    assert isinstance(caught.value.detail, list) and len(caught.value.detail) == 2
+    assert sb.stats()["submits_accepted"] == 0
+
+
+def test_error_reasons_of_every_shape_are_kept_whole_and_cut_at_a_limit() -> None:
+    from prefect_runcomfy.api.client import MAX_REASON_CHARS, _error_detail
+
+    assert _error_detail({"error_message": "bad", "detail": "steps too high"}) == (
+        "bad: steps too high"
+    )
+    assert _error_detail(
+        {"error_message": "input does not match the schema", "detail": ["128_steps: 6..20"]}
+    ) == ("input does not match the schema: 128_steps: 6..20")
+    pydantic_style = {"detail": [{"loc": ["body", "128_steps"], "msg": "too big"}]}
+    assert _error_detail(pydantic_style) == "128_steps: too big"
+    assert _error_detail({"error": {"type": "Quota", "message": "slow down"}}) == "slow down"
+    assert _error_detail({"detail": {"field": "x", "limits": [1, 2]}}) == (
+        '{"field": "x", "limits": [1, 2]}'
+    )
+    # the message repeated in the detail is said once
+    assert _error_detail({"error_message": "no", "detail": "no"}) == "no"
+    long = _error_detail({"error_message": "x" * 5000, "detail": ["a"] * 100})
+    assert len(long) == MAX_REASON_CHARS and long.endswith("…")
+    assert "\n" not in _error_detail({"detail": "two\nlines"})
+    many = _error_detail({"detail": [f"f{i}: bad" for i in range(30)]})
+    assert "f19: bad" in many and "f20" not in many and "and 10 more" in many
+
+
+async def test_an_echoed_token_is_redacted_from_the_reason_before_it_is_cut(sb: Sandbox) -> None:
+    # An error body that echoes the token (in its message or deep in its detail): the
+    # message says '**********', and no cut can leave a piece of the token behind.
+    secret = sb.token
+    async with client_for(sb) as client:
+        request = httpx.Request("POST", f"{sb.base_url}/v1/models/x")
+        body = {
+            "error_message": "x" * (990 - len(secret)) + secret,
+            "detail": [{"msg": f"token {secret} refused"}],
+        }
+        error = client._error_for(httpx.Response(422, json=body, request=request), body, None, None)
+    assert secret not in str(error) and secret[:6] not in str(error)
+    assert secret not in repr(error.detail)
+
+
+@pytest.mark.parametrize("shape", ["error_code", "detail", "code"])
 async def test_every_error_body_shape_is_understood(sb: Sandbox, shape: str) -> None:
     sb.set(error_body_shape=shape)
     async with client_for(sb, token="nope") as client:
@@ -202,6 +286,29 @@ async def test_dropped_submit_answer_is_outcome_unknown_and_never_resent(sb: San
     stats = sb.stats()
     assert stats["submits_accepted"] == 1, "the job exists: the server accepted it"
     assert max(stats["submits_by_payload"].values()) == 1, "the client must not resend it"
+
+
+async def test_a_malformed_request_id_is_an_unknown_outcome_never_put_in_a_url(
+    sb: Sandbox,
+) -> None:
+    sb.set(request_id_shape="malformed")
+    async with client_for(sb) as client:
+        with pytest.raises(SubmitOutcomeUnknownError) as caught:
+            await client.submit(job(sb))
+        assert caught.value.cause == "malformed_request_id"
+        assert "may be running and billed" in str(caught.value)
+        before = sb.stats()["requests_total"]
+        for bad in ("../x", "a/b", "a?b=1", "", "x" * 129, "id with space", "ü"):
+            with pytest.raises(InvalidRequestIdError):
+                await client.status(bad)
+            with pytest.raises(InvalidRequestIdError):
+                await client.result(bad)
+            with pytest.raises(InvalidRequestIdError):
+                await client.cancel(bad)
+    stats = sb.stats()
+    assert stats["submits_accepted"] == 1, "the job was created: it is billed"
+    assert stats["requests_total"] == before, "no malformed id reached the server"
+    assert "status" not in stats["requests_by_endpoint"]
 
 
 async def test_submit_5xx_is_outcome_unknown(sb: Sandbox) -> None:
@@ -418,10 +525,42 @@ async def test_expired_result_and_output(sb: Sandbox, tmp_path: Path) -> None:
 # --- configuration and secrecy ----------------------------------------------------------------
 
 
+TOKEN_VARIABLES = ("RUNCOMFY_API_TOKEN", "RUNCOMFY_TOKEN", "RUNCOMFY_API_KEY")
+
+
 def test_no_token_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("RUNCOMFY_API_TOKEN", raising=False)
-    with pytest.raises(ConfigurationError, match="RUNCOMFY_API_TOKEN"):
+    for name in TOKEN_VARIABLES:
+        monkeypatch.setenv(name, "  ")  # blank counts as unset
+    with pytest.raises(ConfigurationError) as caught:
         RunComfyClient()
+    for name in TOKEN_VARIABLES:
+        assert name in str(caught.value)
+
+
+@pytest.mark.parametrize("position", [0, 1, 2])
+async def test_each_token_variable_is_read_in_order(
+    sb: Sandbox, monkeypatch: pytest.MonkeyPatch, position: int
+) -> None:
+    # RUNCOMFY_API_TOKEN, then RUNCOMFY_TOKEN (RunComfy's CLI and ComfyUI nodes), then
+    # RUNCOMFY_API_KEY (its MCP servers): the first one set is used, the later ones never.
+    for name in TOKEN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(TOKEN_VARIABLES[position], sb.token)
+    for later in TOKEN_VARIABLES[position + 1 :]:
+        monkeypatch.setenv(later, "a-token-the-sandbox-refuses")
+    async with RunComfyClient(base_url=sb.base_url, backoff=FAST) as client:
+        submitted = await client.submit(job(sb))
+    assert submitted.request_id
+    assert sb.stats()["submits_rejected"] == {}
+
+
+async def test_a_given_token_wins_over_every_variable(
+    sb: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in TOKEN_VARIABLES:
+        monkeypatch.setenv(name, "a-token-the-sandbox-refuses")
+    async with RunComfyClient(sb.token, sb.base_url, backoff=FAST) as client:
+        assert (await client.submit(job(sb))).request_id
 
 
 async def test_environment_supplies_token_and_base_url(

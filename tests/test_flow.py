@@ -20,6 +20,7 @@ from prefect_runcomfy.engine.ledger import Ledger
 from prefect_runcomfy.engine.storage import TEMP_PREFIX, OutputStore
 from prefect_runcomfy.exceptions import (
     ConfigurationError,
+    CostLimitError,
     InvalidInputError,
     StorageError,
     SubmitLimitError,
@@ -161,6 +162,21 @@ async def test_mixed_valid_and_invalid_rows(sb: Sandbox, tmp_path: Path) -> None
     assert not (tmp_path / "escape.mp4").exists()
 
 
+async def test_ids_no_disk_could_hold_are_invalid_before_anything_is_paid(
+    sb: Sandbox, tmp_path: Path
+) -> None:
+    # `com1` passed validation and was refused at store time, as `failed` with a traceback.
+    table = rows(sb, 1)
+    for i, bad in enumerate(["com1", "LPT9.mp4", "name.", "a..b", "nul"]):
+        table.append({**table[0], "id": bad, "prompt": f"talks {i}"})
+    manifest = await generate_talking_videos(table, str(tmp_path / "o"), creds(sb), **FAST)
+    assert list(manifest["status"]) == ["succeeded"] + ["invalid"] * 5
+    for error in manifest["error"][1:]:
+        assert "cannot name a file" in error
+    assert sb.stats()["submits_accepted"] == 1
+    assert sorted(Ledger(OutputStore(str(tmp_path / "o"))).load_all()) == ["r0"]
+
+
 async def test_stop_on_invalid_submits_nothing(sb: Sandbox, tmp_path: Path) -> None:
     table = rows(sb, 2)
     table.append({**table[0], "id": "bad", "frames": 100})
@@ -197,6 +213,74 @@ async def test_max_submits_refuses_a_run_that_would_pay_for_more_rows(
     assert sb.stats()["submits_accepted"] == 4
 
 
+async def test_the_cost_is_estimated_from_the_catalog_before_paying(
+    sb: Sandbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    out = str(tmp_path / "o")
+    manifest = await generate_talking_videos(rows(sb, 2), out, creds(sb), **FAST)
+    # 125 frames at 25 fps = 5 s of video each, at the catalog's $0.015 per second
+    assert list(manifest["estimated_cost_usd"]) == pytest.approx([0.075, 0.075])
+    assert list(manifest["cost_usd"]) == pytest.approx([0.075, 0.075], abs=0.01)
+    plan_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Plan: ")]
+    assert plan_lines == [
+        "Plan: 2 to submit; estimated cost $0.1500 for 2 jobs "
+        "(10.0 s of video at $0.0150 per second, from RunComfy's catalog)"
+    ]
+    # nothing new to pay for: no estimate needed, $0 fits any limit
+    again = await generate_talking_videos(rows(sb, 2), out, creds(sb), max_cost_usd=0, **FAST)
+    assert list(again["status"]) == ["succeeded", "succeeded"]
+    assert sb.stats()["submits_accepted"] == 2
+    assert sb.stats()["requests_by_endpoint"]["catalog"] == 1, "read only when something is new"
+
+
+async def test_max_cost_refuses_before_any_post_naming_the_estimate_and_the_rows(
+    sb: Sandbox, tmp_path: Path
+) -> None:
+    out = str(tmp_path / "o")
+    with pytest.raises(CostLimitError) as caught:
+        await generate_talking_videos(rows(sb, 3), out, creds(sb), max_cost_usd=0.2, **FAST)
+    message = str(caught.value)
+    assert "estimated cost $0.2250 for 3 jobs" in message and "max_cost_usd=0.2" in message
+    assert "r0, r1, r2" in message and "nothing was submitted" in message
+    assert (caught.value.estimate_usd, caught.value.would_submit) == (pytest.approx(0.225), 3)
+    assert sb.stats()["submits_accepted"] == 0
+    assert Ledger(OutputStore(out)).load_all() == {}
+    # per output: one base price a row
+    sb.set(price_unit="output", price_per_second_usd=0.5)
+    with pytest.raises(CostLimitError, match=r"estimated cost \$1.5000 for 3 jobs"):
+        await generate_talking_videos(rows(sb, 3), out, creds(sb), max_cost_usd=1, **FAST)
+    manifest = await generate_talking_videos(rows(sb, 3), out, creds(sb), max_cost_usd=2, **FAST)
+    assert list(manifest["estimated_cost_usd"]) == [0.5, 0.5, 0.5]
+    assert sb.stats()["submits_accepted"] == 3
+
+
+async def test_no_usable_price_refuses_a_cost_limit_rather_than_guess(
+    sb: Sandbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    sb.set(catalog_priced=False)
+    out = str(tmp_path / "o")
+    with pytest.raises(CostLimitError, match="cannot be estimated") as caught:
+        await generate_talking_videos(rows(sb, 1), out, creds(sb), max_cost_usd=100, **FAST)
+    assert caught.value.estimate_usd is None and "gives no usable price" in str(caught.value)
+    assert sb.stats()["submits_accepted"] == 0
+    # without a limit the run goes on, and says it has no estimate
+    manifest = await generate_talking_videos(rows(sb, 1), out, creds(sb), **FAST)
+    assert list(manifest["status"]) == ["succeeded"]
+    assert manifest["estimated_cost_usd"].isna().all()
+    assert any("cost of 1 job not estimated" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_known_audio_length_caps_the_estimate(sb: Sandbox, tmp_path: Path) -> None:
+    image, audio = _local_media(tmp_path)  # 4.86 s of speech, under 125 frames (5 s)
+    table = [{"id": "short", "prompt": "talks", "image": str(image), "audio": str(audio)}]
+    manifest = await generate_talking_videos(
+        table, str(tmp_path / "o"), creds(sb), inline_media=True, **FAST
+    )
+    assert manifest["estimated_cost_usd"][0] == pytest.approx(4.86 * 0.015, abs=0.001)
+
+
 async def test_sharded_parent_checks_max_submits_before_any_shard(
     sb: Sandbox, tmp_path: Path
 ) -> None:
@@ -207,6 +291,18 @@ async def test_sharded_parent_checks_max_submits_before_any_shard(
     with pytest.raises(SubmitLimitError, match="would submit 3 new jobs, more than max_submits=1"):
         await generate_talking_videos_sharded(
             rows(sb, 3), str(out), deployment="missing/deployment", max_submits=1
+        )
+    assert not (out / "_shards").exists()
+    await RunComfyCredentials(api_token=sb.token, base_url=sb.base_url).save(
+        "sharded-cost", overwrite=True
+    )
+    with pytest.raises(CostLimitError, match=r"estimated cost \$0.2250 for 3 jobs"):
+        await generate_talking_videos_sharded(
+            rows(sb, 3),
+            str(out),
+            deployment="missing/deployment",
+            credentials="sharded-cost",
+            max_cost_usd=0.1,
         )
     assert not (out / "_shards").exists()
     assert sb.stats()["submits_accepted"] == 0
@@ -258,6 +354,79 @@ async def test_dropped_submit_answer_is_outcome_unknown_and_not_resubmitted(
     )
     assert list(forced["status"]) == ["succeeded", "succeeded"]
     assert sb.stats()["submits_accepted"] == 3
+
+
+async def test_a_malformed_request_id_is_outcome_unknown_and_never_submitted_again(
+    sb: Sandbox, tmp_path: Path
+) -> None:
+    # The job exists and is billed, but its id cannot be followed: an unknown outcome, not
+    # `failed` (which retry_failed=True would pay for again).
+    out = str(tmp_path / "o")
+    sb.set(request_id_shape="malformed")
+    first = await generate_talking_videos(rows(sb, 1), out, creds(sb), **FAST)
+    assert list(first["status"]) == ["outcome_unknown"]
+    assert "malformed request id" in first["error"][0]
+    assert Ledger(OutputStore(out)).get("r0").state == "outcome_unknown"
+    sb.set(request_id_shape="uuid")
+    again = await generate_talking_videos(rows(sb, 1), out, creds(sb), retry_failed=True, **FAST)
+    assert list(again["status"]) == ["outcome_unknown"]
+    stats = sb.stats()
+    assert stats["submits_accepted"] == 1
+    assert not {"status", "result", "cancel"} & set(stats["requests_by_endpoint"])
+
+
+async def test_a_refused_output_keeps_its_paid_request_until_its_host_is_allowed(
+    two_host_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # The result names a foreign host (127.0.0.2): nothing is fetched from it, the row says
+    # which host and how to allow it, and the paid request stays collectable: retry_failed
+    # never submits it again, a run that allows the host stores it.
+    sb = two_host_sandbox
+    sb.reset(config=True)
+    sb.set(output_urls_on="foreign")
+    out = str(tmp_path / "o")
+    first = await generate_talking_videos(rows(sb, 1), out, creds(sb), **FAST)
+    row = first.iloc[0]
+    assert row["status"] == "failed"
+    assert row["request_id"]
+    assert "127.0.0.2" in row["error"] and "RUNCOMFY_OUTPUT_HOSTS" in row["error"]
+    assert "without submitting it again" in row["error"]
+    assert Ledger(OutputStore(out)).get("r0").state == "output_refused"
+    assert not (tmp_path / "o" / "r0.mp4").exists()
+
+    again = await generate_talking_videos(rows(sb, 1), out, creds(sb), retry_failed=True, **FAST)
+    assert list(again["status"]) == ["failed"]
+    assert again["request_id"][0] == row["request_id"]
+
+    allowed = creds(sb).model_copy(update={"output_hosts": [sb.foreign_base_url]})
+    stored = await generate_talking_videos(rows(sb, 1), out, allowed, **FAST)
+    assert list(stored["status"]) == ["succeeded"], stored["error"].tolist()
+    assert stored["request_id"][0] == row["request_id"]
+    assert (tmp_path / "o" / "r0.mp4").stat().st_size > 1000
+    stats = sb.stats()
+    assert stats["submits_accepted"] == 1, "paid once, stored on the third run"
+    assert stats["file_requests_by_listener"] == {"api": 0, "foreign": 1}
+
+
+async def test_collect_stores_a_refused_output_once_its_host_is_allowed(
+    two_host_sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect_runcomfy.flows import collect_outstanding_requests
+
+    sb = two_host_sandbox
+    sb.reset(config=True)
+    sb.set(files_redirect="foreign")  # the API host's file route redirects to 127.0.0.2
+    out = str(tmp_path / "o")
+    first = await generate_talking_videos(rows(sb, 1), out, creds(sb), **FAST)
+    assert "redirected to" in first["error"][0]
+    assert sb.stats()["file_requests_by_listener"] == {"api": 1, "foreign": 0}
+    monkeypatch.setenv("RUNCOMFY_OUTPUT_HOSTS", sb.foreign_base_url)
+    collected = await collect_outstanding_requests(out, creds(sb), poll_initial_s=0.1)
+    assert list(collected["status"]) == ["succeeded"]
+    on_disk = pd.read_parquet(tmp_path / "o" / "manifest.parquet")
+    assert list(on_disk["status"]) == ["succeeded"]
+    assert sb.stats()["submits_accepted"] == 1
+    assert sb.stats()["file_requests_by_listener"] == {"api": 2, "foreign": 1}
 
 
 def _failing_ledger_writes(
@@ -362,7 +531,9 @@ async def test_rerun_skips_stored_rows_and_pays_only_for_new_ones(
     from prefect_runcomfy.report.artifacts import summary_markdown
 
     summary = summary_markdown(again, output_uri=out, manifest_uri=out)
-    assert "Jobs this run submitted: 1, cost reported by RunComfy" in summary
+    assert (
+        "Jobs this run submitted: 1, estimated $0.0750 before submitting, cost reported by RunComfy"
+    ) in summary
     assert "Rows submitted by earlier runs (stored or collected now): 3" in summary
 
 
@@ -413,7 +584,11 @@ async def test_artifacts_show_progress_rows_and_summary(sb: Sandbox, tmp_path: P
     assert "2 of 3 rows succeeded" in summary
     assert "index.html" in summary and str(tmp_path / "o") in summary
     assert "cfg" in summary
-    assert "Jobs this run submitted: 2, cost reported by RunComfy $0." in summary
+    # the estimate before paying (2 rows x 125 frames / 25 x $0.015) beside RunComfy's cost
+    assert (
+        "Jobs this run submitted: 2, estimated $0.1500 before submitting, "
+        "cost reported by RunComfy $0."
+    ) in summary
 
 
 async def test_one_task_run_per_row_named_after_it_in_the_rows_state(
@@ -693,6 +868,14 @@ async def test_a_stored_row_needs_no_media_on_a_rerun(sb: Sandbox, tmp_path: Pat
     assert by_id.loc["new", "status"] == "invalid"
     assert "face.png" in by_id.loc["new", "error"] and "image" in by_id.loc["new", "error"]
     assert sb.stats()["submits_accepted"] == submits
+    # `prefect-runcomfy plan` agrees: the stored row is skipped, not invalid
+    from prefect_runcomfy.engine.planning import plan_table
+
+    planned = await plan_table(table, str(tmp_path / "o"))
+    assert [(r.id, d.plan.value) for r, d in zip(planned.rows, planned.decisions, strict=True)] == [
+        ("kept", "skip_stored")
+    ]
+    assert [p.id for p in planned.invalid] == ["new"]
 
 
 async def test_max_submits_counts_only_rows_that_will_be_sent(sb: Sandbox, tmp_path: Path) -> None:

@@ -153,3 +153,59 @@ def test_raw_api_key_errors_are_reported_under_the_friendly_name() -> None:
     [(column, reason)] = describe_validation_error(caught.value)
     assert column == "steps"
     assert "99" in reason
+
+
+# --- ids: one rule for the table and for storage -------------------------------------------
+
+UNUSABLE_IDS = [
+    "con",
+    "COM1",
+    "com9.mp4",
+    "Lpt1",
+    "lpt9.txt",
+    "nul.tar.gz",
+    "PRN",
+    "aux",
+    "trailing.",
+    "trailing ",
+    " leading",
+    "a..b",
+    "..",
+    "a/b",
+    "a\\b",
+    "bell\x07",
+    "x" * 129,
+    "manifest",
+    "名前",
+]
+
+
+@pytest.mark.parametrize("bad", UNUSABLE_IDS)
+def test_ids_that_cannot_be_file_names_anywhere_are_invalid_rows(bad: str) -> None:
+    import pandas as pd
+
+    from prefect_runcomfy.engine.storage import safe_name
+    from prefect_runcomfy.engine.table import check_table
+    from prefect_runcomfy.exceptions import InvalidInputError
+
+    check = check_table(pd.DataFrame([{**BASE, "id": bad}, {**BASE, "id": "fine", "seed": 1}]))
+    assert [r.id for r in check.valid] == ["fine"]
+    (problem,) = check.invalid
+    assert problem.problems[0][0] == "id" and "cannot name a file" in problem.message
+    # storage refuses exactly what validation refuses: one rule
+    with pytest.raises(InvalidInputError):
+        safe_name(bad)
+
+
+@pytest.mark.parametrize("good", ["ada", "row-001", "a.b_c", "x" * 128, "console", "com10", "7"])
+def test_usable_ids_pass_validation_and_storage_alike(good: str) -> None:
+    from prefect_runcomfy.engine.storage import safe_name
+    from prefect_runcomfy.engine.table import check_id
+
+    assert check_id(good) == safe_name(good) == good
+
+
+def test_numeric_ids_are_read_as_their_digits() -> None:
+    from prefect_runcomfy.engine.table import check_id
+
+    assert check_id(7.0) == "7" and check_id(12) == "12"

@@ -154,7 +154,7 @@ def test_the_tasks_run_from_a_sync_flow_called_and_submitted(sb: Sandbox, tmp_pa
         status = get_request_status.submit(request_id, credentials).result()
         finished = wait_for_request(request_id, credentials, row_id="t0", poll=None)
         result = get_request_result.submit(request_id, credentials).result()
-        stored = store_outputs(finished.result, "t0", out)
+        stored = store_outputs(finished.result, "t0", out, credentials=credentials)
         assert result.status.value == "succeeded"
         return request_id, status.status.value, stored.video_uris
 

@@ -188,10 +188,18 @@ def test_tiny_render_is_a_real_small_mp4(sb: Sandbox, client: httpx.Client) -> N
 # ------------------------------------------------------------------ error codes
 
 
-def test_unknown_model_is_400001(sb: Sandbox, client: httpx.Client) -> None:
+@pytest.mark.parametrize("http_status", [None, 404, 400])
+def test_unknown_model_is_400001(
+    sb: Sandbox, client: httpx.Client, http_status: int | None
+) -> None:
+    # 404 by default (RunComfy's CLI reads it as "model not found"); 400 is the other reading
+    if http_status is not None:
+        sb.set(unknown_model_http_status=http_status)
     answer = client.post("/v1/models/community/no-such-model", json=payload(sb.base_url))
-    assert answer.status_code == 400
+    assert answer.status_code == (http_status or 404)
     assert answer.json()["error_code"] == 400001
+    entry = client.get("/v1/models/community/no-such-model")
+    assert (entry.status_code, entry.json()["error_code"]) == (http_status or 404, 400001)
     assert sb.stats()["submits_accepted"] == 0
 
 
@@ -263,7 +271,8 @@ def test_invalid_input_is_422_naming_the_field(
     answer = client.post(SUBMIT_PATH, json=body)
     assert answer.status_code == 422
     data = answer.json()
-    assert field in data["error_message"]
+    assert data["error_message"] == "input does not match the schema"
+    assert any(item.startswith(f"{field}: ") for item in data["detail"])
     assert field in [e["field"] for e in data["errors"]]
     assert sb.stats()["submits_accepted"] == 0
 
@@ -623,12 +632,50 @@ def test_catalog(sb: Sandbox, client: httpx.Client) -> None:
     assert schema["properties"]["270_value"]["enum"] == [125, 250]
     assert schema["properties"]["128_steps"]["minimum"] == 6
     assert "720x720 (1:1)" in schema["properties"]["245_valuex246_value"]["enum"]
-    listed = client.get("/v1/models", params={"search": "infinite"}).json()
-    assert [m["model_id"] for m in listed] == [MODEL_ID]
-    assert client.get("/v1/models", params={"search": "flux"}).json() == []
+    assert entry["pricing_note"] and "lip-sync" in entry["categories"]
     unknown = client.get("/v1/models/community/nothing")
-    assert (unknown.status_code, unknown.json()["error_code"]) == (400, 400001)
+    assert (unknown.status_code, unknown.json()["error_code"]) == (404, 400001)
     assert httpx.get(f"{sb.base_url}/v1/models", trust_env=False).status_code == 401
+
+
+def test_catalog_listing_as_runcomfys_clients_read_it(sb: Sandbox, client: httpx.Client) -> None:
+    # {"models": [...], "total": N} with search, category, limit and offset
+    everything = client.get("/v1/models").json()
+    assert set(everything) == {"models", "total"}
+    assert everything["total"] == len(everything["models"]) == 3
+    ids = [m["model_id"] for m in everything["models"]]
+    assert ids[0] == MODEL_ID
+    for entry in everything["models"]:
+        assert {"base_price_usd", "price_unit", "pricing_note", "categories"} <= set(entry)
+        assert "input_schema" not in entry  # only with include_schema=true
+    assert {m["price_unit"] for m in everything["models"]} == {"second", "image", "output"}
+    with_schema = client.get("/v1/models", params={"include_schema": "true", "limit": 1}).json()
+    assert with_schema["models"][0]["input_schema"]["required"]
+    found = client.get("/v1/models", params={"search": "INFINITE"}).json()
+    assert ([m["model_id"] for m in found["models"]], found["total"]) == ([MODEL_ID], 1)
+    assert client.get("/v1/models", params={"search": "flux"}).json() == {"models": [], "total": 0}
+    by_category = client.get("/v1/models", params={"category": "text-to-image"}).json()
+    assert [m["price_unit"] for m in by_category["models"]] == ["image"]
+    page = client.get("/v1/models", params={"limit": 1, "offset": 1}).json()
+    assert ([m["model_id"] for m in page["models"]], page["total"]) == ([ids[1]], 3)
+    beyond = client.get("/v1/models", params={"offset": 10}).json()
+    assert beyond == {"models": [], "total": 3}
+    categories = client.get("/v1/models/categories")
+    assert categories.status_code == 200
+    assert "image-to-video" in categories.json()["categories"]
+    assert categories.json()["total"] == len(categories.json()["categories"])
+    # an entry that is listed but not run by the sandbox
+    listed_only = client.post(f"/v1/models/{ids[1]}", json=payload(sb.base_url))
+    assert listed_only.json()["error_code"] == 400001
+
+
+def test_catalog_price_switches(sb: Sandbox, client: httpx.Client) -> None:
+    sb.set(price_unit="output", price_per_second_usd=0.3)
+    entry = client.get(f"/v1/models/{MODEL_ID}").json()
+    assert (entry["base_price_usd"], entry["price_unit"]) == (0.3, "output")
+    sb.set(catalog_priced=False)
+    entry = client.get(f"/v1/models/{MODEL_ID}").json()
+    assert (entry["base_price_usd"], entry["price_unit"]) == (None, None)
 
 
 def test_samples_are_public_and_valid(sb: Sandbox) -> None:

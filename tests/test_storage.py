@@ -80,6 +80,15 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> OutputStore:
         "a?b",
         "a[1]",
         "c:evil",
+        "名前-ü",
+        "COM1",
+        "lpt9.mp4",
+        "Aux.tar.gz",
+        "a..b",
+        "_private",
+        "-dash",
+        "tab\tinside",
+        "manifest",
     ],
 )
 def test_safe_name_rejects(bad: str) -> None:
@@ -91,7 +100,9 @@ def test_safe_name_rejects(bad: str) -> None:
     assert info.value.problems[0][0] == "id"
 
 
-@pytest.mark.parametrize("good", ["alice", "row-001", "a.b_c", "名前-ü", "x" * 128, "console"])
+@pytest.mark.parametrize(
+    "good", ["alice", "row-001", "a.b_c", "x" * 128, "console", "com10", "lpt0", "nul-1", "1"]
+)
 def test_safe_name_accepts(good: str) -> None:
     assert safe_name(good) == good
 

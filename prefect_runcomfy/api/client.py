@@ -9,16 +9,18 @@ and a retry rule per kind of call, all run by the one loop `prefect_runcomfy.api
   reached RunComfy or was refused with 429. Any other failure after the bytes left raises
   `SubmitOutcomeUnknownError`: RunComfy has no idempotency key, so a blind retry could pay for
   the same video twice;
-- downloads of output URLs go through a separate HTTP client that never carries the token.
+- downloads of output URLs go through a separate HTTP client that never carries the token,
+  and only to the hosts its `OutputPolicy` allows (`prefect_runcomfy.api.hosts`).
 
 This module does not import Prefect.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import IO, Any, TypeVar
 from urllib.parse import quote
 
@@ -38,6 +40,7 @@ from prefect_runcomfy.api.exceptions import (
     ConfigurationError,
     InputRejectedError,
     InsufficientBalanceError,
+    InvalidRequestIdError,
     ModelNotFoundError,
     PermissionDeniedError,
     RateLimitedError,
@@ -47,6 +50,7 @@ from prefect_runcomfy.api.exceptions import (
     SubmitOutcomeUnknownError,
     TransportError,
 )
+from prefect_runcomfy.api.hosts import OutputPolicy
 from prefect_runcomfy.api.models import (
     MODEL_ID,
     CancelOutcome,
@@ -55,13 +59,18 @@ from prefect_runcomfy.api.models import (
     RequestResult,
     RequestState,
     SubmittedRequest,
+    is_request_id,
 )
 
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net"
 """Where RunComfy's Model API lives."""
 
 TOKEN_ENV = "RUNCOMFY_API_TOKEN"  # noqa: S105 - a variable name, not a secret
-"""Environment variable read for the token when none is given."""
+"""The first environment variable read for the token when none is given."""
+
+TOKEN_ENVS: tuple[str, ...] = (TOKEN_ENV, "RUNCOMFY_TOKEN", "RUNCOMFY_API_KEY")
+"""Where the token is looked for when none is given, in this order: this package's name,
+then the one RunComfy's CLI and ComfyUI nodes read, then the one its MCP servers read."""
 
 BASE_URL_ENV = "RUNCOMFY_BASE_URL"
 """Environment variable read for the base URL when none is given."""
@@ -123,7 +132,10 @@ _CODE_ERRORS: dict[int, type[RunComfyAPIError]] = {
 _CODE_ADVICE: dict[type[RunComfyAPIError], str] = {
     ModelNotFoundError: "check the model id",
     InsufficientBalanceError: "top up the RunComfy account, then run again",
-    AuthenticationError: "check the API token (RUNCOMFY_API_TOKEN or the credentials block)",
+    AuthenticationError: (
+        "check the API token (the credentials block, or RUNCOMFY_API_TOKEN, RUNCOMFY_TOKEN, "
+        "RUNCOMFY_API_KEY)"
+    ),
     PermissionDeniedError: "read it with the token that submitted it",
     RequestNotFoundError: "the request is unknown or its record has expired; it cannot be collected",
     InputRejectedError: "fix the input and submit again",
@@ -132,20 +144,31 @@ _CODE_ADVICE: dict[type[RunComfyAPIError], str] = {
 }
 
 
+def token_from_environment() -> str | None:
+    """The first non-blank of `RUNCOMFY_API_TOKEN`, `RUNCOMFY_TOKEN`, `RUNCOMFY_API_KEY`."""
+    for name in TOKEN_ENVS:
+        value = os.environ.get(name)
+        if value and value.strip():
+            return value
+    return None
+
+
 def _resolve_token(api_token: str | SecretStr | None) -> SecretStr:
     value: str | None
     if isinstance(api_token, SecretStr):
         value = api_token.get_secret_value()
     else:
-        value = api_token if api_token is not None else os.environ.get(TOKEN_ENV)
+        value = api_token if api_token is not None else token_from_environment()
     if not value or not value.strip():
         raise ConfigurationError(
-            f"No RunComfy API token: pass one, save a RunComfyCredentials block, or set {TOKEN_ENV}."
+            "No RunComfy API token: pass one, save a RunComfyCredentials block, or set "
+            f"{', '.join(TOKEN_ENVS[:-1])} or {TOKEN_ENVS[-1]}."
         )
     return SecretStr(value.strip())
 
 
-def _resolve_base_url(base_url: str | None) -> str:
+def resolve_base_url(base_url: str | None) -> str:
+    """`base_url`, else `RUNCOMFY_BASE_URL`, else RunComfy's own, without a trailing slash."""
     url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).strip().rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ConfigurationError(f"RunComfy base URL must start with http:// or https://: {url!r}")
@@ -159,7 +182,8 @@ class RunComfyClient:
     loop) and close it with `async with` or `aclose()`.
 
     Args:
-        api_token: The RunComfy token; `RUNCOMFY_API_TOKEN` when omitted. Sent only in the
+        api_token: The RunComfy token; when omitted, the first of `RUNCOMFY_API_TOKEN`,
+            `RUNCOMFY_TOKEN` and `RUNCOMFY_API_KEY` that is set. Sent only in the
             `Authorization` header of API calls, never to output hosts, never logged.
         base_url: The API's base URL; `RUNCOMFY_BASE_URL` or `https://model-api.runcomfy.net`.
         timeout: Seconds (or an `httpx.Timeout`) for API calls.
@@ -167,12 +191,17 @@ class RunComfyClient:
         backoff: Delays between retries; `Retry-After` wins when RunComfy sends it.
         max_retry_after_s: The longest `Retry-After` honoured before giving up instead.
         transport: An httpx transport for the API (tests, proxies).
+        download_transport: An httpx transport for output hosts.
+        output_hosts: Host patterns outputs may also be downloaded from, beside RunComfy's
+            output domains, this API's own host and `RUNCOMFY_OUTPUT_HOSTS`
+            (`cdn.example.com`, `*.example.com`, `http://10.0.0.5:8080`).
+        max_output_bytes: The largest output downloaded (2 GiB when None).
 
     Example:
         ```python
         from prefect_runcomfy import RunComfyClient, InfiniteTalkInput
 
-        async with RunComfyClient() as client:  # token from RUNCOMFY_API_TOKEN
+        async with RunComfyClient() as client:  # token from the environment
             job = InfiniteTalkInput(prompt="a man talks", image=image_url, audio=audio_url)
             submitted = await client.submit(job)
             result = await client.result(submitted.request_id, include_cost=True)
@@ -190,9 +219,15 @@ class RunComfyClient:
         max_retry_after_s: float = 300.0,
         transport: httpx.AsyncBaseTransport | None = None,
         download_transport: httpx.AsyncBaseTransport | None = None,
+        output_hosts: Sequence[str] = (),
+        max_output_bytes: int | None = None,
     ) -> None:
         self._token = _resolve_token(api_token)
-        self.base_url = _resolve_base_url(base_url)
+        self.base_url = resolve_base_url(base_url)
+        self.output_policy = OutputPolicy.build(
+            self.base_url, extra_hosts=output_hosts, max_bytes=max_output_bytes
+        )
+        """Where outputs may be downloaded from, what they may be, and how big."""
         self.max_retries = max(0, int(max_retries))
         self.backoff = backoff or Backoff()
         self.max_retry_after_s = max_retry_after_s
@@ -224,7 +259,8 @@ class RunComfyClient:
 
     @property
     def output_http(self) -> httpx.AsyncClient:
-        """The HTTP client for output hosts: no Authorization header, redirects followed."""
+        """The HTTP client for output hosts: no Authorization header; redirects are followed by
+        the download itself, each checked against `output_policy`."""
         return self._downloads
 
     async def __aenter__(self) -> RunComfyClient:
@@ -281,6 +317,15 @@ class RunComfyClient:
                 "It was not sent again.",
                 cause=f"server_error:{exc.status_code or exc.error_code}",
             ) from None
+        request_id = body.get("request_id")
+        if request_id is not None and not is_request_id(request_id):
+            # Never put it in a URL: it could point the next call anywhere on the API host.
+            raise SubmitOutcomeUnknownError(
+                "RunComfy accepted the submit but its answer carried a malformed request id "
+                f"({self._redact(repr(request_id))[:80]}); a job may be running and billed, "
+                "and it cannot be followed. It was not sent again.",
+                cause="malformed_request_id",
+            )
         try:
             return SubmittedRequest.model_validate(body)
         except ValueError:
@@ -293,7 +338,7 @@ class RunComfyClient:
     async def status(self, request_id: str) -> RequestState:
         """Read where a request stands (`in_queue` with its position, `in_progress`, ...)."""
         body = await self._read("GET", self._request_path(request_id, "status"), request_id)
-        return RequestState.model_validate({"request_id": request_id, **body})
+        return RequestState.model_validate({**body, "request_id": request_id})
 
     async def result(self, request_id: str, *, include_cost: bool = False) -> RequestResult:
         """Read a request's result: its outputs once succeeded, else its current state.
@@ -305,7 +350,7 @@ class RunComfyClient:
         body = await self._read(
             "GET", self._request_path(request_id, "result"), request_id, params=params
         )
-        return RequestResult.model_validate({"request_id": request_id, **body})
+        return RequestResult.model_validate({**body, "request_id": request_id})
 
     async def cancel(self, request_id: str) -> CancelOutcome:
         """Ask RunComfy to cancel a request. Only queued requests can be; cancelling twice is harmless.
@@ -313,19 +358,42 @@ class RunComfyClient:
         Check `.cancelled` on the answer: `not_cancellable` means it runs to the end and is billed.
         """
         body = await self._read("POST", self._request_path(request_id, "cancel"), request_id)
-        return CancelOutcome.model_validate({"request_id": request_id, **body})
+        return CancelOutcome.model_validate({**body, "request_id": request_id})
 
     async def model_info(self, model_id: str = MODEL_ID) -> ModelInfo:
         """Read a model's catalog entry: display name, price and input schema."""
         body = await self._read("GET", f"/v1/models/{quote(model_id, safe='/')}", None)
         return ModelInfo.model_validate({"model_id": model_id, **body})
 
-    async def list_models(self, search: str | None = None) -> list[ModelInfo]:
-        """List catalog entries, optionally filtered by a search term."""
-        params = {"search": search} if search else None
-        body = await self._read("GET", "/v1/models", None, params=params)
+    async def list_models(
+        self,
+        search: str | None = None,
+        *,
+        category: str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> list[ModelInfo]:
+        """List catalog entries (`{"models": [...], "total": N}`), optionally filtered by a
+        search term or a category, one page of `limit` from `offset`."""
+        given = {"search": search, "category": category, "limit": limit, "offset": offset}
+        params = {k: str(v) for k, v in given.items() if v is not None and v != ""}
+        body = await self._read("GET", "/v1/models", None, params=params or None)
         items = body.get("models") or body.get("items") or body.get("data") or []
+        if not items and isinstance(body.get("detail"), list):
+            items = body["detail"]  # a bare list (how `_check` keeps a non-object body)
         return [ModelInfo.model_validate(item) for item in items if isinstance(item, dict)]
+
+    async def list_categories(self) -> list[str]:
+        """The catalog's categories (`GET /v1/models/categories`), as names."""
+        body = await self._read("GET", "/v1/models/categories", None)
+        items = body.get("categories") or body.get("detail") or []
+        names = []
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict):
+                item = item.get("name") or item.get("category") or item.get("slug")
+            if item:
+                names.append(str(item))
+        return names
 
     # --- downloads ---------------------------------------------------------------------------
 
@@ -337,7 +405,8 @@ class RunComfyClient:
         chunk_size: int = 1 << 20,
         attempts: int = 3,
     ) -> DownloadedFile:
-        """Stream an output URL to a file without the token; see `download_output`."""
+        """Stream an output URL to a file without the token, if `output_policy` allows it;
+        see `download_output`."""
         return await download_output(
             url,
             destination,
@@ -345,14 +414,19 @@ class RunComfyClient:
             chunk_size=chunk_size,
             attempts=attempts,
             backoff=self.backoff,
+            policy=self.output_policy,
         )
 
     # --- the one place where HTTP answers become results or exceptions ---------------------
 
     def _request_path(self, request_id: str, action: str) -> str:
-        if not request_id or "/" in request_id or request_id in {".", ".."}:
-            raise ValueError(f"Not a RunComfy request id: {request_id!r}")
-        return f"/v1/requests/{quote(request_id, safe='')}/{action}"
+        if not is_request_id(request_id):
+            shown = repr(request_id)[:80]
+            raise InvalidRequestIdError(
+                f"Not a RunComfy request id: {shown} (ids are 1 to 128 letters, digits, '_' "
+                "or '-'); it was not sent anywhere."
+            )
+        return f"/v1/requests/{request_id}/{action}"
 
     async def _read(
         self,
@@ -414,7 +488,8 @@ class RunComfyClient:
         request_id: str | None,
     ) -> RunComfyAPIError:
         status = response.status_code
-        detail = self._redact(_error_detail(body) or response.reason_phrase or "")
+        # Redacted before it is cut: a cut must not keep half a token.
+        detail = _error_detail(self._redact_any(body)) or response.reason_phrase or ""
         cls: type[RunComfyAPIError]
         if code in _CODE_ERRORS:
             cls = _CODE_ERRORS[code]
@@ -486,26 +561,73 @@ def _error_code(body: dict[str, Any]) -> int | None:
     return None
 
 
+MAX_REASON_CHARS = 1000
+"""The longest reason from an error body that an exception message carries (cut with '…')."""
+
+_MAX_REASON_ITEMS = 20
+"""How many items of a `detail` list a message names before saying how many more there are."""
+
+
 def _error_detail(body: dict[str, Any]) -> str:
-    for key in ("error_message", "message", "detail", "error"):
-        value = body.get(key)
-        if value in (None, "", [], {}):
-            continue
-        if isinstance(value, dict):
-            value = value.get("message") or value.get("msg") or value
-        if isinstance(value, list):
-            parts = []
-            for item in value[:5]:
-                if isinstance(item, dict):
-                    loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
-                    parts.append(
-                        f"{loc}: {item.get('msg', item)}" if loc else str(item.get("msg", item))
-                    )
-                else:
-                    parts.append(str(item))
-            value = "; ".join(parts)
-        return str(value)[:500]
-    return ""
+    """The whole reason an error body gives, as one line: its message, then its detail.
+
+    RunComfy's bodies carry `error_message` and, for a schema rejection, `detail` (a string, a
+    list or an object); other servers say `message`, `error` or `errors`. Each part that
+    says something new is kept, in that order, and the line is cut at `MAX_REASON_CHARS`.
+    """
+    parts: list[str] = []
+    for key in ("error_message", "message", "error", "detail"):
+        text = _describe(body.get(key))
+        if text and not any(text in part for part in parts):
+            parts.append(text)
+    if body.get("detail") in (None, "", [], {}):
+        text = _describe(body.get("errors"))
+        if text and not any(text in part for part in parts):
+            parts.append(text)
+    return _cut(": ".join(parts), MAX_REASON_CHARS)
 
 
-__all__ = ["DEFAULT_BASE_URL", "DownloadedFile", "RunComfyClient", "may_resend_submit"]
+def _describe(value: Any) -> str:
+    """One line for a string, a list (pydantic-style items as `loc: msg`) or an object."""
+    if value in (None, "", [], {}):
+        return ""
+    if isinstance(value, list):
+        items = [_describe_item(item) for item in value[:_MAX_REASON_ITEMS]]
+        more = len(value) - _MAX_REASON_ITEMS
+        return "; ".join(i for i in items if i) + (f"; and {more} more" if more > 0 else "")
+    if isinstance(value, dict):
+        return _describe_item(value)
+    return _cut(str(value), MAX_REASON_CHARS)
+
+
+def _describe_item(item: Any) -> str:
+    if isinstance(item, dict):
+        message = item.get("msg") or item.get("message")
+        where = item.get("loc") or item.get("field") or item.get("path")
+        if isinstance(where, list):
+            where = ".".join(str(p) for p in where if p != "body")
+        if message not in (None, ""):
+            return f"{where}: {message}" if where else str(message)
+        typed = [str(item.get(k)) for k in ("type", "code") if item.get(k) not in (None, "")]
+        if typed and len(item) <= 2:
+            return ": ".join(typed)
+        return _cut(json.dumps(item, default=str, ensure_ascii=False), 300)
+    if isinstance(item, list):
+        return _describe(item)
+    return _cut(str(item), 300)
+
+
+def _cut(text: str, limit: int) -> str:
+    text = " ".join(text.split())  # one line: a server's newlines must not break a log line
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "TOKEN_ENVS",
+    "DownloadedFile",
+    "RunComfyClient",
+    "may_resend_submit",
+    "resolve_base_url",
+    "token_from_environment",
+]

@@ -7,8 +7,10 @@ never appears in any message.
 ```
 RunComfyError
 ├── ConfigurationError                 no token / bad settings
-│   └── SubmitLimitError               a run would submit more new jobs than max_submits
+│   ├── SubmitLimitError               a run would submit more new jobs than max_submits
+│   └── CostLimitError                 a run's estimated cost is over max_cost_usd (or unknown)
 ├── InvalidInputError                  a row is not a valid InfiniteTalk input
+├── InvalidRequestIdError              a request id is not of RunComfy's form (never sent)
 ├── MediaError                         an input file cannot be read, signed or staged
 ├── StorageError                       outputs cannot be written / read where asked
 ├── RunComfyAPIError                   the API said no (carries status code, error code, detail)
@@ -25,7 +27,8 @@ RunComfyError
 ├── RunFailedError                     the job ran and failed
 ├── RunCancelledError                  the job was cancelled
 ├── RunTimedOutError                   waiting passed its deadline
-└── DownloadError                      an output could not be downloaded completely
+├── DownloadError                      an output could not be downloaded completely
+└── OutputRefusedError                 an output's host, type or size is not allowed
 ```
 """
 
@@ -51,6 +54,24 @@ class SubmitLimitError(ConfigurationError):
         self.limit = limit
 
 
+class CostLimitError(ConfigurationError):
+    """A run's estimated cost is over `max_cost_usd`, or cannot be estimated while it is set;
+    nothing was submitted. `estimate_usd` is None when the catalog gave no usable price."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        estimate_usd: float | None,
+        limit_usd: float,
+        would_submit: int,
+    ) -> None:
+        super().__init__(message)
+        self.estimate_usd = estimate_usd
+        self.limit_usd = limit_usd
+        self.would_submit = would_submit
+
+
 class InvalidInputError(RunComfyError, ValueError):
     """An input row is not a valid InfiniteTalk job; the message names the row, column and reason."""
 
@@ -60,6 +81,10 @@ class InvalidInputError(RunComfyError, ValueError):
         super().__init__(message)
         self.problems = problems or []
         self.row = row
+
+
+class InvalidRequestIdError(RunComfyError, ValueError):
+    """A request id is not 1-128 letters, digits, `_` or `-`; it is never put in a URL."""
 
 
 class MediaError(RunComfyError):
@@ -209,6 +234,23 @@ class DownloadError(RunComfyError):
         return self.status_code in (403, 404, 410)
 
 
+class OutputRefusedError(RunComfyError):
+    """An output URL (or a redirect) points at a host that is not allowed, or the answer is
+    not a video or is over the size cap; nothing of it was kept, and trying again will not
+    help. The message says how to allow it.
+
+    `reason` is `host`, `type`, `size` or `url`; `host` is the host refused, when it was one.
+    """
+
+    def __init__(
+        self, message: str, *, reason: str, url: str | None = None, host: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.url = url
+        self.host = host
+
+
 # --- batches ------------------------------------------------------------------------------------
 
 
@@ -253,12 +295,15 @@ def _rebuild_rows_need_attention(
 __all__ = [
     "AuthenticationError",
     "ConfigurationError",
+    "CostLimitError",
     "DownloadError",
     "InputRejectedError",
     "InsufficientBalanceError",
     "InvalidInputError",
+    "InvalidRequestIdError",
     "MediaError",
     "ModelNotFoundError",
+    "OutputRefusedError",
     "PermissionDeniedError",
     "RateLimitedError",
     "RequestNotFoundError",

@@ -352,10 +352,28 @@ class _Answer(BaseModel):
         return dict(self.__pydantic_extra__ or {})
 
 
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+"""What a RunComfy request id looks like (RunComfy's own clients check the same)."""
+
+
+def is_request_id(value: Any) -> bool:
+    """True when `value` is a string of 1 to 128 letters, digits, `_` or `-`: only such an id
+    is ever put in a URL."""
+    return isinstance(value, str) and REQUEST_ID_PATTERN.fullmatch(value) is not None
+
+
 class SubmittedRequest(_Answer):
     """The answer to a submit: the request id and where to follow it."""
 
     request_id: str
+
+    @field_validator("request_id")
+    @classmethod
+    def _an_id(cls, value: str) -> str:
+        if not is_request_id(value):
+            raise ValueError("not a RunComfy request id")
+        return value
+
     status_url: str | None = None
     result_url: str | None = None
     cancel_url: str | None = None
@@ -482,10 +500,47 @@ class CancelOutcome(_Answer):
 
 
 class ModelInfo(_Answer):
-    """A catalog entry (`GET /v1/models/{model_id}`)."""
+    """A catalog entry (`GET /v1/models/{model_id}`, or one item of `GET /v1/models`).
+
+    `price_unit` is `second` (video: `base_price_usd` per second of output) or `output` /
+    `image` (per output); either may be missing or unusable, which `usable_price` says.
+    """
 
     model_id: str
     display_name: str | None = None
     base_price_usd: float | None = None
     price_unit: str | None = None
+    pricing_note: str | None = None
+    categories: list[str] = Field(default_factory=list)
     input_schema: dict[str, Any] | None = None
+
+    @field_validator("base_price_usd", mode="before")
+    @classmethod
+    def _lenient_price(cls, value: Any) -> Any:
+        try:
+            price = None if value is None or isinstance(value, bool) else float(value)
+        except (TypeError, ValueError):
+            return None
+        return price if price is not None and math.isfinite(price) and price >= 0 else None
+
+    @field_validator("price_unit", mode="before")
+    @classmethod
+    def _unit_word(cls, value: Any) -> Any:
+        return str(value).strip().lower() or None if value is not None else None
+
+    @field_validator("categories", mode="before")
+    @classmethod
+    def _category_names(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return []
+        return [str(c.get("name") or c) if isinstance(c, dict) else str(c) for c in value]
+
+    @property
+    def usable_price(self) -> bool:
+        """True when the entry gives a price a cost can be estimated from: a number and a
+        unit this package knows (`second`, `output`, `image`)."""
+        return self.base_price_usd is not None and self.price_unit in PRICE_UNITS
+
+
+PRICE_UNITS = frozenset({"second", "output", "image"})
+"""The catalog's price units a cost can be estimated from."""

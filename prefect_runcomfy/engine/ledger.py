@@ -86,11 +86,15 @@ class LedgerEntry(BaseModel):
 
 @dataclass(frozen=True)
 class RowDecision:
-    """`plan_row`'s answer: the plan, a reason in words, and whether the payload changed."""
+    """`plan_row`'s answer: the plan, a reason in words, and whether the payload changed.
+
+    A run's plan adds what a row to submit is estimated to cost (`estimated_cost_usd`, from
+    the catalog's price; None when unknown or not submitted)."""
 
     plan: RowPlan
     reason: str
     payload_changed: bool = False
+    estimated_cost_usd: float | None = None
 
 
 _FAILED_STATES = frozenset({LedgerState.FAILED, LedgerState.CANCELLED, LedgerState.INVALID})
@@ -100,6 +104,7 @@ _MAY_BE_RUNNING = frozenset(
         LedgerState.TIMED_OUT,
         LedgerState.SUBMITTING,
         LedgerState.OUTCOME_UNKNOWN,
+        LedgerState.OUTPUT_REFUSED,
     }
 )
 
@@ -128,7 +133,9 @@ def plan_row(
        (the user fixed the row), else `KEEP_FAILED`: the same input would most likely fail
        (and be billed) again, so a retry is only made on request.
     6. `submitted`/`timed_out` with a request id → `RESUME`: the job exists and may still
-       finish; submitting again would pay twice. If the payload changed meanwhile the old job
+       finish; submitting again would pay twice. `output_refused` (the job succeeded, its
+       output's host, type or size was refused) → `RESUME` too, whatever `retry_failed` says:
+       it is paid for, and collecting it again stores it once the output is allowed. If the payload changed meanwhile the old job
        is still collected (it is paid for) and `payload_changed=True` is flagged so the caller
        can warn; the next run then sees `stored` with another payload and submits (rule 4).
     7. `submitting` without a request id, or `outcome_unknown` → `UNKNOWN`: a POST may have

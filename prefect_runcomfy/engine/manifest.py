@@ -27,6 +27,7 @@ DETAIL_COLUMNS = [
     "run_seconds",
     "total_seconds",
     "cost_usd",
+    "estimated_cost_usd",
     "size_bytes",
     "sha256",
     "duration_s",
@@ -76,7 +77,8 @@ def build_manifest(records: Iterable[RowOutcome | dict[str, Any]]) -> pd.DataFra
     ordered = RESULT_COLUMNS + [c for c in INPUT_COLUMNS if c in df.columns]
     ordered += [c for c in df.columns if c not in ordered]
     df = df[ordered]
-    for column in ("queue_seconds", "run_seconds", "total_seconds", "cost_usd", "duration_s"):
+    numbers = ("queue_seconds", "run_seconds", "total_seconds", "cost_usd", "estimated_cost_usd")
+    for column in (*numbers, "duration_s"):
         df[column] = pd.to_numeric(df[column], errors="coerce")
     for column in ("row", "size_bytes", "width", "height", "attempts"):
         df[column] = pd.to_numeric(df[column], errors="coerce").astype("Int64")

@@ -95,6 +95,10 @@ class RowOutcome(BaseModel):
     run_seconds: float | None = None
     total_seconds: float | None = None
     cost_usd: float | None = None
+    estimated_cost_usd: float | None = Field(
+        default=None,
+        description="What the job was estimated to cost before it was submitted (the catalog's price).",
+    )
     sent: dict[str, Any] | None = Field(
         default=None, description="The API payload as sent, safe to store (`sanitize_payload`)."
     )
@@ -159,6 +163,7 @@ class RowOutcome(BaseModel):
             "run_seconds": self.run_seconds,
             "total_seconds": self.total_seconds,
             "cost_usd": self.cost_usd,
+            "estimated_cost_usd": self.estimated_cost_usd,
             "metadata_uri": self.metadata_uri,
             "video_uri": first.uri if first else None,
             "video_uris": self.video_uris or None,
@@ -364,6 +369,7 @@ class RowOutcome(BaseModel):
             run_seconds=_number(clean.get("run_seconds")),
             total_seconds=_number(clean.get("total_seconds")),
             cost_usd=_number(clean.get("cost_usd")),
+            estimated_cost_usd=_number(clean.get("estimated_cost_usd")),
             metadata_uri=clean.get("metadata_uri"),
             files=files,
         )

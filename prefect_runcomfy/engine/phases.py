@@ -8,15 +8,16 @@ executes what the ledger holds. Each phase logs what it decided, once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 from prefect.logging import get_run_logger
 
 from prefect_runcomfy.api.client import RunComfyClient
-from prefect_runcomfy.api.models import MEDIA_COLUMNS
+from prefect_runcomfy.api.models import MEDIA_COLUMNS, MODEL_ID
 from prefect_runcomfy.engine.batch import Batch, cancel_queued_requests
 from prefect_runcomfy.engine.ledger import LedgerEntry, RowDecision
 from prefect_runcomfy.engine.media import MediaResolver
@@ -24,8 +25,17 @@ from prefect_runcomfy.engine.outcome import RowOutcome
 from prefect_runcomfy.engine.planning import (
     check_submit_limit,
     describe_plan,
+    ids_to_submit,
     output_state,
     plan_rows,
+)
+from prefect_runcomfy.engine.pricing import (
+    CostEstimate,
+    Price,
+    check_cost_limit,
+    estimate_cost,
+    local_audio_seconds,
+    read_price,
 )
 from prefect_runcomfy.engine.status import RowPlan, RowStatus
 from prefect_runcomfy.engine.storage import OutputStore
@@ -54,16 +64,28 @@ class PreparedTable:
 
 @dataclass(frozen=True)
 class RunPlan:
-    """Each valid row with its decision, and the ledger entries the decisions came from."""
+    """Each valid row with its decision, the ledger entries the decisions came from, and what
+    the price of the model is (None when it was not read)."""
 
     rows: list[PreparedRow]
     decisions: list[RowDecision]
     entries: dict[str, LedgerEntry]
+    price: Price | None = None
+    audio_seconds: dict[str, float] = field(default_factory=dict)
+    """Lengths of the local audio files of rows to submit, which cap their estimates."""
 
     def without(self, ids: set[str]) -> RunPlan:
         """The plan without the rows in `ids` (rows found invalid after planning)."""
         kept = [(r, d) for r, d in zip(self.rows, self.decisions, strict=True) if r.id not in ids]
-        return RunPlan([r for r, _ in kept], [d for _, d in kept], self.entries)
+        return dataclasses.replace(self, rows=[r for r, _ in kept], decisions=[d for _, d in kept])
+
+    def estimate(self) -> CostEstimate | None:
+        """The estimated cost of the rows this plan submits (None when no price was read)."""
+        if self.price is None:
+            return None
+        submit = set(ids_to_submit(self.rows, self.decisions))
+        rows = [r for r in self.rows if r.id in submit]
+        return estimate_cost(rows, self.price, self.audio_seconds)
 
 
 async def prepare(inputs: TableLike, *, storage_options: dict[str, Any] | None) -> PreparedTable:
@@ -80,9 +102,17 @@ async def plan(
     resubmit_unknown: bool,
     retry_failed: bool,
     max_submits: int | None,
+    make_client: Callable[[], RunComfyClient] | None = None,
+    model_id: str = MODEL_ID,
+    media_base_dir: str | None = None,
 ) -> RunPlan:
     """Decide each row's plan from the ledger under `store` (raises `SubmitLimitError` before
-    anything is paid when `max_submits` would be passed) and log it."""
+    anything is paid when `max_submits` would be passed) and log it.
+
+    With `make_client`, the model's price is read from RunComfy's catalog (a free read) when
+    any row is to be submitted, each such row's decision carries its estimated cost, and the
+    plan line says the estimate (`Plan: 3 to submit; estimated cost $0.2250 ...`). Local audio
+    files (read against `media_base_dir`) cap the seconds a row is estimated at."""
     entries, present = await asyncio.to_thread(output_state, store)
     decisions = plan_rows(
         rows,
@@ -92,8 +122,38 @@ async def plan(
         retry_failed=retry_failed,
         max_submits=max_submits,
     )
-    get_run_logger().info("Plan: %s", describe_plan(decisions))
-    return RunPlan(rows, decisions, entries)
+    run_plan = RunPlan(rows, decisions, entries)
+    if make_client is not None:
+        run_plan = await priced(run_plan, make_client, model_id, media_base_dir)
+    estimate = run_plan.estimate()
+    line = describe_plan(run_plan.decisions)
+    get_run_logger().info("Plan: %s%s", line, f"; {estimate.describe()}" if estimate else "")
+    return run_plan
+
+
+async def priced(
+    run_plan: RunPlan,
+    make_client: Callable[[], RunComfyClient],
+    model_id: str,
+    media_base_dir: str | None = None,
+) -> RunPlan:
+    """`run_plan` with the model's price and each row to submit's estimated cost."""
+    submit = set(ids_to_submit(run_plan.rows, run_plan.decisions))
+    if not submit:
+        return run_plan
+    to_submit = [r for r in run_plan.rows if r.id in submit]
+    price, lengths = await asyncio.gather(
+        read_price(make_client, model_id),
+        asyncio.to_thread(local_audio_seconds, to_submit, media_base_dir),
+    )
+    estimate = estimate_cost(to_submit, price, lengths)
+    decisions = [
+        dataclasses.replace(d, estimated_cost_usd=estimate.per_row.get(r.id))
+        if r.id in submit
+        else d
+        for r, d in zip(run_plan.rows, run_plan.decisions, strict=True)
+    ]
+    return dataclasses.replace(run_plan, decisions=decisions, price=price, audio_seconds=lengths)
 
 
 async def api_payload(row: PreparedRow, resolver: MediaResolver) -> dict[str, Any]:
@@ -143,9 +203,21 @@ async def resolve_media(
     return payloads, sorted(problems, key=lambda p: p.row)
 
 
-def check_limit(run_plan: RunPlan, max_submits: int | None) -> None:
-    """`max_submits` applied to the rows that will really be submitted (after media checks)."""
+def check_limit(
+    run_plan: RunPlan, max_submits: int | None, max_cost_usd: float | None = None
+) -> None:
+    """`max_submits` and `max_cost_usd` applied to the rows that will really be submitted
+    (after media checks): `SubmitLimitError` or `CostLimitError` before any POST. A plan
+    without a price read cannot meet a `max_cost_usd`: it is refused too."""
     check_submit_limit(run_plan.rows, run_plan.decisions, max_submits)
+    if max_cost_usd is None:
+        return
+    estimate = run_plan.estimate()
+    if estimate is None:
+        no_price = Price(model_id="?", problem="the catalog's price was not read")
+        submit = set(ids_to_submit(run_plan.rows, run_plan.decisions))
+        estimate = estimate_cost([r for r in run_plan.rows if r.id in submit], no_price)
+    check_cost_limit(estimate, max_cost_usd)
 
 
 def invalid_outcome(problem: RowProblem) -> RowOutcome:
@@ -191,5 +263,6 @@ __all__ = [
     "invalid_outcome",
     "plan",
     "prepare",
+    "priced",
     "resolve_media",
 ]

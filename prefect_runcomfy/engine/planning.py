@@ -2,12 +2,13 @@
 
 `plan_rows` applies `ledger.plan_row` to every valid row and enforces `max_submits`;
 `plan_table` does the same for a whole table and an output location without running a flow
-or calling RunComfy (the `prefect-runcomfy plan` command), so a night's spending can be read
-before it happens.
+or submitting anything (the `prefect-runcomfy plan` command): only RunComfy's catalog is read,
+for the model's price, so a night's spending can be read before it happens.
 
 ```python
-plan = await plan_table("rows.csv", "s3://bucket/videos")
+plan = await plan_table("rows.csv", "s3://bucket/videos", make_client=RunComfyClient)
 print(plan.describe())   # '480 to submit, 3 to collect from earlier runs, 17 already stored'
+print(plan.estimate.describe())  # 'estimated cost $36.0000 for 480 jobs (...)'
 ```
 """
 
@@ -15,15 +16,26 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from prefect_runcomfy.api.client import RunComfyClient
 from prefect_runcomfy.api.exceptions import ConfigurationError, SubmitLimitError
+from prefect_runcomfy.api.models import MODEL_ID
 from prefect_runcomfy.engine.ledger import Ledger, LedgerEntry, RowDecision, RowPlan, plan_row
+from prefect_runcomfy.engine.pricing import (
+    CostEstimate,
+    Price,
+    estimate_cost,
+    local_audio_seconds,
+    read_price,
+)
 from prefect_runcomfy.engine.storage import OutputStore
 from prefect_runcomfy.engine.table import (
     PreparedRow,
     RowProblem,
+    TableCheck,
     TableLike,
     check_local_media,
     check_table,
@@ -119,11 +131,13 @@ def describe_plan(decisions: list[RowDecision]) -> str:
 
 @dataclass(frozen=True)
 class TablePlan:
-    """A table's plan: each valid row with its decision, and the rows that are invalid."""
+    """A table's plan: each valid row with its decision, the rows that are invalid, and the
+    estimated cost of the rows to submit (None when no price was asked for)."""
 
     rows: list[PreparedRow]
     decisions: list[RowDecision]
     invalid: list[RowProblem]
+    estimate: CostEstimate | None = None
 
     @property
     def to_submit(self) -> list[str]:
@@ -144,19 +158,23 @@ async def plan_table(
     input_storage_options: dict[str, Any] | None = None,
     resubmit_unknown: bool = False,
     retry_failed: bool = False,
+    make_client: Callable[[], RunComfyClient] | None = None,
+    model_id: str = MODEL_ID,
 ) -> TablePlan:
     """Plan `inputs` against the ledger under `output_uri`, as `generate_talking_videos` would.
 
-    Reads only: no Prefect flow run, no RunComfy call, nothing written (a local output folder
-    that does not exist yet means every row is new). Local media files are checked to exist;
-    remote media are checked by the run itself.
+    Reads only: no Prefect flow run, no submit, nothing written (a local output folder that
+    does not exist yet means every row is new). With `make_client`, the model's catalog entry
+    is read (when any row is to be submitted) and the plan carries the cost estimate; a
+    catalog that cannot be read (no token, say) gives an estimate that says so. Local media
+    files of the rows to submit are checked to exist (a stored row needs no media); remote
+    media are checked by the run itself.
     """
     table_uri = inputs if isinstance(inputs, str) else None
     df = await asyncio.to_thread(read_table, inputs, storage_options=input_storage_options)
     local_table = table_uri is not None and is_local_uri(table_uri)
-    check = check_local_media(
-        check_table(df), base_dir=table_folder(table_uri) if local_table else None
-    )
+    base_dir = table_folder(table_uri) if local_table else None
+    check = check_table(df)
     entries, present = await asyncio.to_thread(_read_output, output_uri, storage_options)
     decisions = plan_rows(
         check.valid,
@@ -165,7 +183,28 @@ async def plan_table(
         resubmit_unknown=resubmit_unknown,
         retry_failed=retry_failed,
     )
-    return TablePlan(rows=check.valid, decisions=decisions, invalid=check.invalid)
+    submit = [r for r, d in zip(check.valid, decisions, strict=True) if d.plan is RowPlan.SUBMIT]
+    media = check_local_media(TableCheck(valid=submit, invalid=[]), base_dir=base_dir)
+    missing = {p.id for p in media.invalid}
+    kept = [(r, d) for r, d in zip(check.valid, decisions, strict=True) if r.id not in missing]
+    invalid = sorted([*check.invalid, *media.invalid], key=lambda p: p.row)
+    estimate = None
+    if make_client is not None:
+        to_submit = list(media.valid)
+        price = Price(model_id=model_id)
+        lengths: dict[str, float] = {}
+        if to_submit:  # nothing new: nothing to price, no call
+            price, lengths = await asyncio.gather(
+                read_price(make_client, model_id),
+                asyncio.to_thread(local_audio_seconds, to_submit, base_dir),
+            )
+        estimate = estimate_cost(to_submit, price, lengths)
+    return TablePlan(
+        rows=[r for r, _ in kept],
+        decisions=[d for _, d in kept],
+        invalid=invalid,
+        estimate=estimate,
+    )
 
 
 def _read_output(

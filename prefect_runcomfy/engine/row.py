@@ -30,6 +30,7 @@ from prefect_runcomfy.api.exceptions import (
     AuthenticationError,
     DownloadError,
     InsufficientBalanceError,
+    OutputRefusedError,
     RequestNotFoundError,
     RowNotStoredError,
     RunCancelledError,
@@ -102,6 +103,8 @@ async def run_row(
             sources={"image": media_source(row.job.image), "audio": media_source(row.job.audio)}
         )
     )
+    if decision.plan is RowPlan.SUBMIT:
+        cell.keep(cell.latest.evolve(estimated_cost_usd=decision.estimated_cost_usd))
     try:
         async with batch.slot() as client:
             await in_row_task(
@@ -351,6 +354,16 @@ async def _store(
 ) -> RowOutcome:
     try:
         stored = await _store_with_retries(batch, client, outcome, finished.result)
+    except OutputRefusedError as exc:
+        # Paid for: keep the request id collectable, never submit it again.
+        error = (
+            f"{exc} The job succeeded and is paid for: once its output is allowed, run again "
+            f"(or collect_outstanding_requests) to store request {outcome.request_id} "
+            "without submitting it again."
+        )
+        return await batch.record_paid(
+            outcome.ended(RowStatus.FAILED, error), LedgerState.OUTPUT_REFUSED, error=error
+        )
     except DownloadError as exc:
         error = f"the video could not be downloaded: {exc}"
         return await batch.record_paid(
@@ -380,7 +393,9 @@ async def _store_with_retries(
     output is gone for good (storing is idempotent: it overwrites)."""
 
     async def once() -> RowOutcome:
-        files = await store_files(result, outcome.id, batch.store, http=client.output_http)
+        files = await store_files(
+            result, outcome.id, batch.store, http=client.output_http, policy=client.output_policy
+        )
         return await write_sidecar(batch.store, stored_outcome(outcome, result, files))
 
     def say(exc: BaseException, tries: int, delay: float) -> None:

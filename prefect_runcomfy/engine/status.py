@@ -47,6 +47,9 @@ class LedgerState(StrEnum):
     - `timed_out`: waiting stopped at the deadline; the job may still run and can be collected.
     - `outcome_unknown`: a POST was sent but its answer was lost; a job may be running and billed.
     - `invalid`: the input was rejected (locally or by RunComfy); nothing was paid for.
+    - `output_refused`: the job succeeded and is paid for, but its output was refused (a host,
+      type or size the output policy does not allow); a run or `collect` that allows it
+      stores it from the request id, without a new submit.
     """
 
     SUBMITTING = "submitting"
@@ -57,6 +60,7 @@ class LedgerState(StrEnum):
     TIMED_OUT = "timed_out"
     OUTCOME_UNKNOWN = "outcome_unknown"
     INVALID = "invalid"
+    OUTPUT_REFUSED = "output_refused"
 
     @property
     def row_status(self) -> RowStatus:
@@ -75,6 +79,7 @@ _ROW_STATUS = {
     LedgerState.CANCELLED: RowStatus.CANCELLED,
     LedgerState.TIMED_OUT: RowStatus.TIMED_OUT,
     LedgerState.INVALID: RowStatus.INVALID,
+    LedgerState.OUTPUT_REFUSED: RowStatus.FAILED,
 }
 
 

@@ -38,10 +38,12 @@ from prefect_runcomfy.api.client import RunComfyClient
 from prefect_runcomfy.api.downloads import download_output, output_http_client, short_url
 from prefect_runcomfy.api.exceptions import (
     DownloadError,
+    OutputRefusedError,
     RunCancelledError,
     RunFailedError,
     RunTimedOutError,
 )
+from prefect_runcomfy.api.hosts import OutputPolicy
 from prefect_runcomfy.api.models import (
     MODEL_ID,
     InfiniteTalkInput,
@@ -279,8 +281,11 @@ def output_names(row_id: str, urls: list[str]) -> list[str]:
 
 
 def store_is_worth_retrying(error: BaseException) -> bool:
-    """False for an output that is gone for good (403/404/410); anything else (a broken stream,
-    a rate limit, a storage hiccup) may pass on another try, and storing is idempotent."""
+    """False for an output that is gone for good (403/404/410) or refused by the output policy
+    (its host, type or size); anything else (a broken stream, a rate limit, a storage hiccup)
+    may pass on another try, and storing is idempotent."""
+    if isinstance(error, OutputRefusedError):
+        return False
     if isinstance(error, DownloadError):
         return not error.expired
     return isinstance(error, Exception)
@@ -309,9 +314,13 @@ async def store_files(
     store: OutputStore,
     *,
     http: httpx.AsyncClient,
+    policy: OutputPolicy | None = None,
 ) -> tuple[StoredFile, ...]:
     """Download every output of a finished request and upload it into `store` (with the
-    row's poster made from the first); no sidecar. Idempotent: it overwrites."""
+    row's poster made from the first); no sidecar. Idempotent: it overwrites.
+
+    Every URL is checked against `policy` (the client's `output_policy`; RunComfy's output
+    domains only when None) before anything is fetched: `OutputRefusedError` otherwise."""
     urls = result.output_urls
     if not urls:
         raise DownloadError(f"Request {result.request_id} succeeded but listed no output URL.")
@@ -319,7 +328,7 @@ async def store_files(
     with staging_folder() as tmp:
         for url, name in zip(urls, output_names(row_id, urls), strict=True):
             local = os.path.join(tmp, name)
-            downloaded = await download_output(url, local, http=http)
+            downloaded = await download_output(url, local, http=http, policy=policy)
             uri, video = await asyncio.to_thread(
                 _keep_file, store, local, name, row_id, tmp, not files
             )
@@ -366,14 +375,16 @@ async def store_job_outputs(
     metadata: dict[str, Any] | None = None,
     http: httpx.AsyncClient | None = None,
     log_success: bool = True,
+    policy: OutputPolicy | None = None,
 ) -> StoredOutputs:
     """Download every output of a finished request into `store`; the body of
     `tasks.store_outputs` (see its docstring). `http` is a client for output hosts (one
-    without the API token); a new one is opened when none is given. The sidecar is
+    without the API token); a new one is opened when none is given. `policy` says which
+    hosts it may download from (see `store_files`). The sidecar is
     `metadata` with what was stored (the `RowOutcome` sidecar's facts) over it."""
     client = http or output_http_client()
     try:
-        files = await store_files(result, row_id, store, http=client)
+        files = await store_files(result, row_id, store, http=client, policy=policy)
     finally:
         if http is None:
             await client.aclose()

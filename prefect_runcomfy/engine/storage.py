@@ -72,19 +72,17 @@ _RESERVED_NAMES = frozenset(
     | {f"com{i}" for i in range(1, 10)}
     | {f"lpt{i}" for i in range(1, 10)}
 )
-# Separators, glob magic (fsspec would expand it), and characters Windows forbids in names.
-_FORBIDDEN_CHARS = set('/\\<>:"|?*[]{}')
+# Names the output location uses itself (manifest.parquet, index.html, _ledger/).
+_OWN_NAMES = frozenset({"manifest", "index", "_ledger"})
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 _CHUNK = 1024 * 1024
 
 
 def safe_name(id: str) -> str:
     """Return `id` unchanged if it can safely be used as a file name, else raise.
 
-    Row ids become file names (`<id>.mp4`, `<id>.json`, `_ledger/<id>.json`), so an id must
-    not escape the output folder or collide with hidden temporary files. Rejected: empty
-    names, more than 128 characters, `.` and `..`, a leading `.`, leading or trailing
-    whitespace, path separators, control characters, glob characters (`*?[]{}`), characters
-    Windows forbids (`<>:"|`), and Windows device names (`con`, `nul`, `com1`, ...).
+    Row ids become file names (`<id>.mp4`, `<id>.json`, `_ledger/<id>.json`); the rule is
+    `id_problem`'s, the same one that checks the table's `id` column before anything is paid.
 
     Raises:
         InvalidInputError: naming the id and the reason.
@@ -95,7 +93,7 @@ def safe_name(id: str) -> str:
         safe_name("../etc")     # InvalidInputError: id '../etc' ... path separator
         ```
     """
-    reason = _name_problem(id)
+    reason = id_problem(id)
     if reason:
         shown = repr(id) if len(str(id)) <= 60 else repr(str(id)[:57]) + "..."
         raise InvalidInputError(
@@ -105,7 +103,18 @@ def safe_name(id: str) -> str:
     return id
 
 
-def _name_problem(name: Any) -> str | None:
+def id_problem(name: Any) -> str | None:
+    """Why `name` cannot be a row id, or None when it can: the one rule for ids, used by the
+    table's validation (`engine.table.check_id`) and by storage (`safe_name`).
+
+    An id names files wherever the outputs may land (a local disk on Linux, macOS or Windows,
+    S3, GCS, ...), so it holds only ASCII letters, digits, `.`, `_` and `-`; starts with a
+    letter or digit; has no `..`; does not end with `.` (Windows drops it); is at most 128
+    characters; is not a Windows device name (`con`, `prn`, `aux`, `nul`, `com1`-`com9`,
+    `lpt1`-`lpt9`, any case, with or without an extension) nor a name the output location
+    uses itself (`manifest`, `index`). Whitespace at either end is refused, not trimmed: the
+    files would be named otherwise than the row.
+    """
     if not isinstance(name, str):
         return f"must be a string, not {type(name).__name__}"
     if not name:
@@ -114,8 +123,7 @@ def _name_problem(name: Any) -> str | None:
         return f"it is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}"
     if name in {".", ".."}:
         return "it is a relative folder reference"
-    bad = sorted({c for c in name if c in _FORBIDDEN_CHARS})
-    if "/" in bad or "\\" in bad:
+    if "/" in name or "\\" in name:
         return "it contains a path separator ('/' or '\\')"
     if name != name.strip():
         return "it starts or ends with whitespace"
@@ -125,10 +133,19 @@ def _name_problem(name: Any) -> str | None:
         return "it ends with '.', which Windows drops"
     if any(unicodedata.category(c) in {"Cc", "Cf", "Zl", "Zp"} for c in name):
         return "it contains control characters"
+    if ".." in name:
+        return "it contains '..'"
+    bad = sorted({c for c in name if c not in _ID_CHARS})
     if bad:
-        return f"it contains {' '.join(bad)}; use letters, digits, '-', '_' or '.'"
-    if name.split(".", 1)[0].lower() in _RESERVED_NAMES:
-        return "it is a reserved device name on Windows"
+        shown = " ".join(repr(c) for c in bad[:8])
+        return f"it contains {shown}; use ASCII letters, digits, '-', '_' or '.'"
+    if not name[0].isalnum():
+        return "it must start with a letter or a digit"
+    stem = name.split(".", 1)[0].lower()
+    if stem in _RESERVED_NAMES:
+        return f"{stem!r} is a reserved device name on Windows"
+    if stem in _OWN_NAMES:
+        return f"{stem!r} is a name the output location uses itself"
     return None
 
 
@@ -651,6 +668,7 @@ __all__ = [
     "STALE_STAGING_AGE_S",
     "TEMP_PREFIX",
     "OutputStore",
+    "id_problem",
     "safe_name",
     "staging_file",
     "staging_folder",

@@ -24,14 +24,13 @@ from prefect_runcomfy.api.exceptions import InvalidInputError
 from prefect_runcomfy.api.models import API_KEYS, FRIENDLY_NAMES, InfiniteTalkInput
 from prefect_runcomfy.api.models import describe_validation_error as _describe
 from prefect_runcomfy.engine.outcome import is_missing
+from prefect_runcomfy.engine.storage import id_problem
 
 TableLike: TypeAlias = pd.DataFrame | list[dict[str, Any]] | str
 """What a flow accepts as `inputs`."""
 
 ID_COLUMN = "id"
 INPUT_COLUMNS = frozenset(API_KEYS) | frozenset(FRIENDLY_NAMES)
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_RESERVED_IDS = {"manifest", "index", "_ledger", "con", "nul", "prn", "aux"}
 
 
 def payload_fingerprint(payload: dict[str, Any]) -> str:
@@ -99,19 +98,16 @@ class TableCheck:
 def check_id(value: Any) -> str:
     """Return `value` as a row id usable as a file name, or raise `ValueError` saying why not.
 
-    Ids name the row's files (`<id>.mp4`), so they may hold letters, digits, `.`, `_` and `-`,
-    start with a letter or digit, and be at most 128 characters long.
+    Ids name the row's files (`<id>.mp4`), so the rule is storage's own (`id_problem`): ASCII
+    letters, digits, `.`, `_` and `-`, starting with a letter or digit, at most 128
+    characters, no `..`, no trailing `.`, no Windows device name (`con`, `com1`, `lpt9.txt`, ...).
+    A number (from a CSV or Parquet column) is read as its digits.
     """
-    text = str(value).strip() if not isinstance(value, float) else _float_id(value)
-    if not text:
-        raise ValueError("is empty")
-    if not _ID_PATTERN.fullmatch(text) or ".." in text:
-        raise ValueError(
-            f"{text[:60]!r} cannot name a file: use letters, digits, '.', '_' and '-' "
-            "(no '/', no '..', at most 128 characters, starting with a letter or digit)"
-        )
-    if text.lower().split(".")[0] in _RESERVED_IDS:
-        raise ValueError(f"{text!r} is a reserved name here; choose another id")
+    text = _float_id(value) if isinstance(value, float) else str(value)
+    problem = id_problem(text)
+    if problem:
+        shown = repr(text) if len(text) <= 60 else repr(text[:57]) + "..."
+        raise ValueError(f"{shown} cannot name a file: {problem}")
     return text
 
 
@@ -210,7 +206,7 @@ def check_table(df: pd.DataFrame) -> TableCheck:
         for record in records:
             value = record.get(ID_COLUMN)
             if not _is_missing(value):
-                key = str(_float_id(value) if isinstance(value, float) else value).strip()
+                key = str(_float_id(value) if isinstance(value, float) else value)
                 explicit_counts[key] = explicit_counts.get(key, 0) + 1
 
     for position, record in enumerate(records):
@@ -275,6 +271,12 @@ def _local_path(value: str, base_dir: str | None) -> str | None:
     if base_dir and not value.startswith("/"):
         return f"{base_dir.rstrip('/')}/{value}"
     return value
+
+
+def local_media_path(value: str, base_dir: str | None = None) -> str | None:
+    """The local file a media value names (a relative path read against `base_dir`), or None
+    when it is a URL or a `data:` URI."""
+    return _local_path(value, base_dir)
 
 
 def check_local_media(check: TableCheck, *, base_dir: str | None = None) -> TableCheck:

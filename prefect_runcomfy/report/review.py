@@ -802,9 +802,9 @@ def _safe_id(value: Any) -> str | None:
     text = _text(value)
     if not text:
         return None
-    from prefect_runcomfy.engine.storage import _name_problem
+    from prefect_runcomfy.engine.storage import id_problem
 
-    return None if _name_problem(text) else text
+    return None if id_problem(text) else text
 
 
 def _make_portraits(

@@ -37,6 +37,9 @@ class RunSummary:
     """Rows whose job this run submitted (`submitted_by_this_run`): what it paid for."""
     cost_this_run: float | None
     """The summed cost of those jobs."""
+    estimate_this_run: float | None
+    """What those jobs were estimated to cost before they were submitted (the catalog's
+    price); None when no estimate was made."""
     rows_earlier: int
     """Rows with a known cost that earlier runs submitted (skipped or collected now)."""
     cost_earlier: float | None
@@ -64,14 +67,19 @@ class RunSummary:
     def spending(self) -> list[str]:
         """What the run spent, in sentences: its own jobs first, then (if any) what the rows
         paid for by earlier runs cost, so a nightly report never counts last week's videos."""
+        estimated = (
+            f", estimated ${self.estimate_this_run:.4f} before submitting"
+            if self.estimate_this_run is not None
+            else ""
+        )
         if not self.jobs_this_run:
             lines = ["Jobs this run submitted: 0"]
         elif self.cost_this_run is None:
-            lines = [f"Jobs this run submitted: {self.jobs_this_run}, cost not reported"]
+            lines = [f"Jobs this run submitted: {self.jobs_this_run}{estimated}, cost not reported"]
         else:
             lines = [
-                f"Jobs this run submitted: {self.jobs_this_run}, cost reported by RunComfy "
-                f"${self.cost_this_run:.4f}"
+                f"Jobs this run submitted: {self.jobs_this_run}{estimated}, cost reported by "
+                f"RunComfy ${self.cost_this_run:.4f}"
             ]
         if self.rows_earlier:
             lines.append(
@@ -121,6 +129,7 @@ def summarize(manifest: pd.DataFrame) -> RunSummary:
         total=len(manifest),
         jobs_this_run=int(new.sum()),
         cost_this_run=_sum(costs[new]),
+        estimate_this_run=_sum(_column(manifest, "estimated_cost_usd")[new]),
         rows_earlier=int(earlier.notna().sum()),
         cost_earlier=_sum(earlier),
         total_cost=_sum(costs),

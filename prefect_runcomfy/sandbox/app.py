@@ -71,14 +71,17 @@ def build_app(state: SandboxState) -> FastAPI:
         http_status: int,
         headers: dict[str, str] | None = None,
         extra: dict[str, Any] | None = None,
+        detail: Any = None,
     ) -> JSONResponse:
         shape = state.config.error_body_shape
         if shape == "detail":
-            body: dict[str, Any] = {"detail": message}
+            body: dict[str, Any] = {"detail": detail if detail is not None else message}
         elif shape == "code":
             body = {"code": code, "error": message}
         else:
             body = {"error_code": code, "error_message": message}
+        if detail is not None and shape != "detail":
+            body["detail"] = detail
         body.update(extra or {})
         return JSONResponse(body, status_code=http_status, headers=headers)
 
@@ -206,7 +209,7 @@ def build_app(state: SandboxState) -> FastAPI:
             token, owner = auth
             if model_id != MODEL_ID:
                 state.stats.submits_rejected[BAD_MODEL] += 1
-                return error(BAD_MODEL, f"unknown model id {model_id!r}", 400)
+                return unknown_model(model_id)
             if token in state.config.no_balance_tokens:
                 state.stats.submits_rejected[NO_BALANCE] += 1
                 return error(NO_BALANCE, "no balance left on this account", 402)
@@ -216,7 +219,11 @@ def build_app(state: SandboxState) -> FastAPI:
                 return checked
             payload, job_input = checked
             job = state.create_job(model_id, payload, owner, job_input)
-            body: dict[str, Any] = {"request_id": job.request_id, **urls(request, job.request_id)}
+            request_id = job.request_id
+            if state.config.request_id_shape == "malformed":
+                # the job exists and will be billed, but its id is not one a client may use
+                request_id = f"../{job.request_id}?next=http://127.0.0.2/"
+            body: dict[str, Any] = {"request_id": request_id, **urls(request, request_id)}
             if state.config.submit_status_code == 202:
                 body["status"] = "in_queue"
             return JSONResponse(body, status_code=state.config.submit_status_code)
@@ -257,8 +264,15 @@ def build_app(state: SandboxState) -> FastAPI:
         return payload, job_input
 
     def invalid(problems: list[dict[str, str]]) -> JSONResponse:
-        message = "invalid input: " + "; ".join(f"{p['field']}: {p['message']}" for p in problems)
-        return error(INVALID_INPUT, message, 422, extra={"errors": problems})
+        # RunComfy's shape: a general message, the reasons in `detail` (the sandbox adds
+        # `errors`, the same reasons as objects)
+        return error(
+            INVALID_INPUT,
+            "input does not match the schema",
+            422,
+            extra={"errors": problems},
+            detail=[f"{p['field']}: {p['message']}" for p in problems],
+        )
 
     @app.get("/v1/requests/{request_id}/status")
     async def status(request_id: str, request: Request) -> Response:
@@ -300,7 +314,10 @@ def build_app(state: SandboxState) -> FastAPI:
                 "finished_at": ts(job.finished_wall) if job.state.finished else None,
             }
             if job.state == JobState.SUCCEEDED and job.video is not None:
-                url = f"{str(request.base_url).rstrip('/')}/files/{job.file_name}"
+                base = str(request.base_url).rstrip("/")
+                if cfg.output_urls_on == "foreign":
+                    base = foreign_base()
+                url = f"{base}/files/{job.file_name}"
                 body["output"] = (
                     {"videos": [url]} if cfg.output_shape == "videos" else {"video": url}
                 )
@@ -315,6 +332,8 @@ def build_app(state: SandboxState) -> FastAPI:
             wants_cost = request.query_params.get("include_cost", "").lower() in {"1", "true"}
             if wants_cost and job.state.finished:
                 seconds = job.video.seconds if job.video is not None else 0.0
+                if cfg.price_unit != "second":  # one output, billed as one
+                    seconds = 1.0 if job.video is not None else 0.0
                 body["cost"] = round(seconds * cfg.price_per_second_usd, 6)
             return JSONResponse(body)
 
@@ -343,13 +362,49 @@ def build_app(state: SandboxState) -> FastAPI:
 
         return await serve(request, "cancel", work)
 
+    def catalog_entries() -> list[dict[str, Any]]:
+        cfg = state.config
+        return catalog.entries(
+            cfg.price_per_second_usd, price_unit=cfg.price_unit, priced=cfg.catalog_priced
+        )
+
+    def unknown_model(model_id: str) -> JSONResponse:
+        status = state.config.unknown_model_http_status
+        return error(BAD_MODEL, f"unknown model id {model_id!r}", status)
+
     @app.get("/v1/models")
-    async def list_models(request: Request, search: str | None = None) -> Response:
+    async def list_models(
+        request: Request,
+        search: str | None = None,
+        category: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        include_schema: bool = False,
+    ) -> Response:
         async def work() -> Response:
             auth = authenticate(request)
             if isinstance(auth, JSONResponse):
                 return auth
-            return JSONResponse(catalog.search(search, state.config.price_per_second_usd))
+            found = catalog.search(
+                catalog_entries(),
+                query=search,
+                category=category,
+                limit=limit,
+                offset=offset,
+                include_schema=include_schema,
+            )
+            return JSONResponse(found)
+
+        return await serve(request, "catalog", work)
+
+    # before the model route, which would take "categories" for a model id
+    @app.get("/v1/models/categories")
+    async def list_categories(request: Request) -> Response:
+        async def work() -> Response:
+            auth = authenticate(request)
+            if isinstance(auth, JSONResponse):
+                return auth
+            return JSONResponse(catalog.categories(catalog_entries()))
 
         return await serve(request, "catalog", work)
 
@@ -359,18 +414,41 @@ def build_app(state: SandboxState) -> FastAPI:
             auth = authenticate(request)
             if isinstance(auth, JSONResponse):
                 return auth
-            if model_id != MODEL_ID:
-                return error(BAD_MODEL, f"unknown model id {model_id!r}", 400)
-            return JSONResponse(catalog.model_entry(state.config.price_per_second_usd))
+            for entry in catalog_entries():
+                if entry["model_id"] == model_id:
+                    return JSONResponse(entry)
+            return unknown_model(model_id)
 
         return await serve(request, "catalog", work)
 
     # ---------------------------------------------------------------- public files
 
+    def foreign_base() -> str:
+        base = state.foreign_base_url
+        if base is None:
+            raise RuntimeError(
+                "this sandbox has no foreign listener: start it with Sandbox(foreign_host=...)"
+            )
+        return base
+
+    def listener(request: Request) -> str:
+        server = request.scope.get("server")
+        on_foreign = server is not None and tuple(server) == state.foreign_address
+        return "foreign" if on_foreign else "api"
+
     @app.api_route("/files/{name}", methods=["GET", "HEAD"])
     async def files(name: str, request: Request) -> Response:
         async def work() -> Response:
             state.stats.file_requests += 1
+            came_in_on = listener(request)
+            state.stats.file_requests_by_listener[came_in_on] += 1
+            redirect = state.config.files_redirect
+            if came_in_on == "api" and redirect == "foreign":
+                return Response(
+                    status_code=302, headers={"Location": f"{foreign_base()}/files/{name}"}
+                )
+            if came_in_on == "api" and redirect == "self" and "hop" not in request.query_params:
+                return Response(status_code=302, headers={"Location": f"/files/{name}?hop=1"})
             if "authorization" in request.headers:
                 # count only: the header's value is never looked at or kept
                 state.stats.file_requests_with_authorization += 1
@@ -389,21 +467,23 @@ def build_app(state: SandboxState) -> FastAPI:
                 job.downloads += 1
                 if job.first_download_mono is None:
                     job.first_download_mono = time.monotonic()
-            if padding:
+            if padding or state.config.files_without_length:
                 return padded_file(job.video.path, job.video.size_bytes, padding, name, request)
             # FileResponse streams in chunks and sends Content-Length
-            return FileResponse(job.video.path, media_type="video/mp4", filename=name)
+            served_as = state.config.output_content_type
+            return FileResponse(job.video.path, media_type=served_as, filename=name)
 
         return await serve(request, "files", work)
 
     def padded_file(path: Any, size: int, padding: int, name: str, request: Request) -> Response:
-        """The file then `padding` zero bytes, streamed in 1 MiB chunks with Content-Length."""
-        headers = {
-            "Content-Length": str(size + padding),
-            "Content-Disposition": f'attachment; filename="{name}"',
-        }
+        """The file then `padding` zero bytes, streamed in 1 MiB chunks with Content-Length
+        (chunked, without it, when `files_without_length`)."""
+        headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+        if not state.config.files_without_length:
+            headers["Content-Length"] = str(size + padding)
+        served_as = state.config.output_content_type
         if request.method == "HEAD":
-            return Response(status_code=200, media_type="video/mp4", headers=headers)
+            return Response(status_code=200, media_type=served_as, headers=headers)
 
         async def chunks() -> AsyncIterator[bytes]:
             yield await asyncio.to_thread(path.read_bytes)  # the small rendered video
@@ -414,7 +494,7 @@ def build_app(state: SandboxState) -> FastAPI:
                 left -= len(piece)
                 yield piece
 
-        return StreamingResponse(chunks(), media_type="video/mp4", headers=headers)
+        return StreamingResponse(chunks(), media_type=served_as, headers=headers)
 
     @app.get("/samples")
     async def samples_index(request: Request) -> Response:

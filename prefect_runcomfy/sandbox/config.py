@@ -25,6 +25,11 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "error_body_shape": ("error_code", "detail", "code"),
     "render": ("full", "tiny"),
     "queue_position_base": (0, 1),
+    "request_id_shape": ("uuid", "malformed"),
+    "price_unit": ("second", "output", "image"),
+    "unknown_model_http_status": (404, 400),
+    "output_urls_on": ("api", "foreign"),
+    "files_redirect": ("none", "foreign", "self"),
 }
 
 
@@ -58,7 +63,13 @@ class SandboxConfig:
     no_balance_tokens: tuple[str, ...] = ()
     """Tokens that are valid but out of money: submits answer 400002 (HTTP 402)."""
     price_per_second_usd: float = 0.015
-    """`cost` reported with `?include_cost=true`, per second of output video."""
+    """The catalog's `base_price_usd` of InfiniteTalk, and the `cost` reported with
+    `?include_cost=true`: per second of output video (per output with another `price_unit`)."""
+    price_unit: str = "second"
+    """The catalog's `price_unit` of InfiniteTalk: `second`, `output` or `image`."""
+    catalog_priced: bool = True
+    """False: InfiniteTalk's catalog entry gives no price (`base_price_usd` and `price_unit`
+    null), as for a model whose pricing is not published."""
 
     # --- one switch per [GAP] reading
     submit_status_code: int = 200
@@ -86,9 +97,27 @@ class SandboxConfig:
     """Probability that a run fails (drawn from the seeded generator at submit)."""
     auth_http_status: int = 401
     """HTTP status of a 400004 (token missing or unknown): 401 or 403."""
+    unknown_model_http_status: int = 404
+    """HTTP status of an unknown model (error 400001) on the catalog and on submit: 404 (what
+    RunComfy's CLI reads as "model not found") or 400."""
+    request_id_shape: str = "uuid"
+    """`uuid`: submit answers carry the job's id; `malformed`: they carry an id that is not one
+    (`../<id>?next=...`) while the job is created and runs as usual."""
     error_body_shape: str = "error_code"
     """Error bodies: `error_code` → `{error_code, error_message}`, `detail` → `{detail}`,
-    `code` → `{code, error}`."""
+    `code` → `{code, error}`; a schema rejection adds its reasons as `detail` (a list)."""
+
+    # --- where outputs are served (the foreign listener: `Sandbox(foreign_host="127.0.0.2")`)
+    output_urls_on: str = "api"
+    """`api`: output URLs are on the API's own host; `foreign`: on the sandbox's foreign
+    listener (another loopback address), as a spoofed answer would name another host."""
+    files_without_length: bool = False
+    """Serve output files chunked, without Content-Length (a client must count the bytes)."""
+    output_content_type: str = "video/mp4"
+    """The Content-Type output files are served with (`text/html` plays an error page)."""
+    files_redirect: str = "none"
+    """What the API host's file route answers: the file (`none`), a 302 to the same file on the
+    foreign listener (`foreign`), or a 302 to itself under another path (`self`)."""
 
     # --- rendering
     render: str = "full"

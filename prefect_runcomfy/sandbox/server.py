@@ -83,13 +83,28 @@ class Sandbox:
     """
 
     def __init__(
-        self, config: SandboxConfig | None = None, host: str = "127.0.0.1", port: int = 0
+        self,
+        config: SandboxConfig | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        foreign_host: str | None = None,
     ) -> None:
-        """Prepare a sandbox on `host:port` (port 0 picks a free port); nothing runs yet."""
+        """Prepare a sandbox on `host:port` (port 0 picks a free port); nothing runs yet.
+
+        `foreign_host` (another loopback address, e.g. `127.0.0.2`) adds a second listener on
+        a free port there: the same server seen as another host, for output URLs that point
+        elsewhere (`output_urls_on="foreign"`, `files_redirect="foreign"`); the stats count
+        file requests per listener.
+        """
         self.host = host
         """The interface the server listens on."""
         self.port = port
         """The port; the real one once started."""
+        self.foreign_host = foreign_host
+        """The foreign listener's address, if any."""
+        self.foreign_port: int | None = None
+        """The foreign listener's port, once started."""
         self.state = SandboxState(config or SandboxConfig())
         """The server's state (touch it only through the methods below from other threads)."""
         self._server: uvicorn.Server | None = None
@@ -102,6 +117,13 @@ class Sandbox:
         """The API base URL, e.g. `http://127.0.0.1:54321`."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def foreign_base_url(self) -> str:
+        """The foreign listener's base URL, e.g. `http://127.0.0.2:54322` (once started)."""
+        if self.foreign_host is None or self.foreign_port is None:
+            raise RuntimeError("this sandbox has no foreign listener (foreign_host=...)")
+        return f"http://{self.foreign_host}:{self.foreign_port}"
 
     @property
     def token(self) -> str:
@@ -121,10 +143,16 @@ class Sandbox:
             self.state = SandboxState(self.state.config)
         sock = _bind(self.host, self.port)
         self.port = sock.getsockname()[1]
+        sockets = [sock]
+        if self.foreign_host is not None:
+            foreign = _bind(self.foreign_host, 0)
+            self.foreign_port = foreign.getsockname()[1]
+            self.state.foreign_address = (self.foreign_host, self.foreign_port)
+            sockets.append(foreign)
         self._server = uvicorn.Server(_uvicorn_config(build_app(self.state), "warning"))
         self._thread = threading.Thread(
             target=self._server.run,
-            kwargs={"sockets": [sock]},
+            kwargs={"sockets": sockets},
             name=f"runcomfy-sandbox-{self.port}",
             daemon=True,
         )
@@ -229,15 +257,18 @@ class Sandbox:
         return asyncio.run_coroutine_threadsafe(call(), loop).result(timeout=30)
 
 
-def run_sandbox(config: SandboxConfig | None = None, **changes: Any) -> Sandbox:
+def run_sandbox(
+    config: SandboxConfig | None = None, *, foreign_host: str | None = None, **changes: Any
+) -> Sandbox:
     """A sandbox to use as `with run_sandbox(cfg) as sb:` (or `async with`).
 
-    Keyword arguments override fields of `config`, e.g. `run_sandbox(workers=1)`.
+    Keyword arguments override fields of `config`, e.g. `run_sandbox(workers=1)`;
+    `foreign_host` adds a listener on another loopback address (see `Sandbox`).
     """
     cfg = config or SandboxConfig()
     if changes:
         cfg = cfg.updated(**changes)
-    return Sandbox(cfg)
+    return Sandbox(cfg, foreign_host=foreign_host)
 
 
 def _say(line: str) -> None:

@@ -73,6 +73,16 @@ class SandboxState:
         """The server's event loop, once it runs."""
         self.closed = False
         """True after shutdown: the work directory is gone, start a new state to run again."""
+        self.foreign_address: tuple[str, int] | None = None
+        """The foreign listener's (host, port), when the sandbox has one."""
+
+    @property
+    def foreign_base_url(self) -> str | None:
+        """The foreign listener's base URL (another loopback host), or None without one."""
+        if self.foreign_address is None:
+            return None
+        host, port = self.foreign_address
+        return f"http://{host}:{port}"
 
     # --- life cycle (on the server's loop)
 

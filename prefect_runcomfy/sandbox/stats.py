@@ -40,6 +40,8 @@ class Stats:
     """Seconds of video produced by succeeded jobs."""
     file_requests: int = 0
     """Requests to /files/..."""
+    file_requests_by_listener: Counter[str] = field(default_factory=Counter)
+    """Requests to /files/..., by the listener they came in on: `api` or `foreign`."""
     file_requests_with_authorization: int = 0
     """Requests to /files/... that carried an Authorization header (should stay 0)."""
     file_bytes_served: int = 0
@@ -69,6 +71,10 @@ class Stats:
             "billed_seconds": round(self.billed_seconds, 6),
             "billed_usd": round(self.billed_seconds * price_per_second_usd, 6),
             "file_requests": self.file_requests,
+            "file_requests_by_listener": {
+                "api": self.file_requests_by_listener["api"],
+                "foreign": self.file_requests_by_listener["foreign"],
+            },
             "file_requests_with_authorization": self.file_requests_with_authorization,
             "authorization_headers_seen_on_files": self.file_requests_with_authorization,
             "file_bytes_served": self.file_bytes_served,

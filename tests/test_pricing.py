@@ -1,0 +1,88 @@
+"""The cost estimate from a catalog entry, and the `max_cost_usd` guard (no network: the
+flow, CLI and sandbox tests show the same over HTTP)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from prefect_runcomfy.api.models import ModelInfo
+from prefect_runcomfy.engine.pricing import (
+    Price,
+    check_cost_limit,
+    estimate_cost,
+    video_seconds,
+)
+from prefect_runcomfy.engine.table import PreparedRow, check_table
+from prefect_runcomfy.exceptions import ConfigurationError, CostLimitError
+
+BASE = {"prompt": "talks", "image": "https://x.test/p.png", "audio": "https://x.test/a.mp3"}
+
+
+def prepared(*frames: int) -> list[PreparedRow]:
+    table = pd.DataFrame([{**BASE, "id": f"r{i}", "frames": f} for i, f in enumerate(frames)])
+    return check_table(table).valid
+
+
+def price(**entry: Any) -> Price:
+    return Price.from_model_info(ModelInfo.model_validate({"model_id": "m", **entry}))
+
+
+def test_per_second_is_frames_over_25_capped_by_the_audio() -> None:
+    rows = prepared(125, 250)
+    assert [video_seconds(r) for r in rows] == [5.0, 10.0]
+    assert video_seconds(rows[1], audio_seconds=3.5) == 3.5
+    assert video_seconds(rows[0], audio_seconds=60.0) == 5.0  # the frames cut longer speech
+    estimate = estimate_cost(rows, price(base_price_usd=0.015, price_unit="second"), {"r1": 4.0})
+    assert estimate.per_row == {"r0": pytest.approx(0.075), "r1": pytest.approx(0.06)}
+    assert estimate.usd == pytest.approx(0.135) and estimate.seconds == 9.0
+    assert estimate.describe() == (
+        "estimated cost $0.1350 for 2 jobs (9.0 s of video at $0.0150 per second, "
+        "from RunComfy's catalog)"
+    )
+
+
+@pytest.mark.parametrize("unit", ["output", "image", "Image"])
+def test_per_output_or_image_is_one_price_a_row(unit: str) -> None:
+    estimate = estimate_cost(prepared(125, 250), price(base_price_usd="0.25", price_unit=unit))
+    assert estimate.usd == 0.5
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {},
+        {"base_price_usd": 0.01},
+        {"price_unit": "second"},
+        {"base_price_usd": "free", "price_unit": "second"},
+        {"base_price_usd": -1, "price_unit": "second"},
+        {"base_price_usd": float("nan"), "price_unit": "second"},
+        {"base_price_usd": 0.01, "price_unit": "minute"},
+    ],
+)
+def test_no_usable_price_is_said_and_refuses_a_limit(entry: dict[str, Any]) -> None:
+    no_price = price(**entry)
+    assert not no_price.usable and "no usable price" in no_price.describe()
+    estimate = estimate_cost(prepared(125), no_price)
+    assert estimate.usd is None
+    assert estimate.describe().startswith("cost of 1 job not estimated: no usable price")
+    check_cost_limit(estimate, None)  # no limit: the run goes on
+    with pytest.raises(CostLimitError, match="cannot be estimated") as caught:
+        check_cost_limit(estimate, 1000.0)
+    assert caught.value.estimate_usd is None and caught.value.would_submit == 1
+
+
+def test_the_limit() -> None:
+    estimate = estimate_cost(prepared(*[125] * 7), price(base_price_usd=0.1, price_unit="output"))
+    check_cost_limit(estimate, 0.7)  # equal is within
+    with pytest.raises(CostLimitError) as caught:
+        check_cost_limit(estimate, 0.69)
+    assert "r0, r1, r2, r3, r4 and 2 more" in str(caught.value)
+    assert caught.value.limit_usd == 0.69
+    with pytest.raises(ConfigurationError, match="0 or more"):
+        check_cost_limit(estimate, -1)
+    nothing = estimate_cost([], price())
+    assert nothing.usd == 0.0 and "no new jobs" in nothing.describe()
+    check_cost_limit(nothing, 0)  # nothing new fits any limit, even without a price
