@@ -363,12 +363,14 @@ async def test_a_malformed_request_id_is_outcome_unknown_and_never_submitted_aga
     # `failed` (which retry_failed=True would pay for again).
     out = str(tmp_path / "o")
     sb.set(request_id_shape="malformed")
-    first = await generate_talking_videos(rows(sb, 1), out, creds(sb), **FAST)
+    first = await manifest_of(generate_talking_videos(rows(sb, 1), out, creds(sb), **FAST))
     assert list(first["status"]) == ["outcome_unknown"]
     assert "malformed request id" in first["error"][0]
     assert Ledger(OutputStore(out)).get("r0").state == "outcome_unknown"
     sb.set(request_id_shape="uuid")
-    again = await generate_talking_videos(rows(sb, 1), out, creds(sb), retry_failed=True, **FAST)
+    again = await manifest_of(
+        generate_talking_videos(rows(sb, 1), out, creds(sb), retry_failed=True, **FAST)
+    )
     assert list(again["status"]) == ["outcome_unknown"]
     stats = sb.stats()
     assert stats["submits_accepted"] == 1
@@ -385,7 +387,7 @@ async def test_a_refused_output_keeps_its_paid_request_until_its_host_is_allowed
     sb.reset(config=True)
     sb.set(output_urls_on="foreign")
     out = str(tmp_path / "o")
-    first = await generate_talking_videos(rows(sb, 1), out, creds(sb), **FAST)
+    first = await manifest_of(generate_talking_videos(rows(sb, 1), out, creds(sb), **FAST))
     row = first.iloc[0]
     assert row["status"] == "failed"
     assert row["request_id"]
@@ -394,7 +396,9 @@ async def test_a_refused_output_keeps_its_paid_request_until_its_host_is_allowed
     assert Ledger(OutputStore(out)).get("r0").state == "output_refused"
     assert not (tmp_path / "o" / "r0.mp4").exists()
 
-    again = await generate_talking_videos(rows(sb, 1), out, creds(sb), retry_failed=True, **FAST)
+    again = await manifest_of(
+        generate_talking_videos(rows(sb, 1), out, creds(sb), retry_failed=True, **FAST)
+    )
     assert list(again["status"]) == ["failed"]
     assert again["request_id"][0] == row["request_id"]
 
@@ -417,7 +421,7 @@ async def test_collect_stores_a_refused_output_once_its_host_is_allowed(
     sb.reset(config=True)
     sb.set(files_redirect="foreign")  # the API host's file route redirects to 127.0.0.2
     out = str(tmp_path / "o")
-    first = await generate_talking_videos(rows(sb, 1), out, creds(sb), **FAST)
+    first = await manifest_of(generate_talking_videos(rows(sb, 1), out, creds(sb), **FAST))
     assert "redirected to" in first["error"][0]
     assert sb.stats()["file_requests_by_listener"] == {"api": 1, "foreign": 0}
     monkeypatch.setenv("RUNCOMFY_OUTPUT_HOSTS", sb.foreign_base_url)
