@@ -5,7 +5,7 @@ and no corrupt or partial output. A kill between the POST being accepted and the
 recording its request id leaves that row `outcome_unknown` by design (RunComfy has no
 idempotency key and no request listing): that is counted and reported, not a failure.
 
-`RELIABILITY_CRASH_REPS` sets the number of repetitions (default 6, for CI).
+`RELIABILITY_CRASH_REPS` sets the number of repetitions (default 4, for CI).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from prefect_runcomfy.sandbox import Sandbox, run_sandbox
 
 pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("prefect_api")]
 
-REPS = int(os.environ.get("RELIABILITY_CRASH_REPS", "6"))
+REPS = int(os.environ.get("RELIABILITY_CRASH_REPS", "4"))
 ROWS = 8
 RUNNER = Path(__file__).with_name("crash_runner.py")
 
