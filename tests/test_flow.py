@@ -1006,3 +1006,21 @@ async def test_a_row_whose_task_run_never_finished_its_body_is_failed_not_lost()
     assert outcome.status == "failed"
     assert outcome.error is not None
     assert outcome.error.startswith("the row's task run ended FAILED: ")
+
+
+async def test_a_download_that_keeps_failing_is_collected_not_paid_again(
+    sb: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("prefect_runcomfy.engine.row.STORE_RETRY_DELAYS_S", (0.1, 0.1))
+    # the job succeeded and is paid; its file answers 503 every time this run asks
+    sb.add_fault(endpoint="files", kind="server_error", count=50)
+    out = str(tmp_path / "o")
+    first = await manifest_of(generate_talking_videos(rows(sb, 1), out, creds(sb), **FAST))
+    assert list(first["status"]) == ["failed"]
+    assert "without paying again" in first["error"][0]
+    entry = Ledger(OutputStore(out)).load_all()["r0"]
+    assert entry.state == "timed_out" and entry.request_id == first["request_id"][0]
+    sb._on_loop(sb.state.faults.clear)  # the output host is well again
+    again = await generate_talking_videos(rows(sb, 1), out, creds(sb), retry_failed=True, **FAST)
+    assert list(again["status"]) == ["succeeded"]
+    assert sb.stats()["submits_accepted"] == 1, "collected, not paid again"

@@ -209,3 +209,24 @@ def test_numeric_ids_are_read_as_their_digits() -> None:
     from prefect_runcomfy.engine.table import check_id
 
     assert check_id(7.0) == "7" and check_id(12) == "12"
+
+
+def test_ids_that_differ_only_in_case_are_one_id() -> None:
+    """`Ada.mp4` and `ada.mp4` are one file (and one ledger entry) on macOS and Windows."""
+    import pandas as pd
+
+    from prefect_runcomfy.engine.table import check_table
+
+    check = check_table(
+        pd.DataFrame(
+            [
+                {**BASE, "id": "Ada"},
+                {**BASE, "id": "ada", "seed": 1},
+                {**BASE, "id": "com0", "seed": 2},
+            ]
+        )
+    )
+    assert check.valid == []
+    reasons = [p.message for p in check.invalid]
+    assert "differ only in case" in reasons[0] and "differ only in case" in reasons[1]
+    assert "reserved device name" in reasons[2]

@@ -183,6 +183,7 @@ async def test_an_output_that_is_not_a_video_is_refused(sb: Sandbox, tmp_path: P
         ("http://127.0.0.1:8788/files/x.mp4", False),
         ("file:///etc/passwd", False),
         ("ftp://files.runcomfy.net/x.mp4", False),
+        ("https://xn--fles-runcomfy.net/a.mp4", False),  # a host IDNA cannot decode
     ],
 )
 def test_the_default_policy(url: str, allowed: bool) -> None:

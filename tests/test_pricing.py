@@ -59,6 +59,7 @@ def test_per_output_or_image_is_one_price_a_row(unit: str) -> None:
         {"base_price_usd": "free", "price_unit": "second"},
         {"base_price_usd": -1, "price_unit": "second"},
         {"base_price_usd": float("nan"), "price_unit": "second"},
+        {"base_price_usd": 0, "price_unit": "second"},  # 0 may mean unknown: not guessed free
         {"base_price_usd": 0.01, "price_unit": "minute"},
     ],
 )
@@ -83,6 +84,24 @@ def test_the_limit() -> None:
     assert caught.value.limit_usd == 0.69
     with pytest.raises(ConfigurationError, match="0 or more"):
         check_cost_limit(estimate, -1)
+    with pytest.raises(ConfigurationError, match="not nan"):
+        check_cost_limit(estimate, float("nan"))  # NaN compares false: it would allow any cost
     nothing = estimate_cost([], price())
     assert nothing.usd == 0.0 and "no new jobs" in nothing.describe()
     check_cost_limit(nothing, 0)  # nothing new fits any limit, even without a price
+
+
+async def test_a_catalog_entry_of_unexpected_types_gives_no_price_and_no_error(
+    shared_sandbox: Any,
+) -> None:
+    """A catalog whose entry has a field of another type must not stop the run."""
+    from prefect_runcomfy.api.client import RunComfyClient
+    from prefect_runcomfy.engine.pricing import read_price
+
+    class OddCatalog(RunComfyClient):
+        async def model_info(self, model_id: str) -> ModelInfo:
+            return ModelInfo.model_validate({"model_id": None, "display_name": {"x": 1}})
+
+    sb = shared_sandbox
+    odd = await read_price(lambda: OddCatalog(api_token=sb.token, base_url=sb.base_url), "m/x")
+    assert not odd.usable and "entry could not be read" in odd.describe()

@@ -233,14 +233,15 @@ class OutputPolicy:
         )
         try:
             parsed = httpx.URL(url)
-        except (httpx.InvalidURL, ValueError, TypeError):
+            # httpx decodes an IDNA host lazily: a bad one (xn--...) raises here
+            host = _normal_host(parsed.host)
+        except (httpx.InvalidURL, ValueError, TypeError):  # UnicodeError is a ValueError
             raise OutputRefusedError(
                 f"{what} is not a usable URL; nothing was downloaded.",
                 reason="url",
                 url=_short(first_url or url),
             ) from None
         scheme = parsed.scheme.lower()
-        host = _normal_host(parsed.host)
         if scheme not in _DEFAULT_PORTS or not host:
             raise OutputRefusedError(
                 f"{what} is not an http(s) URL; nothing was downloaded.",

@@ -537,9 +537,16 @@ class ModelInfo(_Answer):
 
     @property
     def usable_price(self) -> bool:
-        """True when the entry gives a price a cost can be estimated from: a number and a
-        unit this package knows (`second`, `output`, `image`)."""
-        return self.base_price_usd is not None and self.price_unit in PRICE_UNITS
+        """True when the entry gives a price a cost can be estimated from: a positive, finite
+        number (a 0 may stand for "unknown": not guessed free) and a unit this package knows
+        (`second`, `output`, `image`)."""
+        price = self.base_price_usd
+        return (
+            price is not None
+            and math.isfinite(price)
+            and price > 0
+            and self.price_unit in PRICE_UNITS
+        )
 
 
 PRICE_UNITS = frozenset({"second", "output", "image"})

@@ -20,6 +20,7 @@ check_cost_limit(estimate, max_cost_usd=0.10)  # CostLimitError
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -151,8 +152,8 @@ def check_cost_limit(estimate: CostEstimate, max_cost_usd: float | None) -> None
     submitted. None: no limit."""
     if max_cost_usd is None:
         return
-    if max_cost_usd < 0:
-        raise ConfigurationError(f"max_cost_usd must be 0 or more, not {max_cost_usd}.")
+    if not math.isfinite(max_cost_usd) or max_cost_usd < 0:
+        raise ConfigurationError(f"max_cost_usd must be a number, 0 or more, not {max_cost_usd}.")
     if not estimate.rows:
         return
     shown = ", ".join(estimate.rows[:5]) + (
@@ -188,6 +189,8 @@ async def read_price(make_client: Callable[[], RunComfyClient], model_id: str) -
             info = await client.model_info(model_id)
     except RunComfyError as exc:
         return Price(model_id=model_id, problem=f"the catalog could not be read: {exc}")
+    except ValueError as exc:  # an entry whose fields have unexpected types
+        return Price(model_id=model_id, problem=f"the catalog's entry could not be read: {exc}")
     return Price.from_model_info(info)
 
 

@@ -366,8 +366,15 @@ async def _store(
         )
     except DownloadError as exc:
         error = f"the video could not be downloaded: {exc}"
+        if exc.expired:  # the output is gone: nothing left to collect
+            return await batch.record_paid(
+                outcome.ended(RowStatus.FAILED, error), LedgerState.FAILED, error=error
+            )
+        # Paid for and maybe still there (a broken stream, 5xx): keep it collectable, so the
+        # next run or collect stores it instead of retry_failed paying for it again.
+        error += f"; run again (or collect_outstanding_requests) to store request {outcome.request_id} without paying again"
         return await batch.record_paid(
-            outcome.ended(RowStatus.FAILED, error), LedgerState.FAILED, error=error
+            outcome.ended(RowStatus.FAILED, error), LedgerState.TIMED_OUT, error=error
         )
     stored = await batch.record_paid(
         stored,

@@ -68,9 +68,7 @@ _LOCAL_HINT = "check that the folder exists or can be created and that it is wri
 
 # Windows device names: a file called `con.mp4` cannot be created there, so ids must avoid them.
 _RESERVED_NAMES = frozenset(
-    {"con", "prn", "aux", "nul"}
-    | {f"com{i}" for i in range(1, 10)}
-    | {f"lpt{i}" for i in range(1, 10)}
+    {"con", "prn", "aux", "nul"} | {f"com{i}" for i in range(10)} | {f"lpt{i}" for i in range(10)}
 )
 # Names the output location uses itself (manifest.parquet, index.html, _ledger/).
 _OWN_NAMES = frozenset({"manifest", "index", "_ledger"})

@@ -207,6 +207,9 @@ def check_table(df: pd.DataFrame) -> TableCheck:
             value = record.get(ID_COLUMN)
             if not _is_missing(value):
                 key = str(_float_id(value) if isinstance(value, float) else value)
+                # Case folded: `Ada.mp4` and `ada.mp4` are one file on macOS and Windows disks,
+                # and one ledger entry, so the second row would be paid again on every run.
+                key = key.strip().casefold()
                 explicit_counts[key] = explicit_counts.get(key, 0) + 1
 
     for position, record in enumerate(records):
@@ -232,11 +235,13 @@ def check_table(df: pd.DataFrame) -> TableCheck:
             id_given = row_id is not None
             if row_id is None:
                 row_id = f"row-{digest[:16]}"
-            if id_given and explicit_counts.get(row_id, 0) > 1:
+            named = explicit_counts.get(row_id.casefold(), 0) if id_given else 0
+            if named > 1:
                 problems.append(
                     (
                         ID_COLUMN,
-                        f"{row_id!r} names {explicit_counts[row_id]} rows; ids must be unique",
+                        f"{row_id!r} names {named} rows (ids that differ only in case count as "
+                        "one: they name one file on macOS and Windows); ids must be unique",
                     )
                 )
             elif row_id in seen_ids:
