@@ -10,7 +10,7 @@ Settings come from the environment:
 - `RUNCOMFY_INPUTS`: the input table (CSV / Parquet / JSON lines, any fsspec URL)
 - `RUNCOMFY_OUTPUT_URI`: where videos, sidecars and manifest.parquet go
 - `RUNCOMFY_CREDENTIALS`: the name of a saved RunComfyCredentials block (optional; without
-  it the runs read `RUNCOMFY_API_TOKEN`)
+  it the runs read `RUNCOMFY_API_TOKEN`, then `RUNCOMFY_TOKEN`, then `RUNCOMFY_API_KEY`)
 - `RUNCOMFY_CRON`: the schedule (default `0 2 * * *`, 02:00 every night, UTC)
 - `RUNCOMFY_DEPLOYMENT_NAME`: the deployment's name (default `nightly`)
 """
