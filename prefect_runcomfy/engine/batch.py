@@ -1,4 +1,5 @@
-"""What the rows of one run share: storage, the ledger, limits, clients and the stop signal.
+"""What the rows of one run share: storage, the ledger, limits, clients, the stop signal, and
+the estimator of its jobs' durations.
 
 `engine.row` takes one row through a `Batch`; the flows build the batch and hand it rows.
 A batch gets its clients from `make_client` (the Prefect face decides where the token comes
@@ -20,6 +21,7 @@ from prefect_runcomfy.api.backoff import retrying
 from prefect_runcomfy.api.client import RunComfyClient
 from prefect_runcomfy.api.exceptions import RunComfyError, StorageError
 from prefect_runcomfy.api.models import MODEL_ID
+from prefect_runcomfy.engine.estimate import RunEstimator
 from prefect_runcomfy.engine.ledger import Ledger, LedgerEntry
 from prefect_runcomfy.engine.outcome import RowOutcome
 from prefect_runcomfy.engine.status import LedgerState
@@ -32,7 +34,8 @@ LEDGER_RETRY_DELAYS_S: tuple[float, ...] = (0.5, 2.0)
 
 @dataclass
 class Batch:
-    """Everything the rows of one run share: storage, ledger, limits, clients, progress."""
+    """Everything the rows of one run share: storage, ledger, limits, clients, progress, and
+    what the run learned about how long its jobs take (`estimator`)."""
 
     store: OutputStore
     ledger: Ledger
@@ -41,6 +44,9 @@ class Batch:
     concurrency_limit: str | None = None
     max_wait_s: float = 3600.0
     poll: PollPolicy = field(default_factory=PollPolicy)
+    estimator: RunEstimator = field(default_factory=RunEstimator)
+    """The run's one estimator: its finished jobs' durations tell the others when to look
+    (used when `poll.strategy` is "learned")."""
     cancel_queued_at_deadline: bool = True
     model_id: str = MODEL_ID
     flow_run_id: str | None = None

@@ -43,6 +43,7 @@ from prefect_runcomfy.api.exceptions import (
 )
 from prefect_runcomfy.api.models import RequestResult
 from prefect_runcomfy.engine.batch import Batch
+from prefect_runcomfy.engine.estimate import job_kind
 from prefect_runcomfy.engine.ledger import LedgerEntry, RowDecision
 from prefect_runcomfy.engine.outcome import RowOutcome, media_source, sanitize_payload, utc_now
 from prefect_runcomfy.engine.status import LedgerState, RowPlan, RowStatus
@@ -278,6 +279,8 @@ async def collect_request(
             row_id=outcome.id,
             log_success=False,  # one line below, once the video is stored
             first_note=first_note,
+            estimator=batch.estimator,
+            kind=job_kind(outcome.sent, batch.model_id),
         )
     except RunComfyError as exc:
         return cell.keep(await _ended_unstored(batch, outcome, exc))
