@@ -6,7 +6,7 @@ queue delay and run time for the n-th submitted job), each in its own process:
 - the flow: `generate_talking_videos` on a real Prefect API (`prefect_test_harness`: a local
   Prefect server on SQLite in a temporary PREFECT_HOME), with its poll settings scaled;
 - a plain asyncio script: submit everything (same concurrency bound), poll `/result` every
-  2 s, download;
+  2 s of real time (scaled like everything else: 2 s x `--scale`), download;
 - a sequential script: submit one row, poll every 5 s, download, next row. It runs on a subset
   of the rows, at the same time as the others (it is idle nearly all the time), and is
   extrapolated to all rows.
@@ -166,14 +166,16 @@ def _clients(base_url: str) -> tuple[httpx.AsyncClient, httpx.AsyncClient]:
     return api, httpx.AsyncClient(timeout=60, limits=limits, trust_env=False)
 
 
-async def asyncio_baseline(base_url: str, table: list[dict[str, Any]], concurrency: int) -> float:
+async def asyncio_baseline(
+    base_url: str, table: list[dict[str, Any]], concurrency: int, every: float
+) -> float:
     out = Path(tempfile.mkdtemp(prefix="bench-asyncio-"))
     api, files = _clients(base_url)
     semaphore = asyncio.Semaphore(concurrency)
 
     async def bounded(row: dict[str, Any]) -> None:
         async with semaphore:
-            await _one_row(api, files, row, out, 2.0)
+            await _one_row(api, files, row, out, every)
 
     started = time.monotonic()
     async with api, files:
@@ -213,6 +215,7 @@ def main() -> None:
     parser.add_argument("--sequential-rows", type=int, default=20)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--skip-asyncio", action="store_true")
+    parser.add_argument("--poll-strategy", choices=["learned", "doubling"], default="learned")
     parser.add_argument("--name", default="orchestration")
     args = parser.parse_args()
 
@@ -231,7 +234,11 @@ def main() -> None:
         "seed": args.seed,
         "render": "tiny",
     }
-    poll = {"poll_initial_s": 2.0 * args.scale, "poll_max_s": 30.0 * args.scale}
+    poll = {
+        "poll_initial_s": 2.0 * args.scale,
+        "poll_max_s": 30.0 * args.scale,
+        "poll_strategy": args.poll_strategy,
+    }
     report: dict[str, Any] = {
         "machine": machine(),
         "command": "benchmarks/orchestration.py " + " ".join(sys.argv[1:]),
@@ -272,7 +279,10 @@ def main() -> None:
             async_started = time.monotonic()
             async_makespan = asyncio.run(
                 asyncio_baseline(
-                    sb_async.base_url, rows(sb_async.base_url, args.rows), args.concurrency
+                    sb_async.base_url,
+                    rows(sb_async.base_url, args.rows),
+                    args.concurrency,
+                    2.0 * args.scale,  # 2 s of real time, scaled (before 2026-12-04: 2 s scaled)
                 )
             )
             report["asyncio_2s"] = schedule_facts(

@@ -18,6 +18,8 @@ must do: per row one task run (same settings as the batch's row task) that makes
 three HTTP calls (submit, result, download of the video into memory) with one shared
 `RunComfyClient`, and nothing else (no checks, ledger, files, probe, poster, sidecar, logs of
 its own, manifest). The flow's CPU per row minus the floor's is what this library itself adds.
+`--floor --tags` gives the floor's task runs the row task runs' tags (`runcomfy` and the
+model's): Prefect then asks its API for tag concurrency slots at every task run's start.
 """
 
 from __future__ import annotations
@@ -107,7 +109,9 @@ def _floor_flow() -> Any:
         return submitted.request_id
 
     @flow(name="scale-floor")
-    async def floor(table: str, credentials: Any, max_concurrency: int = 32) -> pd.DataFrame:
+    async def floor(
+        table: str, credentials: Any, max_concurrency: int = 32, tagged: bool = False
+    ) -> pd.DataFrame:
         frame = pd.read_parquet(table)
         payloads = [
             (
@@ -127,7 +131,13 @@ def _floor_flow() -> Any:
                 finally:
                     clients.append(client)
 
-        done = await asyncio.gather(*(one(i, p) for i, p in payloads))
+        from prefect import tags
+
+        from prefect_runcomfy.api.models import MODEL_ID
+        from prefect_runcomfy.report.naming import run_tags
+
+        with tags(*(run_tags(MODEL_ID) if tagged else ())):
+            done = await asyncio.gather(*(one(i, p) for i, p in payloads))
         for client in clients:
             await client.aclose()
         return pd.DataFrame({"id": [i for i, _ in payloads], "request_id": done}).assign(
@@ -137,9 +147,9 @@ def _floor_flow() -> Any:
     return floor
 
 
-def floor_flow(table: str, credentials: Any, *, max_concurrency: int) -> Any:
+def floor_flow(table: str, credentials: Any, *, max_concurrency: int, tagged: bool = False) -> Any:
     """Run the floor flow (see the module docstring)."""
-    return _floor_flow()(table, credentials, max_concurrency=max_concurrency)
+    return _floor_flow()(table, credentials, max_concurrency=max_concurrency, tagged=tagged)
 
 
 def main() -> None:
@@ -150,6 +160,7 @@ def main() -> None:
     parser.add_argument(
         "--floor", action="store_true", help="run the bare floor flow instead (see above)"
     )
+    parser.add_argument("--tags", action="store_true", help="the floor's task runs tagged")
     args = parser.parse_args()
 
     from prefect.testing.utilities import prefect_test_harness
@@ -162,7 +173,7 @@ def main() -> None:
         "rows": args.rows,
         "max_concurrency": args.concurrency,
         "prefect_api": "prefect_test_harness (local Prefect server, SQLite, temp PREFECT_HOME)",
-        "flow": "floor (one task run + 3 HTTP calls per row)"
+        "flow": ("floor (one task run + 3 HTTP calls per row" + (", tagged)" if args.tags else ")"))
         if args.floor
         else "generate_talking_videos",
     }
@@ -184,7 +195,9 @@ def main() -> None:
         cpu_before = resource.getrusage(resource.RUSAGE_SELF)
         started = time.monotonic()
         if args.floor:
-            manifest = asyncio.run(floor_flow(str(table), creds, max_concurrency=args.concurrency))
+            manifest = asyncio.run(
+                floor_flow(str(table), creds, max_concurrency=args.concurrency, tagged=args.tags)
+            )
         else:
             manifest = generate_talking_videos(
                 str(table),
@@ -230,6 +243,7 @@ def main() -> None:
         )
         print(report, flush=True)
     default_name = f"scale_{args.rows}" + ("_floor" if args.floor else "")
+    default_name += "_tagged" if args.floor and args.tags else ""
     print(f"saved {save(args.name or default_name, report)}")
 
 

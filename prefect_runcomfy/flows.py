@@ -52,7 +52,7 @@ from prefect_runcomfy.engine.row import RowCell, collect_request, in_row_task, r
 from prefect_runcomfy.engine.status import LedgerState, RowStatus
 from prefect_runcomfy.engine.storage import MANIFEST_NAME, OutputStore
 from prefect_runcomfy.engine.table import RowProblem, table_folder
-from prefect_runcomfy.engine.waiting import PollPolicy
+from prefect_runcomfy.engine.waiting import PollPolicy, PollStrategy
 from prefect_runcomfy.report.artifacts import Progress
 from prefect_runcomfy.report.events import RowEvents
 from prefect_runcomfy.report.finish import check_allow_failed_rows, finish_run
@@ -236,6 +236,7 @@ async def generate_talking_videos(
     poll_initial_s: float = 2.0,
     poll_max_s: float = 30.0,
     not_found_grace_s: float = 30.0,
+    poll_strategy: PollStrategy = "learned",
     model_id: str = MODEL_ID,
     table_storage_options: dict[str, Any] | None = None,
     manifest_name: str = MANIFEST_NAME,
@@ -280,6 +281,9 @@ async def generate_talking_videos(
         poll_max_s: The longest polling interval.
         not_found_grace_s: How long after its submit a request RunComfy does not know yet is
             taken as "not visible yet" rather than gone (once seen, "not found" means gone).
+        poll_strategy: "learned": once jobs of a kind (resolution, frames) finished in this
+            run, the others are read just after their expected finish; "doubling": each job
+            on its own (`poll_initial_s` doubling up to `poll_max_s`), as before.
         model_id: The RunComfy model (InfiniteTalk's by default).
         table_storage_options: fsspec options for reading `inputs` when it is a URL
             (default: `input_storage_options`).
@@ -353,7 +357,10 @@ async def generate_talking_videos(
         concurrency_limit=concurrency_limit,
         max_wait_s=max_wait_s,
         poll=PollPolicy(
-            initial_s=poll_initial_s, max_s=poll_max_s, not_found_grace_s=not_found_grace_s
+            initial_s=poll_initial_s,
+            max_s=poll_max_s,
+            not_found_grace_s=not_found_grace_s,
+            strategy=poll_strategy,
         ),
         cancel_queued_at_deadline=cancel_queued_at_deadline,
         model_id=model_id,

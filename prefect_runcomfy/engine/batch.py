@@ -1,4 +1,5 @@
-"""What the rows of one run share: storage, the ledger, limits, clients and the stop signal.
+"""What the rows of one run share: storage, the ledger, limits, clients, the stop signal, and
+the estimator of its jobs' durations.
 
 `engine.row` takes one row through a `Batch`; the flows build the batch and hand it rows.
 A batch gets its clients from `make_client` (the Prefect face decides where the token comes
@@ -20,6 +21,7 @@ from prefect_runcomfy.api.backoff import retrying
 from prefect_runcomfy.api.client import RunComfyClient
 from prefect_runcomfy.api.exceptions import RunComfyError, StorageError
 from prefect_runcomfy.api.models import MODEL_ID
+from prefect_runcomfy.engine.estimate import RunEstimator
 from prefect_runcomfy.engine.ledger import Ledger, LedgerEntry
 from prefect_runcomfy.engine.outcome import RowOutcome
 from prefect_runcomfy.engine.status import LedgerState
@@ -32,7 +34,8 @@ LEDGER_RETRY_DELAYS_S: tuple[float, ...] = (0.5, 2.0)
 
 @dataclass
 class Batch:
-    """Everything the rows of one run share: storage, ledger, limits, clients, progress."""
+    """Everything the rows of one run share: storage, ledger, limits, clients, progress, and
+    what the run learned about how long its jobs take (`estimator`)."""
 
     store: OutputStore
     ledger: Ledger
@@ -41,6 +44,9 @@ class Batch:
     concurrency_limit: str | None = None
     max_wait_s: float = 3600.0
     poll: PollPolicy = field(default_factory=PollPolicy)
+    estimator: RunEstimator = field(default_factory=RunEstimator)
+    """The run's one estimator: its finished jobs' durations tell the others when to look
+    (used when `poll.strategy` is "learned")."""
     cancel_queued_at_deadline: bool = True
     model_id: str = MODEL_ID
     flow_run_id: str | None = None
@@ -52,35 +58,51 @@ class Batch:
     stop_reason: str | None = None
     """Set when every later submit would be refused the same way (bad token, no balance)."""
     _semaphore: asyncio.Semaphore | None = None
+    _rows: asyncio.Semaphore | None = None
     _idle_clients: list[RunComfyClient] = field(default_factory=list)
     _all_clients: list[RunComfyClient] = field(default_factory=list)
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[RunComfyClient]:
-        """Hold one in-flight job's place (this run's bound, and the account-wide limit if
-        named) and lend it a client.
+        """Hold one in-flight job's place (`job_slot`) and lend it a client (`lend_client`)."""
+        async with self.job_slot(), self.lend_client() as client:
+            yield client
 
-        Each place has its own client, handed from row to row: a row's submit, polls and
-        download reuse the connections the place's previous row opened, and each pool stays
-        one connection small (httpcore scans its whole pool on every request).
-        """
+    @contextlib.asynccontextmanager
+    async def job_slot(self) -> AsyncIterator[None]:
+        """Hold one in-flight job's place: this run's bound (`max_concurrency`), and the
+        account-wide limit if named. A row holds it from its submit until its job is seen
+        finished: storing the outputs occupies no place at RunComfy."""
         if self._semaphore is None:
             self._semaphore = asyncio.Semaphore(max(1, self.max_concurrency))
         async with self._semaphore:
             if self.concurrency_limit:
                 from prefect.concurrency.asyncio import concurrency
 
-                async with (
-                    concurrency(self.concurrency_limit, occupy=1, strict=True),
-                    self._lend_client() as client,
-                ):
-                    yield client
+                async with concurrency(self.concurrency_limit, occupy=1, strict=True):
+                    yield
             else:
-                async with self._lend_client() as client:
-                    yield client
+                yield
 
     @contextlib.asynccontextmanager
-    async def _lend_client(self) -> AsyncIterator[RunComfyClient]:
+    async def row_place(self) -> AsyncIterator[None]:
+        """Hold one of the places of rows under way: the rows with a job at RunComfy, the
+        rows storing outputs, and up to `max_concurrency` more whose task runs are open and
+        ready to submit the moment a job's place frees (their start-up, a Prefect API call
+        or two, then costs no idle place)."""
+        if self._rows is None:
+            self._rows = asyncio.Semaphore(2 * max(1, self.max_concurrency))
+        async with self._rows:
+            yield
+
+    @contextlib.asynccontextmanager
+    async def lend_client(self) -> AsyncIterator[RunComfyClient]:
+        """Lend a client for one row's calls, handed from row to row.
+
+        A row's submit, polls and download reuse the connections the client's previous row
+        opened, and each pool stays one connection small (httpcore scans its whole pool on
+        every request).
+        """
         if self._idle_clients:
             client = self._idle_clients.pop()
         else:

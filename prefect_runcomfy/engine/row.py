@@ -1,9 +1,12 @@
 """One row's path through a batch: ledger → submit → wait → store → its `RowOutcome`.
 
 A row that needs RunComfy runs as one Prefect task run named after the row (`r00042`), which
-does the submit, the wait and the store over the client its concurrency slot lends it: one
-task run per row instead of three halves the client's CPU per row and makes the Prefect
-database a third of the size (`benchmarks/scale.py`). The run's state is the row's:
+does the submit, the wait and the store over a client the batch lends it: one task run per
+row instead of three halves the client's CPU per row and makes the Prefect database a third
+of the size (`benchmarks/scale.py`). The row holds one of the run's job places
+(`Batch.job_slot`: `max_concurrency`, and the account-wide limit) from its submit until its
+job is seen finished, not while it stores: the next row, its task run already open
+(`Batch.row_place`), submits at once. The run's state is the row's:
 Completed when its video is stored, Failed (or Cancelled) with the reason otherwise.
 
 Each step returns the row's next `RowOutcome`; a `RowCell` keeps the latest one, so a step
@@ -13,6 +16,7 @@ that raises still leaves what was known (the request id above all) to the row's 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -44,6 +48,7 @@ from prefect_runcomfy.api.exceptions import (
 )
 from prefect_runcomfy.api.models import RequestResult
 from prefect_runcomfy.engine.batch import Batch
+from prefect_runcomfy.engine.estimate import job_kind
 from prefect_runcomfy.engine.ledger import LedgerEntry, RowDecision
 from prefect_runcomfy.engine.outcome import RowOutcome, media_source, sanitize_payload, utc_now
 from prefect_runcomfy.engine.status import LedgerState, RowPlan, RowStatus
@@ -106,11 +111,9 @@ async def run_row(
     if decision.plan is RowPlan.SUBMIT:
         cell.keep(cell.latest.evolve(estimated_cost_usd=decision.estimated_cost_usd))
     try:
-        async with batch.slot() as client:
-            await in_row_task(
-                cell, lambda: _submit_and_collect(batch, client, row, decision, entry, cell)
-            )
-    except Exception as exc:  # no place to run in (a missing global concurrency limit, ...)
+        async with batch.row_place():
+            await in_row_task(cell, lambda: _submit_and_collect(batch, row, decision, entry, cell))
+    except Exception as exc:  # no place to run in (Prefect itself failed around the row, ...)
         get_run_logger().error("%s: not run: %s", row.id, exc)
         cell.keep(cell.latest.ended(RowStatus.FAILED, f"{type(exc).__name__}: {exc}"))
     return await batch.done(cell.latest)
@@ -147,25 +150,36 @@ def _reported_again(
 
 async def _submit_and_collect(
     batch: Batch,
-    client: RunComfyClient,
     row: PreparedRow,
     decision: RowDecision,
     entry: LedgerEntry | None,
     cell: RowCell,
 ) -> None:
-    if decision.plan is RowPlan.RESUME and entry is not None and entry.request_id:
-        outcome = _resumed(cell.latest, row, decision, entry)
-        first_note = None
-    else:
-        outcome = await submit_row(batch, client, row, entry, cell)
-        first_note = f"submitted as request {outcome.request_id}"
-        if outcome.status is not None:
-            cell.keep(outcome)
+    """The row's task run: its job's place from submit to finish, then its outputs stored
+    (the place already free for the next row)."""
+    async with batch.lend_client() as client, contextlib.AsyncExitStack() as place:
+        try:
+            await place.enter_async_context(batch.job_slot())
+        except Exception as exc:  # no place to run in (a missing global concurrency limit, ...)
+            get_run_logger().error("%s: not run: %s", row.id, exc)
+            cell.keep(cell.latest.ended(RowStatus.FAILED, f"{type(exc).__name__}: {exc}"))
             return
-        if outcome.notes:  # the ledger missed the id: the warning said it already
-            first_note = None
-    cell.keep(outcome)
-    await collect_request(batch, client, cell, first_note=first_note)
+        async with place:
+            if decision.plan is RowPlan.RESUME and entry is not None and entry.request_id:
+                outcome = _resumed(cell.latest, row, decision, entry)
+                first_note = None
+            else:
+                outcome = await submit_row(batch, client, row, entry, cell)
+                first_note = f"submitted as request {outcome.request_id}"
+                if outcome.status is not None:
+                    cell.keep(outcome)
+                    return
+                if outcome.notes:  # the ledger missed the id: the warning said it already
+                    first_note = None
+            cell.keep(outcome)
+            finished = await wait_for_row_job(batch, client, cell, first_note=first_note)
+        if finished is not None:
+            await store_row_outputs(batch, client, cell, finished)
 
 
 def _resumed(
@@ -270,6 +284,17 @@ async def collect_request(
 
     Logs the row's state changes and, at the end, one line with the request id and where the
     video went; `first_note` starts the first line (see `wait_for_job`)."""
+    finished = await wait_for_row_job(batch, client, cell, first_note=first_note)
+    if finished is None:
+        return cell.latest
+    return await store_row_outputs(batch, client, cell, finished)
+
+
+async def wait_for_row_job(
+    batch: Batch, client: RunComfyClient, cell: RowCell, *, first_note: str | None = None
+) -> FinishedRequest | None:
+    """Wait for the row's known request: what it finished with when it succeeded, else None
+    with the row ended (record in `cell`, ledger written)."""
     outcome = cell.latest
     assert outcome.request_id is not None
     submitted = _epoch(outcome.submitted_at)
@@ -283,12 +308,15 @@ async def collect_request(
             cancel_queued_at_deadline=batch.cancel_queued_at_deadline,
             submitted_at=submitted if fresh else None,
             row_id=outcome.id,
-            log_success=False,  # one line below, once the video is stored
+            log_success=False,  # one line once the video is stored
             first_note=first_note,
+            estimator=batch.estimator,
+            kind=job_kind(outcome.sent, batch.model_id),
         )
     except RunComfyError as exc:
-        return cell.keep(await _ended_unstored(batch, outcome, exc))
-    outcome = cell.keep(
+        cell.keep(await _ended_unstored(batch, outcome, exc))
+        return None
+    cell.keep(
         outcome.evolve(
             queue_seconds=finished.queue_seconds,
             run_seconds=finished.run_seconds,
@@ -297,7 +325,15 @@ async def collect_request(
             finished_at=utc_now(),
         )
     )
-    return cell.keep(await _store(batch, client, outcome, finished))
+    return finished
+
+
+async def store_row_outputs(
+    batch: Batch, client: RunComfyClient, cell: RowCell, finished: FinishedRequest
+) -> RowOutcome:
+    """Store a succeeded request's outputs and the row's sidecar; the ledger and the record
+    (kept in `cell`, and returned) say where the video went."""
+    return cell.keep(await _store(batch, client, cell.latest, finished))
 
 
 async def _ended_unstored(batch: Batch, outcome: RowOutcome, exc: RunComfyError) -> RowOutcome:
@@ -475,4 +511,13 @@ async def in_row_task(cell: RowCell, body: Callable[[], Awaitable[Any]]) -> RowO
     return cell.latest
 
 
-__all__ = ["UNKNOWN_ADVICE", "RowCell", "collect_request", "in_row_task", "run_row", "submit_row"]
+__all__ = [
+    "UNKNOWN_ADVICE",
+    "RowCell",
+    "collect_request",
+    "in_row_task",
+    "run_row",
+    "store_row_outputs",
+    "submit_row",
+    "wait_for_row_job",
+]

@@ -50,6 +50,7 @@ from prefect_runcomfy.api.models import (
     RequestResult,
     RequestStatus,
 )
+from prefect_runcomfy.engine.estimate import JobKind, RunEstimator
 from prefect_runcomfy.engine.outcome import RowOutcome, StoredFile, utc_now
 from prefect_runcomfy.engine.status import RowStatus
 from prefect_runcomfy.engine.storage import OutputStore, staging_folder
@@ -129,12 +130,16 @@ async def wait_for_job(
     row_id: str | None = None,
     log_success: bool = True,
     first_note: str | None = None,
+    estimator: RunEstimator | None = None,
+    kind: JobKind = None,
 ) -> FinishedRequest:
     """Wait for a request to finish; the body of `tasks.wait_for_request` (see its docstring).
 
     Logs state changes only. With `log_success=False` the caller logs the success itself
     (a batch logs one line per row once its video is stored). `first_note` starts the first
     line logged (a batch passes "submitted as request ..." instead of a line of its own).
+    `estimator` and `kind`: the run's shared experience of its jobs' durations and this
+    job's kind (`engine.estimate`); a batch passes them, a single wait need not.
 
     Raises:
         RunFailedError: the job failed (`error` holds RunComfy's reason).
@@ -155,6 +160,8 @@ async def wait_for_job(
             policy=poll or PollPolicy(),
             submitted_monotonic=submitted_mono,
             on_change=speaker.on_change,
+            estimator=estimator,
+            kind=kind,
         )
     except RunTimedOutError as exc:
         await _at_deadline(client, request_id, exc, speaker, cancel_queued_at_deadline)

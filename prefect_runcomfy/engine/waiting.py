@@ -3,6 +3,11 @@
 This is the one wait loop; the Prefect task `wait_for_request` wraps it. It polls `/status`
 while the job is queued (that is where RunComfy reports the queue position) and `/result` once
 it runs (so the answer that says "finished" already carries the outputs: no extra call).
+
+When the run shares a `RunEstimator` (a batch does) and the policy's `strategy` is
+"learned", the reads of a job whose kind has finished before in this run follow the run's
+experience (`engine.estimate`); otherwise, and for a job of a kind not seen yet, the interval
+doubles as `PollPolicy` says. Either way `Retry-After` and the deadline rule.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from prefect_runcomfy.api.backoff import Backoff
 from prefect_runcomfy.api.client import RunComfyClient
@@ -23,6 +29,11 @@ from prefect_runcomfy.api.exceptions import (
     TransportError,
 )
 from prefect_runcomfy.api.models import RequestResult, RequestStatus
+from prefect_runcomfy.engine.estimate import JobKind, JobWatch, RunEstimator
+
+PollStrategy = Literal["learned", "doubling"]
+"""How a batch waits: "learned" (the run's finished jobs say when to look) or "doubling"
+(each job on its own, the interval doubling up to `max_s`: the policy before issue 13)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,14 @@ class PollPolicy:
     """Fraction of each interval drawn at random either way, so many rows do not poll in step."""
     not_found_grace_s: float = 30.0
     """How long after a submit "request not found" means "not visible yet" rather than gone."""
+    strategy: PollStrategy = "learned"
+    """"learned": with a run's `RunEstimator`, read a job when jobs of its kind finished
+    before; "doubling": always the doubling interval."""
+
+    @property
+    def min_pause_s(self) -> float:
+        """The shortest pause between two reads of one job in the learned schedule."""
+        return self.initial_s / 4.0
 
     @property
     def backoff(self) -> Backoff:
@@ -86,12 +105,16 @@ async def wait_until_finished(
     submitted_monotonic: float | None = None,
     on_change: StateListener | None = None,
     clock: Callable[[], float] = time.monotonic,
+    estimator: RunEstimator | None = None,
+    kind: JobKind = None,
 ) -> WaitOutcome:
     """Poll until the request is finished (succeeded, failed or cancelled) or `max_wait_s` passes.
 
     Transient trouble (rate limits past the client's own retries, 5xx, broken connections)
     does not end the wait; it only makes the next poll later. "Not found" within
-    `policy.not_found_grace_s` of the submit is taken as "not visible yet".
+    `policy.not_found_grace_s` of the submit is taken as "not visible yet". With a run's
+    `estimator` (and `policy.strategy == "learned"`), reads of a job of `kind` (`job_kind`)
+    follow what the run learned; a success teaches it this job's durations.
 
     Raises:
         RunTimedOutError: the deadline passed; `last_status` says whether it was still queued.
@@ -102,6 +125,45 @@ async def wait_until_finished(
     start = clock()
     deadline = start + max_wait_s
     submitted = submitted_monotonic if submitted_monotonic is not None else start
+    watch: JobWatch | None = None
+    if estimator is not None and policy.strategy == "learned":
+        watch = estimator.watch(
+            kind,
+            submitted=submitted_monotonic,
+            min_pause_s=policy.min_pause_s,
+            max_pause_s=policy.max_s,
+        )
+    try:
+        return await _follow(
+            client,
+            request_id,
+            policy,
+            watch,
+            start,
+            deadline,
+            submitted,
+            max_wait_s,
+            on_change,
+            clock,
+        )
+    finally:
+        if watch is not None:
+            watch.close()
+
+
+async def _follow(
+    client: RunComfyClient,
+    request_id: str,
+    policy: PollPolicy,
+    watch: JobWatch | None,
+    start: float,
+    deadline: float,
+    submitted: float,
+    max_wait_s: float,
+    on_change: StateListener | None,
+    clock: Callable[[], float],
+) -> WaitOutcome:
+    """The loop of `wait_until_finished`: read, note, rest, until finished or the deadline."""
     last_key: tuple[RequestStatus, str | None, int | None] | None = None
     status = RequestStatus.UNKNOWN
     polls = 0
@@ -109,6 +171,8 @@ async def wait_until_finished(
     seen = False  # once RunComfy has shown the request, "not found" means gone, not "not yet"
     states: list[str] = []
     result: RequestResult | None = None
+    if watch is not None:
+        await _rest(watch, 0.0, 0.0, deadline, clock)  # until the first read the run expects
     while True:
         delay_hint: float | None = None
         polls += 1
@@ -129,6 +193,8 @@ async def wait_until_finished(
             raw, position = None, None
         if status is RequestStatus.IN_PROGRESS and first_running is None:
             first_running = clock()
+        if watch is not None:
+            watch.saw(status if raw is not None else RequestStatus.UNKNOWN, clock(), position)
         key = (status, raw, position)
         if raw is not None and key != last_key:
             last_key = key
@@ -136,6 +202,8 @@ async def wait_until_finished(
             if on_change is not None:
                 on_change(status, raw, position)
         if status.is_terminal and result is not None and status is not RequestStatus.COMPLETED:
+            if watch is not None and status is RequestStatus.SUCCEEDED:
+                watch.finished(result, clock())
             return WaitOutcome(
                 result=result,
                 polls=polls,
@@ -156,7 +224,30 @@ async def wait_until_finished(
         pause = policy.interval(polls - 1)
         if delay_hint is not None:
             pause = max(pause, delay_hint)
-        await asyncio.sleep(max(0.0, min(pause, deadline - now)))
+        if watch is None:
+            await asyncio.sleep(max(0.0, min(pause, deadline - now)))
+        else:
+            await _rest(watch, pause, delay_hint or 0.0, deadline, clock)
+
+
+async def _rest(
+    watch: JobWatch,
+    fallback_s: float,
+    retry_after_s: float,
+    deadline: float,
+    clock: Callable[[], float],
+) -> None:
+    """Sleep until the job's next read: when its kind's window says (planned again whenever
+    the window moves), else after `fallback_s`; never before `Retry-After`, never past the
+    deadline."""
+    now = clock()
+    fallback_at, not_before = now + watch.fallback(fallback_s), now + retry_after_s
+    while True:
+        planned = watch.next_read(now)
+        at = min(max(fallback_at if planned is None else planned, not_before), deadline)
+        if at <= now or not await watch.sleep_until(at, clock):
+            return
+        now = clock()
 
 
 async def _poll(
@@ -181,4 +272,4 @@ async def _poll(
     return status, result.raw_status, result.queue_position, result, False
 
 
-__all__ = ["PollPolicy", "StateListener", "WaitOutcome", "wait_until_finished"]
+__all__ = ["PollPolicy", "PollStrategy", "StateListener", "WaitOutcome", "wait_until_finished"]
