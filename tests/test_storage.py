@@ -83,6 +83,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> OutputStore:
         "名前-ü",
         "COM1",
         "lpt9.mp4",
+        "lpt0",  # Microsoft reserves COM0 and LPT0 too
+        "COM0.json",
         "Aux.tar.gz",
         "a..b",
         "_private",
@@ -101,7 +103,7 @@ def test_safe_name_rejects(bad: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "good", ["alice", "row-001", "a.b_c", "x" * 128, "console", "com10", "lpt0", "nul-1", "1"]
+    "good", ["alice", "row-001", "a.b_c", "x" * 128, "console", "com10", "lpt10", "nul-1", "1"]
 )
 def test_safe_name_accepts(good: str) -> None:
     assert safe_name(good) == good
