@@ -34,8 +34,7 @@ from prefect_runcomfy.engine.pricing import (
     Price,
     check_cost_limit,
     estimate_cost,
-    local_audio_seconds,
-    read_price,
+    price_rows,
 )
 from prefect_runcomfy.engine.status import RowPlan, RowStatus
 from prefect_runcomfy.engine.storage import OutputStore
@@ -142,11 +141,8 @@ async def priced(
     if not submit:
         return run_plan
     to_submit = [r for r in run_plan.rows if r.id in submit]
-    price, lengths = await asyncio.gather(
-        read_price(make_client, model_id),
-        asyncio.to_thread(local_audio_seconds, to_submit, media_base_dir),
-    )
-    estimate = estimate_cost(to_submit, price, lengths)
+    estimate, lengths = await price_rows(make_client, model_id, to_submit, media_base_dir)
+    price = estimate.price
     decisions = [
         dataclasses.replace(d, estimated_cost_usd=estimate.per_row.get(r.id))
         if r.id in submit

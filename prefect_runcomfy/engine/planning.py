@@ -26,10 +26,7 @@ from prefect_runcomfy.api.models import MODEL_ID
 from prefect_runcomfy.engine.ledger import Ledger, LedgerEntry, RowDecision, RowPlan, plan_row
 from prefect_runcomfy.engine.pricing import (
     CostEstimate,
-    Price,
-    estimate_cost,
-    local_audio_seconds,
-    read_price,
+    price_rows,
 )
 from prefect_runcomfy.engine.storage import OutputStore
 from prefect_runcomfy.engine.table import (
@@ -190,15 +187,7 @@ async def plan_table(
     invalid = sorted([*check.invalid, *media.invalid], key=lambda p: p.row)
     estimate = None
     if make_client is not None:
-        to_submit = list(media.valid)
-        price = Price(model_id=model_id)
-        lengths: dict[str, float] = {}
-        if to_submit:  # nothing new: nothing to price, no call
-            price, lengths = await asyncio.gather(
-                read_price(make_client, model_id),
-                asyncio.to_thread(local_audio_seconds, to_submit, base_dir),
-            )
-        estimate = estimate_cost(to_submit, price, lengths)
+        estimate, _ = await price_rows(make_client, model_id, list(media.valid), base_dir)
     return TablePlan(
         rows=[r for r, _ in kept],
         decisions=[d for _, d in kept],

@@ -20,6 +20,7 @@ check_cost_limit(estimate, max_cost_usd=0.10)  # CostLimitError
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -192,6 +193,24 @@ async def read_price(make_client: Callable[[], RunComfyClient], model_id: str) -
     except ValueError as exc:  # an entry whose fields have unexpected types
         return Price(model_id=model_id, problem=f"the catalog's entry could not be read: {exc}")
     return Price.from_model_info(info)
+
+
+async def price_rows(
+    make_client: Callable[[], RunComfyClient],
+    model_id: str,
+    rows: list[PreparedRow],
+    base_dir: str | None = None,
+) -> tuple[CostEstimate, dict[str, float]]:
+    """Estimate what submitting `rows` costs: the model's price and the rows' local audio
+    lengths are read at once (nothing is read when there are no rows). Returns the estimate
+    and the audio lengths it used, by row id."""
+    if not rows:
+        return estimate_cost([], Price(model_id=model_id)), {}
+    price, lengths = await asyncio.gather(
+        read_price(make_client, model_id),
+        asyncio.to_thread(local_audio_seconds, rows, base_dir),
+    )
+    return estimate_cost(rows, price, lengths), lengths
 
 
 def local_audio_seconds(
