@@ -23,7 +23,7 @@ import httpx
 from prefect_runcomfy._version import __version__
 from prefect_runcomfy.api.backoff import Backoff, parse_retry_after, retry_after_of, retrying
 from prefect_runcomfy.api.exceptions import DownloadError, OutputRefusedError
-from prefect_runcomfy.api.hosts import MAX_REDIRECTS, OutputPolicy
+from prefect_runcomfy.api.hosts import MAX_REDIRECTS, OutputPolicy, short_url
 
 DOWNLOAD_TIMEOUT = httpx.Timeout(connect=10.0, read=120.0, write=60.0, pool=30.0)
 MAX_RETRY_AFTER_S = 120.0
@@ -63,11 +63,6 @@ def output_http_client(**kwargs: object) -> httpx.AsyncClient:
         follow_redirects=False,
         **kwargs,  # type: ignore[arg-type]
     )
-
-
-def short_url(url: str) -> str:
-    """The URL without its query string: pre-signed queries are long and carry credentials."""
-    return url.split("?", 1)[0]
 
 
 @asynccontextmanager

@@ -64,7 +64,8 @@ _HOW_TO_ALLOW_HOSTS = (
 )
 
 
-def _short(url: str) -> str:
+def short_url(url: str) -> str:
+    """The URL without its query string: pre-signed queries are long and carry credentials."""
     return url.split("?", 1)[0]
 
 
@@ -227,9 +228,9 @@ class OutputPolicy:
             OutputRefusedError: naming the host and how to allow it; nothing was fetched.
         """
         what = (
-            f"The output {_short(first_url)} redirected to {_short(url)}"
+            f"The output {short_url(first_url)} redirected to {short_url(url)}"
             if first_url
-            else f"The output {_short(url)}"
+            else f"The output {short_url(url)}"
         )
         try:
             parsed = httpx.URL(url)
@@ -239,14 +240,14 @@ class OutputPolicy:
             raise OutputRefusedError(
                 f"{what} is not a usable URL; nothing was downloaded.",
                 reason="url",
-                url=_short(first_url or url),
+                url=short_url(first_url or url),
             ) from None
         scheme = parsed.scheme.lower()
         if scheme not in _DEFAULT_PORTS or not host:
             raise OutputRefusedError(
                 f"{what} is not an http(s) URL; nothing was downloaded.",
                 reason="url",
-                url=_short(first_url or url),
+                url=short_url(first_url or url),
             )
         if any(rule.allows(scheme, host, parsed.port) for rule in self.rules):
             return
@@ -257,7 +258,7 @@ class OutputPolicy:
             f"trust {host}, allow it with {_HOW_TO_ALLOW_HOSTS}, e.g. "
             f"{OUTPUT_HOSTS_ENV}={origin}.",
             reason="host",
-            url=_short(first_url or url),
+            url=short_url(first_url or url),
             host=host,
         )
 
@@ -272,12 +273,12 @@ class OutputPolicy:
         if raw_type is not None and not self.allows_type(raw_type):
             served = raw_type.split(";", 1)[0].strip().lower() or raw_type
             raise OutputRefusedError(
-                f"The output {_short(url)} was served as {served!r}, not as a video "
+                f"The output {short_url(url)} was served as {served!r}, not as a video "
                 f"({', '.join(self.content_types)}), so it was not kept (an error or login "
                 "page looks like this). If that type is what the model makes, allow it with "
                 f"{OUTPUT_TYPES_ENV}={served}.",
                 reason="type",
-                url=_short(url),
+                url=short_url(url),
                 host=_normal_host(response.url.host),
             )
         length = response.headers.get("Content-Length")
@@ -294,11 +295,11 @@ class OutputPolicy:
             return
         said = f"is {size} bytes" if announced else f"passed {self.max_bytes} bytes"
         raise OutputRefusedError(
-            f"The output {_short(url)} {said}, more than the {self.max_bytes} bytes an output "
+            f"The output {short_url(url)} {said}, more than the {self.max_bytes} bytes an output "
             "may be, so it was not kept. If it is genuine, raise the cap with "
             "RunComfyCredentials.max_output_bytes (or max_output_bytes= on RunComfyClient).",
             reason="size",
-            url=_short(url),
+            url=short_url(url),
         )
 
     def allows_type(self, content_type: str) -> bool:
@@ -322,5 +323,6 @@ __all__ = [
     "OUTPUT_TYPES_ENV",
     "HostRule",
     "OutputPolicy",
+    "short_url",
     "split_patterns",
 ]
