@@ -93,9 +93,19 @@ def main() -> None:
         nightly(args.table, args.output, credentials=args.credentials)
         return
 
+    from prefect.settings import (
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
+
     from prefect_runcomfy.sandbox import SandboxConfig, run_sandbox, sample_inputs
 
-    with run_sandbox(SandboxConfig(workers=2, run_seconds=(1.0, 2.0))) as sandbox:
+    # Without a Prefect server, Prefect starts a temporary one; its first start (a new
+    # database) can take longer than Prefect's default 20 s on a busy machine.
+    with (
+        temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 90}),
+        run_sandbox(SandboxConfig(workers=2, run_seconds=(1.0, 2.0))) as sandbox,
+    ):
         os.environ["RUNCOMFY_BASE_URL"] = sandbox.base_url
         os.environ["RUNCOMFY_API_TOKEN"] = sandbox.token
         table = args.table or f"{args.output.rstrip('/')}/inputs/rows.parquet"
