@@ -324,6 +324,7 @@ async def generate_talking_videos(
     table = await prepare(inputs, storage_options=table_storage_options or input_storage_options)
     store = OutputStore(output_uri, storage_options)
     await asyncio.to_thread(store.check_writable)
+    await asyncio.to_thread(store.remove_stale_temp_files)
     run_plan = await plan(
         store,
         table.valid,

@@ -444,11 +444,11 @@ def _failing_ledger_writes(
     failed: list[str] = []
     real_write = Ledger._write
 
-    def write(self: Ledger, entry: Any) -> Any:
+    def write(self: Ledger, entry: Any, **kwargs: Any) -> Any:
         if entry.state == state and (times is None or len(failed) < times):
             failed.append(entry.id)
             raise StorageError(f"could not write {entry.id}: injected outage")
-        return real_write(self, entry)
+        return real_write(self, entry, **kwargs)
 
     monkeypatch.setattr(Ledger, "_write", write)
     return failed

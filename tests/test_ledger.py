@@ -378,3 +378,48 @@ def test_manifests_merge_with_list_columns_read_back_from_parquet(tmp_path: Path
     back = pd.read_parquet(tmp_path / "manifest.parquet").set_index("id")["video_uris"]
     assert list(back["two"]) == ["two-1.mp4", "two-2.mp4"]
     assert list(back["one"]) == ["one.mp4"] and list(back["new"]) == ["new.mp4"]
+
+
+def test_only_the_writes_money_depends_on_are_synced_to_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the POST, the request id after it, and anything written while no request id is
+    on disk are synced; a later state of a known request is not (losing it to a power cut
+    means the request is looked at again, never paid again). The real writes still happen:
+    this only records the flag each one was given."""
+    synced: list[tuple[str, bool]] = []
+    real = OutputStore.write_json
+
+    def write_json(self: OutputStore, name: str, obj: Any, *, durable: bool = True) -> str:
+        synced.append((obj["state"], durable))
+        return real(self, name, obj, durable=durable)
+
+    monkeypatch.setattr(OutputStore, "write_json", write_json)
+    ledger = Ledger(OutputStore(str(tmp_path / "out")))
+    ledger.mark_submitting("a", OLD)
+    ledger.mark_submitted("a", "req-1")
+    ledger.mark("a", LedgerState.STORED, video_uris=["a.mp4"])
+    ledger.mark_submitting("b", OLD)
+    ledger.mark("b", LedgerState.FAILED, error="refused", billed=False)
+    ledger.mark_submitting("c", OLD)
+    ledger.mark("c", LedgerState.OUTCOME_UNKNOWN, error="no answer")
+    ledger.mark("d", LedgerState.INVALID, error="bad row")
+    ledger.mark_submitting("e", OLD)
+    ledger.mark_submitted("e", "req-2")
+    ledger.mark("e", LedgerState.TIMED_OUT, error="still running")
+    ledger.mark("e", LedgerState.FAILED, error="failed on RunComfy")
+    assert synced == [
+        ("submitting", True),
+        ("submitted", True),
+        ("stored", False),
+        ("submitting", True),
+        ("failed", True),
+        ("submitting", True),
+        ("outcome_unknown", True),
+        ("invalid", True),
+        ("submitting", True),
+        ("submitted", True),
+        ("timed_out", False),
+        ("failed", False),
+    ]
+    assert Ledger(OutputStore(str(tmp_path / "out"))).get("a").state is LedgerState.STORED

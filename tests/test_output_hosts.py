@@ -148,6 +148,39 @@ async def test_an_output_without_a_length_is_counted_and_cut_at_the_cap(
     assert done.size > 3 << 20
 
 
+async def test_a_local_folder_takes_the_download_in_place_and_keeps_nothing_refused(
+    sb: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local output folder gets the video written beside its final name and renamed: no
+    staging copy under the system temp folder, and nothing hidden left when it is refused."""
+    import tempfile
+
+    from prefect_runcomfy.engine.steps import store_files
+    from prefect_runcomfy.engine.storage import OutputStore
+
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    out = tmp_path / "out"
+    store = OutputStore(str(out))
+    sb.set(files_without_length=True, output_padding_bytes=3 << 20)
+    async with client_for(sb, max_output_bytes=2 << 20) as client:
+        result = await finished_result(client, sb)
+        with pytest.raises(OutputRefusedError):
+            await store_files(
+                result, "r1", store, http=client.output_http, policy=client.output_policy
+            )
+    assert sorted(p.name for p in out.rglob("*")) == [], "nothing kept, nothing hidden"
+    async with client_for(sb, max_output_bytes=4 << 20) as client:
+        files = await store_files(
+            result, "r1", store, http=client.output_http, policy=client.output_policy
+        )
+    assert sorted(p.name for p in out.rglob("*")) == ["r1.mp4", "r1.poster.jpg"]
+    assert files[0].uri == str(out / "r1.mp4") and files[0].size == (out / "r1.mp4").stat().st_size
+    assert files[0].video and files[0].video["width"] > 0
+    assert list(system_tmp.iterdir()) == [], "no staging folder for a local output folder"
+
+
 async def test_an_output_that_is_not_a_video_is_refused(sb: Sandbox, tmp_path: Path) -> None:
     sb.set(output_content_type="text/html")
     async with client_for(sb) as client:

@@ -529,3 +529,40 @@ def test_sweep_keeps_fresh_folders_and_reports_what_it_removed(tmp_path: Path) -
     assert sweep_stale_staging(tmp_path, max_age_s=1800) == []
     assert fresh.exists() and not old.exists()
     assert sweep_stale_staging(tmp_path / "missing") == []
+
+
+def test_a_file_written_in_place_appears_whole_under_its_name(tmp_path: Path) -> None:
+    store = OutputStore(str(tmp_path / "out"))
+    temp = store.local_temp("sub/a.mp4")
+    assert os.path.basename(temp).startswith(TEMP_PREFIX)
+    assert os.path.dirname(temp) == str(tmp_path / "out" / "sub")
+    Path(temp).write_bytes(b"video")
+    assert store.list("sub/") == [], "a file being written is not listed"
+    assert store.commit_local(temp, "sub/a.mp4") == str(tmp_path / "out" / "sub" / "a.mp4")
+    assert store.read_bytes("sub/a.mp4") == b"video" and not os.path.exists(temp)
+    again = store.local_temp("sub/a.mp4")
+    Path(again).write_bytes(b"poster")
+    store.commit_local(again, "sub/a.mp4", durable=False)
+    assert store.read_bytes("sub/a.mp4") == b"poster"
+    with pytest.raises(StorageError, match="not a local folder"):
+        OutputStore("memory://x/out").local_temp("a.mp4")
+
+
+def test_temp_files_left_by_a_killed_run_are_removed_once_stale(tmp_path: Path) -> None:
+    store = OutputStore(str(tmp_path / "out"))
+    store.write_bytes("a.mp4", b"kept")
+    old = store.local_temp("a.mp4")
+    fresh = store.local_temp("b.mp4")
+    ledger_old = store.local_temp("_ledger/a.json")
+    for path in (old, fresh, ledger_old):
+        Path(path).write_bytes(b"partial")
+    hour_ago = time.time() - 3600
+    os.utime(old, (hour_ago, hour_ago))
+    os.utime(ledger_old, (hour_ago, hour_ago))
+    removed = store.remove_stale_temp_files(max_age_s=600)
+    assert sorted(removed) == sorted(
+        [os.path.basename(old), os.path.join("_ledger", os.path.basename(ledger_old))]
+    )
+    assert os.path.exists(fresh), "a download in progress (written to lately) is kept"
+    assert store.read_bytes("a.mp4") == b"kept"
+    assert OutputStore("memory://x/out").remove_stale_temp_files() == []

@@ -9,7 +9,11 @@ output location, one small JSON file per row:
 ```
 
 One file per row means no shared file, so concurrent tasks (or processes) never conflict.
-Every write goes through `OutputStore.write_json`, which is atomic.
+Every write goes through `OutputStore.write_json`, which is atomic. On a local disk the writes
+that money depends on (before a POST, the request id after it, and anything written before a
+request id is known) are also synced to disk; a later state of a request whose id is already
+on disk is not: losing it to a power cut only means the next run looks at that request again
+(it never submits it again), and it saves half of a row's disk syncs.
 
 `plan_row` reads a row's entry and decides what a (re-)run may do with it; it is a pure
 function so every rule can be tested and explained.
@@ -44,6 +48,10 @@ LEDGER_DIR = "_ledger"
 
 _FORGET = object()
 """A field value that removes the field from the entry."""
+
+_ALWAYS_SYNCED = frozenset(
+    {LedgerState.SUBMITTING, LedgerState.SUBMITTED, LedgerState.OUTCOME_UNKNOWN}
+)
 
 HISTORY_LIMIT = 50
 """How many earlier states an entry keeps (the oldest are dropped)."""
@@ -315,8 +323,8 @@ class Ledger:
     def _latest(self, id: str) -> LedgerEntry | None:
         return self._written.get(id) or self.get(id)
 
-    def _write(self, entry: LedgerEntry) -> LedgerEntry:
-        self.store.write_json(self.name_for(entry.id), entry.to_json())
+    def _write(self, entry: LedgerEntry, *, durable: bool = True) -> LedgerEntry:
+        self.store.write_json(self.name_for(entry.id), entry.to_json(), durable=durable)
         if entry.state in (LedgerState.SUBMITTING, LedgerState.SUBMITTED):
             self._written[entry.id] = entry
         else:
@@ -350,7 +358,10 @@ class Ledger:
         data["id"] = id
         data["state"] = LedgerState(state)
         data["updated_at"] = now
-        return self._write(LedgerEntry.model_validate(data))
+        # Synced when money depends on it (see the module docstring): the request id is not
+        # on disk yet, or this write is about the POST itself.
+        durable = state in _ALWAYS_SYNCED or previous is None or not previous.request_id
+        return self._write(LedgerEntry.model_validate(data), durable=durable)
 
     def mark_submitting(
         self,

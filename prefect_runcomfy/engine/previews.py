@@ -146,7 +146,7 @@ def store_poster(
     store: OutputStore,
     video_path: str | os.PathLike[str],
     row_id: str,
-    tmp_dir: str,
+    tmp_dir: str | None = None,
     *,
     probe: bool = False,
 ) -> tuple[dict[str, Any] | None, bool]:
@@ -155,17 +155,34 @@ def store_poster(
     for rows stored before they had one). With `probe`, the video's description comes back
     too, from the same pass over the file.
 
+    A local folder gets the poster written in place (a hidden temp file renamed, not synced
+    to disk: it is a preview, made again by the review page if a power cut lost it); other
+    stores get it through `tmp_dir`, a local folder (required for them).
+
     Returns:
         The description (None unless `probe`, or when the file is not a readable video) and
         whether the poster was stored.
     """
-    poster = os.path.join(tmp_dir, poster_name(row_id))
-    if probe:
-        info, made = probe_with_poster(video_path, poster)
+    name = poster_name(row_id)
+    if store.is_local:
+        poster = store.local_temp(name)
+    elif tmp_dir is None:
+        raise ValueError(f"a poster for {store.uri('')} needs a local tmp_dir")
     else:
-        info, made = None, poster_frame(video_path, poster)
-    if made:
-        store.put_file(poster, poster_name(row_id))
+        poster = os.path.join(tmp_dir, name)
+    try:
+        if probe:
+            info, made = probe_with_poster(video_path, poster)
+        else:
+            info, made = None, poster_frame(video_path, poster)
+        if made:
+            if store.is_local:
+                store.commit_local(poster, name, durable=False)
+            else:
+                store.put_file(poster, name)
+    finally:
+        if store.is_local and os.path.exists(poster):
+            os.remove(poster)  # not made, or the rename failed
     return info, made
 
 

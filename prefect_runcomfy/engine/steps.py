@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -299,9 +300,12 @@ def store_is_worth_retrying(error: BaseException) -> bool:
 
 
 def _keep_file(
-    store: OutputStore, local: str, name: str, row_id: str, tmp: str, with_poster: bool
+    store: OutputStore, local: str, name: str, row_id: str, tmp: str | None, with_poster: bool
 ) -> tuple[str, dict[str, Any] | None]:
-    """Probe a downloaded output, make the row's poster from it, upload both (one thread hop)."""
+    """Probe a downloaded output, make the row's poster from it, store both (one thread hop).
+
+    `local` is a `store.local_temp` file renamed into place when the store is a local folder
+    (`tmp` None), else a staging file uploaded from `tmp` and removed."""
     from prefect_runcomfy.engine.media import probe_video
     from prefect_runcomfy.engine.previews import store_poster
 
@@ -310,6 +314,8 @@ def _keep_file(
         video, _ = store_poster(store, local, row_id, tmp, probe=True)
     else:
         video = probe_video(local)
+    if tmp is None:
+        return store.commit_local(local, name), video
     uri = store.put_file(local, name)
     os.remove(local)  # keep at most one output on local disk at a time
     return uri, video
@@ -332,13 +338,19 @@ async def store_files(
     if not urls:
         raise DownloadError(f"Request {result.request_id} succeeded but listed no output URL.")
     files: list[StoredFile] = []
-    with staging_folder() as tmp:
+    # A local folder takes each download in place (a hidden file renamed when complete): no
+    # staging copy of every video. Other stores get it uploaded from a local staging folder.
+    with contextlib.nullcontext(None) if store.is_local else staging_folder() as tmp:
         for url, name in zip(urls, output_names(row_id, urls), strict=True):
-            local = os.path.join(tmp, name)
-            downloaded = await download_output(url, local, http=http, policy=policy)
-            uri, video = await asyncio.to_thread(
-                _keep_file, store, local, name, row_id, tmp, not files
-            )
+            local = store.local_temp(name) if tmp is None else os.path.join(tmp, name)
+            try:
+                downloaded = await download_output(url, local, http=http, policy=policy)
+                uri, video = await asyncio.to_thread(
+                    _keep_file, store, local, name, row_id, tmp, not files
+                )
+            finally:
+                if tmp is None and os.path.exists(local):  # noqa: ASYNC240 - one stat
+                    os.remove(local)  # a broken download: never left beside the videos
             files.append(
                 StoredFile(
                     uri=uri,

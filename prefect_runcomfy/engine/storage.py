@@ -21,6 +21,7 @@ store.uri("alice.mp4")  # 's3://my-bucket/talking-heads/alice.mp4'
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import json
@@ -152,6 +153,10 @@ STAGING_PREFIX = "prefect-runcomfy-"
 
 STALE_STAGING_AGE_S = 24 * 3600.0
 """A staging folder untouched for this long was left by a killed process and may be removed."""
+
+STALE_TEMP_AGE_S = 15 * 60.0
+"""A hidden temp file in a local output folder untouched for this long was left by a killed
+run: a download in progress writes to its file at least every read timeout (120 s)."""
 
 _sweep_lock = threading.Lock()
 _swept = False
@@ -527,23 +532,34 @@ class OutputStore:
             return {"chunksize": 8 * 2**20, "max_concurrency": 2}
         return {}
 
-    def write_bytes(self, name: str, data: bytes) -> str:
-        """Write `data` as `name`, atomically (see `put_file`) and durably; returns its URI."""
+    def write_bytes(self, name: str, data: bytes, *, durable: bool = True) -> str:
+        """Write `data` as `name`, atomically (see `put_file`); returns its URI.
+
+        On a local disk the file is also durable (synced to disk with its folder) unless
+        `durable=False`: then a process crash still leaves the old file or the new one, whole,
+        but a power loss may lose the write. Object stores are durable once the PUT returns.
+        """
         return self._write_atomically(
             name,
-            lambda dst: _write_synced(dst, data),
+            lambda dst: _write_synced(dst, data, sync=durable),
             lambda path: self.fs.pipe_file(path, data),
+            durable=durable,
         )
 
     def _write_atomically(
-        self, name: str, write_local: Callable[[str], None], write_remote: Callable[[str], None]
+        self,
+        name: str,
+        write_local: Callable[[str], None],
+        write_remote: Callable[[str], None],
+        *,
+        durable: bool = True,
     ) -> str:
         """The one place that decides how a file appears whole: a local temp file and a rename,
         one PUT on an object store, or a temp name and a move elsewhere."""
         path = self.path(name)
         with self._translate("write", name):
             if self.is_local:
-                self._local_replace(path, write_local)
+                self._local_replace(path, write_local, sync_folder=durable)
             elif self._atomic_put:
                 write_remote(path)
             else:
@@ -558,12 +574,13 @@ class OutputStore:
             self._fresh(path)
         return self.uri(name)
 
-    def write_json(self, name: str, obj: Any) -> str:
-        """Write `obj` as JSON (sorted keys, indent 2, unknown types via `str`); returns its URI."""
+    def write_json(self, name: str, obj: Any, *, durable: bool = True) -> str:
+        """Write `obj` as JSON (sorted keys, indent 2, unknown types via `str`); returns its URI.
+        `durable`: see `write_bytes`."""
         text = json.dumps(obj, sort_keys=True, indent=2, default=str, ensure_ascii=False)
-        return self.write_bytes(name, (text + "\n").encode("utf-8"))
+        return self.write_bytes(name, (text + "\n").encode("utf-8"), durable=durable)
 
-    def _local_replace(self, path: str, write: Any) -> None:
+    def _local_replace(self, path: str, write: Any, *, sync_folder: bool = True) -> None:
         folder = os.path.dirname(path)
         os.makedirs(folder, exist_ok=True)
         temp = self._temp_path(path)
@@ -574,7 +591,48 @@ class OutputStore:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
             raise
-        _fsync_dir(folder)
+        if sync_folder:
+            _fsync_dir(folder)
+
+    # -- writing in place (local folders) ------------------------------------------------
+
+    def local_temp(self, name: str) -> str:
+        """A fresh hidden path beside `name` in a local output folder (the folder is created):
+        write a file there, then `commit_local` it as `name`. Saves a copy of every video
+        through a staging folder. Local folders only; hidden files are never listed.
+
+        Example:
+            ```python
+            temp = store.local_temp("alice.mp4")
+            await download_output(url, temp)
+            store.commit_local(temp, "alice.mp4")
+            ```
+        """
+        if not self.is_local:
+            raise StorageError(f"{self.uri('')} is not a local folder: stage files elsewhere")
+        path = self.path(name)
+        with self._translate("write", name):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        return self._temp_path(path)
+
+    def commit_local(self, temp: str, name: str, *, durable: bool = True) -> str:
+        """Rename a finished `local_temp` file over `name`, atomically; returns its URI.
+        `durable` (default): the file and the rename are synced to disk first (see
+        `write_bytes`). The temp file is removed if the rename fails."""
+        path = self.path(name)
+        with self._translate("write", name):
+            try:
+                if durable:
+                    _fsync_file(temp)
+                os.replace(temp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+                raise
+            if durable:
+                _fsync_dir(os.path.dirname(path))
+            self._fresh(path)
+        return self.uri(name)
 
     def delete(self, name: str) -> None:
         """Delete `name`; deleting a file that does not exist is not an error."""
@@ -583,6 +641,31 @@ class OutputStore:
             with contextlib.suppress(FileNotFoundError):
                 self.fs.rm_file(path)
             self._fresh(path)
+
+    def remove_stale_temp_files(self, max_age_s: float = STALE_TEMP_AGE_S) -> builtins.list[str]:
+        """Remove hidden temp files (`.tmp-*`) that a killed run left in a local output
+        folder (a download in progress is one) and that nothing wrote to for `max_age_s`;
+        return their names. Nothing to do for object stores (a PUT is never half-written)."""
+        if not self.is_local or not os.path.isdir(self.root):
+            return []
+        cutoff = time.time() - max_age_s
+        removed: list[str] = []
+        for parent, _dirs, files in os.walk(self.root):
+            for name in files:
+                path = os.path.join(parent, name)
+                if not name.startswith(TEMP_PREFIX):
+                    continue
+                with contextlib.suppress(OSError):
+                    if os.stat(path).st_mtime < cutoff:
+                        os.remove(path)
+                        removed.append(os.path.relpath(path, self.root))
+        if removed:
+            logger.info(
+                "Removed %d unfinished temp file(s) left in %s by killed runs",
+                len(removed),
+                self.uri(""),
+            )
+        return removed
 
     def check_writable(self) -> None:
         """Write, read back and delete a small hidden probe file; `StorageError` if any step fails.
@@ -640,11 +723,17 @@ def _copy_synced(src: str, dst: str) -> None:
         os.fsync(fout.fileno())
 
 
-def _write_synced(dst: str, data: bytes) -> None:
+def _write_synced(dst: str, data: bytes, *, sync: bool = True) -> None:
     with open(dst, "wb") as fout:
         fout.write(data)
-        fout.flush()
-        os.fsync(fout.fileno())
+        if sync:
+            fout.flush()
+            os.fsync(fout.fileno())
+
+
+def _fsync_file(path: str) -> None:
+    with open(path, "rb+") as handle:  # Windows syncs only handles open for writing
+        os.fsync(handle.fileno())
 
 
 def _fsync_dir(folder: str) -> None:
@@ -664,6 +753,7 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "STAGING_PREFIX",
     "STALE_STAGING_AGE_S",
+    "STALE_TEMP_AGE_S",
     "TEMP_PREFIX",
     "OutputStore",
     "id_problem",
