@@ -161,6 +161,13 @@ def main() -> None:
         "--floor", action="store_true", help="run the bare floor flow instead (see above)"
     )
     parser.add_argument("--tags", action="store_true", help="the floor's task runs tagged")
+    parser.add_argument(
+        "--call",
+        choices=("sync", "async"),
+        default="sync",
+        help="call the flow from plain code (sync, the default) or await it in a coroutine, "
+        "as the floor flow is",
+    )
     args = parser.parse_args()
 
     from prefect.testing.utilities import prefect_test_harness
@@ -173,6 +180,7 @@ def main() -> None:
         "rows": args.rows,
         "max_concurrency": args.concurrency,
         "prefect_api": "prefect_test_harness (local Prefect server, SQLite, temp PREFECT_HOME)",
+        "call": "async (asyncio.run)" if args.floor else args.call,
         "flow": ("floor (one task run + 3 HTTP calls per row" + (", tagged)" if args.tags else ")"))
         if args.floor
         else "generate_talking_videos",
@@ -199,14 +207,19 @@ def main() -> None:
                 floor_flow(str(table), creds, max_concurrency=args.concurrency, tagged=args.tags)
             )
         else:
-            manifest = generate_talking_videos(
-                str(table),
-                out,
-                creds,
-                max_concurrency=args.concurrency,
-                poll_initial_s=0.05,
-                poll_max_s=1.0,
-            )
+            kwargs: dict[str, Any] = {
+                "max_concurrency": args.concurrency,
+                "poll_initial_s": 0.05,
+                "poll_max_s": 1.0,
+            }
+            if args.call == "async":
+
+                async def from_async_code() -> Any:
+                    return await generate_talking_videos(str(table), out, creds, **kwargs)
+
+                manifest = asyncio.run(from_async_code())
+            else:
+                manifest = generate_talking_videos(str(table), out, creds, **kwargs)
         wall = time.monotonic() - started
         cpu_after = resource.getrusage(resource.RUSAGE_SELF)
         cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (
