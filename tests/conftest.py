@@ -2,8 +2,14 @@
 
 Nothing here reaches beyond 127.0.0.1.
 
-The whole-run secret scan is here too (`pytest_sessionfinish` below): at the very end, every
-file the run wrote under pytest's temporary folder is read.
+The suite runs on several processes (pytest-xdist, see pyproject.toml); everything here is
+per process: each worker has its own PREFECT_HOME, its own Prefect test harness, its own
+sandboxes on free ports and its own pytest temporary folder (`<basetemp>/popen-gwN`). Tests go
+to whichever worker is free, one at a time, except tests/reliability/: one worker runs all of
+it, in file order (`pytest_xdist_make_scheduler` below).
+
+The whole-run secret scan is here too (`pytest_sessionfinish` below): once every worker is
+done, the main process reads every file the run wrote under pytest's temporary folder.
 """
 
 from __future__ import annotations
@@ -14,6 +20,11 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from xdist.remote import Producer
+    from xdist.scheduler import LoadGroupScheduling
 
 # Before Prefect is imported anywhere: no telemetry, a private home, no outbound calls.
 _HOME = tempfile.mkdtemp(prefix="prefect-runcomfy-tests-")
@@ -32,6 +43,28 @@ from prefect_runcomfy.sandbox import Sandbox, SandboxConfig, run_sandbox  # noqa
 
 # moto's S3 server on loopback: fixtures `s3_server`, `s3_bucket` (see tests/s3_fixtures.py).
 pytest_plugins = ["s3_fixtures"]
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's, absent with `-p no:xdist`
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> LoadGroupScheduling | None:
+    """`--dist loadgroup`, with tests/reliability/ as one group.
+
+    The reliability tests share a harness database and the log records kept since the first
+    of them, and the secret scan (last in file order) reads both, so they must run on one
+    worker, in order. pytest-xdist's own `xdist_group` marks cannot say so here: with pytest
+    9.2 it no longer groups by them (pytest-xdist issue #1386), silently.
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class ReliabilityTogether(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith("tests/reliability/"):
+                return "tests/reliability/"
+            return str(super()._split_scope(nodeid))
+
+    return ReliabilityTogether(config, log)
 
 
 HARNESS_DB_COPY = "prefect-test-harness-db"

@@ -1,4 +1,9 @@
-"""The reliability suite's shared fixture: every log record of the session, for the secret scan."""
+"""The reliability suite's shared fixture: every log record of the session, for the secret scan.
+
+The suite's tests run together, in file order, on one process (tests/conftest.py sends them to
+one xdist worker as one unit): the secret scan comes last and reads that process's harness
+database and log records after the others.
+"""
 
 from __future__ import annotations
 

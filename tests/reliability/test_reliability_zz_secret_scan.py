@@ -1,6 +1,7 @@
 """Secret scan, after the other reliability tests: the token is in no file, artifact or log line.
 
-Runs last in tests/reliability (file name order). It looks at every file under this process's
+Runs last in tests/reliability (file name order; the reliability tests run together on one
+process, see tests/reliability/conftest.py). It looks at every file under this process's
 pytest temporary folder (every output, ledger, sidecar, manifest and runner log written so
 far), the Prefect test harness's SQLite database (flow run parameters, task runs, logs,
 artifacts), the artifacts read back through the Prefect API, and every log record kept since
