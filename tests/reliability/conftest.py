@@ -1,4 +1,9 @@
-"""The reliability suite's shared fixture: every log record of the session, for the secret scan."""
+"""The reliability suite's shared fixture: every log record of the session, for the secret scan.
+
+The suite's tests run together, in file order, on one process (tests/conftest.py sends them to
+one xdist worker as one unit): the secret scan comes last and reads that process's harness
+database and log records after the others.
+"""
 
 from __future__ import annotations
 
@@ -24,8 +29,12 @@ class _Keep(logging.Handler):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def all_log_lines() -> Iterator[list[str]]:
-    """Every log line (any logger, any level) emitted while the reliability tests run."""
+def all_log_lines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """Every log line (any logger, any level) emitted from the first reliability test on.
+
+    At the end of the session they are written under pytest's temporary folder, where the
+    whole-run secret scan (tests/conftest.py) reads them with every other file.
+    """
     keep = _Keep()
     loggers = [
         logging.getLogger(),
@@ -41,3 +50,5 @@ def all_log_lines() -> Iterator[list[str]]:
         for lg, level in saved:
             lg.removeHandler(keep)
             lg.setLevel(level)
+        dump = tmp_path_factory.getbasetemp() / "reliability-log-lines.txt"
+        dump.write_text("\n".join(keep.lines), encoding="utf-8", errors="backslashreplace")

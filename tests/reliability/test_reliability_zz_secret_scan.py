@@ -1,10 +1,16 @@
-"""Secret scan, after the rest of the suite: the token is in no file, artifact or log line.
+"""Secret scan, after the other reliability tests: the token is in no file, artifact or log line.
 
-Runs last in tests/reliability (file name order). It looks at every file under pytest's
-temporary folder (every output, ledger, sidecar, manifest and runner log of the suite), the
-Prefect test harness's SQLite database (flow run parameters, task runs, logs, artifacts), the
-artifacts read back through the Prefect API, and every log record of the session. It also runs
-one more flow with a wrong token and a failing row, so error paths are covered too.
+Runs last in tests/reliability (file name order; the reliability tests run together on one
+process, see tests/reliability/conftest.py). It looks at every file under this process's
+pytest temporary folder (every output, ledger, sidecar, manifest and runner log written so
+far), the Prefect test harness's SQLite database (flow run parameters, task runs, logs,
+artifacts), the artifacts read back through the Prefect API, and every log record kept since
+the first reliability test. It also runs one more flow with a wrong token and a failing row,
+so error paths are covered too.
+
+What the rest of the run writes afterwards, on this process or another, is scanned by the
+whole-run secret scan in tests/conftest.py, when every process has finished: every file under
+pytest's temporary folder, each process's harness database and these log records included.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ async def test_the_token_is_nowhere(
 
     secrets = [TOKEN.encode(), wrong.encode()]
     files = [p for p in tmp_path_factory.getbasetemp().rglob("*") if p.is_file()]
-    assert len(files) > 50, "the suite's outputs are where they are expected"
+    assert len(files) > 50, "the reliability suite's outputs are where they are expected"
     for path in files:
         data = path.read_bytes()
         for secret in secrets:
