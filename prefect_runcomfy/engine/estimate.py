@@ -13,7 +13,12 @@ read that job:
   times evenly spread over the window of expected finishes ("tightens near it"), then, when
   it runs long, at a growing interval;
 - a job seen queued is read about when the run's pace says it will start (once the run has
-  seen jobs finish); its window then counts from its start.
+  seen jobs finish); its window then counts from its start;
+- once the run has seen a job wait in RunComfy's queue for a good part of a job (its
+  `max_concurrency` is above the account's workers), each new job is read at its submit
+  (`/status`, for its queue position): a job found running is timed from then, a job found
+  queued with `p` jobs ahead starts when `p + 1` of the run's jobs have ended (each end wakes
+  it to plan again), so it is timed from its start without reads while it queues.
 
 When a kind's window changes (above all its first finish), the run's sleeping waits of that
 kind are woken so they plan again at once: the rest of the first wave does not sleep out a
