@@ -1,10 +1,15 @@
-"""A batch on a fake clock: K slots, jobs of drawn length, the wait loop's planning rules.
+"""A batch on a fake clock: K client slots, W RunComfy workers, jobs of drawn length, the
+wait loop's planning rules.
 
 No asyncio and no HTTP: every read is an event on a heap, so a batch of minutes runs in
-milliseconds and the same seed gives the same figures. It follows `wait_until_finished`'s
-rules: the first read when the job's watch says (at once without history), the policy's
-doubling interval when the watch has no plan, a re-plan of every sleeping job of a kind when
-that kind's window moves.
+milliseconds and the same seed gives the same figures. RunComfy is modelled as the sandbox
+runs it: a free worker takes the first submitted job whose queue delay has passed, and
+`/status` reports a queued job's place (the queued jobs ahead of it). With `workers` =
+`slots` (the default) the account's limit binds; with more slots than workers RunComfy's
+queue absorbs. It follows `wait_until_finished`'s rules: the first read when the job's
+watch says (at once without history), the policy's doubling interval when the watch has no
+plan, a re-plan of every sleeping job when the run's estimator wakes it (`RunEstimator.sleep`
+is mirrored by re-planning the jobs the estimator would wake).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass, field
 
 from prefect_runcomfy.api.models import RequestResult, RequestStatus
 from prefect_runcomfy.engine.estimate import JobWatch, RunEstimator
-from prefect_runcomfy.engine.waiting import PollPolicy
+from prefect_runcomfy.engine.waiting import PollPolicy, reads_status
 
 
 @dataclass
@@ -26,14 +31,16 @@ class SimJob:
     queue_s: float
     run_s: float
     submitted: float = 0.0
-    started: float = 0.0
-    finished: float = 0.0
+    started: float | None = None
+    finished: float | None = None
     detected: float = 0.0
     reads: int = 0
     polls: int = 0
     watch: JobWatch | None = None
     fallback_at: float = 0.0
     version: int = 0
+    seen: RequestStatus = RequestStatus.UNKNOWN
+    until_end: bool = False
 
 
 @dataclass
@@ -53,38 +60,135 @@ class SimResult:
     @property
     def mean_lag_fraction(self) -> float:
         """Mean (detected - finished) / run time."""
-        return sum((j.detected - j.finished) / j.run_s for j in self.jobs) / len(self.jobs)
+        return sum((j.detected - (j.finished or 0.0)) / j.run_s for j in self.jobs) / len(self.jobs)
 
     @property
     def over_ideal(self) -> float:
-        """Makespan over the ideal (zero lag, same slots)."""
+        """Makespan over the ideal (zero lag, same slots and workers)."""
         return self.makespan / self.ideal
 
 
 def draw_jobs(
-    n: int, run_s: float, spread: float = 0.15, queue_s: float = 0.0, seed: int = 7
+    n: int,
+    run_s: float,
+    spread: float = 0.15,
+    queue_s: float = 0.0,
+    seed: int = 7,
+    kinds: dict[str, float] | None = None,
 ) -> list[SimJob]:
-    """`n` jobs of one kind, run time uniform in run_s * (1 +- spread), queue in [0, queue_s]."""
+    """`n` jobs, run time uniform in run_s * (1 +- spread), queue delay in [0, queue_s].
+    With `kinds` (name: factor of `run_s`), the jobs cycle through them, shuffled."""
     rng = random.Random(seed)
+    names = list(kinds or {"k": 1.0})
+    chosen = [names[i % len(names)] for i in range(n)]
+    if kinds:
+        rng.shuffle(chosen)
+    factors = kinds or {"k": 1.0}
     return [
         SimJob(
-            kind="k",
+            kind=name,
             queue_s=rng.uniform(0.0, queue_s),
-            run_s=rng.uniform(run_s * (1 - spread), run_s * (1 + spread)),
+            run_s=factors[name] * rng.uniform(run_s * (1 - spread), run_s * (1 + spread)),
         )
-        for _ in range(n)
+        for name in chosen
     ]
 
 
-def ideal(jobs: list[SimJob], slots: int, overhead_s: float = 0.0) -> float:
-    """The makespan of a client that notices every finish at once (same slots, same order)."""
-    free = [0.0] * slots
+class RunComfy:
+    """The account's workers and queue, advanced event by event up to a read's moment."""
+
+    def __init__(self, jobs: list[SimJob], workers: int) -> None:
+        self.jobs = jobs
+        self.workers = workers
+        self.now = 0.0
+        self.waiting: list[int] = []  # submission order
+        self.running: list[tuple[float, int]] = []  # (finish, job index)
+
+    def submit(self, index: int, now: float) -> None:
+        self.advance(now)
+        self.waiting.append(index)
+        self._start(now)
+
+    def _start(self, now: float) -> None:
+        for index in list(self.waiting):
+            if len(self.running) >= self.workers:
+                return
+            job = self.jobs[index]
+            if job.submitted + job.queue_s <= now + 1e-12:
+                self.waiting.remove(index)
+                job.started = now
+                job.finished = now + job.run_s
+                heapq.heappush(self.running, (job.finished, index))
+
+    def advance(self, until: float) -> None:
+        """Run the workers up to `until`."""
+        while True:
+            self._start(self.now)
+            moments = [self.running[0][0]] if self.running else []
+            if len(self.running) < self.workers:
+                moments += [
+                    self.jobs[i].submitted + self.jobs[i].queue_s
+                    for i in self.waiting
+                    if self.jobs[i].submitted + self.jobs[i].queue_s > self.now
+                ]
+            if not moments or min(moments) > until:
+                self.now = max(self.now, until)
+                self._start(self.now)
+                return
+            self.now = min(moments)
+            while self.running and self.running[0][0] <= self.now + 1e-12:
+                heapq.heappop(self.running)
+
+    def position(self, index: int) -> int:
+        """Queued jobs ahead of this one (0 = next)."""
+        return self.waiting.index(index)
+
+
+def ideal(
+    jobs: list[SimJob], slots: int, overhead_s: float = 0.0, workers: int | None = None
+) -> float:
+    """The makespan of a client that notices every finish at once (same slots, workers and
+    order; each job's queue delay and run time as drawn)."""
+    workers = workers or slots
+    copies = [SimJob(kind=j.kind, queue_s=j.queue_s, run_s=j.run_s) for j in jobs]
+    runcomfy = RunComfy(copies, workers)
+    pending = list(range(len(copies)))
+    pending.reverse()
+    frees: list[float] = []
+    in_flight: list[tuple[float, int]] = []
     end = 0.0
-    for job in jobs:
-        start = heapq.heappop(free)
-        finish = start + job.queue_s + job.run_s + overhead_s
-        end = max(end, finish)
-        heapq.heappush(free, finish)
+    now = 0.0
+    for _ in range(min(slots, len(copies))):
+        index = pending.pop()
+        copies[index].submitted = 0.0
+        runcomfy.submit(index, 0.0)
+        in_flight.append((0.0, index))
+    del frees
+    unfinished = set(i for _, i in in_flight)
+    while unfinished:
+        # the next finish of a job in flight: advance until one is known and due
+        candidates = [copies[i].finished for i in unfinished if copies[i].finished is not None]
+        step_to = min(candidates) if candidates else None
+        if step_to is None:
+            # nothing started yet: advance to the next eligibility
+            now = min(copies[i].submitted + copies[i].queue_s for i in unfinished)
+            runcomfy.advance(now)
+            continue
+        runcomfy.advance(step_to)
+        now = step_to
+        done = [
+            i
+            for i in unfinished
+            if copies[i].finished is not None and copies[i].finished <= now + 1e-12
+        ]
+        for index in done:
+            unfinished.discard(index)
+            end = max(end, now)
+            if pending:
+                nxt = pending.pop()
+                copies[nxt].submitted = now + overhead_s
+                runcomfy.submit(nxt, now + overhead_s)
+                unfinished.add(nxt)
     return end
 
 
@@ -92,19 +196,23 @@ def simulate(
     jobs: list[SimJob],
     slots: int,
     *,
+    workers: int | None = None,
     strategy: str = "learned",
     policy: PollPolicy | None = None,
     overhead_s: float = 0.0,
     reads_in_window: int = 8,
 ) -> SimResult:
-    """Run `jobs` (in order) on `slots` places; a place takes its next job `overhead_s` after
-    it noticed its previous job finished (its download and the next submit)."""
+    """Run `jobs` (in order) on `slots` client places and `workers` RunComfy workers (as
+    many as places unless told); a place takes its next job `overhead_s` after it noticed
+    its previous job finished (its download and the next submit)."""
     policy = policy or PollPolicy(jitter=0.0, strategy=strategy)  # type: ignore[arg-type]
     estimator = RunEstimator(reads_in_window=reads_in_window)
+    runcomfy = RunComfy(jobs, workers or slots)
     events: list[tuple[float, int, int, int]] = []  # (time, seq, job index, version)
     seq = 0
     pending = list(range(len(jobs)))
     pending.reverse()
+    waiting: set[int] = set()
 
     def schedule(index: int, now: float) -> None:
         nonlocal seq
@@ -112,6 +220,7 @@ def simulate(
         job.version += 1
         planned = job.watch.next_read(now) if job.watch is not None else None
         at = job.fallback_at if planned is None else planned
+        job.until_end = job.watch is not None and job.watch.waits_for_end
         seq += 1
         heapq.heappush(events, (max(at, now), seq, index, job.version))
 
@@ -121,8 +230,7 @@ def simulate(
         index = pending.pop()
         job = jobs[index]
         job.submitted = now
-        job.started = now + job.queue_s
-        job.finished = job.started + job.run_s
+        runcomfy.submit(index, now)
         if strategy == "learned":
             job.watch = estimator.watch(
                 job.kind,
@@ -131,6 +239,7 @@ def simulate(
                 max_pause_s=policy.max_s,
             )
         job.fallback_at = now
+        waiting.add(index)
         schedule(index, now)
 
     for _ in range(slots):
@@ -138,13 +247,22 @@ def simulate(
     makespan = 0.0
     while events:
         now, _, index, version = heapq.heappop(events)
+        if index < 0:
+            submit(now)
+            continue
         job = jobs[index]
         if version != job.version:
             continue  # re-planned since
+        runcomfy.advance(now)
         job.reads += 1
         job.polls += 1
-        if now >= job.finished:
+        # the wait loop reads /status while the job may be queued (for its position), and
+        # reads /result after it when /status says finished (or, without a watch, running)
+        by_status = reads_status(job.watch, job.seen, job.polls)
+        if job.finished is not None and now >= job.finished:
+            job.reads += by_status
             job.detected = now
+            waiting.discard(index)
             makespan = max(makespan, now)
             if job.watch is not None:
                 result = RequestResult.model_validate(
@@ -157,22 +275,25 @@ def simulate(
                 )
                 job.watch.finished(result, now)
                 job.watch.close()
-                # the wait loop's sleepers of this kind plan again when woken
-                for other_index, other in enumerate(jobs):
-                    if (
-                        other is not job
-                        and other.watch is not None
-                        and other.detected == 0.0
-                        and other.kind == job.kind
-                        and other_index not in pending
-                    ):
-                        schedule(other_index, now)
-            submit(now + overhead_s)
+                # the waits of its kind plan again (the wait loop's are woken when the
+                # kind's window moved), and so do the queued jobs waiting for an end
+                for other in sorted(waiting):
+                    if jobs[other].until_end or jobs[other].kind == job.kind:
+                        schedule(other, now)
+            seq += 1
+            heapq.heappush(events, (now + overhead_s, seq, -1, 0))  # the next submit
             continue
-        status = RequestStatus.IN_QUEUE if now < job.started else RequestStatus.IN_PROGRESS
+        queued = job.started is None or now < job.started
+        status = RequestStatus.IN_QUEUE if queued else RequestStatus.IN_PROGRESS
+        position = runcomfy.position(index) if queued and by_status else None
+        if not queued and by_status and job.watch is None:
+            job.reads += 1
+        job.seen = status
         if job.watch is not None:
-            job.watch.saw(status, now)
+            job.watch.saw(status, now, position)
         pause = policy.interval(job.polls - 1)
         job.fallback_at = now + (job.watch.fallback(pause) if job.watch else pause)
         schedule(index, now)
-    return SimResult(jobs=jobs, makespan=makespan, ideal=ideal(jobs, slots, overhead_s))
+    return SimResult(
+        jobs=jobs, makespan=makespan, ideal=ideal(jobs, slots, overhead_s, workers or slots)
+    )

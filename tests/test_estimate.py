@@ -24,7 +24,7 @@ from prefect_runcomfy.engine.estimate import (
     server_seconds,
     window_of,
 )
-from prefect_runcomfy.engine.waiting import PollPolicy, wait_until_finished
+from prefect_runcomfy.engine.waiting import PollPolicy, reads_status, wait_until_finished
 
 POLICY = PollPolicy(jitter=0.0)
 
@@ -136,12 +136,78 @@ def test_a_job_seen_queued_is_read_at_the_runs_pace_then_timed_from_its_start() 
     estimator = taught(100.0)
     for moment in (10.0, 20.0, 30.0):  # a job finishing every 10 s
         estimator.learn("other", total_s=None, run_s=None, finished=moment)
-    job = watch(estimator, submitted=0.0)
+    job = watch(estimator, submitted=80.0)  # queued 12.5 s: the run does not queue much
     job.saw(RequestStatus.IN_QUEUE, 92.5, position=2)
     assert job.next_read(92.5) == pytest.approx(92.5 + 20.0)  # two ahead, one every 10 s
     job.saw(RequestStatus.IN_PROGRESS, 112.5)
     assert job.started == pytest.approx(102.5)
     assert job.next_read(112.5) == pytest.approx(102.5 + 92.5)  # the window from its start
+
+
+def test_a_short_queue_leaves_the_first_read_where_the_window_says() -> None:
+    """The binding regime: jobs wait a few seconds for a worker; no read at once."""
+    estimator = taught(100.0)
+    watch(estimator, submitted=0.0).saw(RequestStatus.IN_QUEUE, 20.0, position=0)
+    assert not estimator.queueing("k")
+    job = watch(estimator, submitted=100.0)
+    assert not job.wants_position
+    assert job.next_read(100.0) == pytest.approx(192.5)
+
+
+def test_once_the_run_sees_jobs_queue_long_a_new_job_is_read_at_once_on_status() -> None:
+    """RunComfy's queue absorbs: a job waited 30 % of a job's run; the next job is read at
+    its submit, from /status (for its place in the queue)."""
+    estimator = taught(100.0)
+    watch(estimator, submitted=0.0).saw(RequestStatus.IN_QUEUE, 30.0, position=2)
+    assert estimator.queueing("k")
+    job = watch(estimator, submitted=100.0)
+    assert job.wants_position and job.next_read(100.0) == 100.0
+    assert reads_status(job, RequestStatus.UNKNOWN, polls=1)
+    assert not reads_status(watch(taught(100.0)), RequestStatus.UNKNOWN, polls=1)
+
+
+def test_a_job_found_running_at_its_submit_is_timed_from_its_start() -> None:
+    estimator = taught(200.0)  # from submit, queued or not: 180..220 s
+    estimator.learn("k", total_s=None, run_s=100.0)  # from start: 90..110 s
+    watch(estimator, submitted=0.0).saw(RequestStatus.IN_QUEUE, 60.0, position=1)
+    job = watch(estimator, submitted=1000.0)
+    job.saw(RequestStatus.IN_PROGRESS, 1000.2)
+    assert job.started == pytest.approx(1000.1)
+    assert job.next_read(1000.2) == pytest.approx(1000.1 + 92.5)
+
+
+def test_a_queued_job_starts_when_the_runs_ends_reach_its_place() -> None:
+    """Seen queued with one job ahead: it starts at the second end of a job of the run
+    after that read; its window counts from there, and /result is read from then on."""
+    estimator = taught(200.0)
+    estimator.learn("k", total_s=None, run_s=100.0)  # from start: 90..110 s
+    watch(estimator, submitted=0.0).saw(RequestStatus.IN_QUEUE, 60.0, position=1)
+    job = watch(estimator, submitted=1000.0)
+    job.saw(RequestStatus.IN_QUEUE, 1000.1, position=1)
+    assert job.waits_for_end and job.start_by_queue() is None
+    assert reads_status(job, RequestStatus.IN_QUEUE, polls=2)
+    estimator.ended(990.0)  # before the read: does not count
+    estimator.learn("other", total_s=None, run_s=None, finished=1030.0)  # its place: 0
+    assert job.start_by_queue() is None
+    estimator.ended(1055.0)  # failed or cancelled: a place came free all the same
+    assert job.start_by_queue() == 1055.0 and not job.waits_for_end
+    assert job.next_read(1060.0) == pytest.approx(1055.0 + 92.5)
+    assert not reads_status(job, RequestStatus.IN_QUEUE, polls=2)
+    job.saw(RequestStatus.IN_PROGRESS, 1147.5)
+    job.finished(result(created=0.0, finished=250.0), now=1252.0)  # ended at 1250
+    assert estimator.window("k", from_start=True) == window_of([100.0, 195.0])
+
+
+async def test_a_queued_job_waiting_for_its_start_is_woken_by_any_end() -> None:
+    estimator = taught(0.2)
+    estimator.learn("k", total_s=None, run_s=0.1)
+    watch(estimator, submitted=0.0).saw(RequestStatus.IN_QUEUE, 0.06, position=0)
+    job = watch(estimator, submitted=10.0)
+    job.saw(RequestStatus.IN_QUEUE, 10.0, position=0)
+    sleeping = asyncio.create_task(job.sleep_until(time.monotonic() + 30.0))
+    await asyncio.sleep(0.01)
+    estimator.ended(10.5)  # a job of another kind ended
+    assert await asyncio.wait_for(sleeping, 1.0) is True
 
 
 def test_a_queued_job_without_a_pace_waits_as_before() -> None:
@@ -203,6 +269,29 @@ def test_when_the_cap_binds_a_learned_batch_meets_its_targets(minutes: int) -> N
     doubling = simulate(draw_jobs(32, 60.0 * minutes, seed=3), 4, strategy="doubling")
     assert doubling.mean_lag_fraction > learned.mean_lag_fraction
     assert doubling.reads_per_job > learned.reads_per_job
+
+
+MIXED = {"480x480/125": 0.5, "480x480/250": 1.0, "720x720/125": 1.125, "720x720/250": 2.25}
+
+
+@pytest.mark.parametrize("minutes", [1, 2, 5, "mixed"])
+def test_when_runcomfys_queue_absorbs_a_learned_batch_lags_less_than_doubling(
+    minutes: int | str,
+) -> None:
+    """32 jobs, 8 client places, 4 workers: jobs wait in RunComfy's queue about a job's
+    length. Makespan <= 1.03 x ideal, no more reads than the doubling policy, and a mean
+    lag under half of doubling's and <= 5 % of a job."""
+
+    def jobs() -> list[Any]:
+        if minutes == "mixed":
+            return draw_jobs(32, 120.0, queue_s=5.0, seed=3, kinds=MIXED)
+        return draw_jobs(32, 60.0 * float(minutes), queue_s=5.0, seed=3)
+
+    learned = simulate(jobs(), 8, workers=4, overhead_s=1.0)
+    doubling = simulate(jobs(), 8, workers=4, strategy="doubling", overhead_s=1.0)
+    assert learned.over_ideal <= 1.03
+    assert learned.reads_per_job <= doubling.reads_per_job
+    assert learned.mean_lag_fraction <= min(0.5 * doubling.mean_lag_fraction, 0.05)
 
 
 def test_a_lone_job_is_waited_for_as_before() -> None:

@@ -13,7 +13,12 @@ read that job:
   times evenly spread over the window of expected finishes ("tightens near it"), then, when
   it runs long, at a growing interval;
 - a job seen queued is read about when the run's pace says it will start (once the run has
-  seen jobs finish); its window then counts from its start.
+  seen jobs finish); its window then counts from its start;
+- once the run has seen a job wait in RunComfy's queue for a good part of a job (its
+  `max_concurrency` is above the account's workers), each new job is read at its submit
+  (`/status`, for its queue position): a job found running is timed from then, a job found
+  queued with `p` jobs ahead starts when `p + 1` of the run's jobs have ended (each end wakes
+  it to plan again), so it is timed from its start without reads while it queues.
 
 When a kind's window changes (above all its first finish), the run's sleeping waits of that
 kind are woken so they plan again at once: the rest of the first wave does not sleep out a
@@ -27,6 +32,7 @@ has them, and from the reads otherwise.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import math
 import time
@@ -50,6 +56,13 @@ READS_IN_WINDOW = 8
 half-way, so this costs about half as many reads, for a mean lag of window / 16."""
 LATE_GROWTH = 1.5
 """How much the interval grows for a job that runs past its window."""
+ENDS_KEPT = 1024
+"""Recent ends (a job leaving RunComfy's worker or queue) kept to tell when queued jobs start."""
+QUEUE_MATTERS = 0.25
+"""The run reads each new job at once (queued or running?) once it has seen a job wait in
+RunComfy's queue longer than this fraction of its kind's expected run time."""
+CLOSE_START = 0.25
+"""A start bracketed by reads to within this fraction of the run counts as seen."""
 
 
 def job_kind(payload: Mapping[str, Any] | None, model_id: str = "") -> JobKind:
@@ -145,6 +158,11 @@ class RunEstimator:
         self.reads_in_window = max(1, reads_in_window)
         self._kinds: dict[JobKind, _Kind] = {}
         self._finishes: deque[float] = deque(maxlen=PACE_FINISHES)
+        self._ends: list[float] = []
+        """When the run's jobs left RunComfy (finished, failed, cancelled), in order."""
+        self._end_sleepers: set[asyncio.Future[bool]] = set()
+        self._queue_wait = 0.0
+        """The longest a job of this run was seen waiting in RunComfy's queue."""
 
     def watch(
         self, kind: JobKind, *, submitted: float | None, min_pause_s: float, max_pause_s: float
@@ -191,12 +209,13 @@ class RunEstimator:
         total_s: float | None,
         run_s: float | None,
         finished: float | None = None,
-    ) -> None:
+    ) -> bool:
         """Record a succeeded job's duration from submit (`total_s`) and from start (`run_s`,
         when its start was seen closely), and when it finished (for the run's pace).
-        Sleeping waits of the kind are woken when its window moved."""
+        Sleeping waits of the kind are woken when its window moved (the answer: True then)."""
         if finished is not None:
             self._finishes.append(finished)
+            self.ended(finished)
         known = self._kind(kind)
         before = (known.total_window, known.run_window)
         if total_s is not None and total_s >= 0:
@@ -205,8 +224,42 @@ class RunEstimator:
         if run_s is not None and run_s >= 0:
             known.runs.append(run_s)
             known.run_window = window_of(known.runs)
-        if _moved(before[0], known.total_window) or _moved(before[1], known.run_window):
+        moved = _moved(before[0], known.total_window) or _moved(before[1], known.run_window)
+        if moved:
             self._wake(known)
+        return moved
+
+    def ended(self, moment: float) -> None:
+        """A job of the run left RunComfy at `moment` (a worker or a place in its queue came
+        free): the queued jobs waiting for it to start are woken."""
+        bisect.insort(self._ends, moment)
+        if len(self._ends) > ENDS_KEPT:
+            del self._ends[: len(self._ends) - ENDS_KEPT]
+        sleepers, self._end_sleepers = self._end_sleepers, set()
+        for future in sleepers:
+            if not future.done():
+                future.set_result(True)
+
+    def end_after(self, moment: float, count: int) -> float | None:
+        """The `count`-th end of the run's jobs after `moment`, or None while fewer are known."""
+        index = bisect.bisect_right(self._ends, moment) + count - 1
+        return self._ends[index] if count >= 1 and index < len(self._ends) else None
+
+    def saw_queued(self, waited_s: float) -> None:
+        """A job was seen still queued `waited_s` after its submit."""
+        self._queue_wait = max(self._queue_wait, waited_s)
+
+    def queueing(self, kind: JobKind) -> bool:
+        """True once the run has seen a job wait in RunComfy's queue for a good part of a
+        job of `kind` (of any kind while `kind` has no history): then a new job is read at
+        once, to tell whether it queues and to time it from its start."""
+        own = self.window(kind, from_start=True)
+        lows = (
+            [own.low]
+            if own is not None
+            else [w.low for k in self._kinds if (w := self.window(k, from_start=True))]
+        )
+        return bool(lows) and self._queue_wait > QUEUE_MATTERS * min(lows)
 
     def pace(self) -> float | None:
         """Jobs this run saw finish per second, over its recent finishes (None before two)."""
@@ -222,20 +275,24 @@ class RunEstimator:
             if not future.done():
                 future.set_result(True)
 
-    async def sleep(self, kind: JobKind, seconds: float) -> bool:
-        """Sleep `seconds`, or less when `kind`'s window moves; True when woken early."""
+    async def sleep(self, kind: JobKind, seconds: float, *, until_end: bool = False) -> bool:
+        """Sleep `seconds`, or less when `kind`'s window moves (or, `until_end`, when any
+        job of the run ends); True when woken early."""
         if seconds <= 0:
             return False
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
         known = self._kind(kind)
         known.sleepers.add(future)
+        if until_end:
+            self._end_sleepers.add(future)
         timer = loop.call_later(seconds, _settle, future)
         try:
             return await future
         finally:
             timer.cancel()
             known.sleepers.discard(future)
+            self._end_sleepers.discard(future)
 
 
 def _settle(future: asyncio.Future[bool]) -> None:
@@ -279,10 +336,11 @@ class JobWatch:
         self.last_read: float | None = None
         self.status = RequestStatus.UNKNOWN
         self.position: int | None = None
+        """The queue position the last read that found the job queued reported."""
         self.last_queued: float | None = None
         """The last read that found the job queued."""
         self.first_running: float | None = None
-        """The first read that found it running (after one that found it queued)."""
+        """The first read that found it running."""
         self.last_running: float | None = None
         """The last read that found it running."""
         self.late_reads = 0
@@ -295,8 +353,10 @@ class JobWatch:
         if status is RequestStatus.IN_QUEUE:
             self.last_queued = now
             self.position = position
+            if self.submitted is not None:
+                self.estimator.saw_queued(now - self.submitted)
         elif status is RequestStatus.IN_PROGRESS:
-            if self.first_running is None and self.last_queued is not None:
+            if self.first_running is None:
                 self.first_running = now
             self.last_running = now
         if status is not RequestStatus.UNKNOWN:
@@ -307,14 +367,58 @@ class JobWatch:
         self.last_read = now
 
     @property
-    def started(self) -> float | None:
-        """When the job started, as far as the reads bracket it (the middle of the bracket)."""
-        if self.first_running is None or self.last_queued is None:
-            return None
-        return (self.last_queued + self.first_running) / 2.0
+    def wants_position(self) -> bool:
+        """True when the next read should be the first, at once, and from `/status`: the run
+        has seen jobs queue for long, so whether this one queues (and behind how many)
+        tells when it starts."""
+        return (
+            self.last_read is None
+            and self.submitted is not None
+            and self.estimator.queueing(self.kind)
+        )
 
-    def finished(self, result: RequestResult, now: float) -> None:
-        """Teach the run this job's durations (call once it succeeded)."""
+    def start_by_queue(self) -> float | None:
+        """When the job started, counted from its queue position: a job with `p` jobs
+        ahead of it starts when the run's `p + 1`-th job after that read leaves a worker.
+        None while it was not seen queued with a position, or fewer jobs ended since."""
+        if self.last_queued is None or self.position is None:
+            return None
+        start = self.estimator.end_after(self.last_queued, max(0, self.position) + 1)
+        if start is None:
+            return None
+        if self.first_running is not None and self.first_running > self.last_queued:
+            start = min(start, self.first_running)
+        return start
+
+    @property
+    def started(self) -> float | None:
+        """When the job started: counted from its queue position (`start_by_queue`), else
+        the middle of the reads that bracket it (the last that found it queued, or its
+        submit, and the first that found it running)."""
+        counted = self.start_by_queue()
+        if counted is not None:
+            return counted
+        if self.first_running is None:
+            return None
+        since = self.last_queued if self.last_queued is not None else self.submitted
+        if since is None or since > self.first_running:
+            return None
+        return (since + self.first_running) / 2.0
+
+    def _start_seen_closely(self, run_s: float) -> bool:
+        """True when the job's start is known to within `CLOSE_START` of `run_s`."""
+        if self.start_by_queue() is not None:
+            return True
+        if self.first_running is None:
+            return False
+        since = self.last_queued if self.last_queued is not None else self.submitted
+        if since is None or since > self.first_running:
+            return False
+        return self.first_running - since <= CLOSE_START * max(run_s, 1e-9)
+
+    def _end(self, result: RequestResult, now: float) -> tuple[float | None, float | None]:
+        """(when the job ended, its duration from submit) from the server's timestamps,
+        else from the reads around the end."""
         total = server_seconds(result)
         end: float | None = None
         if total is not None and self.submitted is not None:
@@ -325,36 +429,57 @@ class JobWatch:
             end = (self.last_read + now) / 2.0
         if total is None and end is not None and self.submitted is not None:
             total = end - self.submitted
+        return end, total
+
+    def finished(self, result: RequestResult, now: float) -> bool:
+        """Teach the run this job's durations (call once it succeeded); True when its kind's
+        window moved (the kind's sleeping waits were woken)."""
+        end, total = self._end(result, now)
         run: float | None = None
         started = self.started
-        if started is not None and end is not None and self.first_running is not None:
-            bracket = self.first_running - (self.last_queued or self.first_running)
-            if bracket <= 0.25 * max(end - started, 1e-9):
-                run = end - started
-        self.estimator.learn(
+        if started is not None and end is not None and self._start_seen_closely(end - started):
+            run = end - started
+        return self.estimator.learn(
             self.kind, total_s=total, run_s=run, finished=end if end is not None else now
         )
+
+    def ended(self, result: RequestResult, now: float) -> None:
+        """Tell the run this job left RunComfy without success (failed, cancelled): its
+        place came free, nothing is learned of its duration."""
+        end, _ = self._end(result, now)
+        self.estimator.ended(end if end is not None else now)
 
     # -- when to read next
 
     def _plan_basis(self) -> tuple[float | None, Window | None]:
-        """(anchor, window): the job's start (when seen) or submit, and its kind's window."""
+        """(anchor, window): the job's start (when known) or submit, and its kind's window."""
+        counted = self.start_by_queue()
+        if counted is not None:
+            return counted, self.estimator.window(self.kind, from_start=True)
         if self.status is RequestStatus.IN_QUEUE:
             return None, None
-        started = self.started
-        if started is not None:
+        if self.last_queued is not None:
+            started = self.started
+            if started is None:
+                return None, None
             return started, self.estimator.window(self.kind, from_start=True)
-        if self.last_queued is not None or self.submitted is None:
-            return None, None  # queued, or not known since when
+        if self.submitted is None:
+            return None, None  # not known since when
+        run = self.estimator.window(self.kind, from_start=True)
+        started = self.started
+        if started is not None and run is not None and self._start_seen_closely(run.low):
+            return started, run  # seen running right after its submit
         return self.submitted, self.estimator.window(self.kind, from_start=False)
 
     def next_read(self, now: float) -> float | None:
         """The monotonic moment of the next read, or None to wait as `PollPolicy` says."""
         earliest = now if self.last_read is None else max(now, self.last_read + self.min_pause_s)
-        if self.status is RequestStatus.IN_QUEUE:
-            return self._while_queued(earliest)
+        if self.wants_position:
+            return earliest
         anchor, window = self._plan_basis()
         if anchor is None or window is None:
+            if self.status is RequestStatus.IN_QUEUE:
+                return self._while_queued(earliest)
             return None
         reads = self.estimator.reads_in_window
         step = max(window.width / reads, self.min_pause_s)
@@ -369,14 +494,29 @@ class JobWatch:
         pause = min(self.max_pause_s, step * LATE_GROWTH ** max(1, self.late_reads))
         return max(earliest, max(last, closes) + pause)
 
+    @property
+    def waits_for_end(self) -> bool:
+        """True while the job is queued with a known position and its start is not counted
+        yet: the next end of a job of the run may give it."""
+        return (
+            self.status is RequestStatus.IN_QUEUE
+            and self.position is not None
+            and self.start_by_queue() is None
+        )
+
     def _while_queued(self, earliest: float) -> float | None:
         """Read a queued job again about when the run's pace says it reaches a worker."""
         pace = self.estimator.pace()
         if pace is None:
             return None
+        last = self.last_read if self.last_read is not None else earliest
+        if self.waits_for_end and self.estimator.queueing(self.kind):
+            # the run's ends will give its start; read only if they do not come (jobs
+            # from elsewhere on the account ahead of it): after twice its expected wait
+            expected = (max(0, self.position or 0) + 1) / pace
+            return max(earliest, last + max(self.max_pause_s, 2.0 * expected))
         ahead = max(1, self.position or 0)
         pause = min(self.max_pause_s, max(self.min_pause_s, ahead / pace))
-        last = self.last_read if self.last_read is not None else earliest
         return max(earliest, last + pause)
 
     def fallback(self, pause: float) -> float:
@@ -390,14 +530,17 @@ class JobWatch:
         self.estimator.release(self)
 
     async def sleep_until(self, at: float, clock: Callable[[], float] = time.monotonic) -> bool:
-        """Sleep until `at` (on `clock`), or less when the kind's window moves; True when
-        woken early."""
-        return await self.estimator.sleep(self.kind, at - clock())
+        """Sleep until `at` (on `clock`), or less when the kind's window moves or, while the
+        job waits for an end to start it, a job of the run ends; True when woken early."""
+        return await self.estimator.sleep(self.kind, at - clock(), until_end=self.waits_for_end)
 
 
 __all__ = [
+    "CLOSE_START",
+    "ENDS_KEPT",
     "LATE_GROWTH",
     "PACE_FINISHES",
+    "QUEUE_MATTERS",
     "READS_IN_WINDOW",
     "SAMPLES_KEPT",
     "JobKind",

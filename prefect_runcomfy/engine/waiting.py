@@ -177,7 +177,9 @@ async def _follow(
         delay_hint: float | None = None
         polls += 1
         try:
-            status, raw, position, fresh, ran = await _poll(client, request_id, status, polls)
+            status, raw, position, fresh, ran = await _poll(
+                client, request_id, reads_status(watch, status, polls), watch is None
+            )
             result = fresh or result
             if ran and first_running is None:
                 first_running = clock()
@@ -204,6 +206,8 @@ async def _follow(
         if status.is_terminal and result is not None and status is not RequestStatus.COMPLETED:
             if watch is not None and status is RequestStatus.SUCCEEDED:
                 watch.finished(result, clock())
+            elif watch is not None:
+                watch.ended(result, clock())  # its place came free: queued jobs move up
             return WaitOutcome(
                 result=result,
                 polls=polls,
@@ -250,17 +254,30 @@ async def _rest(
         now = clock()
 
 
+def reads_status(watch: JobWatch | None, status: RequestStatus, polls: int) -> bool:
+    """Whether read number `polls` goes to `/status` (for a queued job's position) rather
+    than `/result`: while the job may be queued, after the first read; the learned schedule
+    also reads a new job's `/status` at once when the run sees jobs queue
+    (`JobWatch.wants_position`), and `/result` once a queued job's start is counted."""
+    if watch is not None and watch.wants_position:
+        return True
+    if watch is not None and watch.start_by_queue() is not None:
+        return False
+    return status in (RequestStatus.IN_QUEUE, RequestStatus.UNKNOWN) and polls > 1
+
+
 async def _poll(
-    client: RunComfyClient, request_id: str, status: RequestStatus, polls: int
+    client: RunComfyClient, request_id: str, by_status: bool, result_when_running: bool
 ) -> tuple[RequestStatus, str | None, int | None, RequestResult | None, bool]:
     """One look at a request: (status, raw word, queue position, result if read, whether
     `/status` saw it running). `/result` alone tells the state; while the job queues,
-    `/status` is read instead for its queue position."""
-    if status in (RequestStatus.IN_QUEUE, RequestStatus.UNKNOWN) and polls > 1:
+    `/status` is read instead (`by_status`) for its queue position; a finished job (and,
+    `result_when_running`, a running one) is read once more from `/result`."""
+    if by_status:
         state = await client.status(request_id)
         running = state.status is RequestStatus.IN_PROGRESS
-        if not (state.status.is_terminal or running):
-            return state.status, state.raw_status, state.queue_position, None, False
+        if not (state.status.is_terminal or (running and result_when_running)):
+            return state.status, state.raw_status, state.queue_position, None, running
         # A finished job is read once more from /result for its outputs and error.
         result = await client.result(request_id, include_cost=True)
         return result.status, result.raw_status, None, result, running
@@ -272,4 +289,11 @@ async def _poll(
     return status, result.raw_status, result.queue_position, result, False
 
 
-__all__ = ["PollPolicy", "PollStrategy", "StateListener", "WaitOutcome", "wait_until_finished"]
+__all__ = [
+    "PollPolicy",
+    "PollStrategy",
+    "StateListener",
+    "WaitOutcome",
+    "reads_status",
+    "wait_until_finished",
+]
