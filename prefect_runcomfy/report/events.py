@@ -20,6 +20,8 @@ here is logged.
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,11 +56,23 @@ def asset_key(uri: str) -> str | None:
     from prefect.assets import Asset
     from pydantic import ValidationError
 
-    key = uri if "://" in uri else "file://" + Path(uri).resolve().as_posix()
+    key = uri if "://" in uri else "file://" + _resolved_path(uri)
     try:
         return Asset(key=key).key
     except ValidationError:
         return None
+
+
+def _resolved_path(path: str) -> str:
+    """`path` made absolute with its folder's links resolved (once per folder: a run asks for
+    thousands of files in one folder, and each resolve is a system call per path part)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return (Path(_resolved_folder(folder)) / name).as_posix()
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved_folder(folder: str) -> str:
+    return str(Path(folder).resolve())
 
 
 @dataclass
