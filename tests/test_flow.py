@@ -627,17 +627,20 @@ async def test_one_task_run_per_row_named_after_it_in_the_rows_state(
         only_r0 = LogFilter(task_run_id=LogFilterTaskRunId(any_=[by_name["r0"].id]))
         for _ in range(50):
             logs = await client.read_logs(log_filter=only_r0)
-            if any("succeeded after" in log.message for log in logs):
+            if any(log.message.startswith("Finished in state") for log in logs):
                 break
             await asyncio.sleep(0.2)
-    # The row's own log: one line with its request id and its video (no separate submit line).
+    # The row's own log: its task run's last line, Prefect's "Finished in state", carries the
+    # request id and the video (no separate submit line, no separate stored line).
     lines = [log.message for log in logs]
     manifest = await state.aresult()
     request_id = manifest.set_index("id").loc["r0", "request_id"]
-    assert any(
-        line.startswith(f"r0: request {request_id} succeeded after") and "r0.mp4" in line
-        for line in lines
-    ), lines
+    said = f"r0: request {request_id} succeeded after"
+    assert by_name["r0"].state.message.startswith(said), by_name["r0"].state.message
+    assert "r0.mp4" in by_name["r0"].state.message
+    assert [line for line in lines if said in line] == [
+        f"Finished in state Completed('{by_name['r0'].state.message}')"
+    ], lines
     assert not any(line.startswith("Submitted r0") for line in lines), lines
 
 

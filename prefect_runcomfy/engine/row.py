@@ -7,7 +7,8 @@ of the size (`benchmarks/scale.py`). The row holds one of the run's job places
 (`Batch.job_slot`: `max_concurrency`, and the account-wide limit) from its submit until its
 job is seen finished, not while it stores: the next row, its task run already open
 (`Batch.row_place`), submits at once. The run's state is the row's:
-Completed when its video is stored, Failed (or Cancelled) with the reason otherwise.
+Completed when its video is stored (the state's message, which Prefect logs as the run's last
+line, names the request and the video), Failed (or Cancelled) with the reason otherwise.
 
 Each step returns the row's next `RowOutcome`; a `RowCell` keeps the latest one, so a step
 that raises still leaves what was known (the request id above all) to the row's end.
@@ -25,7 +26,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
-from prefect.states import Cancelled, State
+from prefect.states import Cancelled, Completed, State
 from prefect.utilities.annotations import quote
 
 from prefect_runcomfy.api.backoff import retrying
@@ -74,10 +75,12 @@ FRESH_SUBMIT_S = 60.0
 
 
 class RowCell:
-    """Holds the latest `RowOutcome` of a row while its task run works on it."""
+    """Holds the latest `RowOutcome` of a row while its task run works on it, and the line
+    that says how the row ended well (its task run's Completed state carries it)."""
 
     def __init__(self, outcome: RowOutcome) -> None:
         self.latest = outcome
+        self.stored_line: str | None = None
 
     def keep(self, outcome: RowOutcome) -> RowOutcome:
         """Make `outcome` the latest and hand it back."""
@@ -282,8 +285,9 @@ async def collect_request(
     """Wait for the row's known request, store its outputs, and write the ledger and the
     record (kept in `cell`, and returned).
 
-    Logs the row's state changes and, at the end, one line with the request id and where the
-    video went; `first_note` starts the first line (see `wait_for_job`)."""
+    Logs the row's state changes; the line with the request id and where the video went is
+    `cell.stored_line`, which the row's task run ends with (its Completed state's message);
+    `first_note` starts the first line (see `wait_for_job`)."""
     finished = await wait_for_row_job(batch, client, cell, first_note=first_note)
     if finished is None:
         return cell.latest
@@ -333,7 +337,15 @@ async def store_row_outputs(
 ) -> RowOutcome:
     """Store a succeeded request's outputs and the row's sidecar; the ledger and the record
     (kept in `cell`, and returned) say where the video went."""
-    return cell.keep(await _store(batch, client, cell.latest, finished))
+    stored = cell.keep(await _store(batch, client, cell.latest, finished))
+    if stored.status is RowStatus.SUCCEEDED:
+        # Said by the task run's final state ("Finished in state Completed('...')"): one log
+        # line per row instead of two, and the same words on the task run in the UI.
+        cell.stored_line = (
+            f"{stored.id}: request {stored.request_id} succeeded after "
+            f"{finished.total_seconds or 0.0:.0f} s; stored {', '.join(stored.video_uris)}"
+        )
+    return stored
 
 
 async def _ended_unstored(batch: Batch, outcome: RowOutcome, exc: RunComfyError) -> RowOutcome:
@@ -419,13 +431,6 @@ async def _store(
         metadata_uri=stored.metadata_uri,
         error=None,
     )
-    get_run_logger().info(
-        "%s: request %s succeeded after %.0f s; stored %s",
-        stored.id,
-        stored.request_id,
-        finished.total_seconds or 0.0,
-        ", ".join(stored.video_uris),
-    )
     return stored
 
 
@@ -485,7 +490,7 @@ async def _row_task(
         cell.keep(cell.latest.ended(status, f"{type(exc).__name__}: {exc}"))
     outcome = cell.latest
     if outcome.status is RowStatus.SUCCEEDED:
-        return None
+        return Completed(message=cell.stored_line) if cell.stored_line else None
     if outcome.status is RowStatus.CANCELLED:
         return Cancelled(message=f"{name} ended cancelled: {outcome.error}")
     raise RowNotStoredError(name, str(outcome.status), outcome.error)
