@@ -144,3 +144,10 @@ async def manifest_of(run: Awaitable[Any]) -> Any:
         return await run
     except RowsNeedAttentionError as exc:
         return exc.manifest
+
+
+def api_requests(sb: Any) -> int:
+    """Requests the sandbox's API served, not counting its jobs' own fetches of their input
+    samples (a created job renders in the background, whenever the sandbox gets to it)."""
+    stats = sb.stats()
+    return int(stats["requests_total"]) - int(stats["requests_by_endpoint"].get("samples", 0))

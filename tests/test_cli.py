@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from prefect.settings import get_current_settings
+from sandbox_helpers import api_requests
 
 from prefect_runcomfy.sandbox import Sandbox, sample_inputs
 
@@ -279,13 +280,13 @@ def test_status_and_cancel(sb: Sandbox) -> None:
 
     from prefect_runcomfy.cli import app
 
-    before = sb.stats()["requests_total"]
+    before = api_requests(sb)
     env = {"RUNCOMFY_API_TOKEN": sb.token, "RUNCOMFY_BASE_URL": sb.base_url}
     for command in ("status", "cancel"):
         bad = CliRunner().invoke(app, [command, "../x?y=1"], env=env)
         assert bad.exit_code == 2, bad.output
         assert "Not a RunComfy request id" in bad.output
-    assert sb.stats()["requests_total"] == before
+    assert api_requests(sb) == before
 
 
 def test_collect_with_nothing_left(sb: Sandbox, tmp_path: Path) -> None:
