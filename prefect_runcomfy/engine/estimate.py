@@ -398,23 +398,25 @@ class JobWatch:
         counted = self.start_by_queue()
         if counted is not None:
             return counted
+        bracket = self._start_bracket()
+        return None if bracket is None else (bracket[0] + bracket[1]) / 2.0
+
+    def _start_bracket(self) -> tuple[float, float] | None:
+        """The reads that bracket the job's start: the last that found it queued (or its
+        submit) and the first that found it running; None unless both are known, in order."""
         if self.first_running is None:
             return None
         since = self.last_queued if self.last_queued is not None else self.submitted
         if since is None or since > self.first_running:
             return None
-        return (since + self.first_running) / 2.0
+        return since, self.first_running
 
     def _start_seen_closely(self, run_s: float) -> bool:
         """True when the job's start is known to within `CLOSE_START` of `run_s`."""
         if self.start_by_queue() is not None:
             return True
-        if self.first_running is None:
-            return False
-        since = self.last_queued if self.last_queued is not None else self.submitted
-        if since is None or since > self.first_running:
-            return False
-        return self.first_running - since <= CLOSE_START * max(run_s, 1e-9)
+        bracket = self._start_bracket()
+        return bracket is not None and bracket[1] - bracket[0] <= CLOSE_START * max(run_s, 1e-9)
 
     def _end(self, result: RequestResult, now: float) -> tuple[float | None, float | None]:
         """(when the job ended, its duration from submit) from the server's timestamps,

@@ -581,18 +581,15 @@ class OutputStore:
         return self.write_bytes(name, (text + "\n").encode("utf-8"), durable=durable)
 
     def _local_replace(self, path: str, write: Any, *, sync_folder: bool = True) -> None:
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         temp = self._temp_path(path)
         try:
-            write(temp)
-            os.replace(temp, path)
+            write(temp)  # the writers sync the file themselves when asked to
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
             raise
-        if sync_folder:
-            _fsync_dir(folder)
+        _rename_over(temp, path, sync_file=False, sync_folder=sync_folder)
 
     # -- writing in place (local folders) ------------------------------------------------
 
@@ -621,16 +618,7 @@ class OutputStore:
         `write_bytes`). The temp file is removed if the rename fails."""
         path = self.path(name)
         with self._translate("write", name):
-            try:
-                if durable:
-                    _fsync_file(temp)
-                os.replace(temp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temp)
-                raise
-            if durable:
-                _fsync_dir(os.path.dirname(path))
+            _rename_over(temp, path, sync_file=durable, sync_folder=durable)
             self._fresh(path)
         return self.uri(name)
 
@@ -729,6 +717,21 @@ def _write_synced(dst: str, data: bytes, *, sync: bool = True) -> None:
         if sync:
             fout.flush()
             os.fsync(fout.fileno())
+
+
+def _rename_over(temp: str, path: str, *, sync_file: bool, sync_folder: bool) -> None:
+    """The one atomic step of every local write: `temp` renamed over `path` (removed if that
+    fails), synced to disk first and after as asked."""
+    try:
+        if sync_file:
+            _fsync_file(temp)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    if sync_folder:
+        _fsync_dir(os.path.dirname(path))
 
 
 def _fsync_file(path: str) -> None:
