@@ -226,6 +226,14 @@ def run(
             "catalog) is higher, or cannot be estimated."
         ),
     ] = None,
+    single_writer: Annotated[
+        bool,
+        typer.Option(
+            help="Take no claims on rows (storage that cannot create files exclusively): "
+            "only when no other run writes to --output at the same time, or rows may be paid "
+            "twice."
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every log line.")] = False,
 ) -> None:
     """Run every row of INPUTS and store videos, sidecars and manifest.parquet under --output.
@@ -258,6 +266,7 @@ def run(
             storage_options=_options(storage_option),
             max_submits=max_submits,
             max_cost_usd=max_cost,
+            single_writer=single_writer,
         )
     )
     _summary(manifest, output)

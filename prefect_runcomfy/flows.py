@@ -35,6 +35,7 @@ from prefect_runcomfy.api.exceptions import ConfigurationError, InvalidInputErro
 from prefect_runcomfy.api.models import MODEL_ID
 from prefect_runcomfy.blocks import RunComfyCredentials
 from prefect_runcomfy.engine.batch import Batch, cancel_queued_requests, queued_requests
+from prefect_runcomfy.engine.claims import open_claims
 from prefect_runcomfy.engine.ledger import Ledger, LedgerEntry
 from prefect_runcomfy.engine.manifest import build_manifest
 from prefect_runcomfy.engine.media import MediaResolver
@@ -42,6 +43,7 @@ from prefect_runcomfy.engine.outcome import RowOutcome
 from prefect_runcomfy.engine.phases import (
     api_payload,
     check_limit,
+    claims_for,
     execute,
     invalid_outcome,
     plan,
@@ -49,6 +51,7 @@ from prefect_runcomfy.engine.phases import (
     resolve_media,
 )
 from prefect_runcomfy.engine.row import RowCell, collect_request, in_row_task, run_row
+from prefect_runcomfy.engine.row_claim import take_entry
 from prefect_runcomfy.engine.status import LedgerState, RowStatus
 from prefect_runcomfy.engine.storage import MANIFEST_NAME, OutputStore
 from prefect_runcomfy.engine.table import RowProblem, table_folder
@@ -244,6 +247,7 @@ async def generate_talking_videos(
     artifact_key: str | None = None,
     allow_failed_rows: bool | int = False,
     max_cost_usd: float | None = None,
+    single_writer: bool = False,
 ) -> pd.DataFrame:
     """Turn every row of a table into a lip-synced talking video, stored with its metadata.
 
@@ -306,6 +310,10 @@ async def generate_talking_videos(
         max_cost_usd: The most this run's new jobs may cost, estimated from the model's price
             in RunComfy's catalog. A run whose estimate is higher, or that cannot be estimated
             (no usable price), fails with `CostLimitError` before submitting any. None: no limit.
+        single_writer: Take no claims on rows: only for an output location whose storage
+            cannot create files exclusively (the run refuses to submit there otherwise), and
+            only when no other run writes there at the same time, since two overlapping runs
+            could then each pay for the same rows.
 
     Returns:
         The manifest: one row per input row with `id, status, request_id, video_uri,
@@ -346,6 +354,9 @@ async def generate_talking_videos(
     run_plan = run_plan.without({p.id or "" for p in media_problems})
     invalid = _report_invalid([*table.invalid, *media_problems], len(table.frame), on_invalid)
     check_limit(run_plan, max_submits, max_cost_usd)
+    claims = await claims_for(
+        store, run_plan, flow_run_id=_flow_run_id(), single_writer=single_writer
+    )
     logger.info("%d rows, %d invalid; outputs go to %s", len(table.frame), len(invalid), output_uri)
     progress = Progress(len(table.frame))
     await progress.start()
@@ -369,6 +380,9 @@ async def generate_talking_videos(
         on_row_done=lambda outcome: _row_done(outcome, progress, events),
         payloads=payloads,
         build_payload=lambda row: api_payload(row, resolver),
+        claims=claims,
+        resubmit_unknown=resubmit_unknown,
+        retry_failed=retry_failed,
     )
     outcomes = [await batch.done(invalid_outcome(p)) for p in invalid]
     jobs = [
@@ -425,6 +439,7 @@ async def collect_outstanding_requests(
     poll_initial_s: float = 2.0,
     poll_max_s: float = 30.0,
     allow_failed_rows: bool | int = False,
+    single_writer: bool = False,
 ) -> pd.DataFrame:
     """Finish what an interrupted or timed-out run left under `output_uri`.
 
@@ -432,8 +447,9 @@ async def collect_outstanding_requests(
     `timed_out` row, an output the output host policy refused) is waited for and stored, or
     with `cancel=True` cancelled (only queued requests can be; running ones finish and are
     stored). Rows whose submit has an unknown outcome are reported as such; nothing is
-    submitted. The manifest is updated.
-    `allow_failed_rows` judges the run as in `generate_talking_videos`.
+    submitted. The manifest is updated. A request that a live run is waiting for (it holds
+    the row's claim) is left to it and logged. `allow_failed_rows` and `single_writer` are
+    as in `generate_talking_videos`.
 
     Returns:
         The manifest rows of the requests it handled.
@@ -477,6 +493,11 @@ async def collect_outstanding_requests(
         poll=PollPolicy(initial_s=poll_initial_s, max_s=poll_max_s),
         flow_run_id=_flow_run_id(),
         on_row_done=lambda outcome: _row_done(outcome, progress, events),
+        claims=await asyncio.to_thread(
+            open_claims, store, flow_run_id=_flow_run_id(), single_writer=single_writer
+        )
+        if outstanding
+        else None,
     )
     jobs = [_collect_one(batch, entry, creds, cancel=cancel) for entry in outstanding]
     # Stopped, it leaves the requests it collects as they were: they belong to earlier runs.
@@ -506,12 +527,22 @@ async def collect_outstanding_requests(
 
 async def _collect_one(
     batch: Batch, entry: LedgerEntry, creds: RunComfyCredentials | None, *, cancel: bool
-) -> RowOutcome:
-    """Collect (or with `cancel`, first try to cancel) one request the ledger holds."""
+) -> RowOutcome | None:
+    """Collect (or with `cancel`, first try to cancel) one request the ledger holds; None
+    when a live run holds the row."""
     start = RowOutcome.from_ledger_entry(
         entry, model_id=batch.model_id, flow_run_id=batch.flow_run_id
     ).noted("collected by collect-outstanding-requests")
     assert entry.request_id is not None
+    held = await take_entry(batch, entry)
+    if held is not None:
+        get_run_logger().info(
+            "%s: request %s is being collected by %s; left to it",
+            entry.id,
+            entry.request_id,
+            held.claim.describe(),
+        )
+        return None
     async with batch.slot() as client:
         if cancel:
             answer = await cancel_request(entry.request_id, creds)

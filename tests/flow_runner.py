@@ -1,7 +1,9 @@
-"""Runs generate_talking_videos in its own process, for tests that kill it (SIGKILL).
+"""Runs generate_talking_videos in its own process, for tests that kill it (SIGKILL) or run
+two at once.
 
 Usage: python flow_runner.py ARGS.json — the file holds the flow's keyword arguments plus
-`token` and `base_url` for a RunComfyCredentials block built here (never saved).
+`token` and `base_url` for a RunComfyCredentials block built here (never saved). The last
+line printed is the manifest's rows (id, status, error, note, ...) as JSON.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ def main() -> None:
         manifest = generate_talking_videos(credentials=credentials, **kwargs)
     except RowsNeedAttentionError as exc:  # the rows' statuses are what the tests check
         manifest = exc.manifest
-    print(json.dumps(manifest["status"].tolist()))
+    columns = ["id", "status", "error", "note", "submitted_by_this_run", "request_id"]
+    records = manifest[[c for c in columns if c in manifest.columns]].astype(object)
+    print(json.dumps(records.where(records.notna(), None).to_dict(orient="records")))
 
 
 if __name__ == "__main__":

@@ -759,6 +759,9 @@ async def test_sigkill_then_rerun_pays_once_per_row(sb: Sandbox, tmp_path: Path)
     assert list(manifest["status"]) == ["succeeded"] * 6
     notes = list(manifest["note"].fillna(""))
     assert sum("earlier run" in n for n in notes) >= 3, notes
+    # The killed run's claims were taken over (its process is gone): claim 2 on those rows.
+    claims = [json.loads(p.read_text())["claim"] for p in (out / "_ledger").glob("*.json")]
+    assert claims.count(2) >= 3, claims
     stats = sb.stats()
     assert stats["submits_accepted"] == 6
     assert_one_submit_per_payload(sb)

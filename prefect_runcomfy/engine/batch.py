@@ -21,6 +21,7 @@ from prefect_runcomfy.api.backoff import retrying
 from prefect_runcomfy.api.client import RunComfyClient
 from prefect_runcomfy.api.exceptions import RunComfyError, StorageError
 from prefect_runcomfy.api.models import MODEL_ID
+from prefect_runcomfy.engine.claims import RowClaims
 from prefect_runcomfy.engine.estimate import RunEstimator
 from prefect_runcomfy.engine.ledger import Ledger, LedgerEntry
 from prefect_runcomfy.engine.outcome import RowOutcome
@@ -55,6 +56,11 @@ class Batch:
     """Each row to submit's API body, its media already resolved (`engine.phases`)."""
     build_payload: Callable[[Any], Awaitable[dict[str, Any]]] | None = None
     """Builds a row's API body at its submit when `payloads` has none (inline media)."""
+    claims: RowClaims | None = None
+    """The run's claims on rows (`engine.claims`); None in single-writer mode."""
+    resubmit_unknown: bool = False
+    retry_failed: bool = False
+    """The run's plan flags, to decide a row again from the ledger as it is at its turn."""
     stop_reason: str | None = None
     """Set when every later submit would be refused the same way (bad token, no balance)."""
     _semaphore: asyncio.Semaphore | None = None

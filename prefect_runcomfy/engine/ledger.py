@@ -83,6 +83,10 @@ class LedgerEntry(BaseModel):
     attempts: int = Field(default=0, description="How many POSTs were ever started for this row.")
     error: str | None = None
     flow_run_id: str | None = None
+    claim: int = Field(
+        default=0,
+        description="The claim generation (`engine.claims`) of the run that last acted on the row.",
+    )
     video_uris: list[str] = Field(default_factory=list)
     metadata_uri: str | None = None
     history: list[dict[str, Any]] = Field(default_factory=list)
@@ -242,8 +246,9 @@ def _plan_unknown(entry: LedgerEntry, changed: bool, resubmit_unknown: bool) -> 
 class Ledger:
     """Read and write the per-row ledger under an `OutputStore`.
 
-    Not safe for two writers of the *same* row at once (one task owns a row); different rows
-    never touch the same file.
+    Not safe for two writers of the *same* row at once: a run writes a row's entry only while
+    it holds the row's claim (`engine.claims`), so two runs never do; different rows never
+    touch the same file.
 
     Example:
         ```python
@@ -261,6 +266,9 @@ class Ledger:
         # reading the file it just wrote back (one GET less per transition on object stores).
         # Safe because one task owns a row while it runs.
         self._written: dict[str, LedgerEntry] = {}
+        # The claim generation this run holds each row under (`engine.claims`): every write
+        # while it holds the row records it, so others can tell the row is at rest under it.
+        self._held: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"Ledger({self.store.uri(LEDGER_DIR)!r})"
@@ -320,6 +328,11 @@ class Ledger:
             entries[id] = self._parse(id, data)
         return entries
 
+    def hold(self, id: str, generation: int) -> None:
+        """Record that this run holds row `id` under claim `generation`: its next writes of
+        the row say so (`claim`)."""
+        self._held[id] = generation
+
     def _latest(self, id: str) -> LedgerEntry | None:
         return self._written.get(id) or self.get(id)
 
@@ -331,6 +344,7 @@ class Ledger:
             # A row at rest is not moved again by this run: forget it (about 3 KiB a row,
             # which adds up over a 100,000-row table).
             self._written.pop(entry.id, None)
+            self._held.pop(entry.id, None)
         return entry
 
     def _transition(
@@ -355,6 +369,8 @@ class Ledger:
         data.update({k: _iso(v) if isinstance(v, datetime) else v for k, v in fields.items()})
         for key in [k for k, v in fields.items() if v is _FORGET]:
             del data[key]
+        if id in self._held:
+            data["claim"] = self._held[id]
         data["id"] = id
         data["state"] = LedgerState(state)
         data["updated_at"] = now

@@ -19,6 +19,7 @@ from prefect.logging import get_run_logger
 from prefect_runcomfy.api.client import RunComfyClient
 from prefect_runcomfy.api.models import MEDIA_COLUMNS, MODEL_ID
 from prefect_runcomfy.engine.batch import Batch, cancel_queued_requests
+from prefect_runcomfy.engine.claims import RowClaims, open_claims
 from prefect_runcomfy.engine.ledger import LedgerEntry, RowDecision
 from prefect_runcomfy.engine.media import MediaResolver
 from prefect_runcomfy.engine.outcome import RowOutcome
@@ -216,6 +217,19 @@ def check_limit(
     check_cost_limit(estimate, max_cost_usd)
 
 
+async def claims_for(
+    store: OutputStore, run_plan: RunPlan, *, flow_run_id: str | None, single_writer: bool
+) -> RowClaims | None:
+    """The run's claims (`engine.claims.open_claims`: the storage is checked for exclusive
+    create first), when any row is to be submitted or collected; else None."""
+    acting = (RowPlan.SUBMIT, RowPlan.RESUME)
+    if not any(d.plan in acting for d in run_plan.decisions):
+        return None
+    return await asyncio.to_thread(
+        open_claims, store, flow_run_id=flow_run_id, single_writer=single_writer
+    )
+
+
 def invalid_outcome(problem: RowProblem) -> RowOutcome:
     """The record of a row rejected before anything was submitted."""
     return RowOutcome.start(problem).ended(RowStatus.INVALID, problem.message)
@@ -223,18 +237,23 @@ def invalid_outcome(problem: RowProblem) -> RowOutcome:
 
 async def execute(
     batch: Batch,
-    jobs: Sequence[Awaitable[RowOutcome]],
+    jobs: Sequence[Awaitable[RowOutcome | None]],
     *,
     make_client: Callable[[], RunComfyClient],
     cancel_on_stop: bool = True,
 ) -> list[RowOutcome]:
-    """Run the rows' jobs at once (bounded by the batch's slots) and return their records.
+    """Run the rows' jobs at once (bounded by the batch's slots) and return their records
+    (a job that answers None left its row to another run). The run's claim lease lives
+    while they run.
 
     Stopped from outside, it cancels this run's requests still queued (best effort, for a
     short while; `cancel_on_stop`) and leaves the rest in the ledger for
     `collect_outstanding_requests`."""
+    lease = batch.claims.lease if batch.claims is not None else None
     try:
-        return list(await asyncio.gather(*jobs))
+        if lease is not None:
+            await asyncio.to_thread(lease.start)
+        return [o for o in await asyncio.gather(*jobs) if o is not None]
     except (asyncio.CancelledError, KeyboardInterrupt):
         if not cancel_on_stop or batch.flow_run_id is None:
             raise
@@ -247,6 +266,9 @@ async def execute(
             get_run_logger().warning("Could not cancel queued requests: %s", exc)
         raise
     finally:
+        if lease is not None:
+            # Ended, the lease frees this run's claims at once (run again? nothing waits).
+            await asyncio.to_thread(lease.stop)
         await batch.aclose()
 
 
@@ -255,6 +277,7 @@ __all__ = [
     "RunPlan",
     "api_payload",
     "check_limit",
+    "claims_for",
     "execute",
     "invalid_outcome",
     "plan",

@@ -49,9 +49,11 @@ from prefect_runcomfy.api.exceptions import (
 )
 from prefect_runcomfy.api.models import RequestResult
 from prefect_runcomfy.engine.batch import Batch
+from prefect_runcomfy.engine.claims import Held
 from prefect_runcomfy.engine.estimate import job_kind
 from prefect_runcomfy.engine.ledger import LedgerEntry, RowDecision
 from prefect_runcomfy.engine.outcome import RowOutcome, media_source, sanitize_payload, utc_now
+from prefect_runcomfy.engine.row_claim import RowTurn, follow_holder, take_turn
 from prefect_runcomfy.engine.status import LedgerState, RowPlan, RowStatus
 from prefect_runcomfy.engine.steps import (
     STORE_RETRY_DELAYS_S,
@@ -158,31 +160,54 @@ async def _submit_and_collect(
     entry: LedgerEntry | None,
     cell: RowCell,
 ) -> None:
-    """The row's task run: its job's place from submit to finish, then its outputs stored
-    (the place already free for the next row)."""
-    async with batch.lend_client() as client, contextlib.AsyncExitStack() as place:
-        try:
-            await place.enter_async_context(batch.job_slot())
-        except Exception as exc:  # no place to run in (a missing global concurrency limit, ...)
-            get_run_logger().error("%s: not run: %s", row.id, exc)
-            cell.keep(cell.latest.ended(RowStatus.FAILED, f"{type(exc).__name__}: {exc}"))
-            return
-        async with place:
-            if decision.plan is RowPlan.RESUME and entry is not None and entry.request_id:
-                outcome = _resumed(cell.latest, row, decision, entry)
-                first_note = None
-            else:
-                outcome = await submit_row(batch, client, row, entry, cell)
-                first_note = f"submitted as request {outcome.request_id}"
-                if outcome.status is not None:
-                    cell.keep(outcome)
+    """The row's task run: its turn (the row's claim, or following the run that holds it),
+    its job's place from submit to finish, then its outputs stored (the place already free
+    for the next row)."""
+    async with batch.lend_client() as client:
+        while True:
+            async with contextlib.AsyncExitStack() as place:
+                try:
+                    await place.enter_async_context(batch.job_slot())
+                except Exception as exc:  # no place to run in (a missing global limit, ...)
+                    get_run_logger().error("%s: not run: %s", row.id, exc)
+                    cell.keep(cell.latest.ended(RowStatus.FAILED, f"{type(exc).__name__}: {exc}"))
                     return
-                if outcome.notes:  # the ledger missed the id: the warning said it already
-                    first_note = None
-            cell.keep(outcome)
-            finished = await wait_for_row_job(batch, client, cell, first_note=first_note)
+                turn = await take_turn(batch, row, decision, entry)
+                if not isinstance(turn, Held):
+                    finished = await _take_job_to_its_end(batch, client, row, turn, cell)
+                    break
+            # Another live run works on the row: wait for it, holding no job place.
+            if not await follow_holder(batch, row, turn, cell):
+                return
         if finished is not None:
             await store_row_outputs(batch, client, cell, finished)
+
+
+async def _take_job_to_its_end(
+    batch: Batch, client: RunComfyClient, row: PreparedRow, turn: RowTurn, cell: RowCell
+) -> FinishedRequest | None:
+    """Submit or resume the row's job as its turn says and wait for it; None when the row
+    ended without a job to store (its record in `cell`)."""
+    decision, entry = turn.decision, turn.entry
+    if decision.plan is RowPlan.RESUME and entry is not None and entry.request_id:
+        outcome = _resumed(cell.latest, row, decision, entry)
+        first_note = None
+    elif decision.plan is RowPlan.SUBMIT:
+        outcome = await submit_row(batch, client, row, entry, cell)
+        first_note = f"submitted as request {outcome.request_id}"
+        if outcome.status is not None:
+            cell.keep(outcome)
+            return None
+        if outcome.notes:  # the ledger missed the id: the warning said it already
+            first_note = None
+    elif decision.plan is RowPlan.SKIP_STORED:
+        cell.keep(await _already_stored(batch, cell.latest))
+        return None
+    else:
+        cell.keep(_reported_again(cell.latest, decision, entry))
+        return None
+    cell.keep(outcome)
+    return await wait_for_row_job(batch, client, cell, first_note=first_note)
 
 
 def _resumed(
@@ -223,6 +248,13 @@ async def submit_row(
         payload = await batch.build_payload(row)
     if payload is None:
         raise RuntimeError(f"{row.id}: no payload was prepared for a row to submit")
+    if batch.claims is not None and not batch.claims.lease.fresh():
+        # Others may take this run's rows once its lease lapses: paying now could pay twice.
+        return outcome.ended(
+            RowStatus.FAILED,
+            "not submitted: this run could not renew its claim lease on the output location "
+            f"{batch.store.uri('')} for half a lease; run again once the location is reachable",
+        )
     await batch.write_ledger(
         lambda: batch.ledger.mark_submitting(row.id, row.fingerprint, batch.flow_run_id)
     )

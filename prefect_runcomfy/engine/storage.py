@@ -591,6 +591,52 @@ class OutputStore:
             raise
         _rename_over(temp, path, sync_file=False, sync_folder=sync_folder)
 
+    def create_exclusive(self, name: str, data: bytes) -> bool:
+        """Create `name` holding `data` only if no file of that name exists: True when this
+        call created it, False when it already existed. The one atomic "first one wins" step
+        that claims are built on (`engine.claims`).
+
+        Local folders: `O_CREAT | O_EXCL` (the file is synced with its folder). Object stores:
+        fsspec's `mode="xb"`, which s3fs, gcsfs and adlfs send as a conditional write
+        (`If-None-Match: *`). A backend that cannot create exclusively raises here
+        (`NotImplementedError`, `ValueError`, ...); one that silently ignores the mode is
+        found by `OutputStore.supports_exclusive_create`.
+        """
+        path = self.path(name)
+        with self._translate("create", name):
+            if self.is_local:
+                return _create_local_exclusive(path, data)
+            try:
+                with self.fs.open(path, "xb") as handle:
+                    handle.write(data)
+            except FileExistsError:
+                return False
+            finally:
+                self._fresh(path)
+            return True
+
+    def supports_exclusive_create(self) -> str | None:
+        """None when a second exclusive create of one name fails as it must; else what is
+        wrong (the backend refuses the mode, or ignores it and overwrites). Writes and removes
+        one small hidden probe file (`_claims/.probe-*`)."""
+        name = f"_claims/{TEMP_PREFIX}probe-{uuid.uuid4().hex[:12]}"
+        try:
+            if not self.create_exclusive(name, b"first"):
+                return f"a new file {self.uri(name)} was reported as existing"
+            if self.create_exclusive(name, b"second"):
+                return (
+                    f"{self.uri(name)} was created twice in exclusive mode: "
+                    f"this {self.protocol}:// backend ignores exclusive create"
+                )
+            if self.read_bytes(name) != b"first":
+                return f"an exclusive create overwrote {self.uri(name)}"
+            return None
+        except StorageError as exc:
+            return f"this {self.protocol}:// backend cannot create files exclusively ({exc})"
+        finally:
+            with contextlib.suppress(StorageError):
+                self.delete(name)
+
     # -- writing in place (local folders) ------------------------------------------------
 
     def local_temp(self, name: str) -> str:
@@ -717,6 +763,21 @@ def _write_synced(dst: str, data: bytes, *, sync: bool = True) -> None:
         if sync:
             fout.flush()
             os.fsync(fout.fileno())
+
+
+def _create_local_exclusive(path: str, data: bytes) -> bool:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(os.path.dirname(path))
+    return True
 
 
 def _rename_over(temp: str, path: str, *, sync_file: bool, sync_folder: bool) -> None:

@@ -1,0 +1,194 @@
+"""A row's turn: this run acts on a row only while it holds the row's claim.
+
+`take_turn` takes the row's next claim (`engine.claims`) and decides again, from the ledger as
+it is *now*, what the row needs: the run's plan came from a snapshot taken before, and another
+run may have submitted, stored or failed the row since. A row held by another live run is
+followed (`follow_holder`): this run waits, holding no job place, until the holder lets go,
+then takes its turn and usually finds the row stored.
+
+```python
+turn = await take_turn(batch, row, planned, snapshot)
+if isinstance(turn, Held):
+    if await follow_holder(batch, row, turn, cell):
+        ...  # take the turn again: the holder let go
+elif turn.decision.plan is RowPlan.SUBMIT:
+    ...  # POST under claim turn.generation
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from prefect.logging import get_run_logger
+
+from prefect_runcomfy.engine.batch import Batch
+from prefect_runcomfy.engine.claims import Claim, Held
+from prefect_runcomfy.engine.ledger import LedgerEntry, RowDecision, plan_row
+from prefect_runcomfy.engine.outcome import RowOutcome
+from prefect_runcomfy.engine.status import LedgerState, RowPlan, RowStatus
+from prefect_runcomfy.engine.table import PreparedRow
+
+FOLLOW_FIRST_S = 2.0
+"""First pause between two looks at a row another run holds; it doubles up to `FOLLOW_MAX_S`."""
+FOLLOW_MAX_S = 15.0
+
+
+class RowCellLike(Protocol):
+    """What `follow_holder` needs of a row's cell (`engine.row.RowCell`)."""
+
+    latest: RowOutcome
+
+    def keep(self, outcome: RowOutcome) -> RowOutcome: ...
+
+
+@dataclass(frozen=True)
+class RowTurn:
+    """What this run may do with a row now: the decision from the ledger as it is now, the
+    entry it came from, and the claim generation held (0: claims are off)."""
+
+    decision: RowDecision
+    entry: LedgerEntry | None
+    generation: int = 0
+
+    @property
+    def acts(self) -> bool:
+        """True when the row needs this run: a submit or a collect."""
+        return self.decision.plan in (RowPlan.SUBMIT, RowPlan.RESUME)
+
+
+async def take_turn(
+    batch: Batch, row: PreparedRow, planned: RowDecision, snapshot: LedgerEntry | None
+) -> RowTurn | Held:
+    """Take row's claim and decide from the ledger as it is now; `Held` when another live run
+    holds it. Without claims (single-writer mode) the plan stands as it was made."""
+    claims = batch.claims
+    if claims is None:
+        return RowTurn(planned, snapshot)
+    after = snapshot.claim if snapshot else 0
+    got = await asyncio.to_thread(claims.take, row.id, after, row.fingerprint, _ledger_probe(batch))
+    if isinstance(got, Held):
+        return got
+    fresh = await asyncio.to_thread(batch.ledger.get, row.id)
+    decision = await asyncio.to_thread(_decide_again, batch, row, planned, snapshot, fresh)
+    turn = RowTurn(decision, fresh, got.generation)
+    if turn.acts:
+        batch.ledger.hold(row.id, got.generation)
+    else:
+        await asyncio.to_thread(claims.release, row.id, got.generation)
+    return turn
+
+
+async def take_entry(batch: Batch, entry: LedgerEntry) -> Held | None:
+    """Take the claim of a row the ledger holds as outstanding (`collect`): None when this
+    run holds it now (its writes record the claim), `Held` when a live run works on it."""
+    if batch.claims is None:
+        return None
+    got = await asyncio.to_thread(
+        batch.claims.take, entry.id, entry.claim, entry.payload_sha256 or "", _ledger_probe(batch)
+    )
+    if isinstance(got, Held):
+        return got
+    batch.ledger.hold(entry.id, got.generation)
+    return None
+
+
+def _ledger_probe(batch: Batch) -> Callable[[str], tuple[LedgerState | None, int]]:
+    def probe(id: str) -> tuple[LedgerState | None, int]:
+        entry = batch.ledger.get(id)
+        return (entry.state, entry.claim) if entry else (None, 0)
+
+    return probe
+
+
+def _decide_again(
+    batch: Batch,
+    row: PreparedRow,
+    planned: RowDecision,
+    snapshot: LedgerEntry | None,
+    fresh: LedgerEntry | None,
+) -> RowDecision:
+    """`plan_row` on the ledger as it is now. A submit is allowed only when the run planned
+    one and no POST was started for the row since the plan was made: a retry or a changed
+    row is never paid for twice because two runs both planned it."""
+    decision = plan_row(
+        fresh,
+        row.fingerprint,
+        output_exists=_outputs_present(batch, fresh),
+        resubmit_unknown=batch.resubmit_unknown,
+        retry_failed=batch.retry_failed,
+    )
+    if decision.plan is not RowPlan.SUBMIT:
+        return decision
+    started_since = (fresh.attempts if fresh else 0) != (snapshot.attempts if snapshot else 0)
+    if planned.plan is RowPlan.SUBMIT and not started_since:
+        return dataclasses.replace(decision, estimated_cost_usd=planned.estimated_cost_usd)
+    who = f"flow run {fresh.flow_run_id}" if fresh and fresh.flow_run_id else "another run"
+    state = fresh.state.value if fresh else "gone from the ledger"
+    return RowDecision(
+        RowPlan.KEEP_FAILED,
+        f"{who} worked on this row while this run was planning (it is now {state}); "
+        "this run did not pay for it again: run again to decide anew",
+    )
+
+
+def _outputs_present(batch: Batch, entry: LedgerEntry | None) -> bool:
+    if entry is None or entry.state is not LedgerState.STORED or not entry.video_uris:
+        return False
+    names = [uri.rsplit("/", 1)[-1] for uri in entry.video_uris] + [f"{entry.id}.json"]
+    return all(batch.store.exists(name) for name in names)
+
+
+async def follow_holder(batch: Batch, row: PreparedRow, held: Held, cell: RowCellLike) -> bool:
+    """Wait while another live run works on the row, holding no job place. True once the
+    holder let go (take the turn again); False when the row ended here instead (recorded in
+    `cell`): the holder works from other inputs under the same id, or `max_wait_s` passed."""
+    claim = held.claim
+    log = get_run_logger()
+    if claim.payload_sha256 and claim.payload_sha256 != row.fingerprint:
+        cell.keep(cell.latest.ended(RowStatus.FAILED, _conflict(row, claim)))
+        return False
+    log.info(
+        "%s: worked on by %s; waiting for it instead of paying again", row.id, claim.describe()
+    )
+    deadline = time.monotonic() + batch.max_wait_s
+    pause = FOLLOW_FIRST_S
+    while time.monotonic() < deadline:
+        await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, FOLLOW_MAX_S)
+        assert batch.claims is not None
+        if await asyncio.to_thread(batch.claims.let_go, claim, _ledger_probe(batch)):
+            return True
+    cell.keep(
+        cell.latest.ended(
+            RowStatus.TIMED_OUT,
+            f"still worked on by {claim.describe()} after {batch.max_wait_s:g} s; this run did "
+            "not submit it. Its video lands in the same place when that run stores it; run "
+            "again later to report it.",
+        )
+    )
+    return False
+
+
+def _conflict(row: PreparedRow, claim: Claim) -> str:
+    return (
+        f"id {row.id!r} is being generated by {claim.describe()} from different inputs; "
+        "this run did not submit it, so neither video is paid twice or overwritten. Give the "
+        "rows of different tables distinct ids, or run again after that run ended to replace "
+        "its video (which pays for a new job)."
+    )
+
+
+__all__ = [
+    "FOLLOW_FIRST_S",
+    "FOLLOW_MAX_S",
+    "RowTurn",
+    "follow_holder",
+    "take_entry",
+    "take_turn",
+]
