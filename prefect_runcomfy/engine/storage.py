@@ -596,7 +596,9 @@ class OutputStore:
         call created it, False when it already existed. The one atomic "first one wins" step
         that claims are built on (`engine.claims`).
 
-        Local folders: `O_CREAT | O_EXCL` (the file is synced with its folder). Object stores:
+        Local folders: `O_CREAT | O_EXCL`, not synced to disk: a claim only orders runs that
+        are alive (they share the page cache); after a power cut the ledger, which is synced
+        before every POST, says what happened. Object stores:
         fsspec's `mode="xb"`, which s3fs, gcsfs and adlfs send as a conditional write
         (`If-None-Match: *`). A backend that cannot create exclusively raises here
         (`NotImplementedError`, `ValueError`, ...); one that silently ignores the mode is
@@ -773,10 +775,8 @@ def _create_local_exclusive(path: str, data: bytes) -> bool:
         return False
     try:
         os.write(fd, data)
-        os.fsync(fd)
     finally:
         os.close(fd)
-    _fsync_dir(os.path.dirname(path))
     return True
 
 
