@@ -1,9 +1,10 @@
 """A download has a deadline: a trickling or stalled output host on loopback ends it in time.
 
-The output host here is a real HTTP server on 127.0.0.1: a small asyncio server in the test
-(`slow_host`, every connection bounded by `HOLD_S`). The deadlines are made small through
-the limits a user has; the time bounds asserted are generous: they tell "ended by its
-deadline" from "hung".
+The output hosts here are real HTTP servers on 127.0.0.1: a small asyncio server in the test
+(`slow_host`, every connection bounded by `HOLD_S`) and the sandbox's own file route slowed by
+its `files_bytes_per_s` / `files_stall_after_bytes` switches. The deadlines are made small
+through the settings a user has (`RUNCOMFY_DOWNLOAD_GRACE_S`, `RUNCOMFY_DOWNLOAD_STALL_S`);
+the time bounds asserted are generous: they tell "ended by its deadline" from "hung".
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sandbox_helpers import manifest_of
 
+from prefect_runcomfy import RunComfyCredentials, generate_talking_videos
 from prefect_runcomfy.api.backoff import Backoff
 from prefect_runcomfy.api.download_deadline import (
     DownloadLimits,
@@ -28,7 +31,10 @@ from prefect_runcomfy.api.download_deadline import (
 )
 from prefect_runcomfy.api.downloads import download_output
 from prefect_runcomfy.api.hosts import OutputPolicy
+from prefect_runcomfy.engine.ledger import Ledger
+from prefect_runcomfy.engine.storage import OutputStore
 from prefect_runcomfy.exceptions import ConfigurationError, DownloadError, DownloadTimedOutError
+from prefect_runcomfy.sandbox import Sandbox, sample_inputs
 
 HOLD_S = 15.0
 """No connection to the test's slow host lives longer than this, whatever the client does."""
@@ -272,3 +278,67 @@ def test_the_settings_come_from_the_environment() -> None:
         with pytest.raises(ConfigurationError, match=name):
             read({name: value})
     assert [human_bytes(n) for n in (500, 48 * 1024, 3 << 20)] == ["500 B", "48.0 KiB", "3.0 MiB"]
+
+
+# --- a batch row whose video trickles or stalls ---------------------------------------------------
+
+
+@pytest.fixture
+def sb(shared_sandbox: Sandbox) -> Sandbox:
+    shared_sandbox.reset(config=True)
+    return shared_sandbox
+
+
+@pytest.mark.usefixtures("prefect_api")
+@pytest.mark.parametrize(
+    "switch", [{"files_bytes_per_s": 500}, {"files_stall_after_bytes": 1000}], ids=str
+)
+async def test_a_row_whose_video_trickles_or_stalls_ends_collectable_by_its_deadline(
+    sb: Sandbox,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    switch: dict[str, Any],
+) -> None:
+    caplog.set_level(logging.INFO)
+    monkeypatch.setenv("RUNCOMFY_DOWNLOAD_GRACE_S", "2")
+    monkeypatch.setenv("RUNCOMFY_DOWNLOAD_STALL_S", "0.5")
+    monkeypatch.setattr("prefect_runcomfy.api.download_deadline.PROGRESS_EVERY_S", 0.5)
+    monkeypatch.setattr("prefect_runcomfy.engine.row.STORE_RETRY_DELAYS_S", (0.2, 0.2))
+    sb.set(**switch)
+    row = {**sample_inputs(sb.base_url)[0], "id": "r0"}
+    out = tmp_path / "o"
+    credentials = RunComfyCredentials(api_token=sb.token, base_url=sb.base_url, max_retries=3)
+    started = time.monotonic()
+    manifest = await manifest_of(
+        generate_talking_videos(
+            [row], str(out), credentials, poll_initial_s=0.1, poll_max_s=0.5, max_wait_s=20
+        )
+    )
+    took = time.monotonic() - started
+    assert took < 45, "the row ended by its download's deadline, not hung"
+
+    record = manifest.to_dict(orient="records")[0]
+    assert record["status"] == "timed_out"
+    error = record["error"]
+    assert "did not finish within its deadline" in error
+    assert "The job succeeded and is paid for" in error
+    assert f"`prefect-runcomfy collect {out}`" in error
+    entry = Ledger(OutputStore(str(out))).load_all()["r0"]
+    assert entry.state == "timed_out" and entry.request_id == record["request_id"]
+    assert not (out / "r0.mp4").exists() and not (out / "r0.json").exists()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")], "no partial file"
+    if "files_bytes_per_s" in switch:
+        lines = [r.getMessage() for r in caplog.records]
+        assert any(line.startswith("r0: downloading r0.mp4: ") for line in lines), lines
+
+    # what the error says to do collects it, without paying again
+    from prefect_runcomfy import collect_outstanding_requests
+
+    sb.set(files_bytes_per_s=None, files_stall_after_bytes=None)
+    collected = await collect_outstanding_requests(
+        str(out), credentials, poll_initial_s=0.1, poll_max_s=0.5
+    )
+    assert list(collected["status"]) == ["succeeded"]
+    assert (out / "r0.mp4").stat().st_size > 1000
+    assert sb.stats()["submits_accepted"] == 1
