@@ -173,15 +173,10 @@ async def download_output(
     its type, its size; the default policy allows RunComfy's output domains only: pass the
     client's, `RunComfyClient.output_policy`, to allow the API's own host and the user's).
 
-    All tries share one deadline (`limits`, from the environment when None: see
-    `prefect_runcomfy.api.download_deadline`), counted from `started` (a `time.monotonic()`
-    value; now when None: pass the first one again to a retry of your own). A long download
-    tells `on_progress` how far it got about every 30 s (default: a line on the
-    `prefect_runcomfy.api.downloads` logger).
-
-    A path gets the file only when it is complete (written beside it under a hidden name,
-    then renamed); a binary file is written in place and is left with what arrived when the
-    download fails.
+    All tries share one deadline (`limits`; from the environment when None: see
+    `api.download_deadline`) counted from `started` (`time.monotonic()`; now when None). A
+    long download, and each failed try, is told to `on_progress` (default: a log line). A
+    path gets the file only when complete (written beside it under a hidden name, renamed).
 
     Example:
         ```python
@@ -190,8 +185,7 @@ async def download_output(
         ```
 
     Raises:
-        DownloadTimedOutError: the deadline passed (a trickle or a stall); nothing is left
-            at a path `destination`.
+        DownloadTimedOutError: the deadline passed (a trickle or a stall).
         DownloadError: the file could not be fetched completely.
         OutputRefusedError: the policy refused it; nothing of it is left at `destination`.
     """
@@ -205,31 +199,64 @@ async def download_output(
         started=started,
         on_progress=on_progress or log_progress,
     )
-    final = os.fspath(destination) if _is_path(destination) else None
-    partial = None if final is None else _partial_path(final)
+    tries = max(1, attempts)
     try:
-        done = await clock.run(
-            lambda: retrying(
-                lambda: _download_once(
-                    client, url, partial or destination, chunk_size, rules, clock
-                ),
-                delays=backoff or Backoff(),
-                attempts=max(1, attempts),
-                retry_if=_download_may_be_retried,
-                wait_hint=_capped_retry_after,
-                on_retry=clock.note_retry,
+        if isinstance(destination, (str, os.PathLike)):
+            return await _to_path(
+                client, url, os.fspath(destination), chunk_size, tries, backoff, rules, clock
             )
+        return await _within_deadline(
+            client, url, destination, chunk_size, tries, backoff, rules, clock
         )
-        if partial is not None and final is not None:
-            os.replace(partial, final)  # complete: only now under the name asked for
-            done = dataclasses.replace(done, path=final)
-        return done
     finally:
-        if partial is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(partial)  # a broken, refused or late download: never left behind
         if own:
             await client.aclose()
+
+
+async def _to_path(
+    http: httpx.AsyncClient,
+    url: str,
+    final: str,
+    chunk_size: int,
+    attempts: int,
+    backoff: Backoff | None,
+    policy: OutputPolicy,
+    clock: DownloadClock,
+) -> DownloadedFile:
+    """Download beside `final` under a hidden name, renamed over it only when complete."""
+    partial = _partial_path(final)
+    try:
+        done = await _within_deadline(
+            http, url, partial, chunk_size, attempts, backoff, policy, clock
+        )
+        os.replace(partial, final)  # complete: only now under the name asked for
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)  # a broken, refused or late download: never left behind
+    return dataclasses.replace(done, path=final)
+
+
+async def _within_deadline(
+    http: httpx.AsyncClient,
+    url: str,
+    destination: str | IO[bytes],
+    chunk_size: int,
+    attempts: int,
+    backoff: Backoff | None,
+    policy: OutputPolicy,
+    clock: DownloadClock,
+) -> DownloadedFile:
+    """Every try of a download, and the pauses between them, within the clock's deadline."""
+    return await clock.run(
+        lambda: retrying(
+            lambda: _download_once(http, url, destination, chunk_size, policy, clock),
+            delays=backoff or Backoff(),
+            attempts=attempts,
+            retry_if=_download_may_be_retried,
+            wait_hint=_capped_retry_after,
+            on_retry=clock.note_retry,
+        )
+    )
 
 
 def _is_path(
