@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import io
 import os
 import ssl
 import uuid
@@ -333,7 +334,9 @@ def _opened(destination: str | os.PathLike[str] | IO[bytes], buffer: int) -> Ite
     """The file a try writes: a path opened anew, or the caller's file emptied first (and
     emptied again when the policy refuses what arrived)."""
     if isinstance(destination, (str, os.PathLike)):
-        with Path(destination).open("wb", buffering=max(buffer, 1)) as opened:
+        # The write buffer holds the pieces the network gives (often a few KiB) until a
+        # chunk's worth is there: few writes, whatever the transfer's pace.
+        with Path(destination).open("wb", buffering=max(buffer, io.DEFAULT_BUFFER_SIZE)) as opened:
             yield opened
         return
     destination.seek(0)
