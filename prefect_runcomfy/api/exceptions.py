@@ -28,6 +28,7 @@ RunComfyError
 ├── RunCancelledError                  the job was cancelled
 ├── RunTimedOutError                   waiting passed its deadline
 ├── DownloadError                      an output could not be downloaded completely
+│   └── DownloadTimedOutError          an output's download passed its deadline (slow or stalled)
 └── OutputRefusedError                 an output's host, type or size is not allowed
 ```
 """
@@ -234,6 +235,24 @@ class DownloadError(RunComfyError):
         return self.status_code in (403, 404, 410)
 
 
+class DownloadTimedOutError(DownloadError):
+    """An output's download passed its deadline, retries included (it trickled or stalled).
+
+    The job itself succeeded and is paid for: its output can be collected later, without
+    paying again, while RunComfy keeps it. The deadline is `grace_s` plus the size at the
+    minimum rate (`prefect_runcomfy.api.download_deadline`); `received` and `expected` say how
+    far the last try got (`expected` is None when the host announced no size).
+    """
+
+    def __init__(
+        self, message: str, *, deadline_s: float, received: int, expected: int | None
+    ) -> None:
+        super().__init__(message)
+        self.deadline_s = deadline_s
+        self.received = received
+        self.expected = expected
+
+
 class OutputRefusedError(RunComfyError):
     """An output URL (or a redirect) points at a host that is not allowed, or the answer is
     not a video or is over the size cap; nothing of it was kept, and trying again will not
@@ -297,6 +316,7 @@ __all__ = [
     "ConfigurationError",
     "CostLimitError",
     "DownloadError",
+    "DownloadTimedOutError",
     "InputRejectedError",
     "InsufficientBalanceError",
     "InvalidInputError",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -34,6 +35,7 @@ from prefect_runcomfy.api.client import RunComfyClient
 from prefect_runcomfy.api.exceptions import (
     AuthenticationError,
     DownloadError,
+    DownloadTimedOutError,
     InsufficientBalanceError,
     OutputRefusedError,
     RequestNotFoundError,
@@ -445,17 +447,7 @@ async def _store(
             outcome.ended(RowStatus.FAILED, error), LedgerState.OUTPUT_REFUSED, error=error
         )
     except DownloadError as exc:
-        error = f"the video could not be downloaded: {exc}"
-        if exc.expired:  # the output is gone: nothing left to collect
-            return await batch.record_paid(
-                outcome.ended(RowStatus.FAILED, error), LedgerState.FAILED, error=error
-            )
-        # Paid for and maybe still there (a broken stream, 5xx): keep it collectable, so the
-        # next run or collect stores it instead of retry_failed paying for it again.
-        error += f"; run again (or collect_outstanding_requests) to store request {outcome.request_id} without paying again"
-        return await batch.record_paid(
-            outcome.ended(RowStatus.FAILED, error), LedgerState.TIMED_OUT, error=error
-        )
+        return await _not_downloaded(batch, outcome, exc)
     stored = await batch.record_paid(
         stored,
         LedgerState.STORED,
@@ -466,15 +458,44 @@ async def _store(
     return stored
 
 
+async def _not_downloaded(batch: Batch, outcome: RowOutcome, exc: DownloadError) -> RowOutcome:
+    """The record and ledger entry of a succeeded job whose video could not be downloaded."""
+    error = f"the video could not be downloaded: {exc}"
+    if exc.expired:  # the output is gone: nothing left to collect
+        return await batch.record_paid(
+            outcome.ended(RowStatus.FAILED, error), LedgerState.FAILED, error=error
+        )
+    # Paid for and maybe still there (a broken stream, 5xx, a sick CDN): keep it collectable,
+    # so the next run or collect stores it instead of retry_failed paying for it again.
+    target = shlex.quote(batch.store.output_uri)
+    error += (
+        f" The job succeeded and is paid for: collect its video without paying again with "
+        f"`prefect-runcomfy collect {target}` (or collect_outstanding_requests, or run the "
+        f"same table again), which stores request {outcome.request_id}."
+    )
+    # Past its deadline the row is timed out, as a wait past max_wait_s is: the ledger's
+    # word, so a later run reports it the same way, and the review page's advice is "collect".
+    status = RowStatus.TIMED_OUT if isinstance(exc, DownloadTimedOutError) else RowStatus.FAILED
+    return await batch.record_paid(outcome.ended(status, error), LedgerState.TIMED_OUT, error=error)
+
+
 async def _store_with_retries(
     batch: Batch, client: RunComfyClient, outcome: RowOutcome, result: RequestResult
 ) -> RowOutcome:
     """Store a row's outputs and then its sidecar; tried again after a pause unless the
-    output is gone for good (storing is idempotent: it overwrites)."""
+    output is gone for good or past its download deadline, which every try shares (storing
+    is idempotent: it overwrites)."""
+
+    started: dict[str, float] = {}  # each output's deadline runs across the tries
 
     async def once() -> RowOutcome:
         files = await store_files(
-            result, outcome.id, batch.store, http=client.output_http, policy=client.output_policy
+            result,
+            outcome.id,
+            batch.store,
+            http=client.output_http,
+            policy=client.output_policy,
+            download_started=started,
         )
         return await write_sidecar(batch.store, stored_outcome(outcome, result, files))
 

@@ -26,7 +26,8 @@ class RowStatus(StrEnum):
     INVALID = "invalid"
     """The row was rejected before anything was submitted; `error` says why."""
     TIMED_OUT = "timed_out"
-    """Waiting passed `max_wait_s`; a job that was running can be collected later."""
+    """Waiting passed `max_wait_s`, or a video's download passed its deadline; a job that was
+    running, or whose video is still there, can be collected later without paying again."""
     OUTCOME_UNKNOWN = "outcome_unknown"
     """A submit was sent but its answer was lost; not submitted again without asking."""
 
@@ -44,7 +45,9 @@ class LedgerState(StrEnum):
     - `submitted`: RunComfy accepted the job; `request_id` is known.
     - `stored`: the outputs and the metadata are in the output location.
     - `failed` / `cancelled`: the job ended without outputs.
-    - `timed_out`: waiting stopped at the deadline; the job may still run and can be collected.
+    - `timed_out`: waiting stopped at the deadline (the job may still run), or the job
+      succeeded and its video could not be downloaded (past the download's deadline, a broken
+      stream); either way it is paid for and can be collected.
     - `outcome_unknown`: a POST was sent but its answer was lost; a job may be running and billed.
     - `invalid`: the input was rejected (locally or by RunComfy); nothing was paid for.
     - `output_refused`: the job succeeded and is paid for, but its output was refused (a host,

@@ -36,9 +36,11 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_runcomfy.api.client import RunComfyClient
+from prefect_runcomfy.api.download_deadline import DownloadProgress, ProgressListener
 from prefect_runcomfy.api.downloads import download_output, output_http_client, short_url
 from prefect_runcomfy.api.exceptions import (
     DownloadError,
+    DownloadTimedOutError,
     OutputRefusedError,
     RunCancelledError,
     RunFailedError,
@@ -289,10 +291,11 @@ def output_names(row_id: str, urls: list[str]) -> list[str]:
 
 
 def store_is_worth_retrying(error: BaseException) -> bool:
-    """False for an output that is gone for good (403/404/410) or refused by the output policy
-    (its host, type or size); anything else (a broken stream, a rate limit, a storage hiccup)
-    may pass on another try, and storing is idempotent."""
-    if isinstance(error, OutputRefusedError):
+    """False for an output that is gone for good (403/404/410), refused by the output policy
+    (its host, type or size) or past its download deadline (the deadline covers every try);
+    anything else (a broken stream, a rate limit, a storage hiccup) may pass on another try,
+    and storing is idempotent."""
+    if isinstance(error, OutputRefusedError | DownloadTimedOutError):
         return False
     if isinstance(error, DownloadError):
         return not error.expired
@@ -321,6 +324,16 @@ def _keep_file(
     return uri, video
 
 
+def progress_line(row_id: str, name: str) -> ProgressListener:
+    """Says a long download's progress on the run's logger, naming the row and the file."""
+    logger = run_logger()
+
+    def say(progress: DownloadProgress) -> None:
+        logger.info("%s: downloading %s: %s", row_id, name, progress.describe())
+
+    return say
+
+
 async def store_files(
     result: RequestResult,
     row_id: str,
@@ -328,12 +341,17 @@ async def store_files(
     *,
     http: httpx.AsyncClient,
     policy: OutputPolicy | None = None,
+    download_started: dict[str, float] | None = None,
 ) -> tuple[StoredFile, ...]:
     """Download every output of a finished request and upload it into `store` (with the
     row's poster made from the first); no sidecar. Idempotent: it overwrites.
 
     Every URL is checked against `policy` (the client's `output_policy`; RunComfy's output
-    domains only when None) before anything is fetched: `OutputRefusedError` otherwise."""
+    domains only when None) before anything is fetched: `OutputRefusedError` otherwise.
+    Each download has a deadline (`DownloadTimedOutError`) and logs its progress when long
+    (`prefect_runcomfy.api.download_deadline`). `download_started` keeps when each output's
+    first try began (`time.monotonic()`, filled in here): pass the same dict to a retry so
+    it does not restart the outputs' deadlines."""
     urls = result.output_urls
     if not urls:
         raise DownloadError(f"Request {result.request_id} succeeded but listed no output URL.")
@@ -343,8 +361,20 @@ async def store_files(
     with contextlib.nullcontext(None) if store.is_local else staging_folder() as tmp:
         for url, name in zip(urls, output_names(row_id, urls), strict=True):
             local = store.local_temp(name) if tmp is None else os.path.join(tmp, name)
+            started = (
+                None
+                if download_started is None
+                else download_started.setdefault(url, time.monotonic())
+            )
             try:
-                downloaded = await download_output(url, local, http=http, policy=policy)
+                downloaded = await download_output(
+                    url,
+                    local,
+                    http=http,
+                    policy=policy,
+                    started=started,
+                    on_progress=progress_line(row_id, name),
+                )
                 uri, video = await asyncio.to_thread(
                     _keep_file, store, local, name, row_id, tmp, not files
                 )
@@ -425,6 +455,7 @@ __all__ = [
     "StoredOutputs",
     "label",
     "output_names",
+    "progress_line",
     "run_logger",
     "store_files",
     "store_is_worth_retrying",

@@ -156,7 +156,9 @@ STALE_STAGING_AGE_S = 24 * 3600.0
 
 STALE_TEMP_AGE_S = 15 * 60.0
 """A hidden temp file in a local output folder untouched for this long was left by a killed
-run: a download in progress writes to its file at least every read timeout (120 s)."""
+run: a download in progress writes to its file every MiB it receives, and one that falls far
+below the minimum rate (`RUNCOMFY_DOWNLOAD_MIN_RATE`, 256 KiB/s: a MiB every 4 s) ends at its
+deadline."""
 
 _sweep_lock = threading.Lock()
 _swept = False

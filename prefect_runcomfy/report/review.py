@@ -110,8 +110,9 @@ def advice_for(status: str, *, output_uri: str | None = None) -> str | None:
             "with retry_failed=True (CLI: --retry-failed)."
         ),
         "timed_out": (
-            "The wait ended before the job finished; it may still be running (and billed) on "
-            f"RunComfy. Collect it without paying again: prefect-runcomfy collect {target} "
+            "The wait ended before the job finished, or its video's download passed its "
+            "deadline; the job may still be running (and billed) on RunComfy, or be done and "
+            f"waiting there. Collect it without paying again: prefect-runcomfy collect {target} "
             "(or run the same table again). If the error says it was cancelled while still "
             "queued, nothing was billed: run again with retry_failed=True."
         ),

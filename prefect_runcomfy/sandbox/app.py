@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -36,6 +36,11 @@ INVALID_INPUT, RATE_LIMITED, SERVER_ERROR = 422001, 429001, 500001
 _API_KEY_SET = frozenset(API_KEYS.values())
 _PAD_CHUNK = 1 << 20
 """Chunk size of the zero padding served with `output_padding_bytes`."""
+STALL_HOLD_S = 120.0
+"""How long a file stalled by `files_stall_after_bytes` keeps its connection open, silent,
+when the client does not leave first (then it closes it, the file cut short)."""
+_TRICKLE_TICK_S = 0.05
+"""A trickled file (`files_bytes_per_s`) is sent in one piece per tick."""
 
 
 class ConnectionDropped(Exception):
@@ -467,7 +472,11 @@ def build_app(state: SandboxState) -> FastAPI:
                 job.downloads += 1
                 if job.first_download_mono is None:
                     job.first_download_mono = time.monotonic()
-            if padding or state.config.files_without_length:
+            config = state.config
+            paced = (
+                config.files_bytes_per_s is not None or config.files_stall_after_bytes is not None
+            )
+            if padding or config.files_without_length or paced:
                 return padded_file(job.video.path, job.video.size_bytes, padding, name, request)
             # FileResponse streams in chunks and sends Content-Length
             served_as = state.config.output_content_type
@@ -477,7 +486,8 @@ def build_app(state: SandboxState) -> FastAPI:
 
     def padded_file(path: Any, size: int, padding: int, name: str, request: Request) -> Response:
         """The file then `padding` zero bytes, streamed in 1 MiB chunks with Content-Length
-        (chunked, without it, when `files_without_length`)."""
+        (chunked, without it, when `files_without_length`), trickled or stalled as the
+        config says (`files_bytes_per_s`, `files_stall_after_bytes`)."""
         headers = {"Content-Disposition": f'attachment; filename="{name}"'}
         if not state.config.files_without_length:
             headers["Content-Length"] = str(size + padding)
@@ -494,7 +504,8 @@ def build_app(state: SandboxState) -> FastAPI:
                 left -= len(piece)
                 yield piece
 
-        return StreamingResponse(chunks(), media_type=served_as, headers=headers)
+        body = paced(chunks(), state.config.files_bytes_per_s, state.config.files_stall_after_bytes)
+        return StreamingResponse(body, media_type=served_as, headers=headers)
 
     @app.get("/samples")
     async def samples_index(request: Request) -> Response:
@@ -563,3 +574,32 @@ def build_app(state: SandboxState) -> FastAPI:
         return {"ok": True}
 
     return app
+
+
+async def paced(
+    chunks: AsyncIterator[bytes], bytes_per_s: float | None, stall_after: int | None
+) -> AsyncIterator[bytes]:
+    """`chunks` as they come, or trickled at `bytes_per_s`, and cut off after `stall_after`
+    bytes by silence: the connection stays open and sends nothing (Starlette cancels this when
+    the client leaves; otherwise it ends after `STALL_HOLD_S`, the file cut short)."""
+    step = max(1, int(bytes_per_s * _TRICKLE_TICK_S)) if bytes_per_s else None
+    sent = 0
+    async for chunk in chunks:
+        for part in _pieces(chunk, step):
+            if stall_after is not None and sent + len(part) > stall_after:
+                if stall_after > sent:
+                    yield part[: stall_after - sent]
+                await asyncio.sleep(STALL_HOLD_S)
+                return
+            sent += len(part)
+            yield part
+            if bytes_per_s:
+                await asyncio.sleep(len(part) / bytes_per_s)
+
+
+def _pieces(chunk: bytes, step: int | None) -> Iterator[bytes]:
+    if step is None:
+        yield chunk
+        return
+    for start in range(0, len(chunk), step):
+        yield chunk[start : start + step]

@@ -118,6 +118,12 @@ class SandboxConfig:
     files_redirect: str = "none"
     """What the API host's file route answers: the file (`none`), a 302 to the same file on the
     foreign listener (`foreign`), or a 302 to itself under another path (`self`)."""
+    files_bytes_per_s: float | None = None
+    """Serve output files at about this many bytes per second (a trickling CDN or proxy);
+    None: as fast as the connection goes."""
+    files_stall_after_bytes: int | None = None
+    """Send this many bytes of an output file, then nothing more while the connection stays
+    open (until the client leaves, at most `app.STALL_HOLD_S`): a stalled CDN. None: never."""
 
     # --- rendering
     render: str = "full"
@@ -161,6 +167,10 @@ class SandboxConfig:
             raise ValueError("render_threads must be at least 1")
         if self.output_padding_bytes < 0:
             raise ValueError("output_padding_bytes must not be negative")
+        if self.files_bytes_per_s is not None and not self.files_bytes_per_s > 0:
+            raise ValueError("files_bytes_per_s must be None or positive")
+        if self.files_stall_after_bytes is not None and self.files_stall_after_bytes < 0:
+            raise ValueError("files_stall_after_bytes must be None or >= 0")
         if self.result_ttl_s is not None and self.result_ttl_s < 0:
             raise ValueError("result_ttl_s must be None or >= 0")
 
