@@ -19,7 +19,7 @@ import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 from sandbox_helpers import manifest_of
-from test_flow import FAST, assert_one_submit_per_payload, creds, rows
+from test_flow import FAST, creds, rows
 
 from prefect_runcomfy import generate_talking_videos
 from prefect_runcomfy.engine.claims import OWNERS_DIR, OwnerLease, RowClaims, Taken
@@ -54,10 +54,22 @@ def _start(sb: Sandbox, tmp_path: Path, name: str, **args: Any) -> subprocess.Po
     )
 
 
+LOGS: list[str] = []
+"""The runs' log lines that say what they did with rows (shown when a test fails)."""
+
+
 async def _manifest(proc: subprocess.Popen[str], timeout: float = 180.0) -> list[dict[str, Any]]:
     out, err = await asyncio.to_thread(proc.communicate, timeout=timeout)
     assert proc.returncode == 0, err[-3000:]
+    LOGS.extend(f"{proc.pid}: {line}" for line in err.splitlines() if " - r" in line)
     return list(json.loads(out.strip().splitlines()[-1]))
+
+
+def _paid_once(sb: Sandbox, rows_total: int) -> None:
+    stats = sb.stats()
+    detail = "\n".join([str(stats["submits_by_payload"]), *LOGS[-200:]])
+    assert stats["submits_accepted"] == rows_total, detail
+    assert max(stats["submits_by_payload"].values()) == 1, detail
 
 
 async def _two_runs(
@@ -82,8 +94,7 @@ async def test_two_processes_on_one_table_into_one_folder_pay_once(
     first, second = await _two_runs(
         sb, tmp_path, apart_s, inputs=rows(sb, 20), output_uri=str(out), max_concurrency=4
     )
-    assert sb.stats()["submits_accepted"] == 20
-    assert_one_submit_per_payload(sb)
+    _paid_once(sb, 20)
     # Each run reports every row stored: its own, and those the other run paid for.
     assert [r["status"] for r in first] == ["succeeded"] * 20
     assert [r["status"] for r in second] == ["succeeded"] * 20
@@ -108,8 +119,7 @@ async def test_two_processes_into_one_s3_prefix_pay_once(
         storage_options=s3_server.storage_options,
         max_concurrency=4,
     )
-    assert sb.stats()["submits_accepted"] == 12
-    assert_one_submit_per_payload(sb)
+    _paid_once(sb, 12)
     assert {r["status"] for r in first + second} == {"succeeded"}
     assert not _paid_by(first) & _paid_by(second)
 
@@ -284,3 +294,37 @@ async def test_collect_leaves_a_request_a_live_run_waits_for_to_it(
     manifest = await collect_outstanding_requests(str(tmp_path / "out"), creds(sb))
     assert manifest.empty
     assert not (tmp_path / "out" / f"{row['id']}.mp4").exists()
+
+
+def _submitting_elsewhere(store: OutputStore, row: dict[str, Any]) -> None:
+    """The ledger as another run leaves it the moment before its POST: `submitting`, claim 1."""
+    import pandas as pd
+
+    from prefect_runcomfy.engine.table import check_table
+
+    fingerprint = check_table(pd.DataFrame([row])).valid[0].fingerprint
+    ledger = Ledger(store)
+    ledger.hold(row["id"], 1)
+    ledger.mark_submitting(row["id"], fingerprint)
+
+
+@pytest.mark.parametrize("owner_alive", [True, False], ids=["owner-alive", "owner-gone"])
+async def test_a_submit_in_progress_elsewhere_is_followed_not_reported_unknown(
+    sb: Sandbox, tmp_path: Path, owner_alive: bool
+) -> None:
+    """`submitting` with no answer yet: another live run may be POSTing this instant, so the
+    row is followed; only once that run is gone is it `outcome_unknown`, and never paid."""
+    store = OutputStore(str(tmp_path / "out"))
+    row = rows(sb, 1)[0]
+    _submitting_elsewhere(store, row)
+    lease_s = 300.0 if owner_alive else 5.0
+    _foreign_claim(store, row["id"], renewed_s_ago=0.0 if owner_alive else 30.0, lease_s=lease_s)
+    manifest = await manifest_of(
+        generate_talking_videos([row], str(tmp_path / "out"), creds(sb), max_wait_s=1.0, **FAST)
+    )
+    assert sb.stats()["submits_accepted"] == 0
+    if owner_alive:
+        assert manifest["status"][0] == "timed_out"
+        assert "still worked on by" in manifest["error"][0]
+    else:
+        assert manifest["status"][0] == "outcome_unknown"

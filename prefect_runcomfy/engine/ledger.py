@@ -49,6 +49,9 @@ LEDGER_DIR = "_ledger"
 _FORGET = object()
 """A field value that removes the field from the entry."""
 
+_NOT_READ = object()
+"""`Ledger.hold` without an entry: the row's entry was not read."""
+
 _ALWAYS_SYNCED = frozenset(
     {LedgerState.SUBMITTING, LedgerState.SUBMITTED, LedgerState.OUTCOME_UNKNOWN}
 )
@@ -265,7 +268,7 @@ class Ledger:
         # What this ledger last wrote for each row: a transition starts from it instead of
         # reading the file it just wrote back (one GET less per transition on object stores).
         # Safe because one task owns a row while it runs.
-        self._written: dict[str, LedgerEntry] = {}
+        self._written: dict[str, LedgerEntry | None] = {}
         # The claim generation this run holds each row under (`engine.claims`): every write
         # while it holds the row records it, so others can tell the row is at rest under it.
         self._held: dict[str, int] = {}
@@ -328,13 +331,18 @@ class Ledger:
             entries[id] = self._parse(id, data)
         return entries
 
-    def hold(self, id: str, generation: int) -> None:
+    def hold(self, id: str, generation: int, entry: Any = _NOT_READ) -> None:
         """Record that this run holds row `id` under claim `generation`: its next writes of
-        the row say so (`claim`)."""
+        the row say so (`claim`). `entry`: the row's entry (or None: no entry) as just read,
+        the base of the next write (saves reading it again)."""
         self._held[id] = generation
+        if entry is not _NOT_READ:
+            self._written[id] = entry
 
     def _latest(self, id: str) -> LedgerEntry | None:
-        return self._written.get(id) or self.get(id)
+        if id in self._written:
+            return self._written[id]
+        return self.get(id)
 
     def _write(self, entry: LedgerEntry, *, durable: bool = True) -> LedgerEntry:
         self.store.write_json(self.name_for(entry.id), entry.to_json(), durable=durable)

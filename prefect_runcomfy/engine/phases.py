@@ -37,7 +37,7 @@ from prefect_runcomfy.engine.pricing import (
     estimate_cost,
     price_rows,
 )
-from prefect_runcomfy.engine.status import RowPlan, RowStatus
+from prefect_runcomfy.engine.status import LedgerState, RowPlan, RowStatus
 from prefect_runcomfy.engine.storage import OutputStore
 from prefect_runcomfy.engine.table import (
     PreparedRow,
@@ -221,9 +221,14 @@ async def claims_for(
     store: OutputStore, run_plan: RunPlan, *, flow_run_id: str | None, single_writer: bool
 ) -> RowClaims | None:
     """The run's claims (`engine.claims.open_claims`: the storage is checked for exclusive
-    create first), when any row is to be submitted or collected; else None."""
+    create first), when any row is to be submitted or collected, or may be being submitted
+    by another run right now (`submitting`); else None."""
     acting = (RowPlan.SUBMIT, RowPlan.RESUME)
-    if not any(d.plan in acting for d in run_plan.decisions):
+    submitting = {i for i, e in run_plan.entries.items() if e.state is LedgerState.SUBMITTING}
+    if not any(
+        d.plan in acting or r.id in submitting
+        for r, d in zip(run_plan.rows, run_plan.decisions, strict=True)
+    ):
         return None
     return await asyncio.to_thread(
         open_claims, store, flow_run_id=flow_run_id, single_writer=single_writer

@@ -108,7 +108,9 @@ async def run_row(
     )
     if decision.plan is RowPlan.SKIP_STORED:
         return await batch.done(await _already_stored(batch, start))
-    if decision.plan in (RowPlan.UNKNOWN, RowPlan.KEEP_FAILED):
+    if decision.plan is RowPlan.KEEP_FAILED or (
+        decision.plan is RowPlan.UNKNOWN and not _maybe_being_submitted(batch, entry)
+    ):
         return await batch.done(_reported_again(start, decision, entry))
     cell = RowCell(
         start.evolve(
@@ -124,6 +126,12 @@ async def run_row(
         get_run_logger().error("%s: not run: %s", row.id, exc)
         cell.keep(cell.latest.ended(RowStatus.FAILED, f"{type(exc).__name__}: {exc}"))
     return await batch.done(cell.latest)
+
+
+def _maybe_being_submitted(batch: Batch, entry: LedgerEntry | None) -> bool:
+    """A `submitting` entry may be another live run's POST right now: the row's turn (its
+    claim) tells that apart from a POST whose run died without an answer."""
+    return batch.claims is not None and entry is not None and entry.state is LedgerState.SUBMITTING
 
 
 async def _already_stored(batch: Batch, start: RowOutcome) -> RowOutcome:
@@ -191,6 +199,9 @@ async def _take_job_to_its_end(
     """Submit or resume the row's job as its turn says and wait for it; None when the row
     ended without a job to store (its record in `cell`)."""
     decision, entry = turn.decision, turn.entry
+    if turn.refusal is not None:
+        cell.keep(cell.latest.ended(RowStatus.FAILED, turn.refusal))
+        return None
     if decision.plan is RowPlan.RESUME and entry is not None and entry.request_id:
         outcome = _resumed(cell.latest, row, decision, entry)
         first_note = None
