@@ -9,14 +9,19 @@ Exit codes tell outcomes apart, so a scheduler or a shell script can act on them
 | 2 | bad input: the table (or an argument) is invalid; nothing was submitted |
 | 3 | configuration error: no token, unknown credentials block, unreachable storage, over a limit |
 | 4 | RunComfy refused or failed a single-request command (status, cancel) |
+| 130 | stopped by Ctrl-C (SIGINT): queued jobs cancelled, the rest said in one line |
+| 143 | stopped by SIGTERM, the same way |
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,6 +44,8 @@ EXIT_PARTIAL = 1
 EXIT_BAD_INPUT = 2
 EXIT_CONFIG = 3
 EXIT_API = 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 app = typer.Typer(
     name="prefect-runcomfy",
@@ -108,16 +115,18 @@ def _summary(manifest: Any, output: str) -> None:
 def _quiet_console(verbose: bool) -> None:
     """Keep Prefect's per-row log lines out of the terminal (the progress bar says it all);
     they still reach the Prefect API and UI."""
-    import logging
-
     from prefect.logging.configuration import setup_logging
 
     setup_logging()
-    if verbose:
-        return
+    if not verbose:
+        _console_level(logging.WARNING)
+
+
+def _console_level(level: int) -> None:
+    """Show only Prefect log lines of `level` and above in the terminal."""
     for handler in logging.getLogger().handlers:
         if type(handler).__name__ == "PrefectConsoleHandler":
-            handler.setLevel(logging.WARNING)
+            handler.setLevel(level)
 
 
 def _run_flow(*, show_progress: bool = True, **kwargs: Any) -> Any:
@@ -152,17 +161,80 @@ def _run_flow(*, show_progress: bool = True, **kwargs: Any) -> Any:
         progress_listeners.remove(listen)
 
 
-def _manifest_of(call: Callable[[], Any]) -> Any:
-    """Run a flow and return its manifest, also when rows ended the flow run Failed (the exit
-    code says so); other errors become their exit codes."""
-    from prefect_runcomfy.api.exceptions import RowsNeedAttentionError
+class _Stopped(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM reached the command (raised by its handler, as Python's own handler
+    raises KeyboardInterrupt, so that Prefect and the run treat both alike)."""
 
+
+def _manifest_of(
+    call: Callable[[], Any], *, verbose: bool = False, setup: Callable[[], None] | None = None
+) -> Any:
+    """Run a flow (after `setup`) and return its manifest, also when rows ended the flow run
+    Failed (the exit code says so); other errors become their exit codes.
+
+    Ctrl-C or SIGTERM stops the run (its queued jobs cancelled, its flow run Cancelled: see
+    `sync_or_async.StopOnSignals`), then the command prints what was left in one line and
+    exits 130 (143 for SIGTERM). The Prefect log lines of the rows being stopped stay out of
+    the terminal (unless --verbose): the UI has them. The signal is noted when it arrives:
+    a KeyboardInterrupt raised inside a library may come out wrapped in its own error.
+    """
+    from prefect_runcomfy.api.exceptions import RowsNeedAttentionError
+    from prefect_runcomfy.engine import stopping
+
+    received: list[int] = []
+    reports: list[stopping.StopReport] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise _Stopped
+
+    def quiet(reason: str) -> None:  # in the signal handler: only a level is set
+        if not verbose:
+            _console_level(logging.CRITICAL + 1)
+
+    with _signals_to(on_signal), _listening(quiet, reports.append):
+        try:
+            if setup is not None:
+                setup()
+            return call()
+        except RowsNeedAttentionError as exc:
+            if not received:
+                return exc.manifest
+        except Exception as exc:
+            if not received:
+                raise typer.Exit(_handle(exc)) from None
+        except KeyboardInterrupt:
+            pass
+    said = reports[-1].message() if reports else "Stopped; no job was queued or running."
+    err.print(f"[yellow]{escape(said)}[/]")
+    raise typer.Exit(EXIT_TERMINATED if signal.SIGTERM in received else EXIT_INTERRUPTED)
+
+
+@contextlib.contextmanager
+def _signals_to(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM go to `handler` meanwhile."""
+    before = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return call()
-    except RowsNeedAttentionError as exc:
-        return exc.manifest
-    except Exception as exc:
-        raise typer.Exit(_handle(exc)) from None
+        yield
+    finally:
+        for signum, previous in before.items():
+            signal.signal(signum, previous)
+
+
+@contextlib.contextmanager
+def _listening(
+    on_request: Callable[[str], None], on_stopped: Callable[[Any], None]
+) -> Iterator[None]:
+    """Hear a stop as it is asked (`on_request`) and its report (`on_stopped`) meanwhile."""
+    from prefect_runcomfy.engine import stopping
+
+    stopping.stop_requested_listeners.append(on_request)
+    stopping.stop_listeners.append(on_stopped)
+    try:
+        yield
+    finally:
+        stopping.stop_requested_listeners.remove(on_request)
+        stopping.stop_listeners.remove(on_stopped)
 
 
 def _exit_for(manifest: Any) -> int:
@@ -239,11 +311,14 @@ def run(
     ```
 
     Exit code 0: all rows succeeded; 1: some did not; 2: bad input; 3: configuration error
-    (or over --max-submits / --max-cost, before anything was submitted).
+    (or over --max-submits / --max-cost, before anything was submitted); 130: stopped by
+    Ctrl-C (143: by SIGTERM): queued jobs are cancelled, and one line says what was left
+    running and the command that collects it (the same run again goes on where it stopped).
     """
-    _quiet_console(verbose)
     manifest = _manifest_of(
-        lambda: _run_flow(
+        verbose=verbose,
+        setup=lambda: _quiet_console(verbose),
+        call=lambda: _run_flow(
             inputs=inputs,
             output_uri=output,
             credentials=credentials,
@@ -258,7 +333,7 @@ def run(
             storage_options=_options(storage_option),
             max_submits=max_submits,
             max_cost_usd=max_cost,
-        )
+        ),
     )
     _summary(manifest, output)
     raise typer.Exit(_exit_for(manifest))
