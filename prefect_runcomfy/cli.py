@@ -20,7 +20,9 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -167,7 +169,11 @@ class _Stopped(KeyboardInterrupt):
 
 
 def _manifest_of(
-    call: Callable[[], Any], *, verbose: bool = False, setup: Callable[[], None] | None = None
+    call: Callable[[], Any],
+    *,
+    output: str | None = None,
+    verbose: bool = False,
+    setup: Callable[[], None] | None = None,
 ) -> Any:
     """Run a flow (after `setup`) and return its manifest, also when rows ended the flow run
     Failed (the exit code says so); other errors become their exit codes.
@@ -182,17 +188,24 @@ def _manifest_of(
     from prefect_runcomfy.engine import stopping
 
     received: list[int] = []
+    asked: list[str] = []
     reports: list[stopping.StopReport] = []
 
     def on_signal(signum: int, frame: object) -> None:
+        if received:  # the command is stopping already: another signal ends it at once
+            for stream in (sys.stdout, sys.stderr):  # with what it said so far
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os._exit(_stop_code(received))
         received.append(signum)
         raise _Stopped
 
     def quiet(reason: str) -> None:  # in the signal handler: only a level is set
+        asked.append(reason)
         if not verbose:
             _console_level(logging.CRITICAL + 1)
 
-    with _signals_to(on_signal), _listening(quiet, reports.append):
+    with _signals_to(on_signal, keep=lambda: bool(received)), _listening(quiet, reports.append):
         try:
             if setup is not None:
                 setup()
@@ -205,20 +218,43 @@ def _manifest_of(
                 raise typer.Exit(_handle(exc)) from None
         except KeyboardInterrupt:
             pass
-    said = reports[-1].message() if reports else "Stopped; no job was queued or running."
-    err.print(f"[yellow]{escape(said)}[/]")
-    raise typer.Exit(EXIT_TERMINATED if signal.SIGTERM in received else EXIT_INTERRUPTED)
+    # Prefect's threads may still be logging as Python shuts down (a second Ctrl-C cut the
+    # wait short): their failures are expected then, and not worth a traceback each.
+    logging.raiseExceptions = False
+    err.print(f"[yellow]{escape(_stop_message(reports, asked, output))}[/]")
+    raise typer.Exit(_stop_code(received))
+
+
+def _stop_code(received: list[int]) -> int:
+    return EXIT_TERMINATED if signal.SIGTERM in received else EXIT_INTERRUPTED
+
+
+def _stop_message(reports: list[Any], asked: list[str], output: str | None) -> str:
+    """The one line a stopped command prints: the run's own report when it made one."""
+    if reports:
+        return str(reports[-1].message())
+    if not asked:  # stopped before the run began: nothing was submitted
+        return "Stopped; nothing was submitted."
+    collect = f"`prefect-runcomfy collect {shlex.quote(output)} --cancel`" if output else "collect"
+    return (
+        "Stopped without waiting for the run to cancel its queued jobs: "
+        f"{collect} cancels any still queued and stores the others."
+    )
 
 
 @contextlib.contextmanager
-def _signals_to(handler: Callable[[int, Any], None]) -> Iterator[None]:
-    """SIGINT and SIGTERM go to `handler` meanwhile."""
+def _signals_to(handler: Callable[[int, Any], None], keep: Callable[[], bool]) -> Iterator[None]:
+    """SIGINT and SIGTERM go to `handler` meanwhile, and to the end of the process when
+    `keep()` says so on the way out (a stopping command: a signal during Python's shutdown
+    then goes to `handler`, not to the default one, which would print a traceback from
+    wherever the shutdown was waiting)."""
     before = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        for signum, previous in before.items():
-            signal.signal(signum, previous)
+        if not keep():
+            for signum, previous in before.items():
+                signal.signal(signum, previous)
 
 
 @contextlib.contextmanager
@@ -316,6 +352,7 @@ def run(
     running and the command that collects it (the same run again goes on where it stopped).
     """
     manifest = _manifest_of(
+        output=output,
         verbose=verbose,
         setup=lambda: _quiet_console(verbose),
         call=lambda: _run_flow(
@@ -507,13 +544,14 @@ def demo(
         # Prefect's default 20 s to come up.
         with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 90}):
             manifest = _manifest_of(
-                lambda: _run_flow(
+                output=out,
+                call=lambda: _run_flow(
                     inputs=rows,
                     output_uri=out,
                     max_concurrency=4,
                     poll_initial_s=0.5,
                     poll_max_s=2.0,
-                )
+                ),
             )
     _summary(manifest, out)
     videos = manifest["video_uri"].dropna()
@@ -571,12 +609,13 @@ def collect(
     from prefect_runcomfy.flows import collect_outstanding_requests
 
     manifest = _manifest_of(
-        lambda: collect_outstanding_requests(
+        output=output,
+        call=lambda: collect_outstanding_requests(
             output_uri=output,
             credentials=credentials,
             cancel=cancel_queued,
             max_wait_s=max_wait,
-        )
+        ),
     )
     if manifest.empty:
         console.print("Nothing to collect.")

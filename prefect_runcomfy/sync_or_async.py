@@ -78,8 +78,8 @@ def run_here(call: Any, *, stoppable: bool = False) -> Any:
         try:
             return run_coro_as_sync(call)
         except BaseException:
-            if signals.received is None:
-                raise
+            if signals.received is None or signals.delivered:
+                raise  # not stopped by a signal, or a second signal already said it
             # The run stopped as it was asked (its flow run is Cancelled): what comes next
             # is the signal's to say, below.
     signals.deliver()
@@ -102,6 +102,8 @@ class StopOnSignals:
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self.delivered = False
+        """Whether the signal went on to the handler that was there before."""
         self._before: dict[int, Any] = {}
         """The handlers found on entry: given back on exit, and the signal's next stop."""
         self._installed = False
@@ -141,8 +143,9 @@ class StopOnSignals:
         """Hand the signal received to the handler that was there before (Python's raises
         KeyboardInterrupt; SIGTERM's default ends the process)."""
         signum = self.received
-        if signum is None:
+        if signum is None or self.delivered:
             return
+        self.delivered = True
         handler = self._before.get(signum, signal.SIG_DFL)
         if callable(handler):
             handler(signum, frame)
