@@ -23,6 +23,7 @@ import os
 import shlex
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -193,10 +194,7 @@ def _manifest_of(
 
     def on_signal(signum: int, frame: object) -> None:
         if received:  # the command is stopping already: another signal ends it at once
-            for stream in (sys.stdout, sys.stderr):  # with what it said so far
-                with contextlib.suppress(Exception):
-                    stream.flush()
-            os._exit(_stop_code(received))
+            _exit_now(_stop_code(received))
         received.append(signum)
         raise _Stopped
 
@@ -222,11 +220,30 @@ def _manifest_of(
     # wait short): their failures are expected then, and not worth a traceback each.
     logging.raiseExceptions = False
     err.print(f"[yellow]{escape(_stop_message(reports, asked, output))}[/]")
+    # Python's shutdown then waits for Prefect's log and event workers to hand over what they
+    # hold, with no time limit; with the server gone (a temporary server started by this
+    # command is in its process group and gets the terminal's Ctrl-C too) they retry for
+    # minutes. The line is said: the process ends within EXIT_GRACE_S whatever they do.
+    limit = threading.Timer(EXIT_GRACE_S, _exit_now, (_stop_code(received),))
+    limit.daemon = True
+    limit.start()
     raise typer.Exit(_stop_code(received))
+
+
+EXIT_GRACE_S = 5.0
+"""How long a stopped command's shutdown may take (Prefect's own log flush waits 5 s)."""
 
 
 def _stop_code(received: list[int]) -> int:
     return EXIT_TERMINATED if signal.SIGTERM in received else EXIT_INTERRUPTED
+
+
+def _exit_now(code: int) -> None:
+    """End the process at once, with what it has printed so far."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a flush cut by a signal can raise
+            stream.flush()
+    os._exit(code)
 
 
 def _stop_message(reports: list[Any], asked: list[str], output: str | None) -> str:

@@ -25,8 +25,10 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable, Coroutine
@@ -37,7 +39,12 @@ from prefect import Flow, Task
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from prefect_runcomfy.engine.stopping import clear_stop_request, is_stoppable, request_stop
+from prefect_runcomfy.engine.stopping import (
+    clear_stop_request,
+    is_stoppable,
+    request_stop,
+    stop_listeners,
+)
 
 
 def caller_is_async() -> bool:
@@ -86,6 +93,15 @@ def run_here(call: Any, *, stoppable: bool = False) -> Any:
     return None
 
 
+STOP_WAIT_S = 30.0
+"""The longest a sync caller waits for a stopped run to end; then it stops waiting, as a
+second Ctrl-C does."""
+RECORD_WAIT_S = 10.0
+"""Once the run said what it left (its cancels done), how long Prefect gets to record its
+final state: a temporary Prefect server started by this process is in its process group
+and gets the terminal's Ctrl-C too, and Prefect's client retries a server gone for minutes."""
+
+
 class StopOnSignals:
     """While a run goes on in Prefect's event-loop thread, SIGINT and SIGTERM stop it
     cleanly first (`engine.stopping.request_stop`), then reach whoever handled them before.
@@ -94,8 +110,9 @@ class StopOnSignals:
     cancels it and returns at once: the process then exits while the run's cancels and its
     final state are still to be sent (the jobs ran on and were billed, the flow run stayed
     Running), and a SIGTERM killed the process outright. Here the first signal asks the run
-    to stop and waits for it; a second one stops waiting. Only the main thread can handle
-    signals, and an ignored signal stays ignored.
+    to stop and waits for it (`STOP_WAIT_S` at most, `RECORD_WAIT_S` once it reported); a
+    second one stops waiting. Only the main thread can handle signals, and an ignored
+    signal stays ignored.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -107,6 +124,7 @@ class StopOnSignals:
         self._before: dict[int, Any] = {}
         """The handlers found on entry: given back on exit, and the signal's next stop."""
         self._installed = False
+        self._patience: threading.Timer | None = None
 
     def __enter__(self) -> StopOnSignals:
         if threading.current_thread() is not threading.main_thread():
@@ -118,9 +136,15 @@ class StopOnSignals:
             self._before[signum] = before
             signal.signal(signum, self._on_signal)
             self._installed = True
+        if self._installed:
+            stop_listeners.append(self._reported)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._patience is not None:
+            self._patience.cancel()
+        with contextlib.suppress(ValueError):
+            stop_listeners.remove(self._reported)
         self._restore()
         clear_stop_request()
 
@@ -131,7 +155,20 @@ class StopOnSignals:
             self.deliver(frame)
             return
         self.received = signum
+        self._wait_at_most(STOP_WAIT_S)
         request_stop(signal.Signals(signum).name)
+
+    def _reported(self, report: Any) -> None:
+        self._wait_at_most(RECORD_WAIT_S)
+
+    def _wait_at_most(self, seconds: float) -> None:
+        """Send the signal again in `seconds` (from a timer thread: the handler then runs in
+        the main thread, as for a second Ctrl-C) unless the run ended first."""
+        if self._patience is not None:
+            self._patience.cancel()
+        self._patience = threading.Timer(seconds, os.kill, (os.getpid(), self.received))
+        self._patience.daemon = True
+        self._patience.start()
 
     def _restore(self) -> None:
         if self._installed:
