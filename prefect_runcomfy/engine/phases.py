@@ -38,7 +38,13 @@ from prefect_runcomfy.engine.pricing import (
     price_rows,
 )
 from prefect_runcomfy.engine.status import RowPlan, RowStatus
-from prefect_runcomfy.engine.stopping import STOPS, cancelled_here, say_stopped, stop_batch
+from prefect_runcomfy.engine.stopping import (
+    STOPS,
+    StopReport,
+    cancelled_here,
+    say_stopped,
+    stop_batch,
+)
 from prefect_runcomfy.engine.storage import OutputStore
 from prefect_runcomfy.engine.table import (
     PreparedRow,
@@ -241,18 +247,29 @@ async def execute(
         await asyncio.wait([everything])
         return list(everything.result())
     except STOPS:
-        stopping = asyncio.ensure_future(
-            stop_batch(batch, cancel=cancel_on_stop, stop_rows=lambda s: _stop_rows(everything, s))
-        )
-        # shielded: the stop's own calls must not be cut by the cancellation that asked for it
-        report = await asyncio.shield(stopping)
-        if cancel_on_stop and batch.flow_run_id:
-            cancelled_here.add(batch.flow_run_id)
-        say_stopped(report)
+        report = await _stop(batch, everything, cancel=cancel_on_stop)
+        if report is not None:
+            if cancel_on_stop and batch.flow_run_id:
+                cancelled_here.add(batch.flow_run_id)
+            say_stopped(report)
         raise
     finally:
         everything.cancel()  # a no-op once they ended; else a second stop cut the first short
         await batch.aclose()
+
+
+async def _stop(batch: Batch, rows: asyncio.Future[Any], *, cancel: bool) -> StopReport | None:
+    """The stop's work (`stop_batch`), shielded from the cancellation that asked for it (its
+    own calls must not be cut); None, said in a warning, when it failed: the stop goes on
+    all the same, and the flows' hook or `collect` can finish it."""
+    work = asyncio.ensure_future(
+        stop_batch(batch, cancel=cancel, stop_rows=lambda seconds: _stop_rows(rows, seconds))
+    )
+    try:
+        return await asyncio.shield(work)
+    except Exception as exc:
+        get_run_logger().warning("Could not finish cancelling the queued jobs: %r", exc)
+        return None
 
 
 async def _stop_rows(rows: asyncio.Future[Any], seconds: float) -> None:
