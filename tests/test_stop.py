@@ -243,6 +243,46 @@ async def test_ctrl_c_on_a_plain_script_cancels_queued_jobs_then_raises_keyboard
     assert "Finished in state Cancelled('Stopped (SIGINT); 4 jobs cancelled" in output
 
 
+def test_a_second_ctrl_c_ends_the_cli_at_once_and_still_names_the_collect_command(
+    sb: Sandbox, tmp_path: Path
+) -> None:
+    """Impatient: a second Ctrl-C 50 ms after the first. No traceback wall, and the line
+    names the command that finishes what the stop may not have."""
+    out = tmp_path / "out"
+    table = write_table(sb, tmp_path / "rows.csv")
+    cli = [str(BIN / "prefect-runcomfy"), "run", table, "-o", str(out), "-c", str(IN_FLIGHT)]
+    proc = start(cli, environment(sb), tmp_path)
+    wait_until(proc, jobs_in_place(sb))
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.05)
+    output, _ = stop(proc, signal.SIGINT)
+    said = " ".join(output.split())
+    assert proc.returncode in (130, -signal.SIGINT), output  # -2: at Python's very end
+    assert "Traceback" not in output and "Logging error" not in output, output
+    assert len(output.strip().splitlines()) <= 6, output
+    assert f"prefect-runcomfy collect {out}" in said, output
+
+
+def test_the_stop_line_says_what_was_cancelled_left_and_how_to_collect_it() -> None:
+    from prefect_runcomfy.engine.stopping import StopReport
+
+    both = StopReport("s3://b/my videos", cancelled=("a", "b"), running=("c",), reason="SIGINT")
+    assert both.message() == (
+        "Stopped (SIGINT); 2 jobs cancelled while queued (not billed); 1 job left running on "
+        "RunComfy (billed): `prefect-runcomfy collect 's3://b/my videos'` stores their videos. "
+        "Running the same table again goes on where it stopped."
+    )
+    unsure = StopReport("out", unanswered=("d",)).message()
+    assert "1 job not confirmed cancelled (no answer): `prefect-runcomfy collect out --cancel`" in (
+        unsure
+    )
+    assert "no job of this run was queued or running" in StopReport("out").message()
+    collecting = StopReport("out", cancelling=False, reason="SIGTERM").message()
+    assert collecting == (
+        "Stopped (SIGTERM); the requests not collected yet stay for `prefect-runcomfy collect out`."
+    )
+
+
 @pytest.mark.slow
 async def test_a_deployment_run_cancelled_from_prefect_cancels_its_queued_jobs(
     sb: Sandbox, tmp_path: Path
