@@ -9,14 +9,22 @@ Exit codes tell outcomes apart, so a scheduler or a shell script can act on them
 | 2 | bad input: the table (or an argument) is invalid; nothing was submitted |
 | 3 | configuration error: no token, unknown credentials block, unreachable storage, over a limit |
 | 4 | RunComfy refused or failed a single-request command (status, cancel) |
+| 130 | stopped by Ctrl-C (SIGINT): queued jobs cancelled, the rest said in one line |
+| 143 | stopped by SIGTERM, the same way |
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
-from collections.abc import Callable
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,6 +47,8 @@ EXIT_PARTIAL = 1
 EXIT_BAD_INPUT = 2
 EXIT_CONFIG = 3
 EXIT_API = 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 app = typer.Typer(
     name="prefect-runcomfy",
@@ -108,16 +118,18 @@ def _summary(manifest: Any, output: str) -> None:
 def _quiet_console(verbose: bool) -> None:
     """Keep Prefect's per-row log lines out of the terminal (the progress bar says it all);
     they still reach the Prefect API and UI."""
-    import logging
-
     from prefect.logging.configuration import setup_logging
 
     setup_logging()
-    if verbose:
-        return
+    if not verbose:
+        _console_level(logging.WARNING)
+
+
+def _console_level(level: int) -> None:
+    """Show only Prefect log lines of `level` and above in the terminal."""
     for handler in logging.getLogger().handlers:
         if type(handler).__name__ == "PrefectConsoleHandler":
-            handler.setLevel(logging.WARNING)
+            handler.setLevel(level)
 
 
 def _run_flow(*, show_progress: bool = True, **kwargs: Any) -> Any:
@@ -152,17 +164,130 @@ def _run_flow(*, show_progress: bool = True, **kwargs: Any) -> Any:
         progress_listeners.remove(listen)
 
 
-def _manifest_of(call: Callable[[], Any]) -> Any:
-    """Run a flow and return its manifest, also when rows ended the flow run Failed (the exit
-    code says so); other errors become their exit codes."""
-    from prefect_runcomfy.api.exceptions import RowsNeedAttentionError
+class _Stopped(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM reached the command (raised by its handler, as Python's own handler
+    raises KeyboardInterrupt, so that Prefect and the run treat both alike)."""
 
+
+def _manifest_of(
+    call: Callable[[], Any],
+    *,
+    output: str | None = None,
+    verbose: bool = False,
+    setup: Callable[[], None] | None = None,
+) -> Any:
+    """Run a flow (after `setup`) and return its manifest, also when rows ended the flow run
+    Failed (the exit code says so); other errors become their exit codes.
+
+    Ctrl-C or SIGTERM stops the run (its queued jobs cancelled, its flow run Cancelled: see
+    `sync_or_async.StopOnSignals`), then the command prints what was left in one line and
+    exits 130 (143 for SIGTERM). The Prefect log lines of the rows being stopped stay out of
+    the terminal (unless --verbose): the UI has them. The signal is noted when it arrives:
+    a KeyboardInterrupt raised inside a library may come out wrapped in its own error.
+    """
+    from prefect_runcomfy.api.exceptions import RowsNeedAttentionError
+    from prefect_runcomfy.engine import stopping
+
+    received: list[int] = []
+    asked: list[str] = []
+    reports: list[stopping.StopReport] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        if received:  # the command is stopping already: another signal ends it at once
+            _exit_now(_stop_code(received))
+        received.append(signum)
+        raise _Stopped
+
+    def quiet(reason: str) -> None:  # in the signal handler: only a level is set
+        asked.append(reason)
+        if not verbose:
+            _console_level(logging.CRITICAL + 1)
+
+    with _signals_to(on_signal, keep=lambda: bool(received)), _listening(quiet, reports.append):
+        try:
+            if setup is not None:
+                setup()
+            return call()
+        except RowsNeedAttentionError as exc:
+            if not received:
+                return exc.manifest
+        except Exception as exc:
+            if not received:
+                raise typer.Exit(_handle(exc)) from None
+        except KeyboardInterrupt:
+            pass
+    # Prefect's threads may still be logging as Python shuts down (a second Ctrl-C cut the
+    # wait short): their failures are expected then, and not worth a traceback each.
+    logging.raiseExceptions = False
+    err.print(f"[yellow]{escape(_stop_message(reports, asked, output))}[/]")
+    # Python's shutdown then waits for Prefect's log and event workers to hand over what they
+    # hold, with no time limit; with the server gone (a temporary server started by this
+    # command is in its process group and gets the terminal's Ctrl-C too) they retry for
+    # minutes. The line is said: the process ends within EXIT_GRACE_S whatever they do.
+    limit = threading.Timer(EXIT_GRACE_S, _exit_now, (_stop_code(received),))
+    limit.daemon = True
+    limit.start()
+    raise typer.Exit(_stop_code(received))
+
+
+EXIT_GRACE_S = 5.0
+"""How long a stopped command's shutdown may take (Prefect's own log flush waits 5 s)."""
+
+
+def _stop_code(received: list[int]) -> int:
+    return EXIT_TERMINATED if signal.SIGTERM in received else EXIT_INTERRUPTED
+
+
+def _exit_now(code: int) -> None:
+    """End the process at once, with what it has printed so far."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a flush cut by a signal can raise
+            stream.flush()
+    os._exit(code)
+
+
+def _stop_message(reports: list[Any], asked: list[str], output: str | None) -> str:
+    """The one line a stopped command prints: the run's own report when it made one."""
+    if reports:
+        return str(reports[-1].message())
+    if not asked:  # stopped before the run began: nothing was submitted
+        return "Stopped; nothing was submitted."
+    collect = f"`prefect-runcomfy collect {shlex.quote(output)} --cancel`" if output else "collect"
+    return (
+        "Stopped without waiting for the run to cancel its queued jobs: "
+        f"{collect} cancels any still queued and stores the others."
+    )
+
+
+@contextlib.contextmanager
+def _signals_to(handler: Callable[[int, Any], None], keep: Callable[[], bool]) -> Iterator[None]:
+    """SIGINT and SIGTERM go to `handler` meanwhile, and to the end of the process when
+    `keep()` says so on the way out (a stopping command: a signal during Python's shutdown
+    then goes to `handler`, not to the default one, which would print a traceback from
+    wherever the shutdown was waiting)."""
+    before = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return call()
-    except RowsNeedAttentionError as exc:
-        return exc.manifest
-    except Exception as exc:
-        raise typer.Exit(_handle(exc)) from None
+        yield
+    finally:
+        if not keep():
+            for signum, previous in before.items():
+                signal.signal(signum, previous)
+
+
+@contextlib.contextmanager
+def _listening(
+    on_request: Callable[[str], None], on_stopped: Callable[[Any], None]
+) -> Iterator[None]:
+    """Hear a stop as it is asked (`on_request`) and its report (`on_stopped`) meanwhile."""
+    from prefect_runcomfy.engine import stopping
+
+    stopping.stop_requested_listeners.append(on_request)
+    stopping.stop_listeners.append(on_stopped)
+    try:
+        yield
+    finally:
+        stopping.stop_requested_listeners.remove(on_request)
+        stopping.stop_listeners.remove(on_stopped)
 
 
 def _exit_for(manifest: Any) -> int:
@@ -247,11 +372,15 @@ def run(
     ```
 
     Exit code 0: all rows succeeded; 1: some did not; 2: bad input; 3: configuration error
-    (or over --max-submits / --max-cost, before anything was submitted).
+    (or over --max-submits / --max-cost, before anything was submitted); 130: stopped by
+    Ctrl-C (143: by SIGTERM): queued jobs are cancelled, and one line says what was left
+    running and the command that collects it (the same run again goes on where it stopped).
     """
-    _quiet_console(verbose)
     manifest = _manifest_of(
-        lambda: _run_flow(
+        output=output,
+        verbose=verbose,
+        setup=lambda: _quiet_console(verbose),
+        call=lambda: _run_flow(
             inputs=inputs,
             output_uri=output,
             credentials=credentials,
@@ -267,7 +396,7 @@ def run(
             max_submits=max_submits,
             max_cost_usd=max_cost,
             single_writer=single_writer,
-        )
+        ),
     )
     _summary(manifest, output)
     raise typer.Exit(_exit_for(manifest))
@@ -441,13 +570,14 @@ def demo(
         # Prefect's default 20 s to come up.
         with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 90}):
             manifest = _manifest_of(
-                lambda: _run_flow(
+                output=out,
+                call=lambda: _run_flow(
                     inputs=rows,
                     output_uri=out,
                     max_concurrency=4,
                     poll_initial_s=0.5,
                     poll_max_s=2.0,
-                )
+                ),
             )
     _summary(manifest, out)
     videos = manifest["video_uri"].dropna()
@@ -505,12 +635,13 @@ def collect(
     from prefect_runcomfy.flows import collect_outstanding_requests
 
     manifest = _manifest_of(
-        lambda: collect_outstanding_requests(
+        output=output,
+        call=lambda: collect_outstanding_requests(
             output_uri=output,
             credentials=credentials,
             cancel=cancel_queued,
             max_wait_s=max_wait,
-        )
+        ),
     )
     if manifest.empty:
         console.print("Nothing to collect.")

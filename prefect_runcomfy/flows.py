@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import Callable
 from typing import Any, Literal
@@ -53,6 +54,7 @@ from prefect_runcomfy.engine.phases import (
 from prefect_runcomfy.engine.row import RowCell, collect_request, in_row_task, run_row
 from prefect_runcomfy.engine.row_claim import take_entry
 from prefect_runcomfy.engine.status import LedgerState, RowStatus
+from prefect_runcomfy.engine.stopping import cancelled_here, mark_stoppable, run_stoppable
 from prefect_runcomfy.engine.storage import MANIFEST_NAME, OutputStore
 from prefect_runcomfy.engine.table import RowProblem, table_folder
 from prefect_runcomfy.engine.waiting import PollPolicy, PollStrategy
@@ -88,6 +90,21 @@ class TableFlow(SyncOrAsyncFlow):
                 "(pass a file path or URL to keep it with the run)>",
             }
         return super().serialize_parameters(parameters)
+
+
+def stoppable(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A flow body that a Ctrl-C or SIGTERM on a sync caller stops cleanly: queued jobs
+    cancelled, the flow run Cancelled with what was left (`engine.stopping.run_stoppable`).
+
+    Written here, not in the engine: Prefect resolves a flow's parameter annotations in its
+    function's globals, and versions the flow by its function's file.
+    """
+
+    @functools.wraps(fn)
+    async def body(*args: Any, **kwargs: Any) -> Any:
+        return await run_stoppable(fn, args, kwargs)
+
+    return mark_stoppable(body)
 
 
 def table_flow(**options: Any) -> Callable[[Callable[..., Any]], SyncOrAsyncFlow]:
@@ -162,8 +179,8 @@ async def _cancel_queued_on_stop(flow: Any, flow_run: FlowRun, state: State) -> 
     hook_logger = get_logger("prefect_runcomfy.flows")
     params = flow_run.parameters or {}
     output_uri = params.get("output_uri")
-    if not output_uri:
-        return
+    if not output_uri or str(flow_run.id) in cancelled_here:
+        return  # nothing to cancel, or the run's own stop did it in this process
     given = params.get("credentials")
     try:
         store = OutputStore(output_uri, params.get("storage_options"))
@@ -220,6 +237,7 @@ def _resolver(
     on_cancellation=[_cancel_queued_on_stop],
     on_crashed=[_cancel_queued_on_stop],
 )
+@stoppable
 async def generate_talking_videos(
     inputs: pd.DataFrame | list[dict[str, Any]] | str,
     output_uri: str,
@@ -390,7 +408,7 @@ async def generate_talking_videos(
         for row, decision in zip(run_plan.rows, run_plan.decisions, strict=True)
     ]
     with tags(*run_tags(model_id)):
-        outcomes += await execute(batch, jobs, make_client=lambda: client_for(creds))
+        outcomes += await execute(batch, jobs)
     await progress.finish()
     outcomes.sort(key=lambda o: o.row if o.row is not None else -1)
     return await finish_run(
@@ -429,6 +447,7 @@ def _report_invalid(
 
 
 @sync_or_async_flow(name="collect-outstanding-requests", log_prints=False)
+@stoppable
 async def collect_outstanding_requests(
     output_uri: str,
     credentials: RunComfyCredentials | str | None = None,
@@ -502,9 +521,7 @@ async def collect_outstanding_requests(
     jobs = [_collect_one(batch, entry, creds, cancel=cancel) for entry in outstanding]
     # Stopped, it leaves the requests it collects as they were: they belong to earlier runs.
     with tags(*run_tags(MODEL_ID)):
-        outcomes = await execute(
-            batch, jobs, make_client=lambda: client_for(creds), cancel_on_stop=False
-        )
+        outcomes = await execute(batch, jobs, cancel_on_stop=False)
     for entry in unknown:
         error = entry.error or "a submit was sent but its answer was lost"
         outcome = RowOutcome.from_ledger_entry(entry).ended(RowStatus.OUTCOME_UNKNOWN, error)

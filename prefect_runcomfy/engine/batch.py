@@ -19,13 +19,14 @@ from prefect.logging import get_run_logger
 
 from prefect_runcomfy.api.backoff import retrying
 from prefect_runcomfy.api.client import RunComfyClient
-from prefect_runcomfy.api.exceptions import RunComfyError, StorageError
+from prefect_runcomfy.api.exceptions import StorageError
 from prefect_runcomfy.api.models import MODEL_ID
 from prefect_runcomfy.engine.claims import RowClaims
 from prefect_runcomfy.engine.estimate import RunEstimator
 from prefect_runcomfy.engine.ledger import Ledger, LedgerEntry
 from prefect_runcomfy.engine.outcome import RowOutcome
 from prefect_runcomfy.engine.status import LedgerState
+from prefect_runcomfy.engine.stopping import mark_cancelled, send_cancels
 from prefect_runcomfy.engine.storage import OutputStore
 from prefect_runcomfy.engine.waiting import PollPolicy
 
@@ -62,7 +63,13 @@ class Batch:
     retry_failed: bool = False
     """The run's plan flags, to decide a row again from the ledger as it is at its turn."""
     stop_reason: str | None = None
-    """Set when every later submit would be refused the same way (bad token, no balance)."""
+    """Set when every later submit would be refused the same way (bad token, no balance),
+    or when the run was stopped."""
+    submitted: dict[str, str] = field(default_factory=dict)
+    """Row id → request id of each job this run submitted and has not seen finish: what a
+    stopped run cancels (`engine.stopping`), known without reading the ledger back."""
+    posting: set[asyncio.Task[str]] = field(default_factory=set)
+    """The submits sent and not answered yet (`send_submit`)."""
     _semaphore: asyncio.Semaphore | None = None
     _rows: asyncio.Semaphore | None = None
     _idle_clients: list[RunComfyClient] = field(default_factory=list)
@@ -118,6 +125,21 @@ class Batch:
             yield client
         finally:
             self._idle_clients.append(client)
+
+    async def send_submit(self, row_id: str, submit: Awaitable[str]) -> str:
+        """Send a row's submit (`submit` returns the request id) so that a stop cannot cut
+        it in half: a POST that reached RunComfy creates a job, and only its request id lets
+        a stop cancel it. The id goes into `submitted` as soon as it is known."""
+
+        async def send() -> str:
+            request_id = await submit
+            self.submitted[row_id] = request_id
+            return request_id
+
+        task = asyncio.ensure_future(send())
+        self.posting.add(task)
+        task.add_done_callback(self.posting.discard)
+        return await asyncio.shield(task)
 
     async def aclose(self) -> None:
         """Close every client this batch opened."""
@@ -195,28 +217,17 @@ async def cancel_queued_requests(
     """Best effort: cancel this run's requests that are still queued; return their ids.
 
     Running requests cannot be cancelled; they stay `submitted` in the ledger so
-    `collect_outstanding_requests` can collect them.
+    `collect_outstanding_requests` can collect them. Cancelled ones are recorded as not
+    billed, so that running the table again submits them again.
     """
-    pending = await _in_flight(ledger, flow_run_id)
-    cancelled: list[str] = []
-    if not pending:
-        return cancelled
-    async with make_client() as client:
-        for entry in pending:
-            assert entry.request_id is not None
-            try:
-                answer = await client.cancel(entry.request_id)
-            except RunComfyError:
-                continue
-            if answer.cancelled:
-                cancelled.append(entry.request_id)
-                await asyncio.to_thread(
-                    ledger.mark,
-                    entry.id,
-                    LedgerState.CANCELLED,
-                    error="cancelled because its flow run stopped before it started",
-                )
-    return cancelled
+    pending = {e.id: e.request_id for e in await _in_flight(ledger, flow_run_id) if e.request_id}
+    answers: dict[str, bool] = {}
+    if pending:
+        await send_cancels(make_client, pending, answers)
+    cancelled = [row_id for row_id, done in answers.items() if done]
+    for row_id in cancelled:
+        await asyncio.to_thread(mark_cancelled, ledger, row_id)
+    return [pending[row_id] for row_id in cancelled]
 
 
 __all__ = ["LEDGER_RETRY_DELAYS_S", "Batch", "cancel_queued_requests", "queued_requests"]

@@ -143,7 +143,8 @@ def plan_row(
     4. `stored` with a different payload → `SUBMIT`: the user changed the row, so the stored
        video answers an older question; paying again is what they asked for.
     5. `failed` with `billed=False` (RunComfy refused the submit outright: bad token, no
-       balance, rejected input; no job was created) → `SUBMIT`: nothing was paid.
+       balance, rejected input; no job was created), or `cancelled` with `billed=False` (a
+       stopped run cancelled the job while it was queued) → `SUBMIT`: nothing was paid.
        Other `failed`/`cancelled`/`invalid` → `SUBMIT` when `retry_failed` or the payload changed
        (the user fixed the row), else `KEEP_FAILED`: the same input would most likely fail
        (and be billed) again, so a retry is only made on request.
@@ -204,9 +205,10 @@ def _plan_failed(entry: LedgerEntry, changed: bool, retry_failed: bool) -> RowDe
     """Rule 5: a row that failed, was cancelled or was refused."""
     state = entry.state.value
     if (entry.model_extra or {}).get("billed") is False:
+        what = "cancelled" if entry.state is LedgerState.CANCELLED else "refused by RunComfy"
         return RowDecision(
             RowPlan.SUBMIT,
-            f"previously refused by RunComfy before any job was created ({entry.error}); "
+            f"previously {what} before any job ran ({entry.error}); "
             "nothing was paid, so submitting again",
             payload_changed=changed,
         )

@@ -8,6 +8,7 @@ executes what the ledger holds. Each phase logs what it decided, once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from prefect.logging import get_run_logger
 
 from prefect_runcomfy.api.client import RunComfyClient
 from prefect_runcomfy.api.models import MEDIA_COLUMNS, MODEL_ID
-from prefect_runcomfy.engine.batch import Batch, cancel_queued_requests
+from prefect_runcomfy.engine.batch import Batch
 from prefect_runcomfy.engine.claims import RowClaims, open_claims
 from prefect_runcomfy.engine.ledger import LedgerEntry, RowDecision
 from prefect_runcomfy.engine.media import MediaResolver
@@ -38,6 +39,13 @@ from prefect_runcomfy.engine.pricing import (
     price_rows,
 )
 from prefect_runcomfy.engine.status import LedgerState, RowPlan, RowStatus
+from prefect_runcomfy.engine.stopping import (
+    STOPS,
+    StopReport,
+    cancelled_here,
+    say_stopped,
+    stop_batch,
+)
 from prefect_runcomfy.engine.storage import OutputStore
 from prefect_runcomfy.engine.table import (
     PreparedRow,
@@ -49,8 +57,6 @@ from prefect_runcomfy.engine.table import (
 
 RESOLVE_AT_ONCE = 16
 """Rows whose media are resolved at the same time (uploads and signatures are blocking I/O)."""
-STOP_GRACE_S = 30.0
-"""How long a stopped run tries to cancel its still-queued requests."""
 
 
 @dataclass(frozen=True)
@@ -244,37 +250,63 @@ async def execute(
     batch: Batch,
     jobs: Sequence[Awaitable[RowOutcome | None]],
     *,
-    make_client: Callable[[], RunComfyClient],
     cancel_on_stop: bool = True,
 ) -> list[RowOutcome]:
     """Run the rows' jobs at once (bounded by the batch's slots) and return their records
     (a job that answers None left its row to another run). The run's claim lease lives
     while they run.
 
-    Stopped from outside, it cancels this run's requests still queued (best effort, for a
-    short while; `cancel_on_stop`) and leaves the rest in the ledger for
-    `collect_outstanding_requests`."""
+    Stopped from outside (a cancellation: Ctrl-C, SIGTERM, a Prefect cancel), it stops its
+    rows, and with `cancel_on_stop` cancels first the jobs this run submitted that are
+    still queued (`engine.stopping.stop_batch`, within `STOP_GRACE_S`); what it left is said
+    in one line (`say_stopped`), and the stop goes on.
+    """
     lease = batch.claims.lease if batch.claims is not None else None
+    if lease is not None:
+        await asyncio.to_thread(lease.start)
+    everything = asyncio.gather(*jobs)
     try:
-        if lease is not None:
-            await asyncio.to_thread(lease.start)
-        return [o for o in await asyncio.gather(*jobs) if o is not None]
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        if not cancel_on_stop or batch.flow_run_id is None:
-            raise
-        stopping = asyncio.shield(
-            cancel_queued_requests(batch.ledger, make_client, flow_run_id=batch.flow_run_id)
-        )
-        try:
-            await asyncio.wait_for(stopping, timeout=STOP_GRACE_S)
-        except BaseException as exc:
-            get_run_logger().warning("Could not cancel queued requests: %s", exc)
+        # `wait` and not the gather itself: a stop that lands here leaves the rows running
+        # until their queued jobs are cancelled, which is what decides what is billed.
+        await asyncio.wait([everything])
+        return [o for o in everything.result() if o is not None]
+    except STOPS:
+        report = await _stop(batch, everything, cancel=cancel_on_stop)
+        if report is not None:
+            if cancel_on_stop and batch.flow_run_id:
+                cancelled_here.add(batch.flow_run_id)
+            say_stopped(report)
         raise
     finally:
+        everything.cancel()  # a no-op once they ended; else a second stop cut the first short
         if lease is not None:
             # Ended, the lease frees this run's claims at once (run again? nothing waits).
             await asyncio.to_thread(lease.stop)
         await batch.aclose()
+
+
+async def _stop(batch: Batch, rows: asyncio.Future[Any], *, cancel: bool) -> StopReport | None:
+    """The stop's work (`stop_batch`), shielded from the cancellation that asked for it (its
+    own calls must not be cut); None, said in a warning, when it failed: the stop goes on
+    all the same, and the flows' hook or `collect` can finish it."""
+    work = asyncio.ensure_future(
+        stop_batch(batch, cancel=cancel, stop_rows=lambda seconds: _stop_rows(rows, seconds))
+    )
+    try:
+        return await asyncio.shield(work)
+    except Exception as exc:
+        get_run_logger().warning("Could not finish cancelling the queued jobs: %r", exc)
+        return None
+
+
+async def _stop_rows(rows: asyncio.Future[Any], seconds: float) -> None:
+    """Cancel the rows still under way and give them `seconds` to end (each row's task run
+    reports its state to Prefect as it ends)."""
+    rows.cancel()
+    await asyncio.wait([rows], timeout=seconds)
+    if rows.done():  # taken, so that asyncio does not log it as never retrieved
+        with contextlib.suppress(BaseException):
+            rows.exception()
 
 
 __all__ = [

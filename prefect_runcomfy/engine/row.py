@@ -279,8 +279,8 @@ async def submit_row(
         )
     )
     try:
-        request_id = await submit_job(
-            client, payload, model_id=batch.model_id, row_id=row.id, log=False
+        request_id = await batch.send_submit(
+            row.id, submit_job(client, payload, model_id=batch.model_id, row_id=row.id, log=False)
         )
     except RunComfyError as exc:
         return await _refused(batch, outcome, exc)
@@ -363,8 +363,10 @@ async def wait_for_row_job(
             kind=job_kind(outcome.sent, batch.model_id),
         )
     except RunComfyError as exc:
+        batch.submitted.pop(outcome.id, None)
         cell.keep(await _ended_unstored(batch, outcome, exc))
         return None
+    batch.submitted.pop(outcome.id, None)  # finished: nothing for a stop to cancel
     cell.keep(
         outcome.evolve(
             queue_seconds=finished.queue_seconds,
