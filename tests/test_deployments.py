@@ -5,6 +5,7 @@ loopback (the test harness's), runs triggered the way the scheduler triggers the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -101,6 +102,72 @@ async def wait_for_final_state(flow_run_id: Any, timeout: float = 240) -> Any:
     raise AssertionError(f"flow run {flow_run_id} did not finish in {timeout} s")
 
 
+async def shard_runs_of(out: Path) -> list[Any]:
+    """The flow runs of the `shard` deployment that write into `out`."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    async with get_client() as client:
+        deployment = await client.read_deployment_by_name("generate-talking-videos/shard")
+        runs = await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+        )
+    return [r for r in runs if (r.parameters or {}).get("output_uri") == str(out)]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children, grandchildren, ...), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_machine(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a worker and every process it started, as when its machine dies. (The flow-run
+    processes of a process worker live in their own sessions: a process-group kill misses
+    them.)"""
+    tree = [proc.pid, *descendants(proc.pid)]
+    for pid in tree:  # stopped first, so that none reacts to another's death
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def start_worker(
+    env: dict[str, str], tmp_path: Path, name: str, limit: int, background: list
+) -> subprocess.Popen[bytes]:
+    log = (tmp_path / f"{name}.log").open("wb")
+    proc = subprocess.Popen(
+        [str(BIN / "prefect"), "worker", "start", "--pool", "runcomfy", "--limit", str(limit)],
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    background.append(proc)
+    return proc
+
+
+def deploy_all(env: dict[str, str]) -> None:
+    prefect_cli("work-pool", "create", "runcomfy", "--type", "process", env=env)
+    deployed = prefect_cli(
+        "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml", env=env
+    )
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+
+
 async def test_prefect_yaml_deployment_runs_on_a_process_worker(
     sb: Sandbox, table: str, block_name: str, tmp_path: Path, background: list
 ) -> None:
@@ -194,7 +261,6 @@ async def test_sharded_run_on_a_work_pool_shares_one_account_limit(
     sb: Sandbox, block_name: str, tmp_path: Path, background: list
 ) -> None:
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
     from prefect_runcomfy import generate_talking_videos_sharded
 
@@ -259,11 +325,102 @@ async def test_sharded_run_on_a_work_pool_shares_one_account_limit(
         in_flight += step
         peak = max(peak, in_flight)
     assert peak <= 2
-    async with get_client() as client:
-        shards = await client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                name=FlowRunFilterName(any_=["shard-0000", "shard-0001", "shard-0002"])
-            )
-        )
+    shards = await shard_runs_of(out)
     assert len(shards) == 3
     assert all(r.state is not None and r.state.is_completed() for r in shards)
+
+
+async def wait_until(check: Any, timeout: float, what: str) -> Any:
+    """Poll the async `check` every 0.5 s until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = await check()
+        if found:
+            return found
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+async def test_sharded_parent_reports_a_killed_workers_shard_and_a_rerun_pays_nothing_twice(
+    sb: Sandbox, block_name: str, tmp_path: Path, background: list
+) -> None:
+    """One worker's machine dies while its shard runs; the parent is re-run at once. Both
+    parents wait for the same shard runs (no new one), take the dead one as dead within the
+    stale bound, report its rows and write the merged manifest; a third run then does the
+    dead shard's rows, collecting the paid one. No payload is ever POSTed twice."""
+    from prefect_runcomfy import generate_talking_videos_sharded
+
+    sb.set(workers=4, run_seconds=3.0)
+    out = tmp_path / "killed"
+    env = prefect_env(
+        RUNCOMFY_INPUTS="unused.csv", RUNCOMFY_OUTPUT_URI=str(out), RUNCOMFY_CREDENTIALS=block_name
+    )
+    deploy_all(env)
+    samples = sample_inputs(sb.base_url)
+    table = [{**samples[i % 3], "id": f"k{i}", "prompt": f"row {i}"} for i in range(6)]
+    options: dict[str, Any] = {
+        "deployment": "generate-talking-videos/shard",
+        "shard_size": 2,
+        "credentials": block_name,
+        "max_concurrency_per_shard": 1,  # a shard's second row waits for its first
+        "shard_parameters": {"poll_initial_s": 0.2, "poll_max_s": 1.0},
+        "shard_heartbeat_s": 1.0,
+        "shard_stale_after_s": 10.0,
+    }
+    ended: dict[str, float] = {}
+
+    async def parent(name: str) -> Any:
+        try:
+            return await generate_talking_videos_sharded(table, str(out), **options)
+        finally:
+            ended[name] = time.monotonic()
+
+    first_worker = start_worker(env, tmp_path, "worker-1", 1, background)
+    first = asyncio.create_task(parent("first"))
+
+    async def running_and_paid() -> Any:
+        running = [r for r in await shard_runs_of(out) if r.state and r.state.is_running()]
+        beating = running and (out / running[0].parameters["heartbeat_name"]).exists()
+        return running[0] if beating and sb.stats()["submits_accepted"] >= 1 else None
+
+    # the first worker (one run at a time) took one shard, which has paid for a row
+    doomed = await wait_until(running_and_paid, 180, "a running shard with a submit")
+    kill_machine(first_worker)
+    killed_at, killed_wall = time.monotonic(), time.time()
+    start_worker(env, tmp_path, "worker-2", 3, background)
+    again = asyncio.create_task(parent("again"))
+    results = await asyncio.gather(first, again, return_exceptions=True)
+
+    log = (tmp_path / "worker-2.log").read_text()[-3000:]
+    doomed_ids = set(pd.read_parquet(doomed.parameters["inputs"])["id"])
+    for result in results:
+        assert isinstance(result, RowsNeedAttentionError), (result, log)
+        manifest = result.manifest.set_index("id")
+        assert sorted(manifest.index) == [f"k{i}" for i in range(6)]
+        assert set(manifest.loc[sorted(set(manifest.index) - doomed_ids), "status"]) == {
+            "succeeded"
+        }
+        lost = manifest.loc[sorted(doomed_ids)]
+        assert (lost["status"] != "succeeded").any()
+        timed_out = lost[lost["status"] == "timed_out"]
+        assert all(f"prefect-runcomfy collect {out}" in e for e in timed_out["error"])
+    assert sorted(pd.read_parquet(out / "manifest.parquet")["id"]) == [f"k{i}" for i in range(6)]
+    # the re-run started no shard run: all three were under way, the dead one included
+    runs = await shard_runs_of(out)
+    assert len(runs) == 3
+    dead = next(r for r in runs if r.id == doomed.id)
+    assert dead.state.is_crashed()
+    assert "Taken as dead" in (dead.state.message or "")
+    # taken as dead within the stale bound (10 s) + a look (1 s) + a loaded machine's slack
+    assert dead.state.timestamp.timestamp() - killed_wall < 30
+    assert max(ended.values()) - killed_at < 150
+    stats = sb.stats()
+    assert max(stats["submits_by_payload"].values()) == 1
+
+    # a third run gives the dead shard a new attempt: the paid row collected, the rest done
+    manifest = await generate_talking_videos_sharded(table, str(out), **options)
+    assert set(manifest["status"]) == {"succeeded"}, (tmp_path / "worker-2.log").read_text()[-3000:]
+    stats = sb.stats()
+    assert max(stats["submits_by_payload"].values()) == 1
+    assert stats["submits_accepted"] == 6
+    assert len(await shard_runs_of(out)) == 6  # one new attempt per shard
