@@ -314,7 +314,7 @@ def _beat_sign(beat: dict[str, Any]) -> tuple[Any, ...]:
 async def cancel_runs(flow_run_ids: list[UUID], *, reason: str) -> list[UUID]:
     """Ask Prefect to cancel these flow runs (a run not started yet is cancelled at once; a
     started one is stopped by its worker, which runs its cancellation hooks); the ids of those
-    it accepted. Bounded by `CANCEL_TIMEOUT_S`; never raises."""
+    now cancelling or cancelled. Bounded by `CANCEL_TIMEOUT_S`; never raises."""
     accepted: list[UUID] = []
 
     async def cancel_all() -> None:
@@ -323,7 +323,11 @@ async def cancel_runs(flow_run_ids: list[UUID], *, reason: str) -> list[UUID]:
                 answer: OrchestrationResult[Any] = await client.set_flow_run_state(
                     flow_run_id, Cancelling(message=reason), force=False
                 )
-                if answer.status == SetStateStatus.ACCEPT:
+                # a run not started yet is set Cancelled instead (the server's answer: REJECT)
+                now = answer.state
+                if answer.status == SetStateStatus.ACCEPT or (
+                    now is not None and now.type is StateType.CANCELLED
+                ):
                     accepted.append(flow_run_id)
 
     try:
