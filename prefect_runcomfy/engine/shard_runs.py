@@ -53,6 +53,7 @@ KEY_PREFIX = "runcomfy-shard"
 CANCEL_TIMEOUT_S = 15.0
 """How long a stopping parent spends cancelling its shard runs."""
 _STARTS_AT_ONCE = 8
+_READ_AT_ONCE = 200
 START_GRACE = 4
 """A shard run not yet running may be quiet this many times `stale_after_s` (see
 `ShardWatch.quiet_limit`)."""
@@ -237,16 +238,17 @@ class ShardWatch:
             self._failing = False
 
     async def look(self, client: PrefectClient) -> None:
-        """One round: every waited-for run's state (one call) and started run's heartbeat (one
-        read); say what changed, take as dead what shows no sign of life for too long."""
+        """One round: every waited-for run's state (one call per 200 runs) and started run's
+        heartbeat (one read); say what changed, take as dead what shows no sign of life for
+        too long."""
         waiting = [run for run in self.runs if not run.ended]
-        found = await client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                id=FlowRunFilterId(any_=[run.flow_run_id for run in waiting])
-            ),
-            limit=len(waiting),
-        )
-        states = {flow_run.id: flow_run.state for flow_run in found}
+        states: dict[UUID, State[Any] | None] = {}
+        for at in range(0, len(waiting), _READ_AT_ONCE):  # the API answers 200 at most
+            ids = [run.flow_run_id for run in waiting[at : at + _READ_AT_ONCE]]
+            found = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=len(ids)
+            )
+            states.update({flow_run.id: flow_run.state for flow_run in found})
         for run in waiting:
             self._note_state(run, states.get(run.flow_run_id))
         started = [run for run in waiting if run.started and not run.ended]
