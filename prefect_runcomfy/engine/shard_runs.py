@@ -131,16 +131,28 @@ async def start_shards(
     parameters: Callable[[ShardFiles], dict[str, Any]],
 ) -> list[ShardRun]:
     """For every shard: its run still under way, or a new run of `deployment` (its rows file
-    written first), with `parameters(files)` as the run's parameters."""
+    written first), with `parameters(files)` as the run's parameters. Stopped while starting
+    them, cancel those already started or found, as `ShardWatch` does later."""
+    started: list[ShardRun] = []
     async with get_client() as client:
         target = await client.read_deployment_by_name(deployment)
         gate = asyncio.Semaphore(_STARTS_AT_ONCE)
 
         async def one(spec: ShardSpec) -> ShardRun:
             async with gate:
-                return await _start_or_find(client, store, target.id, spec, parameters)
+                run = await _start_or_find(client, store, target.id, spec, parameters)
+            started.append(run)
+            return run
 
-        return list(await asyncio.gather(*(one(spec) for spec in specs)))
+        try:
+            return list(await asyncio.gather(*(one(spec) for spec in specs)))
+        except BaseException as exc:
+            if started and not isinstance(exc, Exception):
+                await cancel_runs(
+                    [run.flow_run_id for run in started],
+                    reason="its sharded parent run was stopped",
+                )
+            raise
 
 
 async def _newest_run(client: PrefectClient, spec: ShardSpec) -> tuple[FlowRun, int] | None:
