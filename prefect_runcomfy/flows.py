@@ -19,6 +19,8 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -34,7 +36,7 @@ from prefect_runcomfy.api.exceptions import ConfigurationError, InvalidInputErro
 from prefect_runcomfy.api.models import MODEL_ID
 from prefect_runcomfy.blocks import RunComfyCredentials
 from prefect_runcomfy.engine.batch import Batch, cancel_queued_requests, queued_requests
-from prefect_runcomfy.engine.heartbeat import HEARTBEAT_S, beats_while_running
+from prefect_runcomfy.engine.heartbeat import HEARTBEAT_S, heartbeat_for
 from prefect_runcomfy.engine.ledger import Ledger, LedgerEntry
 from prefect_runcomfy.engine.manifest import build_manifest
 from prefect_runcomfy.engine.media import MediaResolver
@@ -99,6 +101,24 @@ class TableFlow(SyncOrAsyncFlow):
                 "(pass a file path or URL to keep it with the run)>",
             }
         return super().serialize_parameters(parameters)
+
+
+def beating(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A flow body that, given `heartbeat_name`, writes that heartbeat while it runs, from
+    reading the table to the manifest (`engine.heartbeat`: how a sharded parent tells a
+    working shard run from a dead one).
+
+    Written here, not in the engine: Prefect resolves a flow's parameter annotations in its
+    function's globals, and versions the flow by its function's file.
+    """
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    async def body(*args: Any, **kwargs: Any) -> Any:
+        with heartbeat_for(signature.bind_partial(*args, **kwargs).arguments):
+            return await fn(*args, **kwargs)
+
+    return body
 
 
 def table_flow(**options: Any) -> Callable[[Callable[..., Any]], SyncOrAsyncFlow]:
@@ -231,7 +251,7 @@ def _resolver(
     on_cancellation=[_cancel_queued_on_stop],
     on_crashed=[_cancel_queued_on_stop],
 )
-@beats_while_running
+@beating
 async def generate_talking_videos(
     inputs: pd.DataFrame | list[dict[str, Any]] | str,
     output_uri: str,
@@ -599,7 +619,7 @@ async def generate_talking_videos_sharded(
     - Re-run while shards still work (the same table into the same `output_uri`), the parent
       finds their runs and waits for them instead of starting others. A shard whose last run
       has ended gets a new run (attempt n + 1), which skips or collects what is done.
-    - A shard run whose process died (a killed worker leaves it `Running` in Prefect) is
+    - A shard run whose process died (a dead machine leaves it `Running` in Prefect) is
       noticed within `shard_stale_after_s` (+ one look) of its last heartbeat, marked
       `Crashed`, and its rows reported from the ledger (paid ones collectable with
       `prefect-runcomfy collect`); the merged manifest is still written.

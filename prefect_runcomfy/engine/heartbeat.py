@@ -1,7 +1,8 @@
 """A shard run's sign of life: a small file it rewrites on the output storage while it works.
 
-A sharded parent must tell a shard run that is working from one whose process died: a
-SIGKILLed worker leaves its flow runs `Running` in Prefect forever. Prefect 3.9's own flow-run
+A sharded parent must tell a shard run that is working from one whose process died: when a
+worker's machine dies (the worker and its flow-run processes at once), nothing is left to tell
+Prefect, and its flow runs stay `Running` forever. Prefect 3.9's own flow-run
 heartbeats are events every 30 s at the least, off unless every worker's environment turns
 them on, and turn into `Crashed` only through an automation the user creates. So the shard
 writes its own: `heartbeat_name` under its `output_uri`, rewritten every `heartbeat_s` by a
@@ -12,13 +13,12 @@ reads with what it read before, by its own clock: no clock shared between machin
 
 from __future__ import annotations
 
-import functools
-import inspect
+import contextlib
 import os
 import socket
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar, get_type_hints
+from collections.abc import Mapping
+from typing import Any
 
 from prefect.logging import get_logger
 
@@ -28,8 +28,6 @@ from prefect_runcomfy.engine.storage import OutputStore
 HEARTBEAT_S = 10.0
 """How often a shard run rewrites its heartbeat file, by default."""
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
 _logger = get_logger("prefect_runcomfy.heartbeat")
 
 
@@ -107,42 +105,15 @@ def _current_flow_run_id() -> str | None:
     return str(run.id) if run is not None else None
 
 
-def beats_while_running(
-    fn: Callable[_P, Awaitable[_R]],
-) -> Callable[_P, Coroutine[Any, Any, _R]]:
-    """Wrap an async flow function whose parameters include `output_uri`, `storage_options`,
-    `heartbeat_name` and `heartbeat_s`: given a `heartbeat_name`, the body runs under a
-    `Heartbeat` written there; without one it runs as it is.
-
-    The wrapper keeps the function's signature (`functools.wraps`), so Prefect sees the same
-    parameters. A decorator rather than code in the body: the heartbeat must cover the whole
-    body, from reading the table to the manifest.
-    """
-    signature = inspect.signature(fn)
-
-    @functools.wraps(fn)
-    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        given = signature.bind_partial(*args, **kwargs).arguments
-        name = given.get("heartbeat_name")
-        if not name:
-            return await fn(*args, **kwargs)
-        store = OutputStore(given["output_uri"], given.get("storage_options"))
-        every_s = given.get("heartbeat_s") or HEARTBEAT_S
-        with Heartbeat(store, str(name), float(every_s), flow_run_id=_current_flow_run_id()):
-            return await fn(*args, **kwargs)
-
-    # Prefect reads a flow's parameter types from its signature and resolves names written as
-    # strings (`from __future__ import annotations`) in the function's own module, which for
-    # a wrapper would be this one: give the wrapper the signature with the types resolved.
-    hints = get_type_hints(fn)
-    wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
-        parameters=[
-            p.replace(annotation=hints.get(name, p.annotation))
-            for name, p in signature.parameters.items()
-        ],
-        return_annotation=hints.get("return", signature.return_annotation),
-    )
-    return wrapper
+def heartbeat_for(arguments: Mapping[str, Any]) -> contextlib.AbstractContextManager[Any]:
+    """The heartbeat a flow run's arguments ask for (`heartbeat_name`, `heartbeat_s`, under
+    `output_uri` with `storage_options`), or nothing when they name none."""
+    name = arguments.get("heartbeat_name")
+    if not name:
+        return contextlib.nullcontext()
+    store = OutputStore(arguments["output_uri"], arguments.get("storage_options"))
+    every_s = float(arguments.get("heartbeat_s") or HEARTBEAT_S)
+    return Heartbeat(store, str(name), every_s, flow_run_id=_current_flow_run_id())
 
 
-__all__ = ["HEARTBEAT_S", "Heartbeat", "beats_while_running"]
+__all__ = ["HEARTBEAT_S", "Heartbeat", "heartbeat_for"]
