@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import uuid
+import inspect
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -37,11 +37,13 @@ from prefect_runcomfy.api.models import MODEL_ID
 from prefect_runcomfy.blocks import RunComfyCredentials
 from prefect_runcomfy.engine.batch import Batch, cancel_queued_requests, queued_requests
 from prefect_runcomfy.engine.claims import open_claims
+from prefect_runcomfy.engine.heartbeat import HEARTBEAT_S, heartbeat_for
 from prefect_runcomfy.engine.ledger import Ledger, LedgerEntry
 from prefect_runcomfy.engine.manifest import build_manifest
 from prefect_runcomfy.engine.media import MediaResolver
 from prefect_runcomfy.engine.outcome import RowOutcome
 from prefect_runcomfy.engine.phases import (
+    PreparedTable,
     api_payload,
     check_limit,
     claims_for,
@@ -53,6 +55,16 @@ from prefect_runcomfy.engine.phases import (
 )
 from prefect_runcomfy.engine.row import RowCell, collect_request, in_row_task, run_row
 from prefect_runcomfy.engine.row_claim import take_entry
+from prefect_runcomfy.engine.shard_runs import (
+    STALE_AFTER_S,
+    ShardRun,
+    ShardWatch,
+    cancel_recorded,
+    record_parent,
+    shard_outcomes,
+    start_shards,
+)
+from prefect_runcomfy.engine.sharding import ShardFiles, ShardSpec, plan_shards
 from prefect_runcomfy.engine.status import LedgerState, RowStatus
 from prefect_runcomfy.engine.stopping import cancelled_here, mark_stoppable, run_stoppable
 from prefect_runcomfy.engine.storage import MANIFEST_NAME, OutputStore
@@ -65,6 +77,9 @@ from prefect_runcomfy.report.naming import artifact_key as artifact_key_for
 from prefect_runcomfy.report.naming import run_tags
 from prefect_runcomfy.sync_or_async import SyncOrAsyncFlow, sync_or_async_flow
 from prefect_runcomfy.tasks import cancel_request, client_for
+
+SHARD_POLL_S = 5.0
+"""How often a sharded parent looks at its shard runs at most (one Prefect call each time)."""
 
 STORED_TABLE_ROWS = 1000
 """In-memory tables up to this many rows are stored as the flow run's `inputs` parameter."""
@@ -105,6 +120,24 @@ def stoppable(fn: Callable[..., Any]) -> Callable[..., Any]:
         return await run_stoppable(fn, args, kwargs)
 
     return mark_stoppable(body)
+
+
+def beating(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A flow body that, given `heartbeat_name`, writes that heartbeat while it runs, from
+    reading the table to the manifest (`engine.heartbeat`: how a sharded parent tells a
+    working shard run from a dead one).
+
+    Written here, not in the engine: Prefect resolves a flow's parameter annotations in its
+    function's globals, and versions the flow by its function's file.
+    """
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    async def body(*args: Any, **kwargs: Any) -> Any:
+        with heartbeat_for(signature.bind_partial(*args, **kwargs).arguments):
+            return await fn(*args, **kwargs)
+
+    return body
 
 
 def table_flow(**options: Any) -> Callable[[Callable[..., Any]], SyncOrAsyncFlow]:
@@ -238,6 +271,7 @@ def _resolver(
     on_crashed=[_cancel_queued_on_stop],
 )
 @stoppable
+@beating
 async def generate_talking_videos(
     inputs: pd.DataFrame | list[dict[str, Any]] | str,
     output_uri: str,
@@ -266,6 +300,8 @@ async def generate_talking_videos(
     allow_failed_rows: bool | int = False,
     max_cost_usd: float | None = None,
     single_writer: bool = False,
+    heartbeat_name: str | None = None,
+    heartbeat_s: float = HEARTBEAT_S,
 ) -> pd.DataFrame:
     """Turn every row of a table into a lip-synced talking video, stored with its metadata.
 
@@ -332,6 +368,10 @@ async def generate_talking_videos(
             cannot create files exclusively (the run refuses to submit there otherwise), and
             only when no other run writes there at the same time, since two overlapping runs
             could then each pay for the same rows.
+        heartbeat_name: Set by a sharded parent for its shards: a file under `output_uri` this
+            run rewrites every `heartbeat_s` seconds while it works, so that the parent tells
+            it from a run whose process died. None (the default): no heartbeat.
+        heartbeat_s: How often the heartbeat is written.
 
     Returns:
         The manifest: one row per input row with `id, status, request_id, video_uri,
@@ -574,7 +614,25 @@ async def _collect_one(
     return await batch.done(outcome)
 
 
-@table_flow(name="generate-talking-videos-sharded", log_prints=False)
+async def _cancel_shards_on_stop(flow: Any, flow_run: FlowRun, state: State) -> None:
+    """Hook for a cancelled sharded parent: cancel the shard runs it was waiting for (their
+    own hooks cancel their queued jobs). It reads them from the record the parent wrote under
+    its output location, since the hook may run in another process. Best effort."""
+    params = flow_run.parameters or {}
+    if not params.get("output_uri"):
+        return
+    try:
+        store = OutputStore(params["output_uri"], params.get("storage_options"))
+        await cancel_recorded(store, str(flow_run.id))
+    except Exception as exc:
+        get_logger("prefect_runcomfy.flows").warning("Could not cancel the shard runs: %s", exc)
+
+
+@table_flow(
+    name="generate-talking-videos-sharded",
+    log_prints=False,
+    on_cancellation=[_cancel_shards_on_stop],
+)
 async def generate_talking_videos_sharded(
     inputs: pd.DataFrame | list[dict[str, Any]] | str,
     output_uri: str,
@@ -590,15 +648,30 @@ async def generate_talking_videos_sharded(
     max_submits: int | None = None,
     allow_failed_rows: bool | int = False,
     max_cost_usd: float | None = None,
+    shard_heartbeat_s: float = HEARTBEAT_S,
+    shard_stale_after_s: float = STALE_AFTER_S,
 ) -> pd.DataFrame:
     """Run a very large table as shards, each a separate flow run of `deployment` on its work
     pool, all under one account-wide limit, and merge their manifests into one.
 
     The whole table is checked here first, so an id is never in two shards (which could pay
     twice) and invalid rows are reported once. Each shard is written as Parquet under
-    `<output_uri>/_shards/<this run>/`, runs `generate_talking_videos` into the same
-    `output_uri` (one ledger, so re-running the parent is as safe as re-running one flow), and
-    writes its own manifest; the merged `manifest.parquet` is written at the end.
+    `<output_uri>/_shards/<shard>/`, runs `generate_talking_videos` into the same `output_uri`
+    (one ledger, so re-running the parent is as safe as re-running one flow), and writes its
+    own manifest; the merged `manifest.parquet` is written at the end.
+
+    A shard is named by the output location, its index and its rows' ids, and its flow runs
+    by an idempotency key derived from them (`engine/shard_runs.py`):
+
+    - Re-run while shards still work (the same table into the same `output_uri`), the parent
+      finds their runs and waits for them instead of starting others. A shard whose last run
+      has ended gets a new run (attempt n + 1), which skips or collects what is done.
+    - A shard run whose process died (a dead machine leaves it `Running` in Prefect) is
+      noticed within `shard_stale_after_s` (+ one look) of its last heartbeat, marked
+      `Crashed`, and its rows reported from the ledger (paid ones collectable with
+      `prefect-runcomfy collect`); the merged manifest is still written.
+    - Cancelling the parent cancels the shard runs it waits for; their own cancellation
+      cancels their queued RunComfy jobs.
 
     Args:
         inputs: The table (DataFrame, list of dicts, or a file path/URL).
@@ -620,6 +693,9 @@ async def generate_talking_videos_sharded(
             `generate_talking_videos`.
         max_cost_usd: The most the whole table's new jobs may cost (the catalog's price),
             checked before any shard starts (see `generate_talking_videos`).
+        shard_heartbeat_s: How often each shard run writes its heartbeat.
+        shard_stale_after_s: How long a started shard run may show no sign of life (no new
+            heartbeat, no state change) before it is taken as dead.
 
     Returns:
         The merged manifest of this run's rows.
@@ -627,8 +703,6 @@ async def generate_talking_videos_sharded(
     Raises:
         RowsNeedAttentionError: as `generate_talking_videos` does, over the whole table.
     """
-    from prefect_runcomfy.engine.sharding import shard_frames, shard_names, write_shard
-
     logger = get_run_logger()
     check_allow_failed_rows(allow_failed_rows)
     await tag_flow_run(run_tags(MODEL_ID))
@@ -637,31 +711,18 @@ async def generate_talking_videos_sharded(
         logger.warning("Invalid %s", problem.message)
     store = OutputStore(output_uri, storage_options)
     if max_submits is not None or max_cost_usd is not None:
-        options = shard_parameters or {}
-        creds = await load_credentials(credentials) if max_cost_usd is not None else None
-        whole = await plan(
-            store,
-            table.valid,
-            resubmit_unknown=bool(options.get("resubmit_unknown", False)),
-            retry_failed=bool(options.get("retry_failed", False)),
-            max_submits=max_submits,
-            make_client=(lambda: client_for(creds)) if max_cost_usd is not None else None,
-            model_id=str(options.get("model_id", MODEL_ID)),
-            media_base_dir=table_folder(inputs) if isinstance(inputs, str) else None,
+        await _check_whole_table(
+            store, table, inputs, credentials, shard_parameters or {}, max_submits, max_cost_usd
         )
-        check_limit(whole, None, max_cost_usd)
     table_uri = inputs if isinstance(inputs, str) else None
-    frames = shard_frames(table.valid, table.frame, shard_size, base_dir=table_folder(table_uri))
-    names = shard_names(_flow_run_id() or uuid.uuid4().hex, len(frames))
-    uris = [
-        await asyncio.to_thread(write_shard, store, frame, table_name)
-        for frame, (table_name, _) in zip(frames, names, strict=True)
-    ]
+    specs = plan_shards(
+        store.uri(), table.valid, table.frame, shard_size, base_dir=table_folder(table_uri)
+    )
     logger.info(
         "%d rows: %d valid in %d shards of up to %d, %d invalid",
         len(table.frame),
         len(table.valid),
-        len(frames),
+        len(specs),
         shard_size,
         len(table.invalid),
     )
@@ -676,21 +737,12 @@ async def generate_talking_videos_sharded(
         "input_storage_options": input_storage_options,
         "table_storage_options": storage_options,
         "allow_failed_rows": allow_failed_rows,
+        "heartbeat_s": shard_heartbeat_s,
     }
-    shard_manifests = await asyncio.gather(
-        *(
-            _run_shard(
-                store, deployment, i, {**common, "inputs": uri, "manifest_name": names[i][1]}
-            )
-            for i, uri in enumerate(uris)
-        )
-    )
+    runs = await _run_shards(store, deployment, specs, common, shard_stale_after_s)
     outcomes = [invalid_outcome(p) for p in table.invalid]
-    for frame, shard_manifest in zip(frames, shard_manifests, strict=True):
-        if shard_manifest is None:
-            outcomes += [_shard_lost(str(row_id)) for row_id in frame["id"]]
-        else:
-            outcomes += [RowOutcome.from_manifest_row(r) for r in shard_manifest.to_dict("records")]
+    for run in runs:
+        outcomes += await shard_outcomes(store, run, output_uri)
     positions = {row.id: row.row for row in table.valid}
     outcomes = [o.evolve(row=positions.get(o.id, o.row)) for o in outcomes]
     outcomes.sort(key=lambda o: o.row if o.row is not None else -1)
@@ -703,32 +755,62 @@ async def generate_talking_videos_sharded(
     )
 
 
-async def _run_shard(
-    store: OutputStore, deployment: str, number: int, parameters: dict[str, Any]
-) -> pd.DataFrame | None:
-    """Run one shard as a flow run of `deployment`; its manifest, or None if it wrote none."""
-    from prefect.deployments import run_deployment
-
-    run = await run_deployment(  # type: ignore[misc]  # async in an async flow
-        deployment,
-        parameters=parameters,
-        flow_run_name=f"shard-{number:04d}",
-        as_subflow=True,
-        timeout=None,
+async def _check_whole_table(
+    store: OutputStore,
+    table: PreparedTable,
+    inputs: Any,
+    credentials: str | None,
+    options: dict[str, Any],
+    max_submits: int | None,
+    max_cost_usd: float | None,
+) -> None:
+    """`max_submits` and `max_cost_usd` checked against the whole table, before any shard."""
+    creds = await load_credentials(credentials) if max_cost_usd is not None else None
+    whole = await plan(
+        store,
+        table.valid,
+        resubmit_unknown=bool(options.get("resubmit_unknown", False)),
+        retry_failed=bool(options.get("retry_failed", False)),
+        max_submits=max_submits,
+        make_client=(lambda: client_for(creds)) if max_cost_usd is not None else None,
+        model_id=str(options.get("model_id", MODEL_ID)),
+        media_base_dir=table_folder(inputs) if isinstance(inputs, str) else None,
     )
-    state = run.state
-    get_run_logger().info("Shard %d ended %s", number, state.name if state else "without a state")
-    return await asyncio.to_thread(store.read_manifest, parameters["manifest_name"])
+    check_limit(whole, None, max_cost_usd)
 
 
-def _shard_lost(row_id: str) -> RowOutcome:
-    # The shard run died before writing its manifest: its rows are in the ledger, and
-    # running this flow again collects or skips them without paying twice.
-    return RowOutcome(id=row_id).ended(
-        RowStatus.FAILED,
-        "its shard's flow run ended before writing a manifest; "
-        "run again (nothing is paid twice) or collect_outstanding_requests",
-    )
+async def _run_shards(
+    store: OutputStore,
+    deployment: str,
+    specs: list[ShardSpec],
+    common: dict[str, Any],
+    stale_after_s: float,
+) -> list[ShardRun]:
+    """Start (or find still under way) every shard's run, and wait until each has ended or
+    is taken as dead; stopped while waiting, cancel them."""
+
+    def parameters(files: ShardFiles) -> dict[str, Any]:
+        return {
+            **common,
+            "inputs": store.uri(files.rows),
+            "manifest_name": files.manifest,
+            "heartbeat_name": files.heartbeat,
+        }
+
+    runs = await start_shards(store, deployment, specs, parameters)
+    parent = _flow_run_id()
+    if parent is not None:
+        await record_parent(store, parent, runs)
+    heartbeat_s = float(common["heartbeat_s"])
+    await ShardWatch(
+        store,
+        runs,
+        # state changes are worth seeing sooner than the heartbeat changes
+        poll_s=min(SHARD_POLL_S, heartbeat_s),
+        stale_after_s=stale_after_s,
+        parent_flow_run_id=parent,
+    ).until_ended()
+    return runs
 
 
 __all__ = [

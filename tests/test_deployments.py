@@ -5,6 +5,8 @@ loopback (the test harness's), runs triggered the way the scheduler triggers the
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -101,6 +103,85 @@ async def wait_for_final_state(flow_run_id: Any, timeout: float = 240) -> Any:
     raise AssertionError(f"flow run {flow_run_id} did not finish in {timeout} s")
 
 
+async def shard_runs_of(out: Path) -> list[Any]:
+    """The flow runs of the `shard` deployment that write into `out`."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    async with get_client() as client:
+        deployment = await client.read_deployment_by_name("generate-talking-videos/shard")
+        runs = await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+        )
+    return [r for r in runs if (r.parameters or {}).get("output_uri") == str(out)]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children, grandchildren, ...), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_machine(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a worker and every process it started, as when its machine dies. (The flow-run
+    processes of a process worker live in their own sessions: a process-group kill misses
+    them.)"""
+    tree = [proc.pid, *descendants(proc.pid)]
+    for pid in tree:  # stopped first, so that none reacts to another's death
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def start_worker(
+    env: dict[str, str], tmp_path: Path, name: str, limit: int, background: list
+) -> subprocess.Popen[bytes]:
+    log = (tmp_path / f"{name}.log").open("wb")
+    proc = subprocess.Popen(
+        [str(BIN / "prefect"), "worker", "start", "--pool", "runcomfy", "--limit", str(limit)],
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    background.append(proc)
+    return proc
+
+
+async def deploy_shard() -> None:
+    """The `shard` deployment of prefect.yaml, made through the API (quicker than the CLI,
+    which the test above exercises)."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    async with get_client() as client:
+        with contextlib.suppress(ObjectAlreadyExists):
+            await client.create_work_pool(WorkPoolCreate(name="runcomfy", type="process"))
+        flow_id = await client.create_flow_from_name("generate-talking-videos")
+        await client.create_deployment(
+            flow_id,
+            "shard",
+            entrypoint="prefect_runcomfy.flows:generate_talking_videos",
+            work_pool_name="runcomfy",
+            work_queue_name="default",
+            tags=["runcomfy", "video", "shard"],
+            pull_steps=[],
+        )
+
+
 async def test_prefect_yaml_deployment_runs_on_a_process_worker(
     sb: Sandbox, table: str, block_name: str, tmp_path: Path, background: list
 ) -> None:
@@ -194,7 +275,6 @@ async def test_sharded_run_on_a_work_pool_shares_one_account_limit(
     sb: Sandbox, block_name: str, tmp_path: Path, background: list
 ) -> None:
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
     from prefect_runcomfy import generate_talking_videos_sharded
 
@@ -259,11 +339,111 @@ async def test_sharded_run_on_a_work_pool_shares_one_account_limit(
         in_flight += step
         peak = max(peak, in_flight)
     assert peak <= 2
-    async with get_client() as client:
-        shards = await client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                name=FlowRunFilterName(any_=["shard-0000", "shard-0001", "shard-0002"])
-            )
-        )
+    shards = await shard_runs_of(out)
     assert len(shards) == 3
     assert all(r.state is not None and r.state.is_completed() for r in shards)
+
+
+async def wait_until(check: Any, timeout: float, what: str) -> Any:
+    """Poll the async `check` every 0.5 s until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = await check()
+        if found:
+            return found
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+async def test_sharded_parent_reports_a_killed_workers_shard_and_a_rerun_adds_no_post(
+    sb: Sandbox, block_name: str, tmp_path: Path, background: list
+) -> None:
+    """Two workers; the machine of one dies while its shard runs; the parent is re-run at
+    once, while the other worker's shards still run. Both parents wait for the same shard runs
+    (the re-run starts none), take the dead one as dead within the stale bound, mark it
+    Crashed, report its rows (the paid one collectable, with the command) and end with the
+    merged manifest. No payload is POSTed twice."""
+    from prefect_runcomfy import generate_talking_videos_sharded
+
+    sb.set(workers=4)
+    out = tmp_path / "killed"
+    env = prefect_env(
+        RUNCOMFY_INPUTS="unused.csv", RUNCOMFY_OUTPUT_URI=str(out), RUNCOMFY_CREDENTIALS=block_name
+    )
+    await deploy_shard()
+    samples = sample_inputs(sb.base_url)
+    ids = [f"k{i}" for i in range(6)]
+    table = [
+        {**samples[i % 3], "id": ids[i], "prompt": f"row {i} [sandbox:run=6]"} for i in range(6)
+    ]
+    options: dict[str, Any] = {
+        "deployment": "generate-talking-videos/shard",
+        "shard_size": 2,
+        "credentials": block_name,
+        "max_concurrency_per_shard": 1,  # a shard's second row waits for its first: 12 s
+        "shard_parameters": {"poll_initial_s": 0.2, "poll_max_s": 1.0},
+        "shard_heartbeat_s": 1.0,
+        "shard_stale_after_s": 10.0,
+    }
+    ended: dict[str, float] = {}
+
+    async def parent(name: str) -> Any:
+        try:
+            return await generate_talking_videos_sharded(table, str(out), **options)
+        finally:
+            ended[name] = time.monotonic()
+
+    worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    doomed_worker = start_worker(worker_env, tmp_path, "worker-1", 1, background)
+    start_worker(worker_env, tmp_path, "worker-2", 2, background)  # takes the other two
+    first = asyncio.create_task(parent("first"))
+
+    async def doomed_shard_has_paid() -> Any:
+        below = set(descendants(doomed_worker.pid))
+        for run in await shard_runs_of(out):
+            beat = out / run.parameters["heartbeat_name"]
+            if not (run.state and run.state.is_running() and beat.exists()):
+                continue
+            if json.loads(beat.read_text())["pid"] not in below:
+                continue
+            entries = [
+                out / "_ledger" / f"{i}.json"
+                for i in pd.read_parquet(run.parameters["inputs"])["id"]
+            ]
+            if any(
+                e.exists() and json.loads(e.read_text())["state"] == "submitted" for e in entries
+            ):
+                return run
+        return None
+
+    doomed = await wait_until(doomed_shard_has_paid, 180, "worker-1's shard paying for a row")
+    kill_machine(doomed_worker)
+    killed_at, killed_wall = time.monotonic(), time.time()
+    again = asyncio.create_task(parent("again"))
+    results = await asyncio.gather(first, again, return_exceptions=True)
+
+    log = (tmp_path / "worker-2.log").read_text()[-3000:]
+    doomed_ids = sorted(pd.read_parquet(doomed.parameters["inputs"])["id"])
+    for result in results:
+        assert isinstance(result, RowsNeedAttentionError), (result, log)
+        manifest = result.manifest.set_index("id")
+        assert sorted(manifest.index) == ids
+        assert set(manifest.drop(doomed_ids)["status"]) == {"succeeded"}
+        lost = manifest.loc[doomed_ids]
+        assert "timed_out" in set(lost["status"])  # the paid row, left at RunComfy
+        paid = lost[lost["status"] == "timed_out"]
+        assert all(f"prefect-runcomfy collect {out}" in e for e in paid["error"])
+    assert sorted(pd.read_parquet(out / "manifest.parquet")["id"]) == ids
+    # the re-run started no shard run: all three were still under way, the dead one included
+    runs = await shard_runs_of(out)
+    assert len(runs) == 3
+    dead = next(r for r in runs if r.id == doomed.id)
+    assert dead.state.is_crashed()
+    assert "Taken as dead" in (dead.state.message or "")
+    assert all(r.state.is_completed() for r in runs if r.id != doomed.id)
+    # taken as dead within the stale bound (10 s) + one look (1 s) + a busy machine's slack
+    assert dead.state.timestamp.timestamp() - killed_wall < 25
+    assert max(ended.values()) - killed_at < 60
+    stats = sb.stats()
+    assert max(stats["submits_by_payload"].values()) == 1
+    assert stats["submits_accepted"] <= len(ids)

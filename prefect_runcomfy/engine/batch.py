@@ -33,6 +33,13 @@ from prefect_runcomfy.engine.waiting import PollPolicy
 LEDGER_RETRY_DELAYS_S: tuple[float, ...] = (0.5, 2.0)
 """Pauses before writing a ledger entry again after the output location failed."""
 
+SLOT_LEASE_S = 60.0
+"""The lease of a slot of the account-wide concurrency limit. Prefect renews it every 45 s
+while the job is held; a killed process stops renewing, so its slots come back at most a
+minute (plus the server's 15 s sweep) after it died, not after Prefect's default 300 s. 60 s
+is the shortest lease Prefect's server accepts. A renewal that fails is logged by Prefect
+and the job goes on."""
+
 
 @dataclass
 class Batch:
@@ -92,7 +99,15 @@ class Batch:
             if self.concurrency_limit:
                 from prefect.concurrency.asyncio import concurrency
 
-                async with concurrency(self.concurrency_limit, occupy=1, strict=True):
+                async with concurrency(
+                    self.concurrency_limit,
+                    occupy=1,
+                    strict=True,
+                    lease_duration=SLOT_LEASE_S,
+                    # A renewal that fails (the API busy for a moment) must not stop the wait
+                    # for a job that is paid for: at worst the slot lapses early.
+                    raise_on_lease_renewal_failure=False,
+                ):
                     yield
             else:
                 yield

@@ -2,13 +2,19 @@
 
 The parent flow (`generate_talking_videos_sharded` in `flows.py`) checks the whole table first
 (so an id can never be in two shards, which would pay twice), writes each shard as a Parquet
-file under the output location, starts one deployment run per shard, and merges the shards'
-manifests at the end.
+file under the output location, starts one deployment run per shard (`engine.shard_runs`),
+and merges the shards' manifests at the end.
+
+A shard's identity (`ShardSpec.key`) is derived from the output location, the shard's index
+and its rows' ids, never from the parent's flow run: the same table run again into the same
+output finds the same shards, their files and their flow runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +58,68 @@ def shard_frames(
     return [picked.iloc[i : i + size].reset_index(drop=True) for i in range(0, len(picked), size)]
 
 
-def shard_names(run_key: str, count: int) -> list[tuple[str, str]]:
-    """(shard table, shard manifest) names under the output location for `count` shards."""
-    return [
-        (
-            f"{SHARDS_DIR}/{run_key}/shard-{i:04d}.parquet",
-            f"{SHARDS_DIR}/{run_key}/shard-{i:04d}.manifest.parquet",
+def shard_key(location: str, index: int, ids: list[str]) -> str:
+    """A shard's identity: 16 hex digits of the sha256 of its output location, index and ids.
+
+    The ids and not the rows' other values: a re-run whose table edited a prompt still finds
+    the live shard run of those ids (the ledger, not the shard, decides what a row needs).
+    """
+    digest = hashlib.sha256(f"{location}\n{index}\n".encode())
+    for row_id in ids:
+        digest.update(row_id.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """One shard of a table: its place, identity, rows' ids and rows."""
+
+    index: int
+    key: str
+    ids: tuple[str, ...]
+    frame: pd.DataFrame
+
+    @property
+    def run_name(self) -> str:
+        """The name of its flow runs in Prefect (every attempt of this shard has it)."""
+        return f"shard-{self.index:04d}-{self.key[:8]}"
+
+    def files(self, attempt: int) -> ShardFiles:
+        """The names of attempt `attempt`'s files under the output location."""
+        stem = f"{SHARDS_DIR}/{self.key}/a{attempt:04d}"
+        return ShardFiles(
+            rows=f"{stem}.parquet",
+            manifest=f"{stem}.manifest.parquet",
+            heartbeat=f"{stem}.alive.json",
         )
-        for i in range(count)
-    ]
+
+
+@dataclass(frozen=True)
+class ShardFiles:
+    """What one attempt of a shard keeps under the output location: its rows (the shard run's
+    `inputs`), its manifest and its heartbeat. One set per attempt, so a new attempt never
+    reads an earlier attempt's manifest as its own."""
+
+    rows: str
+    manifest: str
+    heartbeat: str
+
+
+def plan_shards(
+    location: str,
+    rows: list[PreparedRow],
+    df: pd.DataFrame,
+    shard_size: int,
+    *,
+    base_dir: str | None,
+) -> list[ShardSpec]:
+    """The table's valid rows cut into shards (`shard_frames`), each with its identity."""
+    specs = []
+    for index, frame in enumerate(shard_frames(rows, df, shard_size, base_dir=base_dir)):
+        ids = tuple(str(i) for i in frame[ID_COLUMN])
+        specs.append(ShardSpec(index, shard_key(location, index, list(ids)), ids, frame))
+    return specs
 
 
 def write_shard(store: OutputStore, frame: pd.DataFrame, name: str) -> str:
