@@ -44,6 +44,7 @@ from prefect_runcomfy.engine.media import MediaResolver
 from prefect_runcomfy.engine.outcome import RowOutcome
 from prefect_runcomfy.engine.phases import (
     PreparedTable,
+    RunPlan,
     api_payload,
     check_limit,
     claims_for,
@@ -388,32 +389,17 @@ async def generate_talking_videos(
     await tag_flow_run(run_tags(model_id))
     creds = await load_credentials(credentials)
     table = await prepare(inputs, storage_options=table_storage_options or input_storage_options)
-    store = OutputStore(output_uri, storage_options)
-    await asyncio.to_thread(store.check_writable)
-    await asyncio.to_thread(store.remove_stale_temp_files)
-    run_plan = await plan(
+    store = await _open_output(output_uri, storage_options)
+    run_plan, payloads, resolver, invalid = await _plan_run(
         store,
-        table.valid,
-        resubmit_unknown=resubmit_unknown,
-        retry_failed=retry_failed,
-        max_submits=None,  # counted below, once rows with unusable media are left out
-        make_client=lambda: client_for(creds),
+        table,
+        inputs,
+        creds,
         model_id=model_id,
-        media_base_dir=table_folder(inputs) if isinstance(inputs, str) else None,
-    )
-    resolver = _resolver(
-        inputs if isinstance(inputs, str) else None,
-        staging_uri,
-        inline_media,
-        input_storage_options,
-        staging_storage_options,
-    )
-    payloads, media_problems = await resolve_media(run_plan, resolver)
-    run_plan = run_plan.without({p.id or "" for p in media_problems})
-    invalid = _report_invalid([*table.invalid, *media_problems], len(table.frame), on_invalid)
-    check_limit(run_plan, max_submits, max_cost_usd)
-    claims = await claims_for(
-        store, run_plan, flow_run_id=_flow_run_id(), single_writer=single_writer
+        flags={"resubmit_unknown": resubmit_unknown, "retry_failed": retry_failed},
+        media=(staging_uri, inline_media, input_storage_options, staging_storage_options),
+        on_invalid=on_invalid,
+        limits=(max_submits, max_cost_usd),
     )
     logger.info("%d rows, %d invalid; outputs go to %s", len(table.frame), len(invalid), output_uri)
     progress = Progress(len(table.frame))
@@ -438,19 +424,14 @@ async def generate_talking_videos(
         on_row_done=lambda outcome: _row_done(outcome, progress, events),
         payloads=payloads,
         build_payload=lambda row: api_payload(row, resolver),
-        claims=claims,
+        claims=await claims_for(
+            store, run_plan, flow_run_id=_flow_run_id(), single_writer=single_writer
+        ),
         resubmit_unknown=resubmit_unknown,
         retry_failed=retry_failed,
     )
-    outcomes = [await batch.done(invalid_outcome(p)) for p in invalid]
-    jobs = [
-        run_row(batch, row, decision, run_plan.entries.get(row.id))
-        for row, decision in zip(run_plan.rows, run_plan.decisions, strict=True)
-    ]
-    with tags(*run_tags(model_id)):
-        outcomes += await execute(batch, jobs)
+    outcomes = await _run_rows(batch, run_plan, invalid)
     await progress.finish()
-    outcomes.sort(key=lambda o: o.row if o.row is not None else -1)
     return await finish_run(
         store,
         build_manifest(outcomes),
@@ -461,6 +442,60 @@ async def generate_talking_videos(
         artifact_key=key,
         allow_failed_rows=allow_failed_rows,
     )
+
+
+async def _open_output(output_uri: str, storage_options: dict[str, Any] | None) -> OutputStore:
+    """The output location, checked writable before anything is paid for, and cleared of the
+    temp files killed runs left there."""
+    store = OutputStore(output_uri, storage_options)
+    await asyncio.to_thread(store.check_writable)
+    await asyncio.to_thread(store.remove_stale_temp_files)
+    return store
+
+
+async def _plan_run(
+    store: OutputStore,
+    table: PreparedTable,
+    inputs: pd.DataFrame | list[dict[str, Any]] | str,
+    creds: RunComfyCredentials | None,
+    *,
+    model_id: str,
+    flags: dict[str, bool],
+    media: tuple[str | None, bool, dict[str, Any] | None, dict[str, Any] | None],
+    on_invalid: Literal["continue", "stop"],
+    limits: tuple[int | None, float | None],
+) -> tuple[RunPlan, dict[str, dict[str, Any]], MediaResolver, list[RowProblem]]:
+    """Plan the valid rows, make the media of those to submit fetchable, report the rows
+    that are invalid (or whose media are), and hold the plan to the spending limits."""
+    table_uri = inputs if isinstance(inputs, str) else None
+    run_plan = await plan(
+        store,
+        table.valid,
+        **flags,
+        max_submits=None,  # counted below, once rows with unusable media are left out
+        make_client=lambda: client_for(creds),
+        model_id=model_id,
+        media_base_dir=table_folder(table_uri) if table_uri else None,
+    )
+    resolver = _resolver(table_uri, *media)
+    payloads, media_problems = await resolve_media(run_plan, resolver)
+    run_plan = run_plan.without({p.id or "" for p in media_problems})
+    invalid = _report_invalid([*table.invalid, *media_problems], len(table.frame), on_invalid)
+    check_limit(run_plan, *limits)
+    return run_plan, payloads, resolver, invalid
+
+
+async def _run_rows(batch: Batch, run_plan: RunPlan, invalid: list[RowProblem]) -> list[RowOutcome]:
+    """Every row's record, in table order: the invalid ones, then the others run at once."""
+    outcomes = [await batch.done(invalid_outcome(p)) for p in invalid]
+    jobs = [
+        run_row(batch, row, decision, run_plan.entries.get(row.id))
+        for row, decision in zip(run_plan.rows, run_plan.decisions, strict=True)
+    ]
+    with tags(*run_tags(batch.model_id)):
+        outcomes += await execute(batch, jobs)
+    outcomes.sort(key=lambda o: o.row if o.row is not None else -1)
+    return outcomes
 
 
 async def _row_done(outcome: RowOutcome, progress: Progress, events: RowEvents) -> None:
@@ -522,18 +557,7 @@ async def collect_outstanding_requests(
     creds = await load_credentials(credentials)
     store = OutputStore(output_uri, storage_options)
     ledger = Ledger(store)
-    entries = list((await asyncio.to_thread(ledger.load_all)).values())
-    outstanding = [
-        e
-        for e in entries
-        if e.state in (LedgerState.SUBMITTED, LedgerState.TIMED_OUT, LedgerState.OUTPUT_REFUSED)
-        and e.request_id
-    ]
-    unknown = [
-        e
-        for e in entries
-        if e.state in (LedgerState.SUBMITTING, LedgerState.OUTCOME_UNKNOWN) and not e.request_id
-    ]
+    outstanding, unknown = _left_behind(list((await asyncio.to_thread(ledger.load_all)).values()))
     logger.info(
         "%d outstanding requests under %s; %d rows with an unknown submit outcome",
         len(outstanding),
@@ -580,6 +604,16 @@ async def collect_outstanding_requests(
         artifact_key=key,
         allow_failed_rows=allow_failed_rows,
     )
+
+
+def _left_behind(entries: list[LedgerEntry]) -> tuple[list[LedgerEntry], list[LedgerEntry]]:
+    """The ledger's requests to collect (submitted, timed out, output refused), and its rows
+    whose submit got no answer (no request id to collect)."""
+    collectable = (LedgerState.SUBMITTED, LedgerState.TIMED_OUT, LedgerState.OUTPUT_REFUSED)
+    outstanding = [e for e in entries if e.state in collectable and e.request_id]
+    unanswered = (LedgerState.SUBMITTING, LedgerState.OUTCOME_UNKNOWN)
+    unknown = [e for e in entries if e.state in unanswered and not e.request_id]
+    return outstanding, unknown
 
 
 async def _collect_one(

@@ -63,7 +63,9 @@ def test_a_row_at_rest_under_its_claim_is_free_for_the_next_generation(
     not_written = lambda _id: (LedgerState.FAILED, 0)  # noqa: E731
     assert isinstance(second.take("r1", 0, "p", not_written), Held)
     at_rest = lambda _id: (LedgerState.FAILED, 1)  # noqa: E731
-    assert second.take("r1", 1, "p", at_rest) == Taken(2)
+    assert second.take("r1", 1, "p", at_rest) == Taken(
+        2, at_rest_under=1
+    )  # its live holder finished with it
 
 
 def test_an_ended_or_lapsed_lease_lets_go_and_a_given_back_claim_is_free(
@@ -155,3 +157,14 @@ def test_an_unclaimable_store_is_refused_naming_the_way_out(tmp_path: Path) -> N
     with pytest.raises(ConfigurationError, match="single_writer=True") as caught:
         open_claims(NoExclusive(str(tmp_path / "o")), flow_run_id=None, single_writer=False)
     assert "created twice" in str(caught.value)
+
+
+def test_a_holder_learns_before_its_post_that_another_run_took_the_row_over(
+    store: OutputStore,
+) -> None:
+    first, second = _claims(store), _claims(store)
+    assert first.take("r1", 0, "p") == Taken(1)
+    assert not first.superseded("r1", 1)
+    first.lease.stop()  # judged gone (here: ended) while it still meant to POST
+    assert second.take("r1", 0, "p") == Taken(2)
+    assert first.superseded("r1", 1)

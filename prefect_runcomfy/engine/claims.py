@@ -37,12 +37,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from prefect_runcomfy.api.exceptions import StorageError
-from prefect_runcomfy.engine.outcome import utc_now
+from prefect_runcomfy.engine.outcome import epoch_of, utc_now
 from prefect_runcomfy.engine.status import LedgerState
 from prefect_runcomfy.engine.storage import OutputStore, safe_name
 
@@ -76,15 +75,6 @@ def lease_seconds() -> float:
         )
         value = DEFAULT_LEASE_S
     return max(MIN_LEASE_S, value)
-
-
-def _epoch(iso: str | None) -> float | None:
-    if not iso:
-        return None
-    try:
-        return datetime.fromisoformat(iso).timestamp()
-    except ValueError:
-        return None
 
 
 class OwnerRecord(BaseModel):
@@ -124,9 +114,12 @@ class Claim(BaseModel):
 
 @dataclass(frozen=True)
 class Taken:
-    """This run now holds the row's claim `generation`."""
+    """This run now holds the row's claim `generation`. `at_rest_under`: the latest earlier
+    generation stepped over because its live holder had left the row at rest (0: none), so
+    the ledger must show that generation or a later one."""
 
     generation: int
+    at_rest_under: int = 0
 
 
 @dataclass(frozen=True)
@@ -233,7 +226,7 @@ class RowClaims:
         self.run_is_over = run_is_over
         # token -> (when looked at, gone): rows followed at once ask about the same few
         # owners; one look serves them all for a moment (a storage read and a Prefect call).
-        self._owners: dict[str, tuple[float, bool]] = {}
+        self._owners: dict[str, tuple[float, str | None]] = {}
 
     def __repr__(self) -> str:
         return f"RowClaims({self.store.uri(CLAIMS_DIR)!r}, {self.lease!r})"
@@ -259,23 +252,29 @@ class RowClaims:
         known (without it, only a holder that is gone lets go).
         """
         generation = max(0, after)
-        if generation:
-            holder = self.read(id, generation)
-            if holder is not None and not self.let_go(holder, ledger_claim):
-                return Held(holder)
-        for _ in range(MAX_GENERATIONS):
+        at_rest_under = 0
+        for step in range(MAX_GENERATIONS):
+            if step or generation:  # the first free generation is above `after`'s holder
+                holder = self.read(id, generation)
+                if holder is not None:
+                    if not self.let_go(holder, ledger_claim):
+                        return Held(holder)
+                    if not self.owner_gone(holder):
+                        at_rest_under = generation
             generation += 1
             if self.store.create_exclusive(
                 self.name_for(id, generation), self._record(id, generation, payload_sha256)
             ):
-                return Taken(generation)
-            holder = self.read(id, generation)
-            if holder is not None and not self.let_go(holder, ledger_claim):
-                return Held(holder)
+                return Taken(generation, at_rest_under)
         raise StorageError(
             f"row {id!r} has more than {MAX_GENERATIONS} claims under "
             f"{self.store.uri(CLAIMS_DIR)}: something takes them in a loop"
         )
+
+    def superseded(self, id: str, generation: int) -> bool:
+        """True when a later claim than `generation` exists on row `id`: another run took the
+        row over (it judged this run gone). Asked once more just before a POST."""
+        return self.store.read_bytes(self.name_for(id, generation + 1)) is not None
 
     def _record(self, id: str, generation: int, payload_sha256: str) -> bytes:
         owner = self.lease.record
@@ -321,37 +320,45 @@ class RowClaims:
         return self.owner_gone(claim)
 
     def owner_gone(self, claim: Claim) -> bool:
-        """True when the run holding `claim` is gone: its lease ended or lapsed, its process
-        is no longer running on this host, or its Prefect flow run is in a final state.
-        A claim being written this instant, or a lease that cannot be read, is not gone."""
+        """True when the run holding `claim` is gone (`why_gone` says why)."""
+        return self.why_gone(claim) is not None
+
+    def why_gone(self, claim: Claim) -> str | None:
+        """Why the run holding `claim` is gone, or None while it may still work: its lease
+        ended or lapsed, its process is no longer running on this host, or its Prefect flow
+        run is in a final state. A claim being written this instant, or a lease that cannot
+        be read, is not gone."""
         if not claim.owner or claim.owner == self.lease.record.token:
-            return False
+            return None
         seen = self._owners.get(claim.owner)
         if seen is not None and time.monotonic() - seen[0] < OWNER_LOOK_S:
             return seen[1]
-        gone = self._owner_gone(claim)
-        self._owners[claim.owner] = (time.monotonic(), gone)
-        return gone
+        why = self._why_gone(claim)
+        self._owners[claim.owner] = (time.monotonic(), why)
+        return why
 
-    def _owner_gone(self, claim: Claim) -> bool:
+    def _why_gone(self, claim: Claim) -> str | None:
         data = self.store.read_json(f"{OWNERS_DIR}/{claim.owner}.json")
         if data is None:
-            claimed = _epoch(claim.claimed_at)
-            return claimed is not None and time.time() - claimed > self.lease.lease_s
+            claimed = epoch_of(claim.claimed_at)
+            if claimed is not None and time.time() - claimed > self.lease.lease_s:
+                return "its run left no lease"
+            return None
         try:
             owner = OwnerRecord.model_validate(data)
         except ValidationError:
-            return False
+            return None
         if owner.ended_at:
-            return True
-        renewed = _epoch(owner.renewed_at)
+            return f"its run ended at {owner.ended_at}"
+        renewed = epoch_of(owner.renewed_at)
         if renewed is None or time.time() - renewed > owner.lease_s:
-            return True
+            return f"its lease lapsed (last renewed {owner.renewed_at})"
         if owner.host == self.lease.record.host and owner.pid and not _process_runs(owner.pid):
-            return True
-        if owner.flow_run_id and self.run_is_over is not None:
-            return bool(self.run_is_over(owner.flow_run_id))
-        return False
+            return f"its process {owner.pid} no longer runs"
+        over = self.run_is_over
+        if owner.flow_run_id and over is not None and over(owner.flow_run_id):
+            return f"its flow run {owner.flow_run_id} is over"
+        return None
 
 
 def open_claims(

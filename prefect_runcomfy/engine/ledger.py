@@ -347,6 +347,10 @@ class Ledger:
         if entry is not _NOT_READ:
             self._written[id] = entry
 
+    def held(self, id: str) -> int | None:
+        """The claim generation this run holds row `id` under, if it holds it."""
+        return self._held.get(id)
+
     def _latest(self, id: str) -> LedgerEntry | None:
         if id in self._written:
             return self._written[id]

@@ -42,6 +42,17 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+def epoch_of(iso: str | None) -> float | None:
+    """Seconds since the epoch of an ISO-8601 time (`utc_now`'s), or None when absent or not
+    a time."""
+    if not iso:
+        return None
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return None
+
+
 def is_missing(value: Any) -> bool:
     """True for None, NaN, NaT and pandas' NA: what a manifest cell holds when nothing is
     known. Text, lists and other containers are values, even when empty."""

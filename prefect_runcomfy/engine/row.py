@@ -21,7 +21,6 @@ import contextlib
 import shlex
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any
 
 from prefect import task
@@ -54,7 +53,13 @@ from prefect_runcomfy.engine.batch import Batch
 from prefect_runcomfy.engine.claims import Held
 from prefect_runcomfy.engine.estimate import job_kind
 from prefect_runcomfy.engine.ledger import LedgerEntry, RowDecision
-from prefect_runcomfy.engine.outcome import RowOutcome, media_source, sanitize_payload, utc_now
+from prefect_runcomfy.engine.outcome import (
+    RowOutcome,
+    epoch_of,
+    media_source,
+    sanitize_payload,
+    utc_now,
+)
 from prefect_runcomfy.engine.row_claim import RowTurn, follow_holder, take_turn
 from prefect_runcomfy.engine.status import LedgerState, RowPlan, RowStatus
 from prefect_runcomfy.engine.steps import (
@@ -261,6 +266,12 @@ async def submit_row(
         payload = await batch.build_payload(row)
     if payload is None:
         raise RuntimeError(f"{row.id}: no payload was prepared for a row to submit")
+    if await _taken_over(batch, row.id):
+        return outcome.ended(
+            RowStatus.FAILED,
+            "not submitted: another run took this row over just before its POST (it judged "
+            "this run gone); run again to see what that run did with it",
+        )
     if batch.claims is not None and not batch.claims.lease.fresh():
         # Others may take this run's rows once its lease lapses: paying now could pay twice.
         return outcome.ended(
@@ -301,6 +312,14 @@ async def submit_row(
         )
         outcome = outcome.noted(f"the ledger could not record request {request_id}: {exc}")
     return outcome
+
+
+async def _taken_over(batch: Batch, id: str) -> bool:
+    """True when a later claim than this run's exists on the row (one read, before a POST)."""
+    generation = batch.ledger.held(id)
+    if batch.claims is None or generation is None:
+        return False
+    return await asyncio.to_thread(batch.claims.superseded, id, generation)
 
 
 async def _refused(batch: Batch, outcome: RowOutcome, exc: RunComfyError) -> RowOutcome:
@@ -346,7 +365,7 @@ async def wait_for_row_job(
     with the row ended (record in `cell`, ledger written)."""
     outcome = cell.latest
     assert outcome.request_id is not None
-    submitted = _epoch(outcome.submitted_at)
+    submitted = epoch_of(outcome.submitted_at)
     fresh = submitted is not None and time.time() - submitted < FRESH_SUBMIT_S
     try:
         finished = await wait_for_job(
@@ -520,15 +539,6 @@ async def _store_with_retries(
     return await retrying(
         once, delays=STORE_RETRY_DELAYS_S, retry_if=store_is_worth_retrying, on_retry=say
     )
-
-
-def _epoch(iso: str | None) -> float | None:
-    if not iso:
-        return None
-    try:
-        return datetime.fromisoformat(iso).timestamp()
-    except ValueError:
-        return None
 
 
 # -- the row's task run -----------------------------------------------------------------------

@@ -28,7 +28,7 @@ from typing import Protocol
 from prefect.logging import get_run_logger
 
 from prefect_runcomfy.engine.batch import Batch
-from prefect_runcomfy.engine.claims import Claim, Held
+from prefect_runcomfy.engine.claims import Claim, Held, Taken
 from prefect_runcomfy.engine.ledger import LedgerEntry, RowDecision, plan_row
 from prefect_runcomfy.engine.outcome import RowOutcome
 from prefect_runcomfy.engine.status import LedgerState, RowPlan, RowStatus
@@ -78,8 +78,8 @@ async def take_turn(
         return got
     fresh = await asyncio.to_thread(batch.ledger.get, row.id)
     decision = await asyncio.to_thread(_decide_again, batch, row, fresh)
-    refusal = None
-    if decision.plan is RowPlan.SUBMIT:
+    refusal = _inconsistent(row, got, fresh)
+    if decision.plan is RowPlan.SUBMIT and refusal is None:
         refusal = await asyncio.to_thread(_why_not_pay, batch, row, planned, snapshot, fresh)
         decision = dataclasses.replace(decision, estimated_cost_usd=planned.estimated_cost_usd)
     turn = RowTurn(decision, fresh, got.generation, refusal)
@@ -110,6 +110,18 @@ def _ledger_probe(batch: Batch) -> Callable[[str], tuple[LedgerState | None, int
         return (entry.state, entry.claim) if entry else (None, 0)
 
     return probe
+
+
+def _inconsistent(row: PreparedRow, got: Taken, fresh: LedgerEntry | None) -> str | None:
+    """Why the ledger as just read cannot be acted on, or None: a live run left the row at
+    rest under a claim, so the ledger must show that claim (a read that came back older or
+    empty must not turn into a second payment)."""
+    if got.at_rest_under and (fresh is None or fresh.claim < got.at_rest_under):
+        return (
+            f"the ledger of {row.id!r} did not show claim {got.at_rest_under}, which another "
+            "run had just finished with; nothing was done with the row: run again"
+        )
+    return None
 
 
 def _decide_again(batch: Batch, row: PreparedRow, fresh: LedgerEntry | None) -> RowDecision:
@@ -179,6 +191,8 @@ async def follow_holder(batch: Batch, row: PreparedRow, held: Held, cell: RowCel
         pause = min(pause * 2, FOLLOW_MAX_S)
         assert batch.claims is not None
         if await asyncio.to_thread(batch.claims.let_go, claim, _ledger_probe(batch)):
+            why = await asyncio.to_thread(batch.claims.why_gone, claim)
+            log.info("%s: %s let go of it (%s)", row.id, claim.describe(), why or "at rest")
             return True
     cell.keep(
         cell.latest.ended(
