@@ -37,6 +37,8 @@ from prefect_runcomfy.engine.table import PreparedRow
 FOLLOW_FIRST_S = 2.0
 """First pause between two looks at a row another run holds; it doubles up to `FOLLOW_MAX_S`."""
 FOLLOW_MAX_S = 15.0
+READ_AGAIN_S = 0.5
+"""Pause before reading again a ledger entry that came back empty where one was expected."""
 
 
 class RowCellLike(Protocol):
@@ -73,12 +75,15 @@ async def take_turn(
     if claims is None:
         return RowTurn(planned, snapshot)
     after = snapshot.claim if snapshot else 0
-    got = await asyncio.to_thread(claims.take, row.id, after, row.fingerprint, _ledger_probe(batch))
+    seen: list[int] = [after]
+    got = await asyncio.to_thread(
+        claims.take, row.id, after, row.fingerprint, _ledger_probe(batch, seen)
+    )
     if isinstance(got, Held):
         return got
-    fresh = await asyncio.to_thread(batch.ledger.get, row.id)
+    fresh = await _read_again(batch, row.id, got)
     decision = await asyncio.to_thread(_decide_again, batch, row, fresh)
-    refusal = _inconsistent(row, got, fresh)
+    refusal = _inconsistent(row, got, fresh, max(seen))
     if decision.plan is RowPlan.SUBMIT and refusal is None:
         refusal = await asyncio.to_thread(_why_not_pay, batch, row, planned, snapshot, fresh)
         decision = dataclasses.replace(decision, estimated_cost_usd=planned.estimated_cost_usd)
@@ -104,22 +109,43 @@ async def take_entry(batch: Batch, entry: LedgerEntry) -> Held | None:
     return None
 
 
-def _ledger_probe(batch: Batch) -> Callable[[str], tuple[LedgerState | None, int]]:
+def _ledger_probe(
+    batch: Batch, seen: list[int] | None = None
+) -> Callable[[str], tuple[LedgerState | None, int]]:
+    """Reads the row's (state, claim) for `RowClaims.take`; `seen` collects the claims read."""
+
     def probe(id: str) -> tuple[LedgerState | None, int]:
         entry = batch.ledger.get(id)
+        if entry is not None and seen is not None:
+            seen.append(entry.claim)
         return (entry.state, entry.claim) if entry else (None, 0)
 
     return probe
 
 
-def _inconsistent(row: PreparedRow, got: Taken, fresh: LedgerEntry | None) -> str | None:
-    """Why the ledger as just read cannot be acted on, or None: a live run left the row at
-    rest under a claim, so the ledger must show that claim (a read that came back older or
-    empty must not turn into a second payment)."""
-    if got.at_rest_under and (fresh is None or fresh.claim < got.at_rest_under):
+async def _read_again(batch: Batch, id: str, got: Taken) -> LedgerEntry | None:
+    """The row's ledger entry as it is now. After stepping over earlier claims, an empty
+    answer is read once more after a pause: a row others held usually has an entry, and an
+    answer that came back empty by mistake must not turn into a payment."""
+    fresh = await asyncio.to_thread(batch.ledger.get, id)
+    if fresh is None and got.generation > 1:
+        await asyncio.sleep(READ_AGAIN_S)
+        fresh = await asyncio.to_thread(batch.ledger.get, id)
+    return fresh
+
+
+def _inconsistent(
+    row: PreparedRow, got: Taken, fresh: LedgerEntry | None, seen_claim: int
+) -> str | None:
+    """Why the ledger as just read cannot be acted on, or None: it must show at least the
+    claim the ledger showed a moment ago, and the claim a live run left the row at rest
+    under (a read that came back older or empty must not turn into a second payment)."""
+    expected = max(got.at_rest_under, seen_claim)
+    if expected and (fresh is None or fresh.claim < expected):
         return (
-            f"the ledger of {row.id!r} did not show claim {got.at_rest_under}, which another "
-            "run had just finished with; nothing was done with the row: run again"
+            f"the ledger of {row.id!r} read back older than a moment before (claim "
+            f"{fresh.claim if fresh else 'none'}, expected {expected}); nothing was done "
+            "with the row: run again"
         )
     return None
 
