@@ -180,6 +180,20 @@ def _is_missing(value: Any) -> bool:
     return is_missing(value)
 
 
+def _explicit_id_counts(records: list[dict[Any, Any]]) -> dict[str, int]:
+    """How many rows name each id given in the `id` column, case folded: `Ada.mp4` and
+    `ada.mp4` are one file on macOS and Windows disks, and one ledger entry, so the second
+    row would be paid again on every run."""
+    counts: dict[str, int] = {}
+    for record in records:
+        value = record.get(ID_COLUMN)
+        if not _is_missing(value):
+            key = str(_float_id(value) if isinstance(value, float) else value)
+            key = key.strip().casefold()
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def check_table(df: pd.DataFrame) -> TableCheck:
     """Check every row of `df`; return the valid rows and a `RowProblem` for each invalid one.
 
@@ -201,16 +215,7 @@ def check_table(df: pd.DataFrame) -> TableCheck:
     has_id = ID_COLUMN in columns
     records = df.to_dict(orient="records")
     seen_ids: dict[str, int] = {}
-    explicit_counts: dict[str, int] = {}
-    if has_id:
-        for record in records:
-            value = record.get(ID_COLUMN)
-            if not _is_missing(value):
-                key = str(_float_id(value) if isinstance(value, float) else value)
-                # Case folded: `Ada.mp4` and `ada.mp4` are one file on macOS and Windows disks,
-                # and one ledger entry, so the second row would be paid again on every run.
-                key = key.strip().casefold()
-                explicit_counts[key] = explicit_counts.get(key, 0) + 1
+    explicit_counts = _explicit_id_counts(records) if has_id else {}
 
     for position, record in enumerate(records):
         extras = {c: record.get(c) for c in extra_columns}
