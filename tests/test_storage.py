@@ -197,6 +197,24 @@ def test_read_many_json(store: OutputStore) -> None:
     assert store.read_many_json(["_ledger/absent.json"]) == {}
 
 
+def test_reads_see_files_another_process_wrote_after_a_listing(
+    s3_server: Any, s3_bucket: str
+) -> None:
+    """s3fs answers a read from its cached listing of the file's folder when it has one:
+    without `OutputStore._fresh` on every read, a ledger entry another process wrote after
+    this run listed `_ledger/` read as absent, and a run paid for a row twice (issue 20)."""
+    store = OutputStore(f"s3://{s3_bucket}/out", s3_server.storage_options)
+    store.write_json("_ledger/a.json", {"i": 0})
+    assert store.list("_ledger/") == ["_ledger/a.json"]  # s3fs now caches `_ledger`'s listing
+    # Another process: its own fs instance (no shared cache), writing to the same bucket.
+    other = fsspec.filesystem("s3", skip_instance_cache=True, **s3_server.storage_options)
+    other.pipe_file(f"{s3_bucket}/out/_ledger/b.json", b'{"i": 1}')
+    assert store.read_json("_ledger/b.json") == {"i": 1}
+    assert store.read_many_json(["_ledger/b.json"]) == {"_ledger/b.json": {"i": 1}}
+    assert store.exists("_ledger/b.json")
+    assert store.list("_ledger/") == ["_ledger/a.json", "_ledger/b.json"]
+
+
 # --- files ---------------------------------------------------------------------------------------
 
 

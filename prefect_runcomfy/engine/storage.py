@@ -393,7 +393,10 @@ class OutputStore:
 
     def _fresh(self, path: str) -> None:
         # Another task or process may have written since this fs cached a listing; listings
-        # are cheap next to acting on a stale one.
+        # are cheap next to acting on a stale one. s3fs answers a read of a file from the
+        # cached listing of its folder when it has one (`_info` before `get_object`): a file
+        # another process wrote after the listing reads as absent, which once let a run pay
+        # for a row twice. `invalidate_cache` drops the path's listing and its parents'.
         with contextlib.suppress(Exception):
             self.fs.invalidate_cache(path)
 
@@ -414,6 +417,7 @@ class OutputStore:
     def sha256(self, name: str) -> str:
         """The sha256 (hex) of `name`, streamed in 1 MiB chunks."""
         digest = hashlib.sha256()
+        self._fresh(self.path(name))
         with self._translate("read", name), self.fs.open(self.path(name), "rb") as fh:
             while chunk := fh.read(_CHUNK):
                 digest.update(chunk)
@@ -423,6 +427,7 @@ class OutputStore:
         """The content of `name`, or None if it does not exist."""
         path = self.path(name)
         with self._translate("read", name):
+            self._fresh(path)
             try:
                 return bytes(self.fs.cat_file(path))
             except FileNotFoundError:
@@ -456,7 +461,8 @@ class OutputStore:
         if not by_path:
             return {}
         with self._translate("read", ""):
-            self._fresh(self.root)
+            for path in by_path:
+                self._fresh(path)
             raw = self.fs.cat(list(by_path), on_error="return")
         if not isinstance(raw, dict):  # pragma: no cover - fsspec returns a dict for lists
             raw = {next(iter(by_path)): raw}
@@ -610,6 +616,7 @@ class OutputStore:
         with self._translate("create", name):
             if self.is_local:
                 return _create_local_exclusive(path, data)
+            self._fresh(path)  # the backend decides, never a cached listing
             try:
                 with self.fs.open(path, "xb") as handle:
                     handle.write(data)

@@ -133,59 +133,76 @@ async def wait_until_finished(
             min_pause_s=policy.min_pause_s,
             max_pause_s=policy.max_s,
         )
+    follow = _Follow(client, request_id, policy, watch, clock, submitted, on_change)
     try:
-        return await _follow(
-            client,
-            request_id,
-            policy,
-            watch,
-            start,
-            deadline,
-            submitted,
-            max_wait_s,
-            on_change,
-            clock,
-        )
+        return await follow.run(start, deadline, max_wait_s)
     finally:
         if watch is not None:
             watch.close()
 
 
-async def _follow(
-    client: RunComfyClient,
-    request_id: str,
-    policy: PollPolicy,
-    watch: JobWatch | None,
-    start: float,
-    deadline: float,
-    submitted: float,
-    max_wait_s: float,
-    on_change: StateListener | None,
-    clock: Callable[[], float],
-) -> WaitOutcome:
-    """The loop of `wait_until_finished`: read, note, rest, until finished or the deadline."""
-    last_key: tuple[RequestStatus, str | None, int | None] | None = None
-    status = RequestStatus.UNKNOWN
-    polls = 0
+@dataclass
+class _Follow:
+    """The loop of `wait_until_finished` and what it keeps between reads: read, note, rest,
+    until finished or the deadline."""
+
+    client: RunComfyClient
+    request_id: str
+    policy: PollPolicy
+    watch: JobWatch | None
+    clock: Callable[[], float]
+    submitted: float
+    on_change: StateListener | None
+    status: RequestStatus = RequestStatus.UNKNOWN
+    polls: int = 0
     first_running: float | None = None
-    seen = False  # once RunComfy has shown the request, "not found" means gone, not "not yet"
-    states: list[str] = []
+    seen: bool = False  # once RunComfy has shown the request, "not found" means gone
+    states: list[str] = field(default_factory=list)
     result: RequestResult | None = None
-    if watch is not None:
-        await _rest(watch, 0.0, 0.0, deadline, clock)  # until the first read the run expects
-    while True:
+    last_key: tuple[RequestStatus, str | None, int | None] | None = None
+
+    async def run(self, start: float, deadline: float, max_wait_s: float) -> WaitOutcome:
+        if self.watch is not None:
+            await _rest(self.watch, 0.0, 0.0, deadline, self.clock)  # until the first read
+        while True:
+            delay_hint = await self.read()
+            done = self.status.is_terminal and self.status is not RequestStatus.COMPLETED
+            if done and self.result is not None:
+                return self.finished(start)
+            now = self.clock()
+            if now >= deadline:
+                seen_last = self.last_key[1] if self.last_key else "nothing yet"
+                raise RunTimedOutError(
+                    f"Request {self.request_id} did not finish within {max_wait_s:g} s "
+                    f"(last seen: {seen_last}).",
+                    request_id=self.request_id,
+                    last_status=self.status.value,
+                )
+            pause = self.policy.interval(self.polls - 1)
+            if delay_hint is not None:
+                pause = max(pause, delay_hint)
+            if self.watch is None:
+                await asyncio.sleep(max(0.0, min(pause, deadline - now)))
+            else:
+                await _rest(self.watch, pause, delay_hint or 0.0, deadline, self.clock)
+
+    async def read(self) -> float | None:
+        """One read of the request, noted; returns a `Retry-After` hint when rate limited."""
         delay_hint: float | None = None
-        polls += 1
+        self.polls += 1
         try:
-            status, raw, position, fresh, ran = await _poll(
-                client, request_id, reads_status(watch, status, polls), watch is None
+            self.status, raw, position, fresh, ran = await _poll(
+                self.client,
+                self.request_id,
+                reads_status(self.watch, self.status, self.polls),
+                self.watch is None,
             )
-            result = fresh or result
-            if ran and first_running is None:
-                first_running = clock()
-            seen = True
+            self.result = fresh or self.result
+            if ran and self.first_running is None:
+                self.first_running = self.clock()
+            self.seen = True
         except RequestNotFoundError:
-            if seen or clock() - submitted > policy.not_found_grace_s:
+            if self.seen or self.clock() - self.submitted > self.policy.not_found_grace_s:
                 raise
             raw, position = "not_visible_yet", None
         except RateLimitedError as exc:
@@ -193,45 +210,38 @@ async def _follow(
             delay_hint = exc.retry_after
         except (ServerError, TransportError):
             raw, position = None, None
-        if status is RequestStatus.IN_PROGRESS and first_running is None:
-            first_running = clock()
-        if watch is not None:
-            watch.saw(status if raw is not None else RequestStatus.UNKNOWN, clock(), position)
-        key = (status, raw, position)
-        if raw is not None and key != last_key:
-            last_key = key
-            states.append(raw)
-            if on_change is not None:
-                on_change(status, raw, position)
-        if status.is_terminal and result is not None and status is not RequestStatus.COMPLETED:
-            if watch is not None and status is RequestStatus.SUCCEEDED:
-                watch.finished(result, clock())
-            elif watch is not None:
-                watch.ended(result, clock())  # its place came free: queued jobs move up
-            return WaitOutcome(
-                result=result,
-                polls=polls,
-                started_waiting=start,
-                first_running=first_running,
-                finished=clock(),
-                states=states,
-            )
-        now = clock()
-        if now >= deadline:
-            seen_last = last_key[1] if last_key else "nothing yet"
-            raise RunTimedOutError(
-                f"Request {request_id} did not finish within {max_wait_s:g} s "
-                f"(last seen: {seen_last}).",
-                request_id=request_id,
-                last_status=status.value,
-            )
-        pause = policy.interval(polls - 1)
-        if delay_hint is not None:
-            pause = max(pause, delay_hint)
-        if watch is None:
-            await asyncio.sleep(max(0.0, min(pause, deadline - now)))
-        else:
-            await _rest(watch, pause, delay_hint or 0.0, deadline, clock)
+        self.note(raw, position)
+        return delay_hint
+
+    def note(self, raw: str | None, position: int | None) -> None:
+        """Record what the read saw; tell `on_change` when the state moved."""
+        if self.status is RequestStatus.IN_PROGRESS and self.first_running is None:
+            self.first_running = self.clock()
+        if self.watch is not None:
+            seen = self.status if raw is not None else RequestStatus.UNKNOWN
+            self.watch.saw(seen, self.clock(), position)
+        key = (self.status, raw, position)
+        if raw is not None and key != self.last_key:
+            self.last_key = key
+            self.states.append(raw)
+            if self.on_change is not None:
+                self.on_change(self.status, raw, position)
+
+    def finished(self, start: float) -> WaitOutcome:
+        """The outcome of a request that ended; its place at RunComfy came free."""
+        assert self.result is not None
+        if self.watch is not None and self.status is RequestStatus.SUCCEEDED:
+            self.watch.finished(self.result, self.clock())
+        elif self.watch is not None:
+            self.watch.ended(self.result, self.clock())  # queued jobs move up
+        return WaitOutcome(
+            result=self.result,
+            polls=self.polls,
+            started_waiting=start,
+            first_running=self.first_running,
+            finished=self.clock(),
+            states=self.states,
+        )
 
 
 async def _rest(
