@@ -44,7 +44,7 @@ COUNTED = (
 
 def count_store_calls() -> collections.Counter[str]:
     """Wrap OutputStore's I/O methods to count their calls (outer calls only)."""
-    from prefect_runcomfy.engine.storage import OutputStore
+    from prefect_runcomfy.engine.outputs.store import OutputStore
 
     counts: collections.Counter[str] = collections.Counter()
     depth = threading.local()  # calls run in many threads at once: nesting is per thread

@@ -1,6 +1,6 @@
 """Benchmark 2: what waiting costs as jobs get longer (10 s to 10 min).
 
-The wait loop itself (`prefect_runcomfy.engine.waiting.wait_until_finished` with `PollPolicy`), with a
+The wait loop itself (`prefect_runcomfy.engine.run.waiting.wait_until_finished` with `PollPolicy`), with a
 `RunComfyClient`, without Prefect. The sandbox runs every duration scaled by `--scale`
 (`time_scale`), and the PollPolicy is scaled by the same factor (initial 2 s, max 30 s,
 not-found grace 30 s, all times `--scale`), so a 5-minute job takes 15 s at the default 1/20
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import TOKEN, machine, rows, sandbox_process, save
 
 from prefect_runcomfy.api.client import RunComfyClient
-from prefect_runcomfy.engine.waiting import PollPolicy, wait_until_finished
+from prefect_runcomfy.engine.run.waiting import PollPolicy, wait_until_finished
 
 DURATIONS = [10, 30, 60, 120, 300, 600]
 

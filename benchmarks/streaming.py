@@ -48,7 +48,7 @@ def child(base_url: str, output_uri: str, options_json: str) -> None:
     """In a fresh process: get a finished request, then store its output while measuring."""
     import prefect_runcomfy.tasks as tasks
     from prefect_runcomfy.api.client import RunComfyClient
-    from prefect_runcomfy.engine.waiting import PollPolicy, wait_until_finished
+    from prefect_runcomfy.engine.run.waiting import PollPolicy, wait_until_finished
 
     tasks.get_run_logger = lambda: logging.getLogger("bench")  # type: ignore[assignment]
     options = json.loads(options_json) or None
@@ -74,7 +74,7 @@ def child(base_url: str, output_uri: str, options_json: str) -> None:
     result = asyncio.run(finished())
     # warm up the code path (imports, s3fs session) on a tiny file before measuring
     store_fn = tasks.store_outputs.fn
-    from prefect_runcomfy.engine.storage import OutputStore
+    from prefect_runcomfy.engine.outputs.store import OutputStore
 
     warm = Path(os.environ.get("TMPDIR", "/tmp")) / "bench-warm.bin"
     warm.write_bytes(b"x" * 1024)

@@ -186,7 +186,7 @@ def _manifest_of(
     a KeyboardInterrupt raised inside a library may come out wrapped in its own error.
     """
     from prefect_runcomfy.api.exceptions import RowsNeedAttentionError
-    from prefect_runcomfy.engine import stopping
+    from prefect_runcomfy.engine.run import stopping
 
     received: list[int] = []
     asked: list[str] = []
@@ -279,7 +279,7 @@ def _listening(
     on_request: Callable[[str], None], on_stopped: Callable[[Any], None]
 ) -> Iterator[None]:
     """Hear a stop as it is asked (`on_request`) and its report (`on_stopped`) meanwhile."""
-    from prefect_runcomfy.engine import stopping
+    from prefect_runcomfy.engine.run import stopping
 
     stopping.stop_requested_listeners.append(on_request)
     stopping.stop_listeners.append(on_stopped)
@@ -411,7 +411,7 @@ def validate(
     Example: `prefect-runcomfy validate rows.csv`. Exit code 0: all rows valid; 2: not.
     """
     from prefect_runcomfy.api.exceptions import InvalidInputError
-    from prefect_runcomfy.engine.table import (
+    from prefect_runcomfy.engine.inputs.table import (
         check_local_media,
         check_table,
         is_local_uri,
@@ -472,8 +472,8 @@ def plan(
     Exit code 0: planned; 2: bad input (invalid rows are listed); 3: over --max-submits or
     --max-cost.
     """
-    from prefect_runcomfy.engine.planning import plan_table
-    from prefect_runcomfy.engine.pricing import check_cost_limit
+    from prefect_runcomfy.engine.plan.planning import plan_table
+    from prefect_runcomfy.engine.plan.pricing import check_cost_limit
 
     async def planned() -> Any:
         from prefect_runcomfy.api.client import RunComfyClient

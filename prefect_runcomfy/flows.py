@@ -35,14 +35,17 @@ from prefect_runcomfy.api.client import RunComfyClient
 from prefect_runcomfy.api.exceptions import ConfigurationError, InvalidInputError
 from prefect_runcomfy.api.models import MODEL_ID
 from prefect_runcomfy.blocks import RunComfyCredentials
-from prefect_runcomfy.engine.batch import Batch, cancel_queued_requests, queued_requests
-from prefect_runcomfy.engine.claims import open_claims
-from prefect_runcomfy.engine.heartbeat import HEARTBEAT_S, heartbeat_for
-from prefect_runcomfy.engine.ledger import Ledger, LedgerEntry
-from prefect_runcomfy.engine.manifest import build_manifest
-from prefect_runcomfy.engine.media import MediaResolver
-from prefect_runcomfy.engine.outcome import RowOutcome
-from prefect_runcomfy.engine.phases import (
+from prefect_runcomfy.engine.claims.claim import open_claims
+from prefect_runcomfy.engine.claims.turn import take_entry
+from prefect_runcomfy.engine.inputs.media import MediaResolver
+from prefect_runcomfy.engine.inputs.table import RowProblem, table_folder
+from prefect_runcomfy.engine.outputs.manifest import build_manifest
+from prefect_runcomfy.engine.outputs.store import MANIFEST_NAME, OutputStore
+from prefect_runcomfy.engine.plan.ledger import Ledger, LedgerEntry
+from prefect_runcomfy.engine.record.outcome import RowOutcome
+from prefect_runcomfy.engine.record.status import LedgerState, RowStatus
+from prefect_runcomfy.engine.run.batch import Batch, cancel_queued_requests, queued_requests
+from prefect_runcomfy.engine.run.phases import (
     PreparedTable,
     RunPlan,
     api_payload,
@@ -54,9 +57,11 @@ from prefect_runcomfy.engine.phases import (
     prepare,
     resolve_media,
 )
-from prefect_runcomfy.engine.row import RowCell, collect_request, in_row_task, run_row
-from prefect_runcomfy.engine.row_claim import take_entry
-from prefect_runcomfy.engine.shard_runs import (
+from prefect_runcomfy.engine.run.row import RowCell, collect_request, in_row_task, run_row
+from prefect_runcomfy.engine.run.stopping import cancelled_here, mark_stoppable, run_stoppable
+from prefect_runcomfy.engine.run.waiting import PollPolicy, PollStrategy
+from prefect_runcomfy.engine.shards.heartbeat import HEARTBEAT_S, heartbeat_for
+from prefect_runcomfy.engine.shards.runs import (
     STALE_AFTER_S,
     ShardRun,
     ShardWatch,
@@ -65,12 +70,7 @@ from prefect_runcomfy.engine.shard_runs import (
     shard_outcomes,
     start_shards,
 )
-from prefect_runcomfy.engine.sharding import ShardFiles, ShardSpec, plan_shards
-from prefect_runcomfy.engine.status import LedgerState, RowStatus
-from prefect_runcomfy.engine.stopping import cancelled_here, mark_stoppable, run_stoppable
-from prefect_runcomfy.engine.storage import MANIFEST_NAME, OutputStore
-from prefect_runcomfy.engine.table import RowProblem, table_folder
-from prefect_runcomfy.engine.waiting import PollPolicy, PollStrategy
+from prefect_runcomfy.engine.shards.split import ShardFiles, ShardSpec, plan_shards
 from prefect_runcomfy.report.artifacts import Progress
 from prefect_runcomfy.report.events import RowEvents
 from prefect_runcomfy.report.finish import check_allow_failed_rows, finish_run
@@ -110,7 +110,7 @@ class TableFlow(SyncOrAsyncFlow):
 
 def stoppable(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A flow body that a Ctrl-C or SIGTERM on a sync caller stops cleanly: queued jobs
-    cancelled, the flow run Cancelled with what was left (`engine.stopping.run_stoppable`).
+    cancelled, the flow run Cancelled with what was left (`engine.run.stopping.run_stoppable`).
 
     Written here, not in the engine: Prefect resolves a flow's parameter annotations in its
     function's globals, and versions the flow by its function's file.
@@ -125,7 +125,7 @@ def stoppable(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def beating(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A flow body that, given `heartbeat_name`, writes that heartbeat while it runs, from
-    reading the table to the manifest (`engine.heartbeat`: how a sharded parent tells a
+    reading the table to the manifest (`engine.shards.heartbeat`: how a sharded parent tells a
     working shard run from a dead one).
 
     Written here, not in the engine: Prefect resolves a flow's parameter annotations in its
@@ -695,7 +695,7 @@ async def generate_talking_videos_sharded(
     own manifest; the merged `manifest.parquet` is written at the end.
 
     A shard is named by the output location, its index and its rows' ids, and its flow runs
-    by an idempotency key derived from them (`engine/shard_runs.py`):
+    by an idempotency key derived from them (`engine/shards/runs.py`):
 
     - Re-run while shards still work (the same table into the same `output_uri`), the parent
       finds their runs and waits for them instead of starting others. A shard whose last run

@@ -39,7 +39,7 @@ from prefect import Flow, Task
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from prefect_runcomfy.engine.stopping import (
+from prefect_runcomfy.engine.run.stopping import (
     clear_stop_request,
     is_stoppable,
     request_stop,
@@ -72,7 +72,7 @@ def run_here(call: Any, *, stoppable: bool = False) -> Any:
     Prefect's `run_coro_as_sync` copies the caller's context into the coroutine, so a flow
     run started here is the sync parent's subflow, under the caller's `prefect.tags(...)`.
 
-    A `stoppable` run (a flow body run by `engine.stopping.run_stoppable`) called from the
+    A `stoppable` run (a flow body run by `engine.run.stopping.run_stoppable`) called from the
     main thread stops cleanly on SIGINT or SIGTERM (`StopOnSignals`): its queued jobs are
     cancelled and its flow run ends Cancelled; then the signal does what it did before
     (Ctrl-C raises KeyboardInterrupt; SIGTERM ends the process).
@@ -104,7 +104,7 @@ and gets the terminal's Ctrl-C too, and Prefect's client retries a server gone f
 
 class StopOnSignals:
     """While a run goes on in Prefect's event-loop thread, SIGINT and SIGTERM stop it
-    cleanly first (`engine.stopping.request_stop`), then reach whoever handled them before.
+    cleanly first (`engine.run.stopping.request_stop`), then reach whoever handled them before.
 
     Why: Prefect runs a flow called from sync code in a thread of its own and, on Ctrl-C,
     cancels it and returns at once: the process then exits while the run's cancels and its

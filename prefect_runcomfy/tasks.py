@@ -4,7 +4,7 @@ Every task creates its own `RunComfyClient` (Prefect may run each async task in 
 loop), reads with `NO_CACHE` (a cached status would never change), returns small values (ids,
 URIs, small models) and never video bytes. `submit_request` is never retried by Prefect: a
 submit whose answer was lost may have created a billed job. Their bodies are the plain
-functions of `prefect_runcomfy.engine.steps`, which a batch runs in one task run per row.
+functions of `prefect_runcomfy.engine.run.steps`, which a batch runs in one task run per row.
 
 Example:
     ```python
@@ -45,7 +45,8 @@ from prefect_runcomfy.api.models import (
     RequestState,
 )
 from prefect_runcomfy.blocks import RunComfyCredentials
-from prefect_runcomfy.engine.steps import (
+from prefect_runcomfy.engine.outputs.store import OutputStore
+from prefect_runcomfy.engine.run.steps import (
     STORE_RETRY_DELAYS_S,
     FinishedRequest,
     StoredFile,
@@ -57,8 +58,7 @@ from prefect_runcomfy.engine.steps import (
     utc_now,
     wait_for_job,
 )
-from prefect_runcomfy.engine.storage import OutputStore
-from prefect_runcomfy.engine.waiting import PollPolicy
+from prefect_runcomfy.engine.run.waiting import PollPolicy
 from prefect_runcomfy.sync_or_async import sync_or_async_task
 
 Credentials = RunComfyCredentials | None

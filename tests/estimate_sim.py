@@ -19,8 +19,8 @@ import random
 from dataclasses import dataclass, field
 
 from prefect_runcomfy.api.models import RequestResult, RequestStatus
-from prefect_runcomfy.engine.estimate import JobWatch, RunEstimator
-from prefect_runcomfy.engine.waiting import PollPolicy, reads_status
+from prefect_runcomfy.engine.run.durations import JobWatch, RunEstimator
+from prefect_runcomfy.engine.run.waiting import PollPolicy, reads_status
 
 
 @dataclass

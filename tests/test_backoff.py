@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from prefect_runcomfy.api.backoff import Backoff, retry_after_of, retrying
-from prefect_runcomfy.engine.waiting import PollPolicy
+from prefect_runcomfy.engine.run.waiting import PollPolicy
 from prefect_runcomfy.exceptions import DownloadError, RateLimitedError, ServerError
 
 

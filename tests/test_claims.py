@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from prefect_runcomfy.engine.claims import (
+from prefect_runcomfy.engine.claims.claim import (
     LEASE_ENV,
     OWNERS_DIR,
     Held,
@@ -20,8 +20,8 @@ from prefect_runcomfy.engine.claims import (
     lease_seconds,
     open_claims,
 )
-from prefect_runcomfy.engine.status import LedgerState
-from prefect_runcomfy.engine.storage import OutputStore
+from prefect_runcomfy.engine.outputs.store import OutputStore
+from prefect_runcomfy.engine.record.status import LedgerState
 from prefect_runcomfy.exceptions import ConfigurationError
 
 

@@ -31,8 +31,8 @@ from prefect_runcomfy.api.download_deadline import (
 )
 from prefect_runcomfy.api.downloads import download_output
 from prefect_runcomfy.api.hosts import OutputPolicy
-from prefect_runcomfy.engine.ledger import Ledger
-from prefect_runcomfy.engine.storage import OutputStore
+from prefect_runcomfy.engine.outputs.store import OutputStore
+from prefect_runcomfy.engine.plan.ledger import Ledger
 from prefect_runcomfy.exceptions import ConfigurationError, DownloadError, DownloadTimedOutError
 from prefect_runcomfy.sandbox import Sandbox, sample_inputs
 
@@ -304,7 +304,7 @@ async def test_a_row_whose_video_trickles_or_stalls_ends_collectable_by_its_dead
     monkeypatch.setenv("RUNCOMFY_DOWNLOAD_GRACE_S", "2")
     monkeypatch.setenv("RUNCOMFY_DOWNLOAD_STALL_S", "0.5")
     monkeypatch.setattr("prefect_runcomfy.api.download_deadline.PROGRESS_EVERY_S", 0.5)
-    monkeypatch.setattr("prefect_runcomfy.engine.row.STORE_RETRY_DELAYS_S", (0.2, 0.2))
+    monkeypatch.setattr("prefect_runcomfy.engine.run.row.STORE_RETRY_DELAYS_S", (0.2, 0.2))
     sb.set(**switch)
     row = {**sample_inputs(sb.base_url)[0], "id": "r0"}
     out = tmp_path / "o"

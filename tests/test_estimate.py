@@ -17,14 +17,14 @@ from estimate_sim import draw_jobs, simulate
 
 from prefect_runcomfy.api.exceptions import RateLimitedError, RunTimedOutError
 from prefect_runcomfy.api.models import RequestResult, RequestState, RequestStatus
-from prefect_runcomfy.engine.estimate import (
+from prefect_runcomfy.engine.run.durations import (
     RunEstimator,
     Window,
     job_kind,
     server_seconds,
     window_of,
 )
-from prefect_runcomfy.engine.waiting import PollPolicy, reads_status, wait_until_finished
+from prefect_runcomfy.engine.run.waiting import PollPolicy, reads_status, wait_until_finished
 
 POLICY = PollPolicy(jitter=0.0)
 

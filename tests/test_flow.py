@@ -16,8 +16,8 @@ from prefect.client.orchestration import get_client
 from sandbox_helpers import manifest_of
 
 from prefect_runcomfy import RunComfyCredentials, generate_talking_videos
-from prefect_runcomfy.engine.ledger import Ledger
-from prefect_runcomfy.engine.storage import TEMP_PREFIX, OutputStore
+from prefect_runcomfy.engine.outputs.store import TEMP_PREFIX, OutputStore
+from prefect_runcomfy.engine.plan.ledger import Ledger
 from prefect_runcomfy.exceptions import (
     ConfigurationError,
     CostLimitError,
@@ -879,7 +879,7 @@ async def test_a_stored_row_needs_no_media_on_a_rerun(sb: Sandbox, tmp_path: Pat
     assert "face.png" in by_id.loc["new", "error"] and "image" in by_id.loc["new", "error"]
     assert sb.stats()["submits_accepted"] == submits
     # `prefect-runcomfy plan` agrees: the stored row is skipped, not invalid
-    from prefect_runcomfy.engine.planning import plan_table
+    from prefect_runcomfy.engine.plan.planning import plan_table
 
     planned = await plan_table(table, str(tmp_path / "o"))
     assert [(r.id, d.plan.value) for r, d in zip(planned.rows, planned.decisions, strict=True)] == [
@@ -995,8 +995,8 @@ def test_storing_is_retried_unless_the_output_expired() -> None:
 async def test_a_row_whose_task_run_never_finished_its_body_is_failed_not_lost() -> None:
     from prefect import flow
 
-    from prefect_runcomfy.engine.outcome import RowOutcome
-    from prefect_runcomfy.engine.row import RowCell, in_row_task
+    from prefect_runcomfy.engine.record.outcome import RowOutcome
+    from prefect_runcomfy.engine.run.row import RowCell, in_row_task
 
     cell = RowCell(RowOutcome(id="r9"))
 
@@ -1017,7 +1017,7 @@ async def test_a_row_whose_task_run_never_finished_its_body_is_failed_not_lost()
 async def test_a_download_that_keeps_failing_is_collected_not_paid_again(
     sb: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("prefect_runcomfy.engine.row.STORE_RETRY_DELAYS_S", (0.1, 0.1))
+    monkeypatch.setattr("prefect_runcomfy.engine.run.row.STORE_RETRY_DELAYS_S", (0.1, 0.1))
     # the job succeeded and is paid; its file answers 503 every time this run asks
     sb.add_fault(endpoint="files", kind="server_error", count=50)
     out = str(tmp_path / "o")

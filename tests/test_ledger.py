@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from prefect_runcomfy.engine.ledger import (
+from prefect_runcomfy.engine.inputs.table import payload_fingerprint
+from prefect_runcomfy.engine.outputs.store import OutputStore
+from prefect_runcomfy.engine.plan.ledger import (
     HISTORY_LIMIT,
     Ledger,
     LedgerEntry,
@@ -20,8 +22,6 @@ from prefect_runcomfy.engine.ledger import (
     RowPlan,
     plan_row,
 )
-from prefect_runcomfy.engine.storage import OutputStore
-from prefect_runcomfy.engine.table import payload_fingerprint
 from prefect_runcomfy.exceptions import InvalidInputError
 
 OLD = "a" * 64
@@ -329,8 +329,8 @@ def test_ledger_round_trip_drives_plan(ledger: Ledger) -> None:
 
 
 def test_describe_plan_counts_each_kind_in_words() -> None:
-    from prefect_runcomfy.engine.ledger import RowDecision
-    from prefect_runcomfy.engine.planning import describe_plan
+    from prefect_runcomfy.engine.plan.ledger import RowDecision
+    from prefect_runcomfy.engine.plan.planning import describe_plan
 
     decisions = [
         RowDecision(RowPlan.SUBMIT, "new"),
@@ -362,7 +362,11 @@ def test_a_refusal_does_not_outlive_the_next_submit(tmp_path: Path) -> None:
 def test_manifests_merge_with_list_columns_read_back_from_parquet(tmp_path: Path) -> None:
     import pandas as pd
 
-    from prefect_runcomfy.engine.manifest import build_manifest, merge_manifests, parquet_safe
+    from prefect_runcomfy.engine.outputs.manifest import (
+        build_manifest,
+        merge_manifests,
+        parquet_safe,
+    )
 
     store = OutputStore(str(tmp_path))
     earlier = build_manifest(

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from prefect_runcomfy.engine.media import (
+from prefect_runcomfy.engine.inputs.media import (
     INLINE_CAPS,
     MediaResolver,
     ResolvedMedia,

@@ -155,8 +155,8 @@ async def test_a_local_folder_takes_the_download_in_place_and_keeps_nothing_refu
     staging copy under the system temp folder, and nothing hidden left when it is refused."""
     import tempfile
 
-    from prefect_runcomfy.engine.steps import store_files
-    from prefect_runcomfy.engine.storage import OutputStore
+    from prefect_runcomfy.engine.outputs.store import OutputStore
+    from prefect_runcomfy.engine.run.steps import store_files
 
     system_tmp = tmp_path / "system-tmp"
     system_tmp.mkdir()

@@ -22,9 +22,9 @@ from sandbox_helpers import manifest_of
 from test_flow import FAST, creds, rows
 
 from prefect_runcomfy import generate_talking_videos
-from prefect_runcomfy.engine.claims import OWNERS_DIR, OwnerLease, RowClaims, Taken
-from prefect_runcomfy.engine.ledger import Ledger
-from prefect_runcomfy.engine.storage import OutputStore
+from prefect_runcomfy.engine.claims.claim import OWNERS_DIR, OwnerLease, RowClaims, Taken
+from prefect_runcomfy.engine.outputs.store import OutputStore
+from prefect_runcomfy.engine.plan.ledger import Ledger
 from prefect_runcomfy.exceptions import ConfigurationError
 from prefect_runcomfy.sandbox import Sandbox
 
@@ -315,7 +315,7 @@ def _submitting_elsewhere(store: OutputStore, row: dict[str, Any]) -> None:
     """The ledger as another run leaves it the moment before its POST: `submitting`, claim 1."""
     import pandas as pd
 
-    from prefect_runcomfy.engine.table import check_table
+    from prefect_runcomfy.engine.inputs.table import check_table
 
     fingerprint = check_table(pd.DataFrame([row])).valid[0].fingerprint
     ledger = Ledger(store)

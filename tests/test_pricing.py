@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 
 from prefect_runcomfy.api.models import ModelInfo
-from prefect_runcomfy.engine.pricing import (
+from prefect_runcomfy.engine.inputs.table import PreparedRow, check_table
+from prefect_runcomfy.engine.plan.pricing import (
     Price,
     check_cost_limit,
     estimate_cost,
     video_seconds,
 )
-from prefect_runcomfy.engine.table import PreparedRow, check_table
 from prefect_runcomfy.exceptions import ConfigurationError, CostLimitError
 
 BASE = {"prompt": "talks", "image": "https://x.test/p.png", "audio": "https://x.test/a.mp3"}
@@ -96,7 +96,7 @@ async def test_a_catalog_entry_of_unexpected_types_gives_no_price_and_no_error(
 ) -> None:
     """A catalog whose entry has a field of another type must not stop the run."""
     from prefect_runcomfy.api.client import RunComfyClient
-    from prefect_runcomfy.engine.pricing import read_price
+    from prefect_runcomfy.engine.plan.pricing import read_price
 
     class OddCatalog(RunComfyClient):
         async def model_info(self, model_id: str) -> ModelInfo:

@@ -20,9 +20,9 @@ import pandas as pd
 import pytest
 
 from prefect_runcomfy import RunComfyCredentials, generate_talking_videos
-from prefect_runcomfy.engine.manifest import RowStatus, build_manifest
-from prefect_runcomfy.engine.previews import jpeg_bytes, poster_frame, thumbnail
-from prefect_runcomfy.engine.storage import OutputStore
+from prefect_runcomfy.engine.outputs.manifest import RowStatus, build_manifest
+from prefect_runcomfy.engine.outputs.previews import jpeg_bytes, poster_frame, thumbnail
+from prefect_runcomfy.engine.outputs.store import OutputStore
 from prefect_runcomfy.report.review import (
     INDEX_NAME,
     advice_for,

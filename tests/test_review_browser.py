@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from prefect_runcomfy import RunComfyCredentials, generate_talking_videos
-from prefect_runcomfy.engine.storage import OutputStore
+from prefect_runcomfy.engine.outputs.store import OutputStore
 from prefect_runcomfy.report.review import write_review_page
 from prefect_runcomfy.sandbox import Sandbox, sample_inputs
 

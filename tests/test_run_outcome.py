@@ -25,9 +25,9 @@ from prefect.states import Crashed
 from sandbox_helpers import submit
 
 from prefect_runcomfy import RunComfyCredentials, generate_talking_videos
-from prefect_runcomfy.engine.ledger import Ledger
-from prefect_runcomfy.engine.status import LedgerState
-from prefect_runcomfy.engine.storage import OutputStore
+from prefect_runcomfy.engine.outputs.store import OutputStore
+from prefect_runcomfy.engine.plan.ledger import Ledger
+from prefect_runcomfy.engine.record.status import LedgerState
 from prefect_runcomfy.exceptions import ConfigurationError, RowsNeedAttentionError
 from prefect_runcomfy.flows import _cancel_queued_on_stop
 from prefect_runcomfy.report.events import asset_key

@@ -18,10 +18,12 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.states import Completed, Pending, Running
 
-from prefect_runcomfy.engine.heartbeat import Heartbeat
-from prefect_runcomfy.engine.ledger import Ledger
-from prefect_runcomfy.engine.phases import prepare
-from prefect_runcomfy.engine.shard_runs import (
+from prefect_runcomfy.engine.outputs.store import OutputStore
+from prefect_runcomfy.engine.plan.ledger import Ledger
+from prefect_runcomfy.engine.record.status import LedgerState
+from prefect_runcomfy.engine.run.phases import prepare
+from prefect_runcomfy.engine.shards.heartbeat import Heartbeat
+from prefect_runcomfy.engine.shards.runs import (
     ShardRun,
     ShardWatch,
     cancel_recorded,
@@ -30,9 +32,7 @@ from prefect_runcomfy.engine.shard_runs import (
     shard_outcomes,
     start_shards,
 )
-from prefect_runcomfy.engine.sharding import ShardFiles, ShardSpec, plan_shards
-from prefect_runcomfy.engine.status import LedgerState
-from prefect_runcomfy.engine.storage import OutputStore
+from prefect_runcomfy.engine.shards.split import ShardFiles, ShardSpec, plan_shards
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

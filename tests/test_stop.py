@@ -264,7 +264,7 @@ def test_a_second_ctrl_c_ends_the_cli_at_once_and_still_names_the_collect_comman
 
 
 def test_the_stop_line_says_what_was_cancelled_left_and_how_to_collect_it() -> None:
-    from prefect_runcomfy.engine.stopping import StopReport
+    from prefect_runcomfy.engine.run.stopping import StopReport
 
     both = StopReport("s3://b/my videos", cancelled=("a", "b"), running=("c",), reason="SIGINT")
     assert both.message() == (

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from prefect_runcomfy.engine.storage import (
+from prefect_runcomfy.engine.outputs.store import (
     STAGING_PREFIX,
     TEMP_PREFIX,
     OutputStore,
@@ -351,7 +351,7 @@ def test_a_killed_upload_leaves_no_file_under_the_final_name(tmp_path: Path) -> 
         pkg = types.ModuleType("prefect_runcomfy")
         pkg.__path__ = [{str(PACKAGE_DIR)!r}]
         sys.modules["prefect_runcomfy"] = pkg
-        from prefect_runcomfy.engine.storage import OutputStore
+        from prefect_runcomfy.engine.outputs.store import OutputStore
         OutputStore({str(out)!r}).put_file({str(big)!r}, "video.mp4")
         """
     )
@@ -388,7 +388,7 @@ def test_storage_modules_do_not_import_prefect() -> None:
         pkg = types.ModuleType("prefect_runcomfy")
         pkg.__path__ = [{str(PACKAGE_DIR)!r}]
         sys.modules["prefect_runcomfy"] = pkg
-        import prefect_runcomfy.engine.storage, prefect_runcomfy.engine.ledger, prefect_runcomfy.engine.media
+        import prefect_runcomfy.engine.outputs.store, prefect_runcomfy.engine.plan.ledger, prefect_runcomfy.engine.inputs.media
         assert not [m for m in sys.modules if m.split(".")[0] == "prefect"], "prefect imported"
         """
     )
@@ -485,7 +485,7 @@ def test_staging_left_by_a_killed_process_is_removed_once_stale(tmp_path: Path) 
         pkg = types.ModuleType("prefect_runcomfy")
         pkg.__path__ = [{str(PACKAGE_DIR)!r}]
         sys.modules["prefect_runcomfy"] = pkg
-        from prefect_runcomfy.engine.storage import staging_folder
+        from prefect_runcomfy.engine.outputs.store import staging_folder
         with staging_folder() as folder:
             with open(folder + "/partial.mp4", "wb") as fh:
                 fh.write(b"x" * 1000)
@@ -525,7 +525,7 @@ def test_staging_left_by_a_killed_process_is_removed_once_stale(tmp_path: Path) 
         pkg = types.ModuleType("prefect_runcomfy")
         pkg.__path__ = [{str(PACKAGE_DIR)!r}]
         sys.modules["prefect_runcomfy"] = pkg
-        from prefect_runcomfy.engine.storage import staging_file
+        from prefect_runcomfy.engine.outputs.store import staging_file
         with staging_file(".mp4") as path:
             path.write_bytes(b"z")
         """

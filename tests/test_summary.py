@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from prefect_runcomfy.engine.manifest import RowStatus, build_manifest
+from prefect_runcomfy.engine.outputs.manifest import RowStatus, build_manifest
 from prefect_runcomfy.report.artifacts import spending, summary_markdown
 from prefect_runcomfy.report.review import render_review_html
 from prefect_runcomfy.report.summary import RunSummary, summarize

@@ -49,7 +49,7 @@ DOWNLOAD_TIMEOUT = httpx.Timeout(connect=10.0, read=120.0, write=60.0, pool=30.0
 (`DownloadLimits.stall_s`) and is bounded overall by its deadline."""
 PARTIAL_PREFIX = ".tmp-"
 """A download in progress is a hidden file beside its destination with this prefix (the one
-`engine.storage` sweeps from output folders when a killed run left one behind)."""
+`engine.outputs.store` sweeps from output folders when a killed run left one behind)."""
 MAX_RETRY_AFTER_S = 120.0
 """The longest `Retry-After` from an output host that a download waits for; a longer one is cut
 to this (the download is tried again then), not given up on."""

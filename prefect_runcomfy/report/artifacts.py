@@ -16,7 +16,7 @@ from prefect.artifacts import (
 )
 from prefect.logging import get_run_logger
 
-from prefect_runcomfy.engine.outcome import RowOutcome, is_missing
+from prefect_runcomfy.engine.record.outcome import RowOutcome, is_missing
 from prefect_runcomfy.report.summary import summarize
 
 ProgressListener = Callable[[int, int, dict[str, int]], None]

@@ -28,9 +28,9 @@ from typing import Any
 
 from prefect.logging import get_logger
 
-from prefect_runcomfy.engine.outcome import RowOutcome
-from prefect_runcomfy.engine.status import RowStatus
-from prefect_runcomfy.engine.storage import OutputStore
+from prefect_runcomfy.engine.outputs.store import OutputStore
+from prefect_runcomfy.engine.record.outcome import RowOutcome
+from prefect_runcomfy.engine.record.status import RowStatus
 
 EVENT_PREFIX = "runcomfy.row"
 """Row events are named `runcomfy.row.<status>`."""

@@ -10,10 +10,10 @@ import pandas as pd
 from prefect.logging import get_run_logger
 
 from prefect_runcomfy.api.exceptions import ConfigurationError, RowsNeedAttentionError
-from prefect_runcomfy.engine.manifest import merge_manifests, parquet_safe, status_counts
-from prefect_runcomfy.engine.outcome import RowOutcome
-from prefect_runcomfy.engine.status import RowStatus
-from prefect_runcomfy.engine.storage import MANIFEST_NAME, OutputStore
+from prefect_runcomfy.engine.outputs.manifest import merge_manifests, parquet_safe, status_counts
+from prefect_runcomfy.engine.outputs.store import MANIFEST_NAME, OutputStore
+from prefect_runcomfy.engine.record.outcome import RowOutcome
+from prefect_runcomfy.engine.record.status import RowStatus
 from prefect_runcomfy.report.artifacts import publish_summary, spending
 
 

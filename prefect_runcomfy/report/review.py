@@ -11,7 +11,7 @@ The markup is the Jinja2 template `templates/review.html.j2` (with `review.css` 
 user text) is HTML-escaped, and ids in links are percent-encoded as well. This module only
 reads the rows and prepares what the template shows, as plain strings and numbers.
 
-Beside the videos it relies on two previews per row (see `prefect_runcomfy.engine.previews`):
+Beside the videos it relies on two previews per row (see `prefect_runcomfy.engine.outputs.previews`):
 `<id>.poster.jpg` (the video's poster frame) and `<id>.portrait.jpg` (the input portrait).
 `write_review_page` creates the ones that are missing.
 
@@ -47,14 +47,19 @@ import pandas as pd
 
 from prefect_runcomfy._version import __version__
 from prefect_runcomfy.api.downloads import shared_ssl_context
-from prefect_runcomfy.engine.previews import (
+from prefect_runcomfy.engine.outputs.previews import (
     MAX_IMAGE_BYTES,
     portrait_name,
     poster_name,
     store_poster,
     thumbnail,
 )
-from prefect_runcomfy.engine.storage import MANIFEST_NAME, OutputStore, staging_file, staging_folder
+from prefect_runcomfy.engine.outputs.store import (
+    MANIFEST_NAME,
+    OutputStore,
+    staging_file,
+    staging_folder,
+)
 from prefect_runcomfy.report.summary import RunSummary, summarize
 
 logger = logging.getLogger(__name__)
@@ -803,7 +808,7 @@ def _safe_id(value: Any) -> str | None:
     text = _text(value)
     if not text:
         return None
-    from prefect_runcomfy.engine.storage import id_problem
+    from prefect_runcomfy.engine.outputs.store import id_problem
 
     return None if id_problem(text) else text
 

@@ -18,7 +18,7 @@ from types import MappingProxyType
 
 import pandas as pd
 
-from prefect_runcomfy.engine.manifest import RowStatus, status_counts
+from prefect_runcomfy.engine.outputs.manifest import RowStatus, status_counts
 
 
 @dataclass(frozen=True)

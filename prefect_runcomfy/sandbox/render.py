@@ -22,7 +22,7 @@ import av
 import numpy as np
 
 from prefect_runcomfy.api.models import FRAMES_PER_SECOND
-from prefect_runcomfy.engine.previews import reformat
+from prefect_runcomfy.engine.outputs.previews import reformat
 from prefect_runcomfy.sandbox.drawing import fill_ellipse
 
 AUDIO_RATE = 44_100

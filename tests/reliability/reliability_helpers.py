@@ -10,8 +10,8 @@ from typing import Any
 import av
 
 from prefect_runcomfy import RunComfyCredentials
-from prefect_runcomfy.engine.media import probe_video
-from prefect_runcomfy.engine.storage import TEMP_PREFIX
+from prefect_runcomfy.engine.inputs.media import probe_video
+from prefect_runcomfy.engine.outputs.store import TEMP_PREFIX
 from prefect_runcomfy.sandbox import Sandbox, SandboxConfig, sample_inputs
 
 # These tests check each row's status; the run's own verdict is tested in

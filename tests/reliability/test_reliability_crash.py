@@ -25,7 +25,7 @@ import pytest
 from reliability_helpers import FAST, TOKEN, check_outputs, config, creds, duplicate_submits, rows
 
 from prefect_runcomfy import generate_talking_videos
-from prefect_runcomfy.engine.storage import TEMP_PREFIX
+from prefect_runcomfy.engine.outputs.store import TEMP_PREFIX
 from prefect_runcomfy.sandbox import Sandbox, run_sandbox
 
 pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("prefect_api")]

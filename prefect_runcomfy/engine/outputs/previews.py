@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover - the test environment installs every ex
     av = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
-    from prefect_runcomfy.engine.storage import OutputStore
+    from prefect_runcomfy.engine.outputs.store import OutputStore
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def probe_with_poster(
         info, has_poster = probe_with_poster("out/alice.mp4", "out/alice.poster.jpg")
         ```
     """
-    from prefect_runcomfy.engine.media import describe_video, probe_video
+    from prefect_runcomfy.engine.inputs.media import describe_video, probe_video
 
     if av is None:
         return probe_video(video_path), False

@@ -2,7 +2,7 @@
 
 The parent flow (`generate_talking_videos_sharded` in `flows.py`) checks the whole table first
 (so an id can never be in two shards, which would pay twice), writes each shard as a Parquet
-file under the output location, starts one deployment run per shard (`engine.shard_runs`),
+file under the output location, starts one deployment run per shard (`engine.shards.runs`),
 and merges the shards' manifests at the end.
 
 A shard's identity (`ShardSpec.key`) is derived from the output location, the shard's index
@@ -21,8 +21,8 @@ from typing import Any
 import pandas as pd
 
 from prefect_runcomfy.api.models import API_KEYS, MEDIA_COLUMNS
-from prefect_runcomfy.engine.storage import OutputStore
-from prefect_runcomfy.engine.table import ID_COLUMN, PreparedRow
+from prefect_runcomfy.engine.inputs.table import ID_COLUMN, PreparedRow
+from prefect_runcomfy.engine.outputs.store import OutputStore
 
 SHARDS_DIR = "_shards"
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -124,6 +124,6 @@ def plan_shards(
 
 def write_shard(store: OutputStore, frame: pd.DataFrame, name: str) -> str:
     """Write one shard's rows as Parquet under the output location; return its URI."""
-    from prefect_runcomfy.engine.manifest import parquet_safe
+    from prefect_runcomfy.engine.outputs.manifest import parquet_safe
 
     return store.write_manifest(parquet_safe(frame), name)

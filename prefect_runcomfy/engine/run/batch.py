@@ -1,7 +1,7 @@
 """What the rows of one run share: storage, the ledger, limits, clients, the stop signal, and
 the estimator of its jobs' durations.
 
-`engine.row` takes one row through a `Batch`; the flows build the batch and hand it rows.
+`engine.run.row` takes one row through a `Batch`; the flows build the batch and hand it rows.
 A batch gets its clients from `make_client` (the Prefect face decides where the token comes
 from) and says each finished row to `on_row_done` (the face keeps the progress artifact), so
 the engine imports neither.
@@ -21,14 +21,14 @@ from prefect_runcomfy.api.backoff import retrying
 from prefect_runcomfy.api.client import RunComfyClient
 from prefect_runcomfy.api.exceptions import StorageError
 from prefect_runcomfy.api.models import MODEL_ID
-from prefect_runcomfy.engine.claims import RowClaims
-from prefect_runcomfy.engine.estimate import RunEstimator
-from prefect_runcomfy.engine.ledger import Ledger, LedgerEntry
-from prefect_runcomfy.engine.outcome import RowOutcome
-from prefect_runcomfy.engine.status import LedgerState
-from prefect_runcomfy.engine.stopping import mark_cancelled, send_cancels
-from prefect_runcomfy.engine.storage import OutputStore
-from prefect_runcomfy.engine.waiting import PollPolicy
+from prefect_runcomfy.engine.claims.claim import RowClaims
+from prefect_runcomfy.engine.outputs.store import OutputStore
+from prefect_runcomfy.engine.plan.ledger import Ledger, LedgerEntry
+from prefect_runcomfy.engine.record.outcome import RowOutcome
+from prefect_runcomfy.engine.record.status import LedgerState
+from prefect_runcomfy.engine.run.durations import RunEstimator
+from prefect_runcomfy.engine.run.stopping import mark_cancelled, send_cancels
+from prefect_runcomfy.engine.run.waiting import PollPolicy
 
 LEDGER_RETRY_DELAYS_S: tuple[float, ...] = (0.5, 2.0)
 """Pauses before writing a ledger entry again after the output location failed."""
@@ -61,11 +61,11 @@ class Batch:
     flow_run_id: str | None = None
     on_row_done: Callable[[RowOutcome], Awaitable[None]] | None = None
     payloads: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Each row to submit's API body, its media already resolved (`engine.phases`)."""
+    """Each row to submit's API body, its media already resolved (`engine.run.phases`)."""
     build_payload: Callable[[Any], Awaitable[dict[str, Any]]] | None = None
     """Builds a row's API body at its submit when `payloads` has none (inline media)."""
     claims: RowClaims | None = None
-    """The run's claims on rows (`engine.claims`); None in single-writer mode."""
+    """The run's claims on rows (`engine.claims.claim`); None in single-writer mode."""
     resubmit_unknown: bool = False
     retry_failed: bool = False
     """The run's plan flags, to decide a row again from the ledger as it is at its turn."""
@@ -74,7 +74,7 @@ class Batch:
     or when the run was stopped."""
     submitted: dict[str, str] = field(default_factory=dict)
     """Row id → request id of each job this run submitted and has not seen finish: what a
-    stopped run cancels (`engine.stopping`), known without reading the ledger back."""
+    stopped run cancels (`engine.run.stopping`), known without reading the ledger back."""
     posting: set[asyncio.Task[str]] = field(default_factory=set)
     """The submits sent and not answered yet (`send_submit`)."""
     _semaphore: asyncio.Semaphore | None = None

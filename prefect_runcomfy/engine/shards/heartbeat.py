@@ -7,7 +7,7 @@ heartbeats are events every 30 s at the least, off unless every worker's environ
 them on, and turn into `Crashed` only through an automation the user creates. So the shard
 writes its own: `heartbeat_name` under its `output_uri`, rewritten every `heartbeat_s` by a
 thread (the event loop may be busy for seconds with a large table; a thread still beats, as
-Prefect's own heartbeat does). The parent (`engine.shard_runs`) reads it and compares what it
+Prefect's own heartbeat does). The parent (`engine.shards.runs`) reads it and compares what it
 reads with what it read before, by its own clock: no clock shared between machines is assumed.
 """
 
@@ -22,8 +22,8 @@ from typing import Any
 
 from prefect.logging import get_logger
 
-from prefect_runcomfy.engine.outcome import utc_now
-from prefect_runcomfy.engine.storage import OutputStore
+from prefect_runcomfy.engine.outputs.store import OutputStore
+from prefect_runcomfy.engine.record.outcome import utc_now
 
 HEARTBEAT_S = 10.0
 """How often a shard run rewrites its heartbeat file, by default."""

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from prefect_runcomfy.engine.outcome import RowOutcome, is_missing
-from prefect_runcomfy.engine.status import RowStatus
+from prefect_runcomfy.engine.record.outcome import RowOutcome, is_missing
+from prefect_runcomfy.engine.record.status import RowStatus
 
 CONTRACT_COLUMNS = ["id", "status", "request_id", "video_uri", "metadata_uri", "error"]
 """Columns every manifest has, in this order."""

@@ -44,7 +44,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from prefect_runcomfy.api.exceptions import MediaError, StorageError
-from prefect_runcomfy.engine.storage import OutputStore, scrub, secret_strings
+from prefect_runcomfy.engine.outputs.store import OutputStore, scrub, secret_strings
 
 MediaKind = Literal["image", "audio"]
 """Which input a value is for: the portrait `image` or the speech `audio`."""

@@ -49,20 +49,21 @@ from prefect_runcomfy.api.exceptions import (
     TransportError,
 )
 from prefect_runcomfy.api.models import RequestResult
-from prefect_runcomfy.engine.batch import Batch
-from prefect_runcomfy.engine.claims import Held
-from prefect_runcomfy.engine.estimate import job_kind
-from prefect_runcomfy.engine.ledger import LedgerEntry, RowDecision
-from prefect_runcomfy.engine.outcome import (
+from prefect_runcomfy.engine.claims.claim import Held
+from prefect_runcomfy.engine.claims.turn import RowTurn, follow_holder, take_turn
+from prefect_runcomfy.engine.inputs.table import PreparedRow
+from prefect_runcomfy.engine.plan.ledger import LedgerEntry, RowDecision
+from prefect_runcomfy.engine.record.outcome import (
     RowOutcome,
     epoch_of,
     media_source,
     sanitize_payload,
     utc_now,
 )
-from prefect_runcomfy.engine.row_claim import RowTurn, follow_holder, take_turn
-from prefect_runcomfy.engine.status import LedgerState, RowPlan, RowStatus
-from prefect_runcomfy.engine.steps import (
+from prefect_runcomfy.engine.record.status import LedgerState, RowPlan, RowStatus
+from prefect_runcomfy.engine.run.batch import Batch
+from prefect_runcomfy.engine.run.durations import job_kind
+from prefect_runcomfy.engine.run.steps import (
     STORE_RETRY_DELAYS_S,
     FinishedRequest,
     store_files,
@@ -72,7 +73,6 @@ from prefect_runcomfy.engine.steps import (
     wait_for_job,
     write_sidecar,
 )
-from prefect_runcomfy.engine.table import PreparedRow
 
 UNKNOWN_ADVICE = (
     "an earlier submit of this row got no answer, so a job may have run and been billed; "

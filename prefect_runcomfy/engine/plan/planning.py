@@ -23,13 +23,7 @@ from typing import Any
 from prefect_runcomfy.api.client import RunComfyClient
 from prefect_runcomfy.api.exceptions import ConfigurationError, SubmitLimitError
 from prefect_runcomfy.api.models import MODEL_ID
-from prefect_runcomfy.engine.ledger import Ledger, LedgerEntry, RowDecision, RowPlan, plan_row
-from prefect_runcomfy.engine.pricing import (
-    CostEstimate,
-    price_rows,
-)
-from prefect_runcomfy.engine.storage import OutputStore
-from prefect_runcomfy.engine.table import (
+from prefect_runcomfy.engine.inputs.table import (
     PreparedRow,
     RowProblem,
     TableCheck,
@@ -39,6 +33,12 @@ from prefect_runcomfy.engine.table import (
     is_local_uri,
     read_table,
     table_folder,
+)
+from prefect_runcomfy.engine.outputs.store import OutputStore
+from prefect_runcomfy.engine.plan.ledger import Ledger, LedgerEntry, RowDecision, RowPlan, plan_row
+from prefect_runcomfy.engine.plan.pricing import (
+    CostEstimate,
+    price_rows,
 )
 
 

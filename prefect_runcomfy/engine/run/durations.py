@@ -2,7 +2,7 @@
 
 A batch's jobs share a model, a resolution and a frame count, and the run watches dozens of
 them finish: their run times say when the others will finish. `RunEstimator` (one per run,
-held by `engine.batch.Batch`) keeps the recent durations of the run's finished jobs by kind;
+held by `engine.run.batch.Batch`) keeps the recent durations of the run's finished jobs by kind;
 `JobWatch` (one per job, made by `RunEstimator.watch`) turns them into the next moment to
 read that job:
 
@@ -23,7 +23,7 @@ read that job:
 When a kind's window changes (above all its first finish), the run's sleeping waits of that
 kind are woken so they plan again at once: the rest of the first wave does not sleep out a
 30-second interval. `Retry-After`, the deadline and cancel-if-queued stay with the wait loop
-(`engine.waiting`).
+(`engine.run.waiting`).
 
 Durations come from RunComfy's own timestamps (`finished_at - created_at`) when the answer
 has them, and from the reads otherwise.

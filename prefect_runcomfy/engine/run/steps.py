@@ -9,8 +9,8 @@ Example:
     ```python
     from prefect import task
     from prefect_runcomfy import RunComfyClient
-    from prefect_runcomfy.engine.steps import store_job_outputs, submit_job, wait_for_job
-    from prefect_runcomfy.engine.storage import OutputStore
+    from prefect_runcomfy.engine.run.steps import store_job_outputs, submit_job, wait_for_job
+    from prefect_runcomfy.engine.outputs.store import OutputStore
 
     @task
     async def one_video(job, row_id: str) -> str:
@@ -53,11 +53,11 @@ from prefect_runcomfy.api.models import (
     RequestResult,
     RequestStatus,
 )
-from prefect_runcomfy.engine.estimate import JobKind, RunEstimator
-from prefect_runcomfy.engine.outcome import RowOutcome, StoredFile, utc_now
-from prefect_runcomfy.engine.status import RowStatus
-from prefect_runcomfy.engine.storage import OutputStore, staging_folder
-from prefect_runcomfy.engine.waiting import PollPolicy, wait_until_finished
+from prefect_runcomfy.engine.outputs.store import OutputStore, staging_folder
+from prefect_runcomfy.engine.record.outcome import RowOutcome, StoredFile, utc_now
+from prefect_runcomfy.engine.record.status import RowStatus
+from prefect_runcomfy.engine.run.durations import JobKind, RunEstimator
+from prefect_runcomfy.engine.run.waiting import PollPolicy, wait_until_finished
 
 STORE_RETRY_DELAYS_S: tuple[float, ...] = (2.0, 10.0)
 """Pauses before the second and third try of storing a row's outputs."""
@@ -142,7 +142,7 @@ async def wait_for_job(
     (a batch logs one line per row once its video is stored). `first_note` starts the first
     line logged (a batch passes "submitted as request ..." instead of a line of its own).
     `estimator` and `kind`: the run's shared experience of its jobs' durations and this
-    job's kind (`engine.estimate`); a batch passes them, a single wait need not.
+    job's kind (`engine.run.durations`); a batch passes them, a single wait need not.
 
     Raises:
         RunFailedError: the job failed (`error` holds RunComfy's reason).
@@ -309,8 +309,8 @@ def _keep_file(
 
     `local` is a `store.local_temp` file renamed into place when the store is a local folder
     (`tmp` None), else a staging file uploaded from `tmp` and removed."""
-    from prefect_runcomfy.engine.media import probe_video
-    from prefect_runcomfy.engine.previews import store_poster
+    from prefect_runcomfy.engine.inputs.media import probe_video
+    from prefect_runcomfy.engine.outputs.previews import store_poster
 
     if with_poster:
         # The review page's poster, made while the video is on local disk anyway.

@@ -104,7 +104,7 @@ def safe_name(id: str) -> str:
 
 def id_problem(name: Any) -> str | None:
     """Why `name` cannot be a row id, or None when it can: the one rule for ids, used by the
-    table's validation (`engine.table.check_id`) and by storage (`safe_name`).
+    table's validation (`engine.inputs.table.check_id`) and by storage (`safe_name`).
 
     An id names files wherever the outputs may land (a local disk on Linux, macOS or Windows,
     S3, GCS, ...), so it holds only ASCII letters, digits, `.`, `_` and `-`; starts with a
@@ -602,7 +602,7 @@ class OutputStore:
     def create_exclusive(self, name: str, data: bytes) -> bool:
         """Create `name` holding `data` only if no file of that name exists: True when this
         call created it, False when it already existed. The one atomic "first one wins" step
-        that claims are built on (`engine.claims`).
+        that claims are built on (`engine.claims.claim`).
 
         Local folders: `O_CREAT | O_EXCL`, not synced to disk: a claim only orders runs that
         are alive (they share the page cache); after a power cut the ledger, which is synced

@@ -19,40 +19,40 @@ from prefect.logging import get_run_logger
 
 from prefect_runcomfy.api.client import RunComfyClient
 from prefect_runcomfy.api.models import MEDIA_COLUMNS, MODEL_ID
-from prefect_runcomfy.engine.batch import Batch
-from prefect_runcomfy.engine.claims import RowClaims, open_claims
-from prefect_runcomfy.engine.ledger import LedgerEntry, RowDecision
-from prefect_runcomfy.engine.media import MediaResolver
-from prefect_runcomfy.engine.outcome import RowOutcome
-from prefect_runcomfy.engine.planning import (
+from prefect_runcomfy.engine.claims.claim import RowClaims, open_claims
+from prefect_runcomfy.engine.inputs.media import MediaResolver
+from prefect_runcomfy.engine.inputs.table import (
+    PreparedRow,
+    RowProblem,
+    TableLike,
+    check_table,
+    read_table,
+)
+from prefect_runcomfy.engine.outputs.store import OutputStore
+from prefect_runcomfy.engine.plan.ledger import LedgerEntry, RowDecision
+from prefect_runcomfy.engine.plan.planning import (
     check_submit_limit,
     describe_plan,
     ids_to_submit,
     output_state,
     plan_rows,
 )
-from prefect_runcomfy.engine.pricing import (
+from prefect_runcomfy.engine.plan.pricing import (
     CostEstimate,
     Price,
     check_cost_limit,
     estimate_cost,
     price_rows,
 )
-from prefect_runcomfy.engine.status import LedgerState, RowPlan, RowStatus
-from prefect_runcomfy.engine.stopping import (
+from prefect_runcomfy.engine.record.outcome import RowOutcome
+from prefect_runcomfy.engine.record.status import LedgerState, RowPlan, RowStatus
+from prefect_runcomfy.engine.run.batch import Batch
+from prefect_runcomfy.engine.run.stopping import (
     STOPS,
     StopReport,
     cancelled_here,
     say_stopped,
     stop_batch,
-)
-from prefect_runcomfy.engine.storage import OutputStore
-from prefect_runcomfy.engine.table import (
-    PreparedRow,
-    RowProblem,
-    TableLike,
-    check_table,
-    read_table,
 )
 
 RESOLVE_AT_ONCE = 16
@@ -226,7 +226,7 @@ def check_limit(
 async def claims_for(
     store: OutputStore, run_plan: RunPlan, *, flow_run_id: str | None, single_writer: bool
 ) -> RowClaims | None:
-    """The run's claims (`engine.claims.open_claims`: the storage is checked for exclusive
+    """The run's claims (`engine.claims.claim.open_claims`: the storage is checked for exclusive
     create first), when any row is to be submitted or collected, or may be being submitted
     by another run right now (`submitting`); else None."""
     acting = (RowPlan.SUBMIT, RowPlan.RESUME)
@@ -258,7 +258,7 @@ async def execute(
 
     Stopped from outside (a cancellation: Ctrl-C, SIGTERM, a Prefect cancel), it stops its
     rows, and with `cancel_on_stop` cancels first the jobs this run submitted that are
-    still queued (`engine.stopping.stop_batch`, within `STOP_GRACE_S`); what it left is said
+    still queued (`engine.run.stopping.stop_batch`, within `STOP_GRACE_S`); what it left is said
     in one line (`say_stopped`), and the stop goes on.
     """
     lease = batch.claims.lease if batch.claims is not None else None

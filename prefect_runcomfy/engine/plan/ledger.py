@@ -39,9 +39,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from prefect_runcomfy.engine.outcome import utc_now
-from prefect_runcomfy.engine.status import LedgerState, RowPlan
-from prefect_runcomfy.engine.storage import OutputStore, safe_name
+from prefect_runcomfy.engine.outputs.store import OutputStore, safe_name
+from prefect_runcomfy.engine.record.outcome import utc_now
+from prefect_runcomfy.engine.record.status import LedgerState, RowPlan
 
 LEDGER_DIR = "_ledger"
 """The folder under the output location that holds one `<id>.json` per row."""
@@ -88,7 +88,7 @@ class LedgerEntry(BaseModel):
     flow_run_id: str | None = None
     claim: int = Field(
         default=0,
-        description="The claim generation (`engine.claims`) of the run that last acted on the row.",
+        description="The claim generation (`engine.claims.claim`) of the run that last acted on the row.",
     )
     video_uris: list[str] = Field(default_factory=list)
     metadata_uri: str | None = None
@@ -252,7 +252,7 @@ class Ledger:
     """Read and write the per-row ledger under an `OutputStore`.
 
     Not safe for two writers of the *same* row at once: a run writes a row's entry only while
-    it holds the row's claim (`engine.claims`), so two runs never do; different rows never
+    it holds the row's claim (`engine.claims.claim`), so two runs never do; different rows never
     touch the same file.
 
     Example:
@@ -271,7 +271,7 @@ class Ledger:
         # reading the file it just wrote back (one GET less per transition on object stores).
         # Safe because one task owns a row while it runs.
         self._written: dict[str, LedgerEntry | None] = {}
-        # The claim generation this run holds each row under (`engine.claims`): every write
+        # The claim generation this run holds each row under (`engine.claims.claim`): every write
         # while it holds the row records it, so others can tell the row is at rest under it.
         self._held: dict[str, int] = {}
 

@@ -6,7 +6,7 @@ it runs (so the answer that says "finished" already carries the outputs: no extr
 
 When the run shares a `RunEstimator` (a batch does) and the policy's `strategy` is
 "learned", the reads of a job whose kind has finished before in this run follow the run's
-experience (`engine.estimate`); otherwise, and for a job of a kind not seen yet, the interval
+experience (`engine.run.durations`); otherwise, and for a job of a kind not seen yet, the interval
 doubles as `PollPolicy` says. Either way `Retry-After` and the deadline rule.
 """
 
@@ -29,7 +29,7 @@ from prefect_runcomfy.api.exceptions import (
     TransportError,
 )
 from prefect_runcomfy.api.models import RequestResult, RequestStatus
-from prefect_runcomfy.engine.estimate import JobKind, JobWatch, RunEstimator
+from prefect_runcomfy.engine.run.durations import JobKind, JobWatch, RunEstimator
 
 PollStrategy = Literal["learned", "doubling"]
 """How a batch waits: "learned" (the run's finished jobs say when to look) or "doubling"

@@ -8,7 +8,7 @@ or is found dead, cancelled with their parent, and read back into rows.
   (0 for a new shard). Two parents starting at once ask for the same key, and Prefect's
   server makes one run of it. A finished run is never reused, so tonight's run of last
   night's table does tonight's work.
-- **Found dead.** A started shard run writes a heartbeat (`engine.heartbeat`); the parent
+- **Found dead.** A started shard run writes a heartbeat (`engine.shards.heartbeat`); the parent
   reads every started shard's heartbeat and state once per `poll_s` (one Prefect call for all
   the shards, one storage read for all the heartbeats). A run whose state and heartbeat have
   not changed for `stale_after_s` on the parent's clock is taken as dead: the parent marks it
@@ -40,11 +40,11 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.logging import get_run_logger
 from prefect.states import Cancelling, Crashed, State
 
-from prefect_runcomfy.engine.ledger import Ledger, LedgerEntry
-from prefect_runcomfy.engine.outcome import RowOutcome
-from prefect_runcomfy.engine.sharding import SHARDS_DIR, ShardFiles, ShardSpec, write_shard
-from prefect_runcomfy.engine.status import LedgerState, RowStatus
-from prefect_runcomfy.engine.storage import OutputStore
+from prefect_runcomfy.engine.outputs.store import OutputStore
+from prefect_runcomfy.engine.plan.ledger import Ledger, LedgerEntry
+from prefect_runcomfy.engine.record.outcome import RowOutcome
+from prefect_runcomfy.engine.record.status import LedgerState, RowStatus
+from prefect_runcomfy.engine.shards.split import SHARDS_DIR, ShardFiles, ShardSpec, write_shard
 
 STALE_AFTER_S = 60.0
 """How long a started shard run may show no sign of life before its parent takes it as dead."""

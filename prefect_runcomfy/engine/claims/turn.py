@@ -1,6 +1,6 @@
 """A row's turn: this run acts on a row only while it holds the row's claim.
 
-`take_turn` takes the row's next claim (`engine.claims`) and decides again, from the ledger as
+`take_turn` takes the row's next claim (`engine.claims.claim`) and decides again, from the ledger as
 it is *now*, what the row needs: the run's plan came from a snapshot taken before, and another
 run may have submitted, stored or failed the row since. A row held by another live run is
 followed (`follow_holder`): this run waits, holding no job place, until the holder lets go,
@@ -27,12 +27,12 @@ from typing import Protocol
 
 from prefect.logging import get_run_logger
 
-from prefect_runcomfy.engine.batch import Batch
-from prefect_runcomfy.engine.claims import Claim, Held, Taken
-from prefect_runcomfy.engine.ledger import LedgerEntry, RowDecision, plan_row
-from prefect_runcomfy.engine.outcome import RowOutcome
-from prefect_runcomfy.engine.status import LedgerState, RowPlan, RowStatus
-from prefect_runcomfy.engine.table import PreparedRow
+from prefect_runcomfy.engine.claims.claim import Claim, Held, Taken
+from prefect_runcomfy.engine.inputs.table import PreparedRow
+from prefect_runcomfy.engine.plan.ledger import LedgerEntry, RowDecision, plan_row
+from prefect_runcomfy.engine.record.outcome import RowOutcome
+from prefect_runcomfy.engine.record.status import LedgerState, RowPlan, RowStatus
+from prefect_runcomfy.engine.run.batch import Batch
 
 FOLLOW_FIRST_S = 2.0
 """First pause between two looks at a row another run holds; it doubles up to `FOLLOW_MAX_S`."""
@@ -42,7 +42,7 @@ READ_AGAIN_S = 0.5
 
 
 class RowCellLike(Protocol):
-    """What `follow_holder` needs of a row's cell (`engine.row.RowCell`)."""
+    """What `follow_holder` needs of a row's cell (`engine.run.row.RowCell`)."""
 
     latest: RowOutcome
 

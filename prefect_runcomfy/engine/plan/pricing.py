@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from prefect_runcomfy.api.client import RunComfyClient
 from prefect_runcomfy.api.exceptions import ConfigurationError, CostLimitError, RunComfyError
 from prefect_runcomfy.api.models import FRAMES_PER_SECOND, ModelInfo
-from prefect_runcomfy.engine.table import PreparedRow, local_media_path
+from prefect_runcomfy.engine.inputs.table import PreparedRow, local_media_path
 
 AUDIO_PROBE_LIMIT = 1000
 """At most this many local audio files are probed for their length; beyond, the estimate uses

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_runcomfy._version import __version__
 from prefect_runcomfy.api.downloads import short_url
-from prefect_runcomfy.engine.status import RowStatus
+from prefect_runcomfy.engine.record.status import RowStatus
 
 PREVIEW_CHARS = 300
 """A rejected row's inputs are kept this short: it may hold a megabyte prompt or inline file."""
@@ -342,7 +342,7 @@ class RowOutcome(BaseModel):
     @classmethod
     def from_manifest_row(cls, record: Mapping[str, Any]) -> RowOutcome:
         """The record of a manifest row (a row of an earlier run, or of a shard)."""
-        from prefect_runcomfy.engine.manifest import INPUT_COLUMNS, RESULT_COLUMNS
+        from prefect_runcomfy.engine.outputs.manifest import INPUT_COLUMNS, RESULT_COLUMNS
 
         clean = {k: (None if is_missing(v) else v) for k, v in record.items() if k != "extras"}
         uris = clean.get("video_uris")

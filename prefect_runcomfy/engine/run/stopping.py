@@ -6,7 +6,7 @@ A stop reaches a run as one cancellation of its task: asyncio's own on Ctrl-C un
 (`prefect_runcomfy.sync_or_async`): Prefect runs a flow called from sync code in a thread of
 its own, which a KeyboardInterrupt in the main thread never reaches.
 
-Then `engine.phases.execute` calls `stop_batch`: no further submit starts, a submit already
+Then `engine.run.phases.execute` calls `stop_batch`: no further submit starts, a submit already
 sent is waited for (its request id is what lets its job be cancelled), every job the run
 submitted and has not seen finish is asked to cancel (only queued ones can be: those are not
 billed, and a re-run submits them again), and the ledger says so. What it did is a
@@ -35,11 +35,11 @@ from prefect.states import Cancelled, State
 
 from prefect_runcomfy.api.client import RunComfyClient
 from prefect_runcomfy.api.exceptions import RunComfyError, StorageError
-from prefect_runcomfy.engine.status import LedgerState
+from prefect_runcomfy.engine.record.status import LedgerState
 
 if TYPE_CHECKING:
-    from prefect_runcomfy.engine.batch import Batch
-    from prefect_runcomfy.engine.ledger import Ledger
+    from prefect_runcomfy.engine.plan.ledger import Ledger
+    from prefect_runcomfy.engine.run.batch import Batch
 
 T = TypeVar("T")
 
