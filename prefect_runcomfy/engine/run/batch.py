@@ -241,7 +241,7 @@ async def cancel_queued_requests(
         await send_cancels(make_client, pending, answers)
     cancelled = [row_id for row_id, done in answers.items() if done]
     for row_id in cancelled:
-        await asyncio.to_thread(mark_cancelled, ledger, row_id)
+        await asyncio.to_thread(mark_cancelled, ledger, row_id, pending[row_id])
     return [pending[row_id] for row_id in cancelled]
 
 

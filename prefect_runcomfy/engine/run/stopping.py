@@ -287,16 +287,23 @@ async def _record(batch: Batch, requests: Mapping[str, str], answers: Mapping[st
     def write(row_id: str, request_id: str) -> None:
         with contextlib.suppress(StorageError):
             if answers.get(row_id):
-                mark_cancelled(batch.ledger, row_id)
+                mark_cancelled(batch.ledger, row_id, request_id)
             else:
                 _keep_request_id(batch.ledger, row_id, request_id)
 
     await asyncio.gather(*(asyncio.to_thread(write, r, q) for r, q in requests.items()))
 
 
-def mark_cancelled(ledger: Ledger, row_id: str) -> None:
-    """Record a job cancelled while queued: nothing billed, so a re-run submits it again."""
-    ledger.mark(row_id, LedgerState.CANCELLED, error=CANCELLED_ON_STOP, billed=False)
+def mark_cancelled(ledger: Ledger, row_id: str, request_id: str) -> None:
+    """Record job `request_id` cancelled while queued: nothing billed, so a re-run submits
+    the row again. The id is written too: the stop may have cut the row's own write of it."""
+    ledger.mark(
+        row_id,
+        LedgerState.CANCELLED,
+        request_id=request_id,
+        error=CANCELLED_ON_STOP,
+        billed=False,
+    )
 
 
 def _keep_request_id(ledger: Ledger, row_id: str, request_id: str) -> None:
