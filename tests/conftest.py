@@ -81,7 +81,8 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     from prefect.settings import get_current_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    # generous: on a loaded machine (other suites, helpers) the server has taken over 60 s
+    with prefect_test_harness(server_startup_timeout=180):
         url = get_current_settings().server.database.connection_url
         db = Path((url.get_secret_value() if url else "").split("///")[-1])
         yield
