@@ -53,7 +53,8 @@ def caller_is_async() -> bool:
 
     Inside a run, the run decides (a sync task run in an async flow's worker thread is sync);
     outside, a running loop does. The same rule as Prefect's own `async_dispatch`, written
-    with the public run contexts (`tests/test_sync_or_async.py` pins that they agree).
+    with the public run contexts (`test_sync_or_async_is_decided_as_prefect_decides` in
+    `tests/test_prefect_native.py` pins that they agree).
     """
     run = TaskRunContext.get() or FlowRunContext.get()
     if run is not None:

@@ -184,8 +184,8 @@ UNUSABLE_IDS = [
 def test_ids_that_cannot_be_file_names_anywhere_are_invalid_rows(bad: str) -> None:
     import pandas as pd
 
+    from prefect_runcomfy.engine.inputs.ids import safe_name
     from prefect_runcomfy.engine.inputs.table import check_table
-    from prefect_runcomfy.engine.outputs.store import safe_name
     from prefect_runcomfy.exceptions import InvalidInputError
 
     check = check_table(pd.DataFrame([{**BASE, "id": bad}, {**BASE, "id": "fine", "seed": 1}]))
@@ -199,8 +199,8 @@ def test_ids_that_cannot_be_file_names_anywhere_are_invalid_rows(bad: str) -> No
 
 @pytest.mark.parametrize("good", ["ada", "row-001", "a.b_c", "x" * 128, "console", "com10", "7"])
 def test_usable_ids_pass_validation_and_storage_alike(good: str) -> None:
+    from prefect_runcomfy.engine.inputs.ids import safe_name
     from prefect_runcomfy.engine.inputs.table import check_id
-    from prefect_runcomfy.engine.outputs.store import safe_name
 
     assert check_id(good) == safe_name(good) == good
 

@@ -21,11 +21,10 @@ from prefect_runcomfy.engine.inputs.media import (
     INLINE_CAPS,
     MediaResolver,
     ResolvedMedia,
-    is_mp4,
-    probe_video,
     resolve_media,
     sniff_format,
 )
+from prefect_runcomfy.engine.outputs.probe import is_mp4, probe_video
 from prefect_runcomfy.exceptions import MediaError
 
 # --- real media, made here ---------------------------------------------------------------------

@@ -21,14 +21,13 @@ import pandas as pd
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from prefect_runcomfy.engine.outputs.store import (
+from prefect_runcomfy.engine.inputs.ids import safe_name
+from prefect_runcomfy.engine.outputs.scratch import (
     STAGING_PREFIX,
-    TEMP_PREFIX,
-    OutputStore,
-    safe_name,
     staging_file,
     sweep_stale_staging,
 )
+from prefect_runcomfy.engine.outputs.store import TEMP_PREFIX, OutputStore
 from prefect_runcomfy.exceptions import InvalidInputError, StorageError
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "prefect_runcomfy"
@@ -485,7 +484,7 @@ def test_staging_left_by_a_killed_process_is_removed_once_stale(tmp_path: Path) 
         pkg = types.ModuleType("prefect_runcomfy")
         pkg.__path__ = [{str(PACKAGE_DIR)!r}]
         sys.modules["prefect_runcomfy"] = pkg
-        from prefect_runcomfy.engine.outputs.store import staging_folder
+        from prefect_runcomfy.engine.outputs.scratch import staging_folder
         with staging_folder() as folder:
             with open(folder + "/partial.mp4", "wb") as fh:
                 fh.write(b"x" * 1000)
@@ -525,7 +524,7 @@ def test_staging_left_by_a_killed_process_is_removed_once_stale(tmp_path: Path) 
         pkg = types.ModuleType("prefect_runcomfy")
         pkg.__path__ = [{str(PACKAGE_DIR)!r}]
         sys.modules["prefect_runcomfy"] = pkg
-        from prefect_runcomfy.engine.outputs.store import staging_file
+        from prefect_runcomfy.engine.outputs.scratch import staging_file
         with staging_file(".mp4") as path:
             path.write_bytes(b"z")
         """

@@ -1,8 +1,11 @@
 """Every error prefect-runcomfy raises, in one tree.
 
 Catch `RunComfyError` for all of them. Each class says when it is raised and what to do.
-HTTP and transport errors are translated into these in one place (`client.py`); the token
-never appears in any message.
+Each layer translates the errors of what it drives into these: the API client its HTTP and
+transport errors (`api/client.py`), downloads theirs (`api/downloads.py`), the output store
+fsspec's, botocore's and the OS's (`engine/outputs/store.py`). The cause is kept
+(`raise ... from`) where it holds no secret; the token and storage secrets never appear in
+any message.
 
 ```
 RunComfyError
@@ -29,7 +32,9 @@ RunComfyError
 ├── RunTimedOutError                   waiting passed its deadline
 ├── DownloadError                      an output could not be downloaded completely
 │   └── DownloadTimedOutError          an output's download passed its deadline (slow or stalled)
-└── OutputRefusedError                 an output's host, type or size is not allowed
+├── OutputRefusedError                 an output's host, type or size is not allowed
+├── RowNotStoredError                  a row's outputs were not stored (the task says why)
+└── RowsNeedAttentionError             a run ended with rows that need a person (carries the manifest)
 ```
 """
 

@@ -54,12 +54,8 @@ from prefect_runcomfy.engine.outputs.previews import (
     store_poster,
     thumbnail,
 )
-from prefect_runcomfy.engine.outputs.store import (
-    MANIFEST_NAME,
-    OutputStore,
-    staging_file,
-    staging_folder,
-)
+from prefect_runcomfy.engine.outputs.scratch import staging_file, staging_folder
+from prefect_runcomfy.engine.outputs.store import MANIFEST_NAME, OutputStore
 from prefect_runcomfy.report.summary import RunSummary, summarize
 
 logger = logging.getLogger(__name__)
@@ -808,7 +804,7 @@ def _safe_id(value: Any) -> str | None:
     text = _text(value)
     if not text:
         return None
-    from prefect_runcomfy.engine.outputs.store import id_problem
+    from prefect_runcomfy.engine.inputs.ids import id_problem
 
     return None if id_problem(text) else text
 

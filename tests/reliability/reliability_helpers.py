@@ -10,7 +10,7 @@ from typing import Any
 import av
 
 from prefect_runcomfy import RunComfyCredentials
-from prefect_runcomfy.engine.inputs.media import probe_video
+from prefect_runcomfy.engine.outputs.probe import probe_video
 from prefect_runcomfy.engine.outputs.store import TEMP_PREFIX
 from prefect_runcomfy.sandbox import Sandbox, SandboxConfig, sample_inputs
 

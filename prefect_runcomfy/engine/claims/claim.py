@@ -41,7 +41,8 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from prefect_runcomfy.api.exceptions import StorageError
-from prefect_runcomfy.engine.outputs.store import OutputStore, safe_name
+from prefect_runcomfy.engine.inputs.ids import safe_name
+from prefect_runcomfy.engine.outputs.store import OutputStore
 from prefect_runcomfy.engine.record.outcome import epoch_of, utc_now
 from prefect_runcomfy.engine.record.status import LedgerState
 

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from prefect_runcomfy.api.exceptions import InvalidInputError
 from prefect_runcomfy.api.models import API_KEYS, FRIENDLY_NAMES, InfiniteTalkInput
 from prefect_runcomfy.api.models import describe_validation_error as _describe
-from prefect_runcomfy.engine.outputs.store import id_problem
+from prefect_runcomfy.engine.inputs.ids import id_problem
 from prefect_runcomfy.engine.record.outcome import is_missing
 
 TableLike: TypeAlias = pd.DataFrame | list[dict[str, Any]] | str

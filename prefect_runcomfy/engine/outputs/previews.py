@@ -111,7 +111,7 @@ def probe_with_poster(
     fraction: float = 1 / 3,
     max_width: int = 640,
 ) -> tuple[dict[str, Any] | None, bool]:
-    """`media.probe_video` and `poster_frame` in one pass over the file (opened once).
+    """`outputs.probe.probe_video` and `poster_frame` in one pass over the file (opened once).
 
     Returns:
         The probe's description (None when the file is not a readable video) and whether
@@ -122,7 +122,7 @@ def probe_with_poster(
         info, has_poster = probe_with_poster("out/alice.mp4", "out/alice.poster.jpg")
         ```
     """
-    from prefect_runcomfy.engine.inputs.media import describe_video, probe_video
+    from prefect_runcomfy.engine.outputs.probe import describe_video, probe_video
 
     if av is None:
         return probe_video(video_path), False

@@ -29,27 +29,22 @@ import logging
 import os
 import posixpath
 import shutil
-import tempfile
-import threading
 import time
-import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from prefect_runcomfy.api.exceptions import InvalidInputError, StorageError
+from prefect_runcomfy.api.exceptions import StorageError
+from prefect_runcomfy.engine.outputs.scratch import staging_file
+from prefect_runcomfy.engine.outputs.secrets import scrub, secret_strings
 
 if TYPE_CHECKING:
     import pandas as pd
 
 logger = logging.getLogger(__name__)
-
-MAX_NAME_LENGTH = 128
-"""The longest id `safe_name` accepts (file names get suffixes such as `.mp4` on top)."""
 
 MANIFEST_NAME = "manifest.parquet"
 """The file name of the manifest under the output location."""
@@ -67,211 +62,14 @@ _OBJECT_STORE_HINT = (
 )
 _LOCAL_HINT = "check that the folder exists or can be created and that it is writable"
 
-# Windows device names: a file called `con.mp4` cannot be created there, so ids must avoid them.
-_RESERVED_NAMES = frozenset(
-    {"con", "prn", "aux", "nul"} | {f"com{i}" for i in range(10)} | {f"lpt{i}" for i in range(10)}
-)
-# Names the output location uses itself (manifest.parquet, index.html, _ledger/).
-_OWN_NAMES = frozenset({"manifest", "index", "_ledger"})
-_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 _CHUNK = 1024 * 1024
 
-
-def safe_name(id: str) -> str:
-    """Return `id` unchanged if it can safely be used as a file name, else raise.
-
-    Row ids become file names (`<id>.mp4`, `<id>.json`, `_ledger/<id>.json`); the rule is
-    `id_problem`'s, the same one that checks the table's `id` column before anything is paid.
-
-    Raises:
-        InvalidInputError: naming the id and the reason.
-
-    Example:
-        ```python
-        safe_name("alice-01")   # 'alice-01'
-        safe_name("../etc")     # InvalidInputError: id '../etc' ... path separator
-        ```
-    """
-    reason = id_problem(id)
-    if reason:
-        shown = repr(id) if len(str(id)) <= 60 else repr(str(id)[:57]) + "..."
-        raise InvalidInputError(
-            f"id {shown} cannot be used as a file name: {reason}",
-            problems=[("id", reason)],
-        )
-    return id
-
-
-def id_problem(name: Any) -> str | None:
-    """Why `name` cannot be a row id, or None when it can: the one rule for ids, used by the
-    table's validation (`engine.inputs.table.check_id`) and by storage (`safe_name`).
-
-    An id names files wherever the outputs may land (a local disk on Linux, macOS or Windows,
-    S3, GCS, ...), so it holds only ASCII letters, digits, `.`, `_` and `-`; starts with a
-    letter or digit; has no `..`; does not end with `.` (Windows drops it); is at most 128
-    characters; is not a Windows device name (`con`, `prn`, `aux`, `nul`, `com1`-`com9`,
-    `lpt1`-`lpt9`, any case, with or without an extension) nor a name the output location
-    uses itself (`manifest`, `index`). Whitespace at either end is refused, not trimmed: the
-    files would be named otherwise than the row.
-    """
-    if not isinstance(name, str):
-        return f"must be a string, not {type(name).__name__}"
-    if not name:
-        return "it is empty"
-    if len(name) > MAX_NAME_LENGTH:
-        return f"it is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}"
-    if name in {".", ".."}:
-        return "it is a relative folder reference"
-    if "/" in name or "\\" in name:
-        return "it contains a path separator ('/' or '\\')"
-    if name != name.strip():
-        return "it starts or ends with whitespace"
-    if name.startswith("."):
-        return "it starts with '.', which hides the file and is kept for temporary files"
-    if name.endswith("."):
-        return "it ends with '.', which Windows drops"
-    if any(unicodedata.category(c) in {"Cc", "Cf", "Zl", "Zp"} for c in name):
-        return "it contains control characters"
-    if ".." in name:
-        return "it contains '..'"
-    bad = sorted({c for c in name if c not in _ID_CHARS})
-    if bad:
-        shown = " ".join(repr(c) for c in bad[:8])
-        return f"it contains {shown}; use ASCII letters, digits, '-', '_' or '.'"
-    if not name[0].isalnum():
-        return "it must start with a letter or a digit"
-    stem = name.split(".", 1)[0].lower()
-    if stem in _RESERVED_NAMES:
-        return f"{stem!r} is a reserved device name on Windows"
-    if stem in _OWN_NAMES:
-        return f"{stem!r} is a name the output location uses itself"
-    return None
-
-
-STAGING_PREFIX = "prefect-runcomfy-"
-"""Local temp folders for downloads and posters start with this (under the system temp folder)."""
-
-STALE_STAGING_AGE_S = 24 * 3600.0
-"""A staging folder untouched for this long was left by a killed process and may be removed."""
 
 STALE_TEMP_AGE_S = 15 * 60.0
 """A hidden temp file in a local output folder untouched for this long was left by a killed
 run: a download in progress writes to its file every MiB it receives, and one that falls far
 below the minimum rate (`RUNCOMFY_DOWNLOAD_MIN_RATE`, 256 KiB/s: a MiB every 4 s) ends at its
 deadline."""
-
-_sweep_lock = threading.Lock()
-_swept = False
-
-
-@contextlib.contextmanager
-def staging_folder(*, dir: str | os.PathLike[str] | None = None) -> Iterator[str]:
-    """Give a private local temp folder, removed afterwards (even after an exception).
-
-    The first call in a process also removes staging folders that killed runs left behind
-    (`sweep_stale_staging`): a SIGKILL or an OOM kill skips every `finally`, and a half-done
-    download can be gigabytes that would otherwise stay in /tmp forever.
-    """
-    _sweep_once()
-    folder = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=dir)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def staging_file(suffix: str = "", *, dir: str | os.PathLike[str] | None = None) -> Iterator[Path]:
-    """Give a fresh local path (not yet created) inside a private temp folder, removed afterwards.
-
-    Use it for anything that must exist as a real local file before upload — an MP4 muxer
-    seeks, so it cannot write straight into an object store.
-
-    Example:
-        ```python
-        with staging_file(".mp4") as tmp:
-            render_video(tmp)
-            store.put_file(tmp, "alice.mp4")
-        # tmp and its folder are gone here, even after an exception
-        ```
-    """
-    with staging_folder(dir=dir) as folder:
-        yield Path(folder) / f"staged{suffix}"
-
-
-def sweep_stale_staging(
-    root: str | os.PathLike[str] | None = None, *, max_age_s: float = STALE_STAGING_AGE_S
-) -> list[str]:
-    """Remove staging folders (`prefect-runcomfy-*`) under `root` (the system temp folder)
-    in which nothing changed for `max_age_s`; return the folders removed.
-
-    Age is judged by the newest modification time of the folder and everything in it, so a
-    download still being written is never taken, whichever process (or container sharing
-    the folder) writes it.
-    """
-    root = os.fspath(root) if root is not None else tempfile.gettempdir()
-    cutoff = time.time() - max_age_s
-    removed: list[str] = []
-    try:
-        entries = list(os.scandir(root))
-    except OSError:
-        return removed
-    for entry in entries:
-        if not entry.name.startswith(STAGING_PREFIX):
-            continue
-        try:
-            if not entry.is_dir(follow_symlinks=False) or _newest_change(entry.path) > cutoff:
-                continue
-        except OSError:
-            continue  # gone meanwhile, or not ours to read
-        shutil.rmtree(entry.path, ignore_errors=True)
-        removed.append(entry.path)
-    if removed:
-        logger.info("Removed %d staging folder(s) left in %s by killed runs", len(removed), root)
-    return removed
-
-
-def _newest_change(folder: str) -> float:
-    newest = os.stat(folder).st_mtime
-    for parent, _dirs, files in os.walk(folder):
-        for name in files:
-            with contextlib.suppress(OSError):
-                newest = max(newest, os.stat(os.path.join(parent, name)).st_mtime)
-        newest = max(newest, os.stat(parent).st_mtime)
-    return newest
-
-
-def _sweep_once() -> None:
-    global _swept
-    with _sweep_lock:
-        if _swept:
-            return
-        _swept = True
-    try:
-        sweep_stale_staging()
-    except Exception as exc:  # tidying up must never fail a row
-        logger.debug("Could not sweep old staging folders: %s", exc)
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every one of `secrets` replaced by `***` (longest first)."""
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
-
-
-def secret_strings(options: Any) -> list[str]:
-    """Every string in `storage_options` long enough to be a secret, longest first."""
-    found: list[str] = []
-    if isinstance(options, dict):
-        for value in options.values():
-            found.extend(secret_strings(value))
-    elif isinstance(options, list | tuple):
-        for value in options:
-            found.extend(secret_strings(value))
-    elif isinstance(options, str) and len(options) >= 4:
-        found.append(options)
-    return sorted(set(found), key=len, reverse=True)
 
 
 class OutputStore:
@@ -823,15 +621,7 @@ def _fsync_dir(folder: str) -> None:
 
 __all__ = [
     "MANIFEST_NAME",
-    "MAX_NAME_LENGTH",
-    "STAGING_PREFIX",
-    "STALE_STAGING_AGE_S",
     "STALE_TEMP_AGE_S",
     "TEMP_PREFIX",
     "OutputStore",
-    "id_problem",
-    "safe_name",
-    "staging_file",
-    "staging_folder",
-    "sweep_stale_staging",
 ]

@@ -39,7 +39,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from prefect_runcomfy.engine.outputs.store import OutputStore, safe_name
+from prefect_runcomfy.engine.inputs.ids import safe_name
+from prefect_runcomfy.engine.outputs.store import OutputStore
 from prefect_runcomfy.engine.record.outcome import utc_now
 from prefect_runcomfy.engine.record.status import LedgerState, RowPlan
 

@@ -6,7 +6,7 @@ held by `engine.run.batch.Batch`) keeps the recent durations of the run's finish
 `JobWatch` (one per job, made by `RunEstimator.watch`) turns them into the next moment to
 read that job:
 
-- a job of a kind with no history yet is waited for as before (`PollPolicy`'s doubling);
+- a job of a kind with no history yet is waited for with `PollPolicy`'s doubling;
   while one such job (the kind's scout) does so, the others of its kind, started with it,
   read half as often until a finish of the kind gives them a window;
 - a job of a known kind is first read just after the earliest expected finish, then a few

@@ -53,7 +53,8 @@ from prefect_runcomfy.api.models import (
     RequestResult,
     RequestStatus,
 )
-from prefect_runcomfy.engine.outputs.store import OutputStore, staging_folder
+from prefect_runcomfy.engine.outputs.scratch import staging_folder
+from prefect_runcomfy.engine.outputs.store import OutputStore
 from prefect_runcomfy.engine.record.outcome import RowOutcome, StoredFile, utc_now
 from prefect_runcomfy.engine.record.status import RowStatus
 from prefect_runcomfy.engine.run.durations import JobKind, RunEstimator
@@ -309,8 +310,8 @@ def _keep_file(
 
     `local` is a `store.local_temp` file renamed into place when the store is a local folder
     (`tmp` None), else a staging file uploaded from `tmp` and removed."""
-    from prefect_runcomfy.engine.inputs.media import probe_video
     from prefect_runcomfy.engine.outputs.previews import store_poster
+    from prefect_runcomfy.engine.outputs.probe import probe_video
 
     if with_poster:
         # The review page's poster, made while the video is on local disk anyway.

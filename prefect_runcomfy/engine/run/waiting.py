@@ -33,7 +33,7 @@ from prefect_runcomfy.engine.run.durations import JobKind, JobWatch, RunEstimato
 
 PollStrategy = Literal["learned", "doubling"]
 """How a batch waits: "learned" (the run's finished jobs say when to look) or "doubling"
-(each job on its own, the interval doubling up to `max_s`: the policy before issue 13)."""
+(each job on its own, the interval doubling up to `max_s`)."""
 
 
 @dataclass(frozen=True)
