@@ -147,10 +147,13 @@ async def test_two_tables_sharing_ids_pay_once_and_never_overwrite(
 
     Both flows run in this process, so both plan before any video is stored (processes
     starting seconds apart on a loaded machine may not overlap: a table run *after* another
-    one stored an id is the user changing that row, and pays for it, as documented)."""
+    one stored an id is the user changing that row, and pays for it, as documented). A
+    long row of A's own keeps A alive while B works, however slowly B starts on a loaded
+    machine: once A has ended, B's changed rows would rightly be paid."""
     sb.set(workers=4, run_seconds=3.0)
     out = tmp_path / "out"
-    table_a = rows(sb, 12)
+    long_row = {**rows(sb, 1)[0], "id": "a-long", "prompt": "keeps A alive [sandbox:run=20]"}
+    table_a = [long_row, *rows(sb, 12)]
     table_b = [{**r, "prompt": f"table B {r['prompt']}"} for r in rows(sb, 18)][6:]
     manifests = await asyncio.gather(
         *(
@@ -161,7 +164,7 @@ async def test_two_tables_sharing_ids_pay_once_and_never_overwrite(
         )
     )
     manifest_a, manifest_b = (m.to_dict(orient="records") for m in manifests)
-    assert sb.stats()["submits_accepted"] == 18  # r0-r17, each once
+    assert sb.stats()["submits_accepted"] == 19  # a-long and r0-r17, each once
     by_id = {r["id"]: r for r in manifest_a}
     for other in manifest_b:
         if other["id"] not in by_id:
