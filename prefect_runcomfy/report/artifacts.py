@@ -18,6 +18,7 @@ from prefect.logging import get_run_logger
 
 from prefect_runcomfy.engine.outputs.manifest import outcome_from_manifest_row
 from prefect_runcomfy.engine.record.outcome import RowOutcome, is_missing
+from prefect_runcomfy.engine.record.status import RowStatus
 from prefect_runcomfy.report.summary import summarize
 
 ProgressListener = Callable[[int, int, dict[str, int]], None]
@@ -127,7 +128,7 @@ def summary_markdown(
         f"- Video produced: {summary.video_seconds or 0.0:.1f} s",
         *(f"- {sentence}" for sentence in summary.spending),
     ]
-    problems = manifest[manifest["status"] != "succeeded"] if summary.total else manifest
+    problems = manifest[manifest["status"] != RowStatus.SUCCEEDED] if summary.total else manifest
     if len(problems):
         lines += [
             "",
