@@ -41,7 +41,7 @@ from prefect_runcomfy.engine.inputs.media import MediaResolver
 from prefect_runcomfy.engine.inputs.table import RowProblem, table_folder
 from prefect_runcomfy.engine.outputs.manifest import build_manifest
 from prefect_runcomfy.engine.outputs.store import MANIFEST_NAME, OutputStore
-from prefect_runcomfy.engine.plan.ledger import Ledger, LedgerEntry
+from prefect_runcomfy.engine.plan.ledger import Ledger, LedgerEntry, outcome_from_entry
 from prefect_runcomfy.engine.record.outcome import RowOutcome
 from prefect_runcomfy.engine.record.status import LedgerState, RowStatus
 from prefect_runcomfy.engine.run.batch import Batch, cancel_queued_requests, queued_requests
@@ -588,7 +588,7 @@ async def collect_outstanding_requests(
         outcomes = await execute(batch, jobs, cancel_on_stop=False)
     for entry in unknown:
         error = entry.error or "a submit was sent but its answer was lost"
-        outcome = RowOutcome.from_ledger_entry(entry).ended(RowStatus.OUTCOME_UNKNOWN, error)
+        outcome = outcome_from_entry(entry).ended(RowStatus.OUTCOME_UNKNOWN, error)
         outcomes.append(await batch.done(outcome))
     await progress.finish()
     manifest = build_manifest(outcomes)
@@ -621,9 +621,9 @@ async def _collect_one(
 ) -> RowOutcome | None:
     """Collect (or with `cancel`, first try to cancel) one request the ledger holds; None
     when a live run holds the row."""
-    start = RowOutcome.from_ledger_entry(
-        entry, model_id=batch.model_id, flow_run_id=batch.flow_run_id
-    ).noted("collected by collect-outstanding-requests")
+    start = outcome_from_entry(entry, model_id=batch.model_id, flow_run_id=batch.flow_run_id).noted(
+        "collected by collect-outstanding-requests"
+    )
     assert entry.request_id is not None
     held = await take_entry(batch, entry)
     if held is not None:

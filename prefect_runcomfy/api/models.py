@@ -60,10 +60,14 @@ API_KEYS: dict[str, str] = {
 """Friendly input names and the API keys (ComfyUI node ids) they stand for."""
 
 FRIENDLY_NAMES: dict[str, str] = {v: k for k, v in API_KEYS.items()}
+"""API keys and the friendly names they are known by."""
 
 MEDIA_COLUMNS = ("image", "audio")
 """The inputs that are media files (URLs RunComfy fetches), by friendly name."""
-"""API keys and the friendly names they are known by."""
+
+SETTINGS = ("resolution", "frames", "seed", "steps", "shift", "cfg")
+"""The generation settings, by friendly name, in the schema's order: every input but the
+prompt and the media."""
 
 
 def resolution_size(resolution: str) -> tuple[int, int]:

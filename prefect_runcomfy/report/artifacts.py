@@ -16,7 +16,9 @@ from prefect.artifacts import (
 )
 from prefect.logging import get_run_logger
 
+from prefect_runcomfy.engine.outputs.manifest import outcome_from_manifest_row
 from prefect_runcomfy.engine.record.outcome import RowOutcome, is_missing
+from prefect_runcomfy.engine.record.status import RowStatus
 from prefect_runcomfy.report.summary import summarize
 
 ProgressListener = Callable[[int, int, dict[str, int]], None]
@@ -81,10 +83,24 @@ class Progress:
             get_run_logger().debug("Progress artifact not updated: %s", exc)
 
 
+def artifact_row(outcome: RowOutcome) -> dict[str, Any]:
+    """The row in the run's table artifact: id, status, request id, seconds, video, error."""
+    first = outcome.files[0].uri if outcome.files else None
+    return {
+        "id": outcome.id,
+        "status": outcome.status.value if outcome.status else "",
+        "request_id": outcome.request_id or "",
+        "queue_s": "" if outcome.queue_seconds is None else round(outcome.queue_seconds, 1),
+        "run_s": "" if outcome.run_seconds is None else round(outcome.run_seconds, 1),
+        "video": first or "",
+        "error": outcome.error or "",
+    }
+
+
 def summary_table(manifest: pd.DataFrame) -> list[dict[str, Any]]:
-    """The rows of the final table artifact (each row's `RowOutcome.artifact_row`)."""
+    """The rows of the final table artifact (each manifest row's `artifact_row`)."""
     return [
-        RowOutcome.from_manifest_row(record).artifact_row()
+        artifact_row(outcome_from_manifest_row(record))
         for record in manifest.to_dict(orient="records")
     ]
 
@@ -112,7 +128,7 @@ def summary_markdown(
         f"- Video produced: {summary.video_seconds or 0.0:.1f} s",
         *(f"- {sentence}" for sentence in summary.spending),
     ]
-    problems = manifest[manifest["status"] != "succeeded"] if summary.total else manifest
+    problems = manifest[manifest["status"] != RowStatus.SUCCEEDED] if summary.total else manifest
     if len(problems):
         lines += [
             "",

@@ -5,12 +5,12 @@ Every row that ends emits `runcomfy.row.<status>` (`succeeded`, `failed`, `cance
 `invalid`, `timed_out`, `outcome_unknown`), or `runcomfy.row.skipped` when an earlier run had
 already stored it. The event's resource is the row at its output location
 (`runcomfy.row.<output_uri>/<id>`), so automations can follow one row across nightly runs; the
-payload is `RowOutcome.event_payload()`. Prefect adds the flow run, flow, deployment and tags as
+payload is `event_payload`. Prefect adds the flow run, flow, deployment and tags as
 related resources by itself.
 
 Each video this run stored is reported the way Prefect reports a materializing task's assets
 (`prefect.asset.materialization.succeeded`, resource id = the video's URI, the input table as
-upstream asset when it is a URI), with `RowOutcome.asset_metadata()` as payload. A URI Prefect
+upstream asset when it is a URI), with `asset_metadata` as payload. A URI Prefect
 will not take as an asset key (a space, `%`, quotes, over 512 characters) is left out of the
 assets with one warning per run; the row's event still names the video.
 
@@ -29,7 +29,7 @@ from typing import Any
 from prefect.logging import get_logger
 
 from prefect_runcomfy.engine.outputs.store import OutputStore
-from prefect_runcomfy.engine.record.outcome import RowOutcome
+from prefect_runcomfy.engine.record.outcome import RowOutcome, StoredFile
 from prefect_runcomfy.engine.record.status import RowStatus
 
 EVENT_PREFIX = "runcomfy.row"
@@ -37,6 +37,12 @@ EVENT_PREFIX = "runcomfy.row"
 
 MATERIALIZED_BY = "prefect-runcomfy"
 """The tool named as the materializer of every video asset."""
+
+EVENT_ERROR_CHARS = 2000
+"""A row event carries at most this much of the row's error (events are capped at 1.5 MB)."""
+
+SKIPPED = "skipped"
+"""The event word of a row that was already stored by an earlier run (`runcomfy.row.skipped`)."""
 
 logger = get_logger("prefect_runcomfy.events")
 
@@ -73,6 +79,52 @@ def _resolved_path(path: str) -> str:
 @functools.lru_cache(maxsize=64)
 def _resolved_folder(folder: str) -> str:
     return str(Path(folder).resolve())
+
+
+def event_word(outcome: RowOutcome) -> str:
+    """The last word of the row's Prefect event: its status, or `skipped` when an earlier
+    run had already stored it (`runcomfy.row.succeeded`, `runcomfy.row.skipped`, ...)."""
+    if outcome.already_stored:
+        return SKIPPED
+    return outcome.status.value if outcome.status else RowStatus.FAILED.value
+
+
+def event_payload(outcome: RowOutcome) -> dict[str, Any]:
+    """What the row's Prefect event carries: enough to act on without opening the manifest."""
+    first = outcome.files[0] if outcome.files else None
+    error = outcome.error
+    if error is not None and len(error) > EVENT_ERROR_CHARS:
+        error = error[:EVENT_ERROR_CHARS] + "…"
+    return {
+        "id": outcome.id,
+        "row": outcome.row,
+        "status": outcome.status.value if outcome.status else None,
+        "request_id": outcome.request_id,
+        "video_uri": first.uri if first else None,
+        "video_uris": outcome.video_uris,
+        "metadata_uri": outcome.metadata_uri,
+        "error": error,
+        "cost_usd": outcome.cost_usd,
+        "duration_s": ((first.video if first else None) or {}).get("duration_s"),
+        "submitted_by_this_run": outcome.submitted_by_this_run,
+        "already_stored": outcome.already_stored,
+    }
+
+
+def asset_metadata(outcome: RowOutcome, stored: StoredFile) -> dict[str, Any]:
+    """The small metadata of one stored video's asset materialization."""
+    video = stored.video or {}
+    return {
+        "row_id": outcome.id,
+        "request_id": outcome.request_id,
+        "duration_s": video.get("duration_s"),
+        "width": video.get("width"),
+        "height": video.get("height"),
+        "size_bytes": stored.size,
+        "sha256": stored.sha256,
+        "cost_usd": outcome.cost_usd,
+        "metadata_uri": outcome.metadata_uri,
+    }
 
 
 @dataclass
@@ -116,16 +168,16 @@ class RowEvents:
             {"prefect.resource.id": k, "prefect.resource.role": "video"} for _, k in videos if k
         ]
         emit_event(
-            f"{EVENT_PREFIX}.{outcome.event_word}",
+            f"{EVENT_PREFIX}.{event_word(outcome)}",
             resource=self.resource(outcome),
             related=related,
-            payload=outcome.event_payload(),
+            payload=event_payload(outcome),
         )
         for stored, key in videos:
             if key is None:
                 self._refuse(stored.uri)
                 continue
-            self._materialize(key, outcome.asset_metadata(stored))
+            self._materialize(key, asset_metadata(outcome, stored))
 
     def _materialize(self, key: str, metadata: dict[str, Any]) -> None:
         # Prefect's own format, as a task declared with `assets=[...]` would emit it.
@@ -153,4 +205,14 @@ class RowEvents:
         self._refused.append(uri)
 
 
-__all__ = ["EVENT_PREFIX", "MATERIALIZED_BY", "RowEvents", "asset_key"]
+__all__ = [
+    "EVENT_ERROR_CHARS",
+    "EVENT_PREFIX",
+    "MATERIALIZED_BY",
+    "SKIPPED",
+    "RowEvents",
+    "asset_key",
+    "asset_metadata",
+    "event_payload",
+    "event_word",
+]

@@ -11,6 +11,7 @@ from prefect.logging import get_run_logger
 
 from prefect_runcomfy.api.exceptions import ConfigurationError, RowsNeedAttentionError
 from prefect_runcomfy.engine.outputs.manifest import merge_manifests, parquet_safe, status_counts
+from prefect_runcomfy.engine.outputs.sidecar import sidecar_of
 from prefect_runcomfy.engine.outputs.store import MANIFEST_NAME, OutputStore
 from prefect_runcomfy.engine.record.outcome import RowOutcome
 from prefect_runcomfy.engine.record.status import RowStatus
@@ -51,7 +52,7 @@ async def finish_run(
                 store,
                 merged,
                 input_storage_options=input_storage_options,
-                known={o.id: o.sidecar() for o in outcomes if o.metadata_uri},
+                known={o.id: sidecar_of(o) for o in outcomes if o.metadata_uri},
             )
         except Exception as exc:  # the page is a view; the run's outputs are what count
             logger.warning("Could not write the review page: %s", exc)

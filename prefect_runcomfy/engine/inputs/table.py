@@ -24,7 +24,7 @@ from prefect_runcomfy.api.exceptions import InvalidInputError
 from prefect_runcomfy.api.models import API_KEYS, FRIENDLY_NAMES, InfiniteTalkInput
 from prefect_runcomfy.api.models import describe_validation_error as _describe
 from prefect_runcomfy.engine.inputs.ids import id_problem
-from prefect_runcomfy.engine.record.outcome import is_missing
+from prefect_runcomfy.engine.record.outcome import is_blank
 
 TableLike: TypeAlias = pd.DataFrame | list[dict[str, Any]] | str
 """What a flow accepts as `inputs`."""
@@ -173,13 +173,6 @@ def read_table(inputs: TableLike, *, storage_options: dict[str, Any] | None = No
     )
 
 
-def _is_missing(value: Any) -> bool:
-    """A table cell that holds nothing: missing (`is_missing`) or blank text."""
-    if isinstance(value, str):
-        return not value.strip()
-    return is_missing(value)
-
-
 def _explicit_id_counts(records: list[dict[Any, Any]]) -> dict[str, int]:
     """How many rows name each id given in the `id` column, case folded: `Ada.mp4` and
     `ada.mp4` are one file on macOS and Windows disks, and one ledger entry, so the second
@@ -187,7 +180,7 @@ def _explicit_id_counts(records: list[dict[Any, Any]]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for record in records:
         value = record.get(ID_COLUMN)
-        if not _is_missing(value):
+        if not is_blank(value):
             key = str(_float_id(value) if isinstance(value, float) else value)
             key = key.strip().casefold()
             counts[key] = counts.get(key, 0) + 1
@@ -220,12 +213,12 @@ def check_table(df: pd.DataFrame) -> TableCheck:
     for position, record in enumerate(records):
         extras = {c: record.get(c) for c in extra_columns}
         given = {
-            str(k): v for k, v in record.items() if str(k) in INPUT_COLUMNS and not _is_missing(v)
+            str(k): v for k, v in record.items() if str(k) in INPUT_COLUMNS and not is_blank(v)
         }
         problems: list[tuple[str, str]] = []
         row_id: str | None = None
         raw_id = record.get(ID_COLUMN) if has_id else None
-        if has_id and not _is_missing(raw_id):
+        if has_id and not is_blank(raw_id):
             try:
                 row_id = check_id(raw_id)
             except ValueError as exc:

@@ -16,7 +16,8 @@ on disk is not: losing it to a power cut only means the next run looks at that r
 (it never submits it again), and it saves half of a row's disk syncs.
 
 `plan_row` reads a row's entry and decides what a (re-)run may do with it; it is a pure
-function so every rule can be tested and explained.
+function so every rule can be tested and explained. A submitted row's entry keeps enough of
+its record (`submitted_fields`) for `outcome_from_entry` to finish the row without the table.
 
 ```python
 ledger = Ledger(OutputStore("s3://bkt/out"))
@@ -41,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from prefect_runcomfy.engine.inputs.ids import safe_name
 from prefect_runcomfy.engine.outputs.store import OutputStore
-from prefect_runcomfy.engine.record.outcome import utc_now
+from prefect_runcomfy.engine.record.outcome import RowOutcome, utc_now
 from prefect_runcomfy.engine.record.status import LedgerState, RowPlan
 
 LEDGER_DIR = "_ledger"
@@ -98,6 +99,44 @@ class LedgerEntry(BaseModel):
     def to_json(self) -> dict[str, Any]:
         """The entry as a JSON-ready dict (what is written to the ledger file)."""
         return self.model_dump(mode="json")
+
+
+def submitted_fields(outcome: RowOutcome) -> dict[str, Any]:
+    """What the ledger keeps of a submitted row, so collecting it needs no table."""
+    return {
+        "request_id": outcome.request_id,
+        "submitted_at": outcome.submitted_at,
+        "inputs": outcome.sent,
+        "row": outcome.row,
+        "friendly_inputs": dict(outcome.inputs),
+        "extras": {k: _jsonable(v) for k, v in outcome.extras.items()},
+    }
+
+
+def outcome_from_entry(entry: LedgerEntry, **facts: Any) -> RowOutcome:
+    """The record of a row known only from its ledger entry (what `collect` works from), with
+    `facts` set besides."""
+    extra = entry.model_extra or {}
+    return RowOutcome(
+        id=entry.id,
+        row=extra.get("row"),
+        inputs=extra.get("friendly_inputs") or {},
+        extras=extra.get("extras") or {},
+        request_id=entry.request_id,
+        submitted_at=entry.submitted_at,
+        attempts=entry.attempts,
+        sent=extra.get("inputs"),
+        **facts,
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    """`value` if JSON can hold it, else its text (a user's column may hold any object)."""
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return str(value)
 
 
 @dataclass(frozen=True)
@@ -466,5 +505,7 @@ __all__ = [
     "LedgerState",
     "RowDecision",
     "RowPlan",
+    "outcome_from_entry",
     "plan_row",
+    "submitted_fields",
 ]

@@ -12,6 +12,7 @@ repeats what the ledger says.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 
 class RowStatus(StrEnum):
@@ -30,6 +31,20 @@ class RowStatus(StrEnum):
     running, or whose video is still there, can be collected later without paying again."""
     OUTCOME_UNKNOWN = "outcome_unknown"
     """A submit was sent but its answer was lost; not submitted again without asking."""
+
+    @classmethod
+    def parse(cls, value: Any) -> RowStatus | None:
+        """The status `value` names, or None when it names none (a stored file read back may
+        hold anything)."""
+        try:
+            return cls(value) if isinstance(value, str) else None
+        except ValueError:
+            return None
+
+    @property
+    def label(self) -> str:
+        """The status in words, as people read it: `timed out`, `outcome unknown`."""
+        return self.value.replace("_", " ")
 
     @property
     def needs_attention(self) -> bool:

@@ -52,7 +52,8 @@ from prefect_runcomfy.api.models import RequestResult
 from prefect_runcomfy.engine.claims.claim import Held
 from prefect_runcomfy.engine.claims.turn import RowTurn, follow_holder, take_turn
 from prefect_runcomfy.engine.inputs.table import PreparedRow
-from prefect_runcomfy.engine.plan.ledger import LedgerEntry, RowDecision
+from prefect_runcomfy.engine.outputs.sidecar import with_sidecar
+from prefect_runcomfy.engine.plan.ledger import LedgerEntry, RowDecision, submitted_fields
 from prefect_runcomfy.engine.record.outcome import (
     RowOutcome,
     epoch_of,
@@ -142,7 +143,7 @@ def _maybe_being_submitted(batch: Batch, entry: LedgerEntry | None) -> bool:
 async def _already_stored(batch: Batch, start: RowOutcome) -> RowOutcome:
     sidecar = await asyncio.to_thread(batch.store.read_json, f"{start.id}.json")
     return (
-        start.with_sidecar(sidecar or {})
+        with_sidecar(start, sidecar or {})
         .ended(
             RowStatus.SUCCEEDED,
             metadata_uri=batch.store.uri(f"{start.id}.json"),
@@ -297,7 +298,7 @@ async def submit_row(
         return await _refused(batch, outcome, exc)
     outcome = cell.keep(outcome.evolve(request_id=request_id, submitted_at=utc_now()))
     try:
-        fields = outcome.ledger_fields()
+        fields = submitted_fields(outcome)
         await batch.write_ledger(lambda: batch.ledger.mark(row.id, LedgerState.SUBMITTED, **fields))
     except StorageError as exc:
         # Paid for, and its id is known only here: say it now, and wait for it anyway.

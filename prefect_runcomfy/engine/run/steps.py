@@ -54,6 +54,7 @@ from prefect_runcomfy.api.models import (
     RequestStatus,
 )
 from prefect_runcomfy.engine.outputs.scratch import staging_folder
+from prefect_runcomfy.engine.outputs.sidecar import sidecar_of
 from prefect_runcomfy.engine.outputs.store import OutputStore
 from prefect_runcomfy.engine.record.outcome import RowOutcome, StoredFile, utc_now
 from prefect_runcomfy.engine.record.status import RowStatus
@@ -413,7 +414,7 @@ def stored_outcome(
 
 async def write_sidecar(store: OutputStore, outcome: RowOutcome) -> RowOutcome:
     """Write the row's `<id>.json` from its record; the record comes back with its URI."""
-    uri = await asyncio.to_thread(store.write_json, f"{outcome.id}.json", outcome.sidecar())
+    uri = await asyncio.to_thread(store.write_json, f"{outcome.id}.json", sidecar_of(outcome))
     return outcome.evolve(metadata_uri=uri)
 
 
@@ -439,7 +440,7 @@ async def store_job_outputs(
         if http is None:
             await client.aclose()
     outcome = stored_outcome(RowOutcome(id=row_id), result, files)
-    facts = {k: v for k, v in outcome.sidecar().items() if v is not None}
+    facts = {k: v for k, v in sidecar_of(outcome).items() if v is not None}
     sidecar = {**(metadata or {}), **facts}
     metadata_uri = await asyncio.to_thread(store.write_json, f"{row_id}.json", sidecar)
     if log_success:

@@ -40,8 +40,10 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.logging import get_run_logger
 from prefect.states import Cancelling, Crashed, State
 
+from prefect_runcomfy.engine.outputs.manifest import outcome_from_manifest_row
+from prefect_runcomfy.engine.outputs.sidecar import with_sidecar
 from prefect_runcomfy.engine.outputs.store import OutputStore
-from prefect_runcomfy.engine.plan.ledger import Ledger, LedgerEntry
+from prefect_runcomfy.engine.plan.ledger import Ledger, LedgerEntry, outcome_from_entry
 from prefect_runcomfy.engine.record.outcome import RowOutcome
 from prefect_runcomfy.engine.record.status import LedgerState, RowStatus
 from prefect_runcomfy.engine.shards.split import SHARDS_DIR, ShardFiles, ShardSpec, write_shard
@@ -390,7 +392,7 @@ async def shard_outcomes(store: OutputStore, run: ShardRun, output_uri: str) -> 
     cancelled first), what the ledger says of each row."""
     manifest = await asyncio.to_thread(store.read_manifest, run.files.manifest)
     if manifest is not None:
-        return [RowOutcome.from_manifest_row(r) for r in manifest.to_dict("records")]
+        return [outcome_from_manifest_row(r) for r in manifest.to_dict("records")]
     entries = await asyncio.to_thread(Ledger(store).get_many, list(run.spec.ids))
     stored = [i for i, e in entries.items() if e.state is LedgerState.STORED]
     sidecars = await asyncio.to_thread(store.read_many_json, [f"{i}.json" for i in stored])
@@ -430,10 +432,10 @@ def _unfinished_row(
         return RowOutcome(id=row_id).ended(
             RowStatus.FAILED, f"not submitted: {lost}; run this flow again to do it"
         )
-    start = RowOutcome.from_ledger_entry(entry)
+    start = outcome_from_entry(entry)
     if entry.state is LedgerState.STORED:
         sidecar = sidecars.get(f"{row_id}.json") or {}
-        return start.with_sidecar(sidecar).ended(
+        return with_sidecar(start, sidecar).ended(
             RowStatus.SUCCEEDED, metadata_uri=store.uri(f"{row_id}.json")
         )
     if entry.state in (LedgerState.SUBMITTED, LedgerState.TIMED_OUT) and entry.request_id:
