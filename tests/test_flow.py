@@ -278,7 +278,10 @@ async def test_a_known_audio_length_caps_the_estimate(sb: Sandbox, tmp_path: Pat
     manifest = await generate_talking_videos(
         table, str(tmp_path / "o"), creds(sb), inline_media=True, **FAST
     )
-    assert manifest["estimated_cost_usd"][0] == pytest.approx(4.86 * 0.015, abs=0.001)
+    estimate = manifest["estimated_cost_usd"][0]
+    assert estimate < 5 * 0.015  # capped below the 125 frames' price
+    # FFmpeg versions read an MP3's length with or without its encoder padding (PyAV 13: 4.94 s)
+    assert estimate == pytest.approx(4.86 * 0.015, abs=0.1 * 0.015)
 
 
 async def test_sharded_parent_checks_max_submits_before_any_shard(
