@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 from collections.abc import Callable
@@ -32,45 +31,37 @@ from prefect.logging import get_logger, get_run_logger
 from prefect.states import State
 
 from prefect_runcomfy.api.client import RunComfyClient
-from prefect_runcomfy.api.exceptions import ConfigurationError, InvalidInputError
+from prefect_runcomfy.api.exceptions import ConfigurationError
 from prefect_runcomfy.api.models import MODEL_ID
 from prefect_runcomfy.blocks import RunComfyCredentials
-from prefect_runcomfy.engine.claims.claim import open_claims
-from prefect_runcomfy.engine.claims.turn import take_entry
-from prefect_runcomfy.engine.inputs.media import MediaResolver
-from prefect_runcomfy.engine.inputs.table import RowProblem, table_folder
+from prefect_runcomfy.engine.inputs.table import table_folder
 from prefect_runcomfy.engine.outputs.manifest import build_manifest
 from prefect_runcomfy.engine.outputs.store import MANIFEST_NAME, OutputStore
-from prefect_runcomfy.engine.plan.ledger import Ledger, LedgerEntry
+from prefect_runcomfy.engine.plan.ledger import Ledger
+from prefect_runcomfy.engine.plan.planning import MediaSettings
 from prefect_runcomfy.engine.record.outcome import RowOutcome
-from prefect_runcomfy.engine.record.status import LedgerState, RowStatus
-from prefect_runcomfy.engine.run.batch import Batch, cancel_queued_requests, queued_requests
-from prefect_runcomfy.engine.run.phases import (
-    PreparedTable,
-    RunPlan,
-    api_payload,
-    check_limit,
-    claims_for,
-    execute,
-    invalid_outcome,
-    plan,
-    prepare,
-    resolve_media,
+from prefect_runcomfy.engine.run.runner import (
+    collect_table,
+    open_output,
+    plan_collect,
+    plan_run,
+    plan_whole_table,
+    run_table,
 )
-from prefect_runcomfy.engine.run.row import RowCell, collect_request, in_row_task, run_row
+from prefect_runcomfy.engine.run.settings import (
+    Concurrency,
+    RunHooks,
+    RunSettings,
+    Spending,
+    Waiting,
+)
+from prefect_runcomfy.engine.run.state import cancel_queued_requests, queued_requests
 from prefect_runcomfy.engine.run.stopping import cancelled_here, mark_stoppable, run_stoppable
-from prefect_runcomfy.engine.run.waiting import PollPolicy, PollStrategy
+from prefect_runcomfy.engine.run.waiting import PollStrategy
 from prefect_runcomfy.engine.shards.heartbeat import HEARTBEAT_S, heartbeat_for
-from prefect_runcomfy.engine.shards.runs import (
-    STALE_AFTER_S,
-    ShardRun,
-    ShardWatch,
-    cancel_recorded,
-    record_parent,
-    shard_outcomes,
-    start_shards,
-)
-from prefect_runcomfy.engine.shards.split import ShardFiles, ShardSpec, plan_shards
+from prefect_runcomfy.engine.shards.parent import merged_outcomes, run_shards
+from prefect_runcomfy.engine.shards.runs import STALE_AFTER_S, cancel_recorded
+from prefect_runcomfy.engine.shards.split import ShardFiles, plan_shards
 from prefect_runcomfy.report.artifacts import Progress
 from prefect_runcomfy.report.events import RowEvents
 from prefect_runcomfy.report.finish import check_allow_failed_rows, finish_run
@@ -78,9 +69,6 @@ from prefect_runcomfy.report.naming import artifact_key as artifact_key_for
 from prefect_runcomfy.report.naming import run_tags
 from prefect_runcomfy.sync_or_async import SyncOrAsyncFlow, sync_or_async_flow
 from prefect_runcomfy.tasks import cancel_request, client_for
-
-SHARD_POLL_S = 5.0
-"""How often a sharded parent looks at its shard runs at most (one Prefect call each time)."""
 
 STORED_TABLE_ROWS = 1000
 """In-memory tables up to this many rows are stored as the flow run's `inputs` parameter."""
@@ -249,22 +237,6 @@ async def _cancel_queued_on_stop(flow: Any, flow_run: FlowRun, state: State) -> 
         )
 
 
-def _resolver(
-    table_uri: str | None,
-    staging_uri: str | None,
-    inline_media: bool,
-    input_storage_options: dict[str, Any] | None,
-    staging_storage_options: dict[str, Any] | None,
-) -> MediaResolver:
-    return MediaResolver(
-        base_uri=table_folder(table_uri),
-        staging_uri=staging_uri,
-        inline_media=inline_media,
-        storage_options=input_storage_options,
-        staging_storage_options=staging_storage_options,
-    )
-
-
 @table_flow(
     name="generate-talking-videos",
     log_prints=False,
@@ -382,56 +354,42 @@ async def generate_talking_videos(
         RowsNeedAttentionError: rows need a person beyond `allow_failed_rows`, or no row
             produced a video; `exc.manifest` is the manifest above.
     """
-    logger = get_run_logger()
     check_allow_failed_rows(allow_failed_rows)
     keyed = artifact_key is not None or manifest_name == MANIFEST_NAME
     key = artifact_key_for(output_uri, artifact_key) if keyed else None
     await tag_flow_run(run_tags(model_id))
     creds = await load_credentials(credentials)
-    table = await prepare(inputs, storage_options=table_storage_options or input_storage_options)
-    store = await _open_output(output_uri, storage_options)
-    run_plan, payloads, resolver, invalid = await _plan_run(
-        store,
-        table,
-        inputs,
-        creds,
-        model_id=model_id,
-        flags={"resubmit_unknown": resubmit_unknown, "retry_failed": retry_failed},
-        media=(staging_uri, inline_media, input_storage_options, staging_storage_options),
-        on_invalid=on_invalid,
-        limits=(max_submits, max_cost_usd),
-    )
-    logger.info("%d rows, %d invalid; outputs go to %s", len(table.frame), len(invalid), output_uri)
-    progress = Progress(len(table.frame))
-    await progress.start()
-    events = RowEvents(store, table_uri=inputs if isinstance(inputs, str) else None)
-    batch = Batch(
-        store=store,
-        ledger=Ledger(store),
-        make_client=lambda: client_for(creds),
+    settings = RunSettings(
         max_concurrency=max_concurrency,
-        concurrency_limit=concurrency_limit,
         max_wait_s=max_wait_s,
-        poll=PollPolicy(
-            initial_s=poll_initial_s,
-            max_s=poll_max_s,
-            not_found_grace_s=not_found_grace_s,
-            strategy=poll_strategy,
+        spending=Spending(
+            max_submits=max_submits,
+            max_cost_usd=max_cost_usd,
+            allow_failed_rows=allow_failed_rows,
+            retry_failed=retry_failed,
+            resubmit_unknown=resubmit_unknown,
         ),
-        cancel_queued_at_deadline=cancel_queued_at_deadline,
+        waiting=Waiting(
+            poll_initial_s=poll_initial_s,
+            poll_max_s=poll_max_s,
+            not_found_grace_s=not_found_grace_s,
+            poll_strategy=poll_strategy,
+            cancel_queued_at_deadline=cancel_queued_at_deadline,
+        ),
+        concurrency=Concurrency(limit=concurrency_limit, single_writer=single_writer),
         model_id=model_id,
         flow_run_id=_flow_run_id(),
-        on_row_done=lambda outcome: _row_done(outcome, progress, events),
-        payloads=payloads,
-        build_payload=lambda row: api_payload(row, resolver),
-        claims=await claims_for(
-            store, run_plan, flow_run_id=_flow_run_id(), single_writer=single_writer
-        ),
-        resubmit_unknown=resubmit_unknown,
-        retry_failed=retry_failed,
     )
-    outcomes = await _run_rows(batch, run_plan, invalid)
-    await progress.finish()
+    media = MediaSettings(staging_uri, inline_media, input_storage_options, staging_storage_options)
+    store, outcomes = await _run_table(
+        inputs,
+        await open_output(output_uri, storage_options),
+        settings,
+        media,
+        creds,
+        on_invalid=on_invalid,
+        table_storage_options=table_storage_options or input_storage_options,
+    )
     return await finish_run(
         store,
         build_manifest(outcomes),
@@ -444,81 +402,45 @@ async def generate_talking_videos(
     )
 
 
-async def _open_output(output_uri: str, storage_options: dict[str, Any] | None) -> OutputStore:
-    """The output location, checked writable before anything is paid for, and cleared of the
-    temp files killed runs left there."""
-    store = OutputStore(output_uri, storage_options)
-    await asyncio.to_thread(store.check_writable)
-    await asyncio.to_thread(store.remove_stale_temp_files)
-    return store
-
-
-async def _plan_run(
-    store: OutputStore,
-    table: PreparedTable,
+async def _run_table(
     inputs: pd.DataFrame | list[dict[str, Any]] | str,
+    store: OutputStore,
+    settings: RunSettings,
+    media: MediaSettings,
     creds: RunComfyCredentials | None,
     *,
-    model_id: str,
-    flags: dict[str, bool],
-    media: tuple[str | None, bool, dict[str, Any] | None, dict[str, Any] | None],
     on_invalid: Literal["continue", "stop"],
-    limits: tuple[int | None, float | None],
-) -> tuple[RunPlan, dict[str, dict[str, Any]], MediaResolver, list[RowProblem]]:
-    """Plan the valid rows, make the media of those to submit fetchable, report the rows
-    that are invalid (or whose media are), and hold the plan to the spending limits."""
-    table_uri = inputs if isinstance(inputs, str) else None
-    run_plan = await plan(
+    table_storage_options: dict[str, Any] | None,
+) -> tuple[OutputStore, list[RowOutcome]]:
+    """The engine's run of the table (`engine.run.runner`), with the progress artifact and
+    the row events hearing each row, and the run's tags on the rows' task runs."""
+
+    def make_client() -> RunComfyClient:
+        return client_for(creds)
+
+    planned = await plan_run(
+        inputs,
         store,
-        table.valid,
-        **flags,
-        max_submits=None,  # counted below, once rows with unusable media are left out
-        make_client=lambda: client_for(creds),
-        model_id=model_id,
-        media_base_dir=table_folder(table_uri) if table_uri else None,
+        settings,
+        media,
+        on_invalid=on_invalid,
+        make_client=make_client,
+        table_storage_options=table_storage_options,
     )
-    resolver = _resolver(table_uri, *media)
-    payloads, media_problems = await resolve_media(run_plan, resolver)
-    run_plan = run_plan.without({p.id or "" for p in media_problems})
-    invalid = _report_invalid([*table.invalid, *media_problems], len(table.frame), on_invalid)
-    check_limit(run_plan, *limits)
-    return run_plan, payloads, resolver, invalid
-
-
-async def _run_rows(batch: Batch, run_plan: RunPlan, invalid: list[RowProblem]) -> list[RowOutcome]:
-    """Every row's record, in table order: the invalid ones, then the others run at once."""
-    outcomes = [await batch.done(invalid_outcome(p)) for p in invalid]
-    jobs = [
-        run_row(batch, row, decision, run_plan.entries.get(row.id))
-        for row, decision in zip(run_plan.rows, run_plan.decisions, strict=True)
-    ]
-    with tags(*run_tags(batch.model_id)):
-        outcomes += await execute(batch, jobs)
-    outcomes.sort(key=lambda o: o.row if o.row is not None else -1)
-    return outcomes
+    progress = Progress(planned.total)
+    await progress.start()
+    events = RowEvents(store, table_uri=inputs if isinstance(inputs, str) else None)
+    hooks = RunHooks(make_client, on_row_done=lambda o: _row_done(o, progress, events))
+    with tags(*run_tags(settings.model_id)):
+        outcomes = await run_table(planned, store, settings, hooks)
+    await progress.finish()
+    return store, outcomes
 
 
 async def _row_done(outcome: RowOutcome, progress: Progress, events: RowEvents) -> None:
     """A row ended: the progress artifact and Prefect's events hear it."""
     await progress.row_done(str(outcome.status))
     await events.row_done(outcome)
-
-
-def _report_invalid(
-    invalid: list[RowProblem], total: int, on_invalid: Literal["continue", "stop"]
-) -> list[RowProblem]:
-    """Log every invalid row; with `on_invalid="stop"` refuse the run before any submit."""
-    invalid = sorted(invalid, key=lambda p: p.row)
-    logger = get_run_logger()
-    for problem in invalid:
-        logger.warning("Invalid %s", problem.message)
-    if invalid and on_invalid == "stop":
-        raise InvalidInputError(
-            f"{len(invalid)} of {total} rows are invalid; nothing was submitted "
-            "(on_invalid='stop'):\n" + "\n".join(p.message for p in invalid),
-            problems=[(p.message, "") for p in invalid],
-        )
-    return invalid
 
 
 @sync_or_async_flow(name="collect-outstanding-requests", log_prints=False)
@@ -551,101 +473,41 @@ async def collect_outstanding_requests(
     Raises:
         RowsNeedAttentionError: as `generate_talking_videos` does; `exc.manifest` holds the rows.
     """
-    logger = get_run_logger()
     check_allow_failed_rows(allow_failed_rows)
     await tag_flow_run(run_tags(MODEL_ID))
     creds = await load_credentials(credentials)
     store = OutputStore(output_uri, storage_options)
-    ledger = Ledger(store)
-    outstanding, unknown = _left_behind(list((await asyncio.to_thread(ledger.load_all)).values()))
-    logger.info(
-        "%d outstanding requests under %s; %d rows with an unknown submit outcome",
-        len(outstanding),
-        output_uri,
-        len(unknown),
-    )
-    progress = Progress(len(outstanding) + len(unknown))
-    await progress.start()
-    events = RowEvents(store)
-    batch = Batch(
-        store=store,
-        ledger=ledger,
-        make_client=lambda: client_for(creds),
+    settings = RunSettings(
         max_concurrency=max_concurrency,
         max_wait_s=max_wait_s,
-        poll=PollPolicy(initial_s=poll_initial_s, max_s=poll_max_s),
+        waiting=Waiting(poll_initial_s=poll_initial_s, poll_max_s=poll_max_s),
+        concurrency=Concurrency(single_writer=single_writer),
         flow_run_id=_flow_run_id(),
-        on_row_done=lambda outcome: _row_done(outcome, progress, events),
-        claims=await asyncio.to_thread(
-            open_claims, store, flow_run_id=_flow_run_id(), single_writer=single_writer
-        )
-        if outstanding
-        else None,
     )
-    jobs = [_collect_one(batch, entry, creds, cancel=cancel) for entry in outstanding]
-    # Stopped, it leaves the requests it collects as they were: they belong to earlier runs.
+    left = await plan_collect(store)
+    progress = Progress(left.total)
+    await progress.start()
+    events = RowEvents(store)
+    hooks = RunHooks(
+        lambda: client_for(creds),
+        on_row_done=lambda outcome: _row_done(outcome, progress, events),
+        cancel_job=lambda request_id: cancel_request(request_id, creds),
+    )
     with tags(*run_tags(MODEL_ID)):
-        outcomes = await execute(batch, jobs, cancel_on_stop=False)
-    for entry in unknown:
-        error = entry.error or "a submit was sent but its answer was lost"
-        outcome = RowOutcome.from_ledger_entry(entry).ended(RowStatus.OUTCOME_UNKNOWN, error)
-        outcomes.append(await batch.done(outcome))
+        outcomes = await collect_table(left, store, settings, hooks, cancel=cancel)
     await progress.finish()
     manifest = build_manifest(outcomes)
     if manifest.empty:
-        logger.info("Nothing to collect.")
+        get_run_logger().info("Nothing to collect.")
         return manifest
-    key = f"{artifact_key_for(output_uri)}-collect"
     return await finish_run(
         store,
         manifest,
         output_uri,
         outcomes=outcomes,
-        artifact_key=key,
+        artifact_key=f"{artifact_key_for(output_uri)}-collect",
         allow_failed_rows=allow_failed_rows,
     )
-
-
-def _left_behind(entries: list[LedgerEntry]) -> tuple[list[LedgerEntry], list[LedgerEntry]]:
-    """The ledger's requests to collect (submitted, timed out, output refused), and its rows
-    whose submit got no answer (no request id to collect)."""
-    collectable = (LedgerState.SUBMITTED, LedgerState.TIMED_OUT, LedgerState.OUTPUT_REFUSED)
-    outstanding = [e for e in entries if e.state in collectable and e.request_id]
-    unanswered = (LedgerState.SUBMITTING, LedgerState.OUTCOME_UNKNOWN)
-    unknown = [e for e in entries if e.state in unanswered and not e.request_id]
-    return outstanding, unknown
-
-
-async def _collect_one(
-    batch: Batch, entry: LedgerEntry, creds: RunComfyCredentials | None, *, cancel: bool
-) -> RowOutcome | None:
-    """Collect (or with `cancel`, first try to cancel) one request the ledger holds; None
-    when a live run holds the row."""
-    start = RowOutcome.from_ledger_entry(
-        entry, model_id=batch.model_id, flow_run_id=batch.flow_run_id
-    ).noted("collected by collect-outstanding-requests")
-    assert entry.request_id is not None
-    held = await take_entry(batch, entry)
-    if held is not None:
-        get_run_logger().info(
-            "%s: request %s is being collected by %s; left to it",
-            entry.id,
-            entry.request_id,
-            held.claim.describe(),
-        )
-        return None
-    async with batch.slot() as client:
-        if cancel:
-            answer = await cancel_request(entry.request_id, creds)
-            if answer.cancelled:
-                error = "cancelled on request"
-                await batch.write_ledger(
-                    lambda: batch.ledger.mark(entry.id, LedgerState.CANCELLED, error=error)
-                )
-                return await batch.done(start.ended(RowStatus.CANCELLED, error))
-        cell = RowCell(start)
-        outcome = await in_row_task(cell, lambda: collect_request(batch, client, cell))
-    return await batch.done(outcome)
 
 
 async def _cancel_shards_on_stop(flow: Any, flow_run: FlowRun, state: State) -> None:
@@ -737,31 +599,43 @@ async def generate_talking_videos_sharded(
     Raises:
         RowsNeedAttentionError: as `generate_talking_videos` does, over the whole table.
     """
-    logger = get_run_logger()
     check_allow_failed_rows(allow_failed_rows)
     await tag_flow_run(run_tags(MODEL_ID))
-    table = await prepare(inputs, storage_options=input_storage_options)
-    for problem in table.invalid:
-        logger.warning("Invalid %s", problem.message)
     store = OutputStore(output_uri, storage_options)
-    if max_submits is not None or max_cost_usd is not None:
-        await _check_whole_table(
-            store, table, inputs, credentials, shard_parameters or {}, max_submits, max_cost_usd
-        )
-    table_uri = inputs if isinstance(inputs, str) else None
-    specs = plan_shards(
-        store.uri(), table.valid, table.frame, shard_size, base_dir=table_folder(table_uri)
+    options = shard_parameters or {}
+    creds = await load_credentials(credentials) if max_cost_usd is not None else None
+    planned = await plan_whole_table(
+        inputs,
+        store,
+        RunSettings(
+            spending=Spending(
+                max_submits=max_submits,
+                max_cost_usd=max_cost_usd,
+                resubmit_unknown=bool(options.get("resubmit_unknown", False)),
+                retry_failed=bool(options.get("retry_failed", False)),
+            ),
+            model_id=str(options.get("model_id", MODEL_ID)),
+        ),
+        make_client=lambda: client_for(creds),
+        table_storage_options=input_storage_options,
     )
-    logger.info(
+    specs = plan_shards(
+        store.uri(),
+        planned.rows,
+        planned.frame,
+        shard_size,
+        base_dir=table_folder(inputs if isinstance(inputs, str) else None),
+    )
+    get_run_logger().info(
         "%d rows: %d valid in %d shards of up to %d, %d invalid",
-        len(table.frame),
-        len(table.valid),
+        planned.total,
+        len(planned.rows),
         len(specs),
         shard_size,
-        len(table.invalid),
+        len(planned.invalid),
     )
     common: dict[str, Any] = {
-        **(shard_parameters or {}),
+        **options,
         "output_uri": output_uri,
         "credentials": credentials,
         "concurrency_limit": concurrency_limit,
@@ -773,55 +647,6 @@ async def generate_talking_videos_sharded(
         "allow_failed_rows": allow_failed_rows,
         "heartbeat_s": shard_heartbeat_s,
     }
-    runs = await _run_shards(store, deployment, specs, common, shard_stale_after_s)
-    outcomes = [invalid_outcome(p) for p in table.invalid]
-    for run in runs:
-        outcomes += await shard_outcomes(store, run, output_uri)
-    positions = {row.id: row.row for row in table.valid}
-    outcomes = [o.evolve(row=positions.get(o.id, o.row)) for o in outcomes]
-    outcomes.sort(key=lambda o: o.row if o.row is not None else -1)
-    return await finish_run(
-        store,
-        build_manifest(outcomes),
-        output_uri,
-        artifact_key=artifact_key_for(output_uri),
-        allow_failed_rows=allow_failed_rows,
-    )
-
-
-async def _check_whole_table(
-    store: OutputStore,
-    table: PreparedTable,
-    inputs: Any,
-    credentials: str | None,
-    options: dict[str, Any],
-    max_submits: int | None,
-    max_cost_usd: float | None,
-) -> None:
-    """`max_submits` and `max_cost_usd` checked against the whole table, before any shard."""
-    creds = await load_credentials(credentials) if max_cost_usd is not None else None
-    whole = await plan(
-        store,
-        table.valid,
-        resubmit_unknown=bool(options.get("resubmit_unknown", False)),
-        retry_failed=bool(options.get("retry_failed", False)),
-        max_submits=max_submits,
-        make_client=(lambda: client_for(creds)) if max_cost_usd is not None else None,
-        model_id=str(options.get("model_id", MODEL_ID)),
-        media_base_dir=table_folder(inputs) if isinstance(inputs, str) else None,
-    )
-    check_limit(whole, None, max_cost_usd)
-
-
-async def _run_shards(
-    store: OutputStore,
-    deployment: str,
-    specs: list[ShardSpec],
-    common: dict[str, Any],
-    stale_after_s: float,
-) -> list[ShardRun]:
-    """Start (or find still under way) every shard's run, and wait until each has ended or
-    is taken as dead; stopped while waiting, cancel them."""
 
     def parameters(files: ShardFiles) -> dict[str, Any]:
         return {
@@ -831,20 +656,22 @@ async def _run_shards(
             "heartbeat_name": files.heartbeat,
         }
 
-    runs = await start_shards(store, deployment, specs, parameters)
-    parent = _flow_run_id()
-    if parent is not None:
-        await record_parent(store, parent, runs)
-    heartbeat_s = float(common["heartbeat_s"])
-    await ShardWatch(
+    runs = await run_shards(
         store,
-        runs,
-        # state changes are worth seeing sooner than the heartbeat changes
-        poll_s=min(SHARD_POLL_S, heartbeat_s),
-        stale_after_s=stale_after_s,
-        parent_flow_run_id=parent,
-    ).until_ended()
-    return runs
+        deployment,
+        specs,
+        parameters,
+        heartbeat_s=shard_heartbeat_s,
+        stale_after_s=shard_stale_after_s,
+        parent_flow_run_id=_flow_run_id(),
+    )
+    return await finish_run(
+        store,
+        build_manifest(await merged_outcomes(planned, store, runs, output_uri)),
+        output_uri,
+        artifact_key=artifact_key_for(output_uri),
+        allow_failed_rows=allow_failed_rows,
+    )
 
 
 __all__ = [

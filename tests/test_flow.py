@@ -879,9 +879,11 @@ async def test_a_stored_row_needs_no_media_on_a_rerun(sb: Sandbox, tmp_path: Pat
     assert "face.png" in by_id.loc["new", "error"] and "image" in by_id.loc["new", "error"]
     assert sb.stats()["submits_accepted"] == submits
     # `prefect-runcomfy plan` agrees: the stored row is skipped, not invalid
-    from prefect_runcomfy.engine.plan.planning import plan_table
+    from prefect_runcomfy.engine.outputs.store import OutputStore
+    from prefect_runcomfy.engine.plan.planning import MediaSettings, plan_table
 
-    planned = await plan_table(table, str(tmp_path / "o"))
+    media = MediaSettings(inline_media=True, mode="check")
+    planned = await plan_table(table, OutputStore(str(tmp_path / "o")), media=media)
     assert [(r.id, d.plan.value) for r, d in zip(planned.rows, planned.decisions, strict=True)] == [
         ("kept", "skip_stored")
     ]
@@ -904,6 +906,48 @@ async def test_max_submits_counts_only_rows_that_will_be_sent(sb: Sandbox, tmp_p
         "gone": "invalid",
     }
     assert sb.stats()["submits_accepted"] - before == 2
+
+
+async def test_the_run_and_the_plan_command_agree_on_every_row(
+    sb: Sandbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One plan path: the run's `Plan:` line (logged after the media checks) and
+    `prefect-runcomfy plan` count the same rows to submit, and name the same invalid rows."""
+    from typer.testing import CliRunner
+
+    from prefect_runcomfy.cli import app
+
+    caplog.set_level(logging.INFO)
+    image, audio = _local_media(tmp_path)
+    table = [
+        {"id": f"ok{i}", "prompt": "talks", "image": str(image), "audio": str(audio)}
+        for i in range(2)
+    ] + [{"id": "gone", "prompt": "talks", "image": str(tmp_path / "no.png"), "audio": str(audio)}]
+    table_path = tmp_path / "rows.csv"
+    pd.DataFrame(table).to_csv(table_path, index=False)
+    out = str(tmp_path / "o")
+    def plan(*args: str) -> Any:  # the command runs its own event loop: not in this one
+        return asyncio.to_thread(CliRunner().invoke, app, ["plan", str(table_path), *args])
+
+    shown = await plan("-o", out, "--inline-media")
+    assert shown.exit_code == 2, shown.output  # the row without its image is invalid
+    said = " ".join(shown.output.split())
+    assert "2 to submit, 1 invalid" in said and "no.png" in said
+    manifest = await generate_talking_videos(
+        str(table_path), out, creds(sb), inline_media=True, **FAST
+    )
+    plan_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Plan: ")]
+    assert len(plan_lines) == 1 and plan_lines[0].startswith("Plan: 2 to submit"), plan_lines
+    assert dict(zip(manifest["id"], manifest["status"], strict=True)) == {
+        "ok0": "succeeded",
+        "ok1": "succeeded",
+        "gone": "invalid",
+    }
+    # Without --inline-media or --staging-uri a local file cannot reach RunComfy: the plan
+    # says so, as the run would, instead of counting the row as to submit.
+    again = await plan("-o", str(tmp_path / "new"))
+    assert "0 to submit" not in again.output and "3 invalid" in " ".join(again.output.split())
+    assert "staging_uri" in " ".join(again.output.split())
 
 
 async def test_local_media_staged_to_s3_and_signed(
