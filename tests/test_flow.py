@@ -926,6 +926,7 @@ async def test_the_run_and_the_plan_command_agree_on_every_row(
     table_path = tmp_path / "rows.csv"
     pd.DataFrame(table).to_csv(table_path, index=False)
     out = str(tmp_path / "o")
+
     def plan(*args: str) -> Any:  # the command runs its own event loop: not in this one
         return asyncio.to_thread(CliRunner().invoke, app, ["plan", str(table_path), *args])
 

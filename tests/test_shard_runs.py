@@ -20,8 +20,8 @@ from prefect.states import Completed, Pending, Running
 
 from prefect_runcomfy.engine.outputs.store import OutputStore
 from prefect_runcomfy.engine.plan.ledger import Ledger
-from prefect_runcomfy.engine.record.status import LedgerState
 from prefect_runcomfy.engine.plan.planning import prepare
+from prefect_runcomfy.engine.record.status import LedgerState
 from prefect_runcomfy.engine.shards.heartbeat import Heartbeat
 from prefect_runcomfy.engine.shards.runs import (
     ShardRun,
