@@ -376,6 +376,8 @@ def run(
     Ctrl-C (143: by SIGTERM): queued jobs are cancelled, and one line says what was left
     running and the command that collects it (the same run again goes on where it stopped).
     """
+    from prefect_runcomfy.engine.run.settings import Concurrency, MediaOptions, Spending
+
     manifest = _manifest_of(
         output=output,
         verbose=verbose,
@@ -388,14 +390,15 @@ def run(
             max_wait_s=max_wait,
             staging_uri=staging_uri,
             inline_media=inline_media,
-            on_invalid=on_invalid,
-            retry_failed=retry_failed,
-            resubmit_unknown=resubmit_unknown,
-            concurrency_limit=concurrency_limit,
             storage_options=_options(storage_option),
-            max_submits=max_submits,
-            max_cost_usd=max_cost,
-            single_writer=single_writer,
+            spending=Spending(
+                max_submits=max_submits,
+                max_cost_usd=max_cost,
+                retry_failed=retry_failed,
+                resubmit_unknown=resubmit_unknown,
+            ),
+            media=MediaOptions(on_invalid=on_invalid),  # type: ignore[arg-type]
+            concurrency=Concurrency(limit=concurrency_limit, single_writer=single_writer),
         ),
     )
     _summary(manifest, output)
@@ -591,6 +594,7 @@ def demo(
         temporary_settings,
     )
 
+    from prefect_runcomfy.engine.run.settings import Waiting
     from prefect_runcomfy.sandbox import SandboxConfig, run_sandbox, sample_inputs
 
     out = str(Path(output).resolve()) if "://" not in output else output
@@ -608,8 +612,7 @@ def demo(
                     inputs=rows,
                     output_uri=out,
                     max_concurrency=4,
-                    poll_initial_s=0.5,
-                    poll_max_s=2.0,
+                    waiting=Waiting(poll_initial_s=0.5, poll_max_s=2.0),
                 ),
             )
     _summary(manifest, out)

@@ -19,6 +19,8 @@ from prefect_runcomfy.api.client import RunComfyClient
 from prefect_runcomfy.api.models import MODEL_ID, CancelOutcome
 from prefect_runcomfy.engine.record.outcome import RowOutcome
 from prefect_runcomfy.engine.run.waiting import PollPolicy, PollStrategy
+from prefect_runcomfy.engine.shards.heartbeat import HEARTBEAT_S
+from prefect_runcomfy.engine.shards.runs import STALE_AFTER_S
 
 
 class _Section(BaseModel):
@@ -116,6 +118,30 @@ class MediaOptions(_Section):
     )
 
 
+class ShardRole(_Section):
+    """What makes a run of `generate_talking_videos` one shard of a sharded run; set only by
+    `generate_talking_videos_sharded` (its rows are read with the output's storage options)."""
+
+    manifest_name: str = Field(description="The shard's own manifest under the output location.")
+    heartbeat_name: str | None = Field(
+        default=None, description="The file the shard rewrites while it works."
+    )
+    heartbeat_s: float = Field(default=HEARTBEAT_S, description="How often it is rewritten.")
+
+
+class ShardWatching(_Section):
+    """How a sharded parent tells a working shard run from a dead one."""
+
+    heartbeat_s: float = Field(
+        default=HEARTBEAT_S, description="How often each shard run writes its heartbeat."
+    )
+    stale_after_s: float = Field(
+        default=STALE_AFTER_S,
+        description="How long a started shard run may show no sign of life (no new heartbeat, "
+        "no state change) before it is taken as dead.",
+    )
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """What the rows of one run share and nothing changes while it runs."""
@@ -146,4 +172,13 @@ class RunHooks:
     """Cancels one request (collect's `cancel`); by default through a client of the run."""
 
 
-__all__ = ["Concurrency", "MediaOptions", "RunHooks", "RunSettings", "Spending", "Waiting"]
+__all__ = [
+    "Concurrency",
+    "MediaOptions",
+    "RunHooks",
+    "RunSettings",
+    "ShardRole",
+    "ShardWatching",
+    "Spending",
+    "Waiting",
+]
