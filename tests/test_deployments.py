@@ -200,6 +200,15 @@ async def test_prefect_yaml_deployment_runs_on_a_process_worker(
         deployment = await client.read_deployment_by_name("generate-talking-videos/nightly")
         assert deployment.parameters["output_uri"] == str(out)
         assert deployment.parameters["credentials"] == block_name
+        # the run form's sections, given as JSON objects in prefect.yaml, reach the run
+        assert deployment.parameters["spending"] == {
+            "max_submits": 1000,
+            "allow_failed_rows": False,
+        }
+        schema = deployment.parameter_openapi_schema or {}
+        assert {"Spending", "Waiting", "MediaOptions", "Concurrency"} <= set(
+            schema.get("definitions", {})
+        )
         assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"]
         assert deployment.work_pool_name == "runcomfy"
         await client.read_deployment_by_name("collect-outstanding-requests/collect")
@@ -219,6 +228,7 @@ async def test_prefect_yaml_deployment_runs_on_a_process_worker(
     assert finished.state.is_completed(), (tmp_path / "worker.log").read_text()[-3000:]
     manifest = pd.read_parquet(out / "manifest.parquet")
     assert list(manifest["status"]) == ["succeeded", "succeeded"]
+    assert finished.parameters["waiting"] == {"poll_max_s": 30}
     assert all((out / f"{i}.mp4").stat().st_size > 1000 for i in manifest["id"])
 
 
