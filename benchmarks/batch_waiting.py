@@ -230,7 +230,7 @@ def facts(
 def run_scenario(
     name: str, sandboxes: dict[str, Any], args: argparse.Namespace, concurrency: int
 ) -> dict[str, Any]:
-    from prefect_runcomfy import RunComfyCredentials, generate_talking_videos
+    from prefect_runcomfy import RunComfyCredentials, Waiting, generate_talking_videos
 
     minutes = 2.0 if name == "mixed" else float(name)
     config = {
@@ -258,10 +258,12 @@ def run_scenario(
             creds,
             max_concurrency=concurrency,
             max_wait_s=3600,
-            poll_initial_s=2.0 * s,
-            poll_max_s=30.0 * s,
-            not_found_grace_s=30.0 * s,
-            poll_strategy=policy.removeprefix("flow_"),
+            waiting=Waiting(
+                poll_initial_s=2.0 * s,
+                poll_max_s=30.0 * s,
+                not_found_grace_s=30.0 * s,
+                poll_strategy=policy.removeprefix("flow_"),
+            ),
         )
         wall = time.monotonic() - started
         assert set(manifest["status"]) == {"succeeded"}, manifest["status"].value_counts()

@@ -71,7 +71,7 @@ def count_store_calls() -> collections.Counter[str]:
 async def one_run(
     base_url: str, n: int, output: str, options: dict[str, Any] | None, single_writer: bool
 ) -> float:
-    from prefect_runcomfy import RunComfyCredentials, generate_talking_videos
+    from prefect_runcomfy import Concurrency, RunComfyCredentials, Waiting, generate_talking_videos
 
     creds = RunComfyCredentials(api_token=TOKEN, base_url=base_url)
     start = time.perf_counter()
@@ -81,9 +81,8 @@ async def one_run(
         creds,
         max_concurrency=16,
         storage_options=options,
-        poll_initial_s=0.05,
-        poll_max_s=0.2,
-        single_writer=single_writer,
+        waiting=Waiting(poll_initial_s=0.05, poll_max_s=0.2),
+        concurrency=Concurrency(single_writer=single_writer),
     )
     elapsed = time.perf_counter() - start
     assert set(manifest["status"]) == {"succeeded"}, manifest["status"].value_counts()

@@ -221,7 +221,7 @@ def main() -> None:
 
     from prefect.testing.utilities import prefect_test_harness
 
-    from prefect_runcomfy import RunComfyCredentials, generate_talking_videos
+    from prefect_runcomfy import RunComfyCredentials, Waiting, generate_talking_videos
 
     def rng(text: str) -> list[float]:
         low, high = text.split("-")
@@ -265,7 +265,12 @@ def main() -> None:
         out = tempfile.mkdtemp(prefix="bench-flow-")
         started = time.monotonic()
         manifest = generate_talking_videos(
-            table, out, creds, max_concurrency=args.concurrency, max_wait_s=3600, **poll
+            table,
+            out,
+            creds,
+            max_concurrency=args.concurrency,
+            max_wait_s=3600,
+            waiting=Waiting(**poll),
         )
         flow_makespan = time.monotonic() - started
         statuses = manifest["status"].value_counts().to_dict()

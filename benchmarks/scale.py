@@ -172,7 +172,7 @@ def main() -> None:
 
     from prefect.testing.utilities import prefect_test_harness
 
-    from prefect_runcomfy import RunComfyCredentials, generate_talking_videos
+    from prefect_runcomfy import RunComfyCredentials, Waiting, generate_talking_videos
 
     report: dict[str, Any] = {
         "machine": machine(),
@@ -209,8 +209,7 @@ def main() -> None:
         else:
             kwargs: dict[str, Any] = {
                 "max_concurrency": args.concurrency,
-                "poll_initial_s": 0.05,
-                "poll_max_s": 1.0,
+                "waiting": Waiting(poll_initial_s=0.05, poll_max_s=1.0),
             }
             if args.call == "async":
 

@@ -307,7 +307,7 @@ async def deploy(env: dict[str, str], base_url: str, limit: int) -> None:
 
 
 async def run(args: argparse.Namespace, api_url: str, work: Path, report: dict[str, Any]) -> None:
-    from prefect_runcomfy import generate_talking_videos_sharded
+    from prefect_runcomfy import Concurrency, Spending, Waiting, generate_talking_videos_sharded
 
     low, high = (float(x) for x in args.run.split("-"))
     config = {"workers": 4 * args.limit, "run_seconds": [low, high], "render": "tiny", "seed": 7}
@@ -329,10 +329,10 @@ async def run(args: argparse.Namespace, api_url: str, work: Path, report: dict[s
             "deployment": "generate-talking-videos/shard",
             "shard_size": args.shard_size,
             "credentials": "bench",
-            "concurrency_limit": LIMIT_NAME,
+            "concurrency": Concurrency(limit=LIMIT_NAME),
             "max_concurrency_per_shard": args.per_shard,
-            "shard_parameters": {"poll_initial_s": 0.5, "poll_max_s": 2.0},
-            "allow_failed_rows": True,
+            "waiting": Waiting(poll_initial_s=0.5, poll_max_s=2.0),
+            "spending": Spending(allow_failed_rows=True),
         }
         workers = [start_worker(env, work / f"worker-{i}.log", args.worker_limit) for i in (1, 2)]
         slots: list[tuple[float, int]] = []
@@ -409,7 +409,7 @@ async def measure_parents(
     dead_rows: set[int] = set()
     shards = []
     for run in sorted(runs, key=lambda r: r.name):
-        beat_file = out / run.parameters["heartbeat_name"]
+        beat_file = out / run.parameters["shard"]["heartbeat_name"]
         beat = json.loads(beat_file.read_text()) if beat_file.exists() else {}
         killed = beat.get("pid") in killed_tree
         ids = pd.read_parquet(run.parameters["inputs"])["id"]

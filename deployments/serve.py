@@ -21,7 +21,7 @@ import os
 
 from prefect import serve
 
-from prefect_runcomfy.flows import collect_outstanding_requests, generate_talking_videos
+from prefect_runcomfy.flows import Spending, collect_outstanding_requests, generate_talking_videos
 
 
 def main() -> None:
@@ -36,6 +36,8 @@ def main() -> None:
             "inputs": os.environ["RUNCOMFY_INPUTS"],
             "output_uri": output_uri,
             "credentials": credentials,
+            # a section of the run form: a table that grew by mistake submits nothing
+            "spending": Spending(max_submits=1000),
         },
         tags=["runcomfy", "video"],
     )

@@ -26,7 +26,7 @@ import fsspec
 import pandas as pd
 from prefect import flow, task
 
-from prefect_runcomfy import generate_talking_videos
+from prefect_runcomfy import Spending, Waiting, generate_talking_videos
 from prefect_runcomfy.exceptions import RowsNeedAttentionError
 
 
@@ -58,7 +58,7 @@ def nightly(
     output_uri: str,
     credentials: str | None = None,
     rows: list[dict[str, Any]] | None = None,
-    poll_max_s: float = 30.0,
+    waiting: Waiting = Waiting(),
 ) -> str:
     """Write today's `rows` to `table_uri` (when given; else the table there is read as it is),
     run it, publish what succeeded; fail the night (after publishing) when rows need a person,
@@ -67,7 +67,11 @@ def nightly(
         table_uri = write_table(rows, table_uri)
     try:
         manifest = generate_talking_videos(
-            table_uri, output_uri, credentials=credentials, poll_max_s=poll_max_s
+            table_uri,
+            output_uri,
+            credentials=credentials,
+            spending=Spending(max_submits=1000),  # a table that grew by mistake pays nothing
+            waiting=waiting,
         )
     except RowsNeedAttentionError as exc:
         ok = exc.manifest[exc.manifest["status"] == "succeeded"]
@@ -109,7 +113,12 @@ def main() -> None:
         os.environ["RUNCOMFY_BASE_URL"] = sandbox.base_url
         os.environ["RUNCOMFY_API_TOKEN"] = sandbox.token
         table = args.table or f"{args.output.rstrip('/')}/inputs/rows.parquet"
-        nightly(table, args.output, rows=sample_inputs(sandbox.base_url), poll_max_s=1.0)
+        nightly(
+            table,
+            args.output,
+            rows=sample_inputs(sandbox.base_url),
+            waiting=Waiting(poll_max_s=1.0),
+        )
 
 
 if __name__ == "__main__":

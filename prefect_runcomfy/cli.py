@@ -376,6 +376,8 @@ def run(
     Ctrl-C (143: by SIGTERM): queued jobs are cancelled, and one line says what was left
     running and the command that collects it (the same run again goes on where it stopped).
     """
+    from prefect_runcomfy.engine.run.settings import Concurrency, MediaOptions, Spending
+
     manifest = _manifest_of(
         output=output,
         verbose=verbose,
@@ -388,49 +390,91 @@ def run(
             max_wait_s=max_wait,
             staging_uri=staging_uri,
             inline_media=inline_media,
-            on_invalid=on_invalid,
-            retry_failed=retry_failed,
-            resubmit_unknown=resubmit_unknown,
-            concurrency_limit=concurrency_limit,
             storage_options=_options(storage_option),
-            max_submits=max_submits,
-            max_cost_usd=max_cost,
-            single_writer=single_writer,
+            spending=Spending(
+                max_submits=max_submits,
+                max_cost_usd=max_cost,
+                retry_failed=retry_failed,
+                resubmit_unknown=resubmit_unknown,
+            ),
+            media=MediaOptions(on_invalid=on_invalid),  # type: ignore[arg-type]
+            concurrency=Concurrency(limit=concurrency_limit, single_writer=single_writer),
         ),
     )
     _summary(manifest, output)
     raise typer.Exit(_exit_for(manifest))
 
 
+StagingUri = Annotated[
+    str | None, typer.Option(help="Folder (s3://, gs://) to upload local media to.")
+]
+"""The `--staging-uri` option of every command that runs or plans a table's media."""
+InlineMedia = Annotated[bool, typer.Option(help="Send local media as data: URIs.")]
+"""The `--inline-media` option of every command that runs or plans a table's media."""
+
+
+def _planned(
+    inputs: str,
+    output: str | None,
+    media: Any,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    credentials: str | None = None,
+    price: bool = False,
+    retry_failed: bool = False,
+    resubmit_unknown: bool = False,
+) -> Any:
+    """The run's own plan of INPUTS (`engine.plan.planning.plan_table`), against the ledger
+    under `output` (None: every row new), its media checked as `media` says."""
+    from prefect_runcomfy.engine.plan.planning import plan_table, planning_store
+
+    async def planned() -> Any:
+        from prefect_runcomfy.api.client import RunComfyClient
+
+        block = None
+        if credentials:
+            from prefect_runcomfy.flows import load_credentials
+
+            block = await load_credentials(credentials)
+        make_client = block.get_client if block is not None else RunComfyClient
+        return await plan_table(
+            inputs,
+            planning_store(output, storage_options) if output else None,
+            media=media,
+            make_client=make_client if price else None,
+            retry_failed=retry_failed,
+            resubmit_unknown=resubmit_unknown,
+        )
+
+    try:
+        return asyncio.run(planned())
+    except Exception as exc:
+        raise typer.Exit(_handle(exc)) from None
+
+
 @app.command()
 def validate(
     inputs: Annotated[str, typer.Argument(help="CSV, Parquet or JSON-lines table (path or URL).")],
+    staging_uri: StagingUri = None,
+    inline_media: InlineMedia = False,
 ) -> None:
     """Check every row of INPUTS without any network call; print every problem of every row.
 
-    Example: `prefect-runcomfy validate rows.csv`. Exit code 0: all rows valid; 2: not.
-    """
-    from prefect_runcomfy.api.exceptions import InvalidInputError
-    from prefect_runcomfy.engine.inputs.table import (
-        check_local_media,
-        check_table,
-        is_local_uri,
-        read_table,
-        table_folder,
-    )
+    The rows and their local media files are checked by the rules of a run given the same
+    --staging-uri or --inline-media (a local file needs one of them); remote media are
+    looked at by `plan` and `run`.
 
-    local_table = is_local_uri(inputs)
-    base_dir = table_folder(inputs) if local_table else None
-    try:
-        check = check_local_media(check_table(read_table(inputs)), base_dir=base_dir)
-    except InvalidInputError as exc:
-        err.print(f"[red]{escape(str(exc))}[/]")
-        raise typer.Exit(EXIT_BAD_INPUT) from None
-    for problem in check.invalid:
+    Example: `prefect-runcomfy validate rows.csv --inline-media`. Exit code 0: all rows
+    valid; 2: not.
+    """
+    from prefect_runcomfy.engine.plan.planning import MediaSettings
+
+    media = MediaSettings(staging_uri=staging_uri, inline_media=inline_media, mode="offline")
+    table_plan = _planned(inputs, None, media)
+    for problem in table_plan.invalid:
         console.print(f"[red]✗[/] {escape(problem.message)}")
-    total = len(check.valid) + len(check.invalid)
-    console.print(f"{len(check.valid)} of {total} rows valid.")
-    raise typer.Exit(EXIT_OK if check.ok else EXIT_BAD_INPUT)
+    console.print(f"{len(table_plan.rows)} of {table_plan.total} rows valid.")
+    raise typer.Exit(EXIT_BAD_INPUT if table_plan.invalid else EXIT_OK)
 
 
 @app.command()
@@ -439,6 +483,8 @@ def plan(
     output: Annotated[
         str, typer.Option("--output", "-o", help="The output location a run would use.")
     ],
+    staging_uri: StagingUri = None,
+    inline_media: InlineMedia = False,
     retry_failed: Annotated[bool, typer.Option(help="As `run --retry-failed` would.")] = False,
     resubmit_unknown: Annotated[
         bool, typer.Option(help="As `run --resubmit-unknown` would.")
@@ -458,44 +504,45 @@ def plan(
     """Show what `run` would do with each row of INPUTS, from the ledger under --output, and
     what the new jobs would cost.
 
-    Nothing is submitted or written: read what a run would pay for before it does. The only
-    call to RunComfy reads the model's price from its catalog (with the token of the
-    environment or --credentials; without one the cost is not estimated).
+    It is the run's own plan: the same rows, decided the same way, their media checked by the
+    same rules (given the same --staging-uri or --inline-media), so a row it counts as to
+    submit is one a run sends. Nothing is submitted, uploaded or written. The only call to
+    RunComfy reads the model's price from its catalog (with the token of the environment or
+    --credentials; without one the cost is not estimated).
 
     Examples:
 
     ```
-    prefect-runcomfy plan rows.csv --output ./videos
+    prefect-runcomfy plan rows.csv --output ./videos --inline-media
     prefect-runcomfy plan s3://in/rows.parquet -o s3://out/nightly --max-submits 500 --max-cost 25
     ```
 
     Exit code 0: planned; 2: bad input (invalid rows are listed); 3: over --max-submits or
     --max-cost.
     """
-    from prefect_runcomfy.engine.plan.planning import plan_table
-    from prefect_runcomfy.engine.plan.pricing import check_cost_limit
+    from prefect_runcomfy.engine.plan.planning import MediaSettings
 
-    async def planned() -> Any:
-        from prefect_runcomfy.api.client import RunComfyClient
-
-        block = None
-        if credentials:
-            from prefect_runcomfy.flows import load_credentials
-
-            block = await load_credentials(credentials)
-        return await plan_table(
-            inputs,
-            output,
-            storage_options=_options(storage_option),
-            resubmit_unknown=resubmit_unknown,
-            retry_failed=retry_failed,
-            make_client=block.get_client if block is not None else RunComfyClient,
-        )
-
+    media = MediaSettings(staging_uri=staging_uri, inline_media=inline_media, mode="check")
+    table_plan = _planned(
+        inputs,
+        output,
+        media,
+        storage_options=_options(storage_option),
+        credentials=credentials,
+        price=True,
+        retry_failed=retry_failed,
+        resubmit_unknown=resubmit_unknown,
+    )
+    _print_plan(table_plan)
     try:
-        table_plan = asyncio.run(planned())
+        table_plan.check_limits(max_submits, max_cost)
     except Exception as exc:
         raise typer.Exit(_handle(exc)) from None
+    raise typer.Exit(EXIT_BAD_INPUT if table_plan.invalid else EXIT_OK)
+
+
+def _print_plan(table_plan: Any) -> None:
+    """Each row's plan and why, the invalid rows, the counts, and the estimate."""
     table = Table(title="Plan", show_lines=False)
     for column in ("id", "plan", "why"):
         table.add_column(column, overflow="fold")
@@ -506,21 +553,10 @@ def plan(
         table.add_row(shown_id, "[red]invalid[/]", escape(problem.message))
     console.print(table)
     console.print(table_plan.describe())
-    if table_plan.estimate is not None:
-        said = table_plan.estimate.describe()
+    estimate = table_plan.estimate()
+    if estimate is not None:
+        said = estimate.describe()
         console.print(escape(said[:1].upper() + said[1:]))
-    new = len(table_plan.to_submit)
-    if max_submits is not None and new > max_submits:
-        err.print(
-            f"[red]{new} new jobs would be submitted, more than --max-submits {max_submits}.[/]"
-        )
-        raise typer.Exit(EXIT_CONFIG)
-    if max_cost is not None and table_plan.estimate is not None:
-        try:
-            check_cost_limit(table_plan.estimate, max_cost)
-        except Exception as exc:
-            raise typer.Exit(_handle(exc)) from None
-    raise typer.Exit(EXIT_BAD_INPUT if table_plan.invalid else EXIT_OK)
 
 
 @app.command()
@@ -558,6 +594,7 @@ def demo(
         temporary_settings,
     )
 
+    from prefect_runcomfy.engine.run.settings import Waiting
     from prefect_runcomfy.sandbox import SandboxConfig, run_sandbox, sample_inputs
 
     out = str(Path(output).resolve()) if "://" not in output else output
@@ -575,8 +612,7 @@ def demo(
                     inputs=rows,
                     output_uri=out,
                     max_concurrency=4,
-                    poll_initial_s=0.5,
-                    poll_max_s=2.0,
+                    waiting=Waiting(poll_initial_s=0.5, poll_max_s=2.0),
                 ),
             )
     _summary(manifest, out)

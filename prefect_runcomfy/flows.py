@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 from collections.abc import Callable
@@ -26,51 +25,49 @@ from typing import Any, Literal
 
 import pandas as pd
 from prefect import tags
+from prefect.blocks.core import Block
 from prefect.client.schemas.objects import FlowRun
 from prefect.context import get_run_context
+from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 from prefect.logging import get_logger, get_run_logger
 from prefect.states import State
+from pydantic import BaseModel
 
 from prefect_runcomfy.api.client import RunComfyClient
-from prefect_runcomfy.api.exceptions import ConfigurationError, InvalidInputError
+from prefect_runcomfy.api.exceptions import ConfigurationError
 from prefect_runcomfy.api.models import MODEL_ID
 from prefect_runcomfy.blocks import RunComfyCredentials
-from prefect_runcomfy.engine.claims.claim import open_claims
-from prefect_runcomfy.engine.claims.turn import take_entry
-from prefect_runcomfy.engine.inputs.media import MediaResolver
-from prefect_runcomfy.engine.inputs.table import RowProblem, table_folder
+from prefect_runcomfy.engine.inputs.table import table_folder
 from prefect_runcomfy.engine.outputs.manifest import build_manifest
 from prefect_runcomfy.engine.outputs.store import MANIFEST_NAME, OutputStore
-from prefect_runcomfy.engine.plan.ledger import Ledger, LedgerEntry, outcome_from_entry
+from prefect_runcomfy.engine.plan.ledger import Ledger
+from prefect_runcomfy.engine.plan.planning import MediaSettings
 from prefect_runcomfy.engine.record.outcome import RowOutcome
-from prefect_runcomfy.engine.record.status import LedgerState, RowStatus
-from prefect_runcomfy.engine.run.batch import Batch, cancel_queued_requests, queued_requests
-from prefect_runcomfy.engine.run.phases import (
-    PreparedTable,
-    RunPlan,
-    api_payload,
-    check_limit,
-    claims_for,
-    execute,
-    invalid_outcome,
-    plan,
-    prepare,
-    resolve_media,
+from prefect_runcomfy.engine.run.runner import (
+    collect_table,
+    open_output,
+    plan_collect,
+    plan_run,
+    plan_whole_table,
+    run_table,
 )
-from prefect_runcomfy.engine.run.row import RowCell, collect_request, in_row_task, run_row
+from prefect_runcomfy.engine.run.settings import (
+    Concurrency,
+    MediaOptions,
+    RunHooks,
+    RunSettings,
+    ShardRole,
+    ShardWatching,
+    Spending,
+    Waiting,
+)
+from prefect_runcomfy.engine.run.state import cancel_queued_requests, queued_requests
 from prefect_runcomfy.engine.run.stopping import cancelled_here, mark_stoppable, run_stoppable
-from prefect_runcomfy.engine.run.waiting import PollPolicy, PollStrategy
-from prefect_runcomfy.engine.shards.heartbeat import HEARTBEAT_S, heartbeat_for
-from prefect_runcomfy.engine.shards.runs import (
-    STALE_AFTER_S,
-    ShardRun,
-    ShardWatch,
-    cancel_recorded,
-    record_parent,
-    shard_outcomes,
-    start_shards,
-)
-from prefect_runcomfy.engine.shards.split import ShardFiles, ShardSpec, plan_shards
+from prefect_runcomfy.engine.shards.heartbeat import heartbeat_for
+from prefect_runcomfy.engine.shards.parent import merged_outcomes, run_shards
+from prefect_runcomfy.engine.shards.runs import cancel_recorded
+from prefect_runcomfy.engine.shards.split import ShardFiles, plan_shards
+from prefect_runcomfy.locations import block_parameter, storage_location, stored_location
 from prefect_runcomfy.report.artifacts import Progress
 from prefect_runcomfy.report.events import RowEvents
 from prefect_runcomfy.report.finish import check_allow_failed_rows, finish_run
@@ -79,15 +76,14 @@ from prefect_runcomfy.report.naming import run_tags
 from prefect_runcomfy.sync_or_async import SyncOrAsyncFlow, sync_or_async_flow
 from prefect_runcomfy.tasks import cancel_request, client_for
 
-SHARD_POLL_S = 5.0
-"""How often a sharded parent looks at its shard runs at most (one Prefect call each time)."""
-
 STORED_TABLE_ROWS = 1000
 """In-memory tables up to this many rows are stored as the flow run's `inputs` parameter."""
 
 
 class TableFlow(SyncOrAsyncFlow):
-    """A flow whose in-memory `inputs` table is stored in Prefect only while it is small.
+    """A flow whose in-memory `inputs` table is stored in Prefect only while it is small, and
+    whose filesystem blocks are stored by reference (a saved one) or by their kind and path
+    alone (an unsaved one): their settings may hold credentials.
 
     Prefect keeps every flow run's parameters in its database and refuses more than 512 KiB:
     about 2,000 rows. A larger DataFrame or list is described instead ("<in-memory table of
@@ -105,6 +101,10 @@ class TableFlow(SyncOrAsyncFlow):
                 "inputs": f"<in-memory {kind} of {len(table)} rows: not stored in Prefect "
                 "(pass a file path or URL to keep it with the run)>",
             }
+        kinds = (RemoteFileSystem, LocalFileSystem)
+        blocks = {k: v for k, v in parameters.items() if isinstance(v, kinds)}
+        if blocks:  # a saved block by reference; an unsaved one without its settings
+            parameters = {**parameters, **{k: block_parameter(v) for k, v in blocks.items()}}
         return super().serialize_parameters(parameters)
 
 
@@ -124,9 +124,9 @@ def stoppable(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def beating(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A flow body that, given `heartbeat_name`, writes that heartbeat while it runs, from
-    reading the table to the manifest (`engine.shards.heartbeat`: how a sharded parent tells a
-    working shard run from a dead one).
+    """A flow body that, run as a shard (`shard` names a heartbeat), writes that heartbeat
+    while it runs, from reading the table to the manifest (`engine.shards.heartbeat`: how a
+    sharded parent tells a working shard run from a dead one).
 
     Written here, not in the engine: Prefect resolves a flow's parameter annotations in its
     function's globals, and versions the flow by its function's file.
@@ -135,7 +135,12 @@ def beating(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     async def body(*args: Any, **kwargs: Any) -> Any:
-        with heartbeat_for(signature.bind_partial(*args, **kwargs).arguments):
+        arguments = signature.bind_partial(*args, **kwargs).arguments
+        shard = arguments.get("shard")
+        if shard is None or not shard.heartbeat_name:
+            return await fn(*args, **kwargs)
+        uri, options = storage_location(arguments["output_uri"], arguments.get("storage_options"))
+        with heartbeat_for(uri, options, shard.heartbeat_name, shard.heartbeat_s):
             return await fn(*args, **kwargs)
 
     return body
@@ -217,7 +222,7 @@ async def _cancel_queued_on_stop(flow: Any, flow_run: FlowRun, state: State) -> 
         return  # nothing to cancel, or the run's own stop did it in this process
     given = params.get("credentials")
     try:
-        store = OutputStore(output_uri, params.get("storage_options"))
+        store = OutputStore(*await stored_location(output_uri, params.get("storage_options")))
         ledger = Ledger(store)
         if isinstance(given, dict):  # an unsaved block, stored masked: no token to be had
             left = await queued_requests(ledger, flow_run_id=str(flow_run.id))
@@ -249,22 +254,6 @@ async def _cancel_queued_on_stop(flow: Any, flow_run: FlowRun, state: State) -> 
         )
 
 
-def _resolver(
-    table_uri: str | None,
-    staging_uri: str | None,
-    inline_media: bool,
-    input_storage_options: dict[str, Any] | None,
-    staging_storage_options: dict[str, Any] | None,
-) -> MediaResolver:
-    return MediaResolver(
-        base_uri=table_folder(table_uri),
-        staging_uri=staging_uri,
-        inline_media=inline_media,
-        storage_options=input_storage_options,
-        staging_storage_options=staging_storage_options,
-    )
-
-
 @table_flow(
     name="generate-talking-videos",
     log_prints=False,
@@ -275,34 +264,19 @@ def _resolver(
 @beating
 async def generate_talking_videos(
     inputs: pd.DataFrame | list[dict[str, Any]] | str,
-    output_uri: str,
+    output_uri: str | RemoteFileSystem | LocalFileSystem,
     credentials: RunComfyCredentials | str | None = None,
     max_concurrency: int = 8,
     max_wait_s: float = 3600.0,
     storage_options: dict[str, Any] | None = None,
-    staging_uri: str | None = None,
+    staging_uri: str | RemoteFileSystem | LocalFileSystem | None = None,
     inline_media: bool = False,
-    input_storage_options: dict[str, Any] | None = None,
-    staging_storage_options: dict[str, Any] | None = None,
-    concurrency_limit: str | None = None,
-    on_invalid: Literal["continue", "stop"] = "continue",
-    resubmit_unknown: bool = False,
-    retry_failed: bool = False,
-    cancel_queued_at_deadline: bool = True,
-    poll_initial_s: float = 2.0,
-    poll_max_s: float = 30.0,
-    not_found_grace_s: float = 30.0,
-    poll_strategy: PollStrategy = "learned",
-    model_id: str = MODEL_ID,
-    table_storage_options: dict[str, Any] | None = None,
-    manifest_name: str = MANIFEST_NAME,
-    max_submits: int | None = None,
+    spending: Spending = Spending(),
+    media: MediaOptions = MediaOptions(),
+    waiting: Waiting = Waiting(),
+    concurrency: Concurrency = Concurrency(),
     artifact_key: str | None = None,
-    allow_failed_rows: bool | int = False,
-    max_cost_usd: float | None = None,
-    single_writer: bool = False,
-    heartbeat_name: str | None = None,
-    heartbeat_s: float = HEARTBEAT_S,
+    shard: ShardRole | None = None,
 ) -> pd.DataFrame:
     """Turn every row of a table into a lip-synced talking video, stored with its metadata.
 
@@ -312,67 +286,60 @@ async def generate_talking_videos(
     Running the same table into the same `output_uri` again skips stored rows, collects rows
     that were submitted, and never pays twice for a row by accident.
 
+    The common call is `generate_talking_videos(inputs, output_uri)`; the settings people
+    change now and then come in sections (pydantic models; in the Prefect UI each is a section
+    of the run form, and a deployment passes each as a JSON object):
+    `spending=Spending(max_submits=500, max_cost_usd=25)`,
+    `media=MediaOptions(on_invalid="stop")`, `waiting=Waiting(poll_max_s=60)`,
+    `concurrency=Concurrency(limit="runcomfy-account")`.
+
     Args:
         inputs: A DataFrame, a list of dicts, or a CSV / Parquet / JSON-lines path or URL.
             Columns `prompt`, `image`, `audio` (required), `resolution`, `frames`, `seed`,
             `steps`, `shift`, `cfg`, and `id` (names the row's files). Other columns are
             carried through to the manifest.
-        output_uri: Where outputs go: a local folder, `s3://bucket/prefix`, `gs://...`, ...
+        output_uri: Where outputs go: a local folder, `s3://bucket/prefix`, `gs://...`, ...,
+            or a Prefect filesystem block (`RemoteFileSystem`, whose `settings` are the fsspec
+            options, so credentials stay in the block; `LocalFileSystem`).
         credentials: A `RunComfyCredentials` block, the name of a saved one, or None to use
             `RUNCOMFY_API_TOKEN` (else `RUNCOMFY_TOKEN`, else `RUNCOMFY_API_KEY`) and
             `RUNCOMFY_BASE_URL`.
         max_concurrency: Jobs in flight at once from this run.
         max_wait_s: How long to wait for one job; a job still queued then is cancelled.
-        storage_options: fsspec options for `output_uri` (e.g. an S3 endpoint).
-        staging_uri: Where local media files are uploaded (then pre-signed) for RunComfy.
+        storage_options: fsspec options for `output_uri` (e.g. an S3 endpoint); with a block,
+            they are added to its settings.
+        staging_uri: Where local media files are uploaded (then pre-signed) for RunComfy: an
+            s3:// or gs:// folder, or a `RemoteFileSystem` block of one.
         inline_media: Send local media as `data:` URIs instead (image ≤ 6 MiB, audio ≤ 16 MiB).
-        input_storage_options: fsspec options for reading the table and remote media.
-        staging_storage_options: fsspec options for `staging_uri`.
-        concurrency_limit: Name of a Prefect global concurrency limit shared by every run on one
-            RunComfy account (created with `prefect gcl create NAME --limit N`); strict.
-        on_invalid: "continue" runs the valid rows and reports the others; "stop" submits
-            nothing when any row is invalid.
-        resubmit_unknown: Submit again rows whose earlier submit has an unknown outcome (this
-            may pay twice).
-        retry_failed: Submit again rows that failed or were cancelled in an earlier run.
-        cancel_queued_at_deadline: Cancel a job still queued at `max_wait_s`.
-        poll_initial_s: First polling interval; it doubles up to `poll_max_s`.
-        poll_max_s: The longest polling interval.
-        not_found_grace_s: How long after its submit a request RunComfy does not know yet is
-            taken as "not visible yet" rather than gone (once seen, "not found" means gone).
-        poll_strategy: "learned": once jobs of a kind (resolution, frames) finished in this
-            run, the others are read just after their expected finish; "doubling": each job
-            on its own (`poll_initial_s` doubling up to `poll_max_s`), as before.
-        model_id: The RunComfy model (InfiniteTalk's by default).
-        table_storage_options: fsspec options for reading `inputs` when it is a URL
-            (default: `input_storage_options`).
-        manifest_name: Where under `output_uri` the manifest goes; a sharded run gives each
-            shard its own and merges them at the end.
-        max_submits: The most new (paid) jobs this run may submit. A run that would submit
-            more fails with `SubmitLimitError` before submitting any, naming the count: a
-            guard against a table that grew by mistake. Rows collected, skipped or reported
-            again are not counted; `0` allows only collecting. None: no limit.
+        spending: What the run may pay for (`Spending`): `max_submits`, the most new (paid)
+            jobs, and `max_cost_usd`, the most their estimated cost (from RunComfy's catalog),
+            both checked before any POST (`SubmitLimitError`, `CostLimitError`);
+            `allow_failed_rows`, how many rows that need a person (`failed`, `invalid`,
+            `timed_out`, `outcome_unknown`) the run tolerates and still ends Completed (False:
+            none; True: any; or a count; beyond it the run ends Failed, raising
+            `RowsNeedAttentionError` with the manifest, after everything is written);
+            `retry_failed` (pay again for rows that failed earlier) and `resubmit_unknown`
+            (submit again rows whose earlier submit got no answer: this may pay twice).
+        media: Reading the table and its media (`MediaOptions`): `on_invalid` ("continue" runs
+            the valid rows and reports the others; "stop" submits nothing when any row is
+            invalid), `input_storage_options` (fsspec options for the table and remote media)
+            and `staging_storage_options` (for `staging_uri`; with a block, added to its
+            settings).
+        waiting: How jobs are polled (`Waiting`): `poll_initial_s` doubling up to `poll_max_s`;
+            `poll_strategy` "learned" (read a job just after jobs of its kind finished in this
+            run) or "doubling"; `not_found_grace_s`; `cancel_queued_at_deadline`.
+        concurrency: Sharing with other runs (`Concurrency`): `limit`, the name of a Prefect
+            global concurrency limit shared by every run on one RunComfy account (created with
+            `prefect gcl create NAME --limit N`; strict); `single_writer`, take no claims on
+            rows (only for storage that cannot create files exclusively, and only when no
+            other run writes there at the same time: overlapping runs could each pay for the
+            same rows).
         artifact_key: The key prefix of the run's summary artifacts (`<key>-summary`,
             `<key>-rows`), so that every run adds a version under one key on the Artifacts
-            page. Default: derived from `output_uri` (`runcomfy-<location>-<hash>`). A shard
-            (a `manifest_name` of its own) publishes unkeyed artifacts unless given one.
-        allow_failed_rows: How many rows that need a person (`failed`, `invalid`,
-            `timed_out`, `outcome_unknown`) the run tolerates and still ends Completed: False
-            (the default) none, True any number, or a count. Beyond it the run ends Failed with
-            the counts in its state message, raising `RowsNeedAttentionError`, which carries
-            the manifest (`exc.manifest`). A run in which no due row produced a video ends
-            Failed whatever this says. Everything is written either way.
-        max_cost_usd: The most this run's new jobs may cost, estimated from the model's price
-            in RunComfy's catalog. A run whose estimate is higher, or that cannot be estimated
-            (no usable price), fails with `CostLimitError` before submitting any. None: no limit.
-        single_writer: Take no claims on rows: only for an output location whose storage
-            cannot create files exclusively (the run refuses to submit there otherwise), and
-            only when no other run writes there at the same time, since two overlapping runs
-            could then each pay for the same rows.
-        heartbeat_name: Set by a sharded parent for its shards: a file under `output_uri` this
-            run rewrites every `heartbeat_s` seconds while it works, so that the parent tells
-            it from a run whose process died. None (the default): no heartbeat.
-        heartbeat_s: How often the heartbeat is written.
+            page. Default: derived from `output_uri` (`runcomfy-<location>-<hash>`).
+        shard: Set only by `generate_talking_videos_sharded` for the runs of its shards
+            (`ShardRole`: the shard's manifest name and heartbeat); leave it empty. A shard
+            publishes unkeyed artifacts unless given an `artifact_key`.
 
     Returns:
         The manifest: one row per input row with `id, status, request_id, video_uri,
@@ -382,120 +349,71 @@ async def generate_talking_videos(
         RowsNeedAttentionError: rows need a person beyond `allow_failed_rows`, or no row
             produced a video; `exc.manifest` is the manifest above.
     """
-    logger = get_run_logger()
-    check_allow_failed_rows(allow_failed_rows)
-    keyed = artifact_key is not None or manifest_name == MANIFEST_NAME
-    key = artifact_key_for(output_uri, artifact_key) if keyed else None
-    await tag_flow_run(run_tags(model_id))
+    check_allow_failed_rows(spending.allow_failed_rows)
+    output, options = storage_location(output_uri, storage_options)
+    staging, staging_options = storage_location(staging_uri, media.staging_storage_options)
+    keyed = artifact_key is not None or shard is None
+    key = artifact_key_for(output, artifact_key) if keyed else None
+    await tag_flow_run(run_tags(MODEL_ID))
     creds = await load_credentials(credentials)
-    table = await prepare(inputs, storage_options=table_storage_options or input_storage_options)
-    store = await _open_output(output_uri, storage_options)
-    run_plan, payloads, resolver, invalid = await _plan_run(
-        store,
-        table,
+    settings = RunSettings(
+        max_concurrency, max_wait_s, spending, waiting, concurrency, flow_run_id=_flow_run_id()
+    )
+    resolving = MediaSettings(staging, inline_media, media.input_storage_options, staging_options)
+    store, outcomes = await _run_table(
         inputs,
+        await open_output(output, options),
+        settings,
+        resolving,
         creds,
-        model_id=model_id,
-        flags={"resubmit_unknown": resubmit_unknown, "retry_failed": retry_failed},
-        media=(staging_uri, inline_media, input_storage_options, staging_storage_options),
-        on_invalid=on_invalid,
-        limits=(max_submits, max_cost_usd),
+        on_invalid=media.on_invalid,
+        table_storage_options=options if shard is not None else None,  # rows the parent wrote
     )
-    logger.info("%d rows, %d invalid; outputs go to %s", len(table.frame), len(invalid), output_uri)
-    progress = Progress(len(table.frame))
-    await progress.start()
-    events = RowEvents(store, table_uri=inputs if isinstance(inputs, str) else None)
-    batch = Batch(
-        store=store,
-        ledger=Ledger(store),
-        make_client=lambda: client_for(creds),
-        max_concurrency=max_concurrency,
-        concurrency_limit=concurrency_limit,
-        max_wait_s=max_wait_s,
-        poll=PollPolicy(
-            initial_s=poll_initial_s,
-            max_s=poll_max_s,
-            not_found_grace_s=not_found_grace_s,
-            strategy=poll_strategy,
-        ),
-        cancel_queued_at_deadline=cancel_queued_at_deadline,
-        model_id=model_id,
-        flow_run_id=_flow_run_id(),
-        on_row_done=lambda outcome: _row_done(outcome, progress, events),
-        payloads=payloads,
-        build_payload=lambda row: api_payload(row, resolver),
-        claims=await claims_for(
-            store, run_plan, flow_run_id=_flow_run_id(), single_writer=single_writer
-        ),
-        resubmit_unknown=resubmit_unknown,
-        retry_failed=retry_failed,
-    )
-    outcomes = await _run_rows(batch, run_plan, invalid)
-    await progress.finish()
     return await finish_run(
         store,
         build_manifest(outcomes),
-        output_uri,
-        name=manifest_name,
-        input_storage_options=input_storage_options,
+        output,
+        name=shard.manifest_name if shard else MANIFEST_NAME,
+        input_storage_options=media.input_storage_options,
         outcomes=outcomes,
         artifact_key=key,
-        allow_failed_rows=allow_failed_rows,
+        allow_failed_rows=spending.allow_failed_rows,
     )
 
 
-async def _open_output(output_uri: str, storage_options: dict[str, Any] | None) -> OutputStore:
-    """The output location, checked writable before anything is paid for, and cleared of the
-    temp files killed runs left there."""
-    store = OutputStore(output_uri, storage_options)
-    await asyncio.to_thread(store.check_writable)
-    await asyncio.to_thread(store.remove_stale_temp_files)
-    return store
-
-
-async def _plan_run(
-    store: OutputStore,
-    table: PreparedTable,
+async def _run_table(
     inputs: pd.DataFrame | list[dict[str, Any]] | str,
+    store: OutputStore,
+    settings: RunSettings,
+    media: MediaSettings,
     creds: RunComfyCredentials | None,
     *,
-    model_id: str,
-    flags: dict[str, bool],
-    media: tuple[str | None, bool, dict[str, Any] | None, dict[str, Any] | None],
     on_invalid: Literal["continue", "stop"],
-    limits: tuple[int | None, float | None],
-) -> tuple[RunPlan, dict[str, dict[str, Any]], MediaResolver, list[RowProblem]]:
-    """Plan the valid rows, make the media of those to submit fetchable, report the rows
-    that are invalid (or whose media are), and hold the plan to the spending limits."""
-    table_uri = inputs if isinstance(inputs, str) else None
-    run_plan = await plan(
+    table_storage_options: dict[str, Any] | None = None,
+) -> tuple[OutputStore, list[RowOutcome]]:
+    """The engine's run of the table (`engine.run.runner`), with the progress artifact and
+    the row events hearing each row, and the run's tags on the rows' task runs."""
+
+    def make_client() -> RunComfyClient:
+        return client_for(creds)
+
+    planned = await plan_run(
+        inputs,
         store,
-        table.valid,
-        **flags,
-        max_submits=None,  # counted below, once rows with unusable media are left out
-        make_client=lambda: client_for(creds),
-        model_id=model_id,
-        media_base_dir=table_folder(table_uri) if table_uri else None,
+        settings,
+        media,
+        on_invalid=on_invalid,
+        make_client=make_client,
+        table_storage_options=table_storage_options or media.storage_options,
     )
-    resolver = _resolver(table_uri, *media)
-    payloads, media_problems = await resolve_media(run_plan, resolver)
-    run_plan = run_plan.without({p.id or "" for p in media_problems})
-    invalid = _report_invalid([*table.invalid, *media_problems], len(table.frame), on_invalid)
-    check_limit(run_plan, *limits)
-    return run_plan, payloads, resolver, invalid
-
-
-async def _run_rows(batch: Batch, run_plan: RunPlan, invalid: list[RowProblem]) -> list[RowOutcome]:
-    """Every row's record, in table order: the invalid ones, then the others run at once."""
-    outcomes = [await batch.done(invalid_outcome(p)) for p in invalid]
-    jobs = [
-        run_row(batch, row, decision, run_plan.entries.get(row.id))
-        for row, decision in zip(run_plan.rows, run_plan.decisions, strict=True)
-    ]
-    with tags(*run_tags(batch.model_id)):
-        outcomes += await execute(batch, jobs)
-    outcomes.sort(key=lambda o: o.row if o.row is not None else -1)
-    return outcomes
+    progress = Progress(planned.total)
+    await progress.start()
+    events = RowEvents(store, table_uri=inputs if isinstance(inputs, str) else None)
+    hooks = RunHooks(make_client, on_row_done=lambda o: _row_done(o, progress, events))
+    with tags(*run_tags(settings.model_id)):
+        outcomes = await run_table(planned, store, settings, hooks)
+    await progress.finish()
+    return store, outcomes
 
 
 async def _row_done(outcome: RowOutcome, progress: Progress, events: RowEvents) -> None:
@@ -504,36 +422,18 @@ async def _row_done(outcome: RowOutcome, progress: Progress, events: RowEvents) 
     await events.row_done(outcome)
 
 
-def _report_invalid(
-    invalid: list[RowProblem], total: int, on_invalid: Literal["continue", "stop"]
-) -> list[RowProblem]:
-    """Log every invalid row; with `on_invalid="stop"` refuse the run before any submit."""
-    invalid = sorted(invalid, key=lambda p: p.row)
-    logger = get_run_logger()
-    for problem in invalid:
-        logger.warning("Invalid %s", problem.message)
-    if invalid and on_invalid == "stop":
-        raise InvalidInputError(
-            f"{len(invalid)} of {total} rows are invalid; nothing was submitted "
-            "(on_invalid='stop'):\n" + "\n".join(p.message for p in invalid),
-            problems=[(p.message, "") for p in invalid],
-        )
-    return invalid
-
-
-@sync_or_async_flow(name="collect-outstanding-requests", log_prints=False)
+@table_flow(name="collect-outstanding-requests", log_prints=False)
 @stoppable
 async def collect_outstanding_requests(
-    output_uri: str,
+    output_uri: str | RemoteFileSystem | LocalFileSystem,
     credentials: RunComfyCredentials | str | None = None,
     storage_options: dict[str, Any] | None = None,
     cancel: bool = False,
     max_wait_s: float = 3600.0,
     max_concurrency: int = 8,
-    poll_initial_s: float = 2.0,
-    poll_max_s: float = 30.0,
     allow_failed_rows: bool | int = False,
-    single_writer: bool = False,
+    waiting: Waiting = Waiting(),
+    concurrency: Concurrency = Concurrency(),
 ) -> pd.DataFrame:
     """Finish what an interrupted or timed-out run left under `output_uri`.
 
@@ -542,8 +442,8 @@ async def collect_outstanding_requests(
     with `cancel=True` cancelled (only queued requests can be; running ones finish and are
     stored). Rows whose submit has an unknown outcome are reported as such; nothing is
     submitted. The manifest is updated. A request that a live run is waiting for (it holds
-    the row's claim) is left to it and logged. `allow_failed_rows` and `single_writer` are
-    as in `generate_talking_videos`.
+    the row's claim) is left to it and logged. `output_uri` (a URI or a filesystem block),
+    `allow_failed_rows`, `waiting` and `concurrency` are as in `generate_talking_videos`.
 
     Returns:
         The manifest rows of the requests it handled.
@@ -551,101 +451,42 @@ async def collect_outstanding_requests(
     Raises:
         RowsNeedAttentionError: as `generate_talking_videos` does; `exc.manifest` holds the rows.
     """
-    logger = get_run_logger()
     check_allow_failed_rows(allow_failed_rows)
     await tag_flow_run(run_tags(MODEL_ID))
     creds = await load_credentials(credentials)
-    store = OutputStore(output_uri, storage_options)
-    ledger = Ledger(store)
-    outstanding, unknown = _left_behind(list((await asyncio.to_thread(ledger.load_all)).values()))
-    logger.info(
-        "%d outstanding requests under %s; %d rows with an unknown submit outcome",
-        len(outstanding),
-        output_uri,
-        len(unknown),
+    output, options = storage_location(output_uri, storage_options)
+    store = OutputStore(output, options)
+    settings = RunSettings(
+        max_concurrency,
+        max_wait_s,
+        waiting=waiting,
+        concurrency=concurrency,
+        flow_run_id=_flow_run_id(),
     )
-    progress = Progress(len(outstanding) + len(unknown))
+    left = await plan_collect(store)
+    progress = Progress(left.total)
     await progress.start()
     events = RowEvents(store)
-    batch = Batch(
-        store=store,
-        ledger=ledger,
-        make_client=lambda: client_for(creds),
-        max_concurrency=max_concurrency,
-        max_wait_s=max_wait_s,
-        poll=PollPolicy(initial_s=poll_initial_s, max_s=poll_max_s),
-        flow_run_id=_flow_run_id(),
+    hooks = RunHooks(
+        lambda: client_for(creds),
         on_row_done=lambda outcome: _row_done(outcome, progress, events),
-        claims=await asyncio.to_thread(
-            open_claims, store, flow_run_id=_flow_run_id(), single_writer=single_writer
-        )
-        if outstanding
-        else None,
+        cancel_job=lambda request_id: cancel_request(request_id, creds),
     )
-    jobs = [_collect_one(batch, entry, creds, cancel=cancel) for entry in outstanding]
-    # Stopped, it leaves the requests it collects as they were: they belong to earlier runs.
     with tags(*run_tags(MODEL_ID)):
-        outcomes = await execute(batch, jobs, cancel_on_stop=False)
-    for entry in unknown:
-        error = entry.error or "a submit was sent but its answer was lost"
-        outcome = outcome_from_entry(entry).ended(RowStatus.OUTCOME_UNKNOWN, error)
-        outcomes.append(await batch.done(outcome))
+        outcomes = await collect_table(left, store, settings, hooks, cancel=cancel)
     await progress.finish()
     manifest = build_manifest(outcomes)
     if manifest.empty:
-        logger.info("Nothing to collect.")
+        get_run_logger().info("Nothing to collect.")
         return manifest
-    key = f"{artifact_key_for(output_uri)}-collect"
     return await finish_run(
         store,
         manifest,
-        output_uri,
+        output,
         outcomes=outcomes,
-        artifact_key=key,
+        artifact_key=f"{artifact_key_for(output)}-collect",
         allow_failed_rows=allow_failed_rows,
     )
-
-
-def _left_behind(entries: list[LedgerEntry]) -> tuple[list[LedgerEntry], list[LedgerEntry]]:
-    """The ledger's requests to collect (submitted, timed out, output refused), and its rows
-    whose submit got no answer (no request id to collect)."""
-    collectable = (LedgerState.SUBMITTED, LedgerState.TIMED_OUT, LedgerState.OUTPUT_REFUSED)
-    outstanding = [e for e in entries if e.state in collectable and e.request_id]
-    unanswered = (LedgerState.SUBMITTING, LedgerState.OUTCOME_UNKNOWN)
-    unknown = [e for e in entries if e.state in unanswered and not e.request_id]
-    return outstanding, unknown
-
-
-async def _collect_one(
-    batch: Batch, entry: LedgerEntry, creds: RunComfyCredentials | None, *, cancel: bool
-) -> RowOutcome | None:
-    """Collect (or with `cancel`, first try to cancel) one request the ledger holds; None
-    when a live run holds the row."""
-    start = outcome_from_entry(entry, model_id=batch.model_id, flow_run_id=batch.flow_run_id).noted(
-        "collected by collect-outstanding-requests"
-    )
-    assert entry.request_id is not None
-    held = await take_entry(batch, entry)
-    if held is not None:
-        get_run_logger().info(
-            "%s: request %s is being collected by %s; left to it",
-            entry.id,
-            entry.request_id,
-            held.claim.describe(),
-        )
-        return None
-    async with batch.slot() as client:
-        if cancel:
-            answer = await cancel_request(entry.request_id, creds)
-            if answer.cancelled:
-                error = "cancelled on request"
-                await batch.write_ledger(
-                    lambda: batch.ledger.mark(entry.id, LedgerState.CANCELLED, error=error)
-                )
-                return await batch.done(start.ended(RowStatus.CANCELLED, error))
-        cell = RowCell(start)
-        outcome = await in_row_task(cell, lambda: collect_request(batch, client, cell))
-    return await batch.done(outcome)
 
 
 async def _cancel_shards_on_stop(flow: Any, flow_run: FlowRun, state: State) -> None:
@@ -656,7 +497,8 @@ async def _cancel_shards_on_stop(flow: Any, flow_run: FlowRun, state: State) -> 
     if not params.get("output_uri"):
         return
     try:
-        store = OutputStore(params["output_uri"], params.get("storage_options"))
+        where = await stored_location(params["output_uri"], params.get("storage_options"))
+        store = OutputStore(*where)
         await cancel_recorded(store, str(flow_run.id))
     except Exception as exc:
         get_logger("prefect_runcomfy.flows").warning("Could not cancel the shard runs: %s", exc)
@@ -669,21 +511,20 @@ async def _cancel_shards_on_stop(flow: Any, flow_run: FlowRun, state: State) -> 
 )
 async def generate_talking_videos_sharded(
     inputs: pd.DataFrame | list[dict[str, Any]] | str,
-    output_uri: str,
+    output_uri: str | RemoteFileSystem | LocalFileSystem,
+    credentials: str | None = None,
     deployment: str = "generate-talking-videos/shard",
     shard_size: int = 500,
-    credentials: str | None = None,
-    concurrency_limit: str | None = None,
     max_concurrency_per_shard: int = 8,
     max_wait_s: float = 3600.0,
     storage_options: dict[str, Any] | None = None,
-    input_storage_options: dict[str, Any] | None = None,
-    shard_parameters: dict[str, Any] | None = None,
-    max_submits: int | None = None,
-    allow_failed_rows: bool | int = False,
-    max_cost_usd: float | None = None,
-    shard_heartbeat_s: float = HEARTBEAT_S,
-    shard_stale_after_s: float = STALE_AFTER_S,
+    staging_uri: str | RemoteFileSystem | None = None,
+    inline_media: bool = False,
+    spending: Spending = Spending(),
+    media: MediaOptions = MediaOptions(),
+    waiting: Waiting = Waiting(),
+    concurrency: Concurrency = Concurrency(),
+    shard_watch: ShardWatching = ShardWatching(),
 ) -> pd.DataFrame:
     """Run a very large table as shards, each a separate flow run of `deployment` on its work
     pool, all under one account-wide limit, and merge their manifests into one.
@@ -709,27 +550,25 @@ async def generate_talking_videos_sharded(
 
     Args:
         inputs: The table (DataFrame, list of dicts, or a file path/URL).
-        output_uri: Where every shard stores its outputs.
+        output_uri: Where every shard stores its outputs (a URI, or a filesystem block: a
+            saved one, since each shard loads it again by reference).
+        credentials: The name of a saved RunComfyCredentials block (the shards load it).
         deployment: The deployment of `generate_talking_videos` that runs each shard
             (`prefect.yaml` defines `generate-talking-videos/shard`).
         shard_size: Rows per shard.
-        credentials: The name of a saved RunComfyCredentials block (the shards load it).
-        concurrency_limit: A Prefect global concurrency limit shared by all shards: the
-            number of RunComfy jobs in flight on the account, whatever the number of shards.
         max_concurrency_per_shard: Jobs in flight per shard.
-        max_wait_s: Passed to every shard.
-        storage_options: fsspec options for `output_uri` (also used to read the shards).
-        input_storage_options: fsspec options for the table and the media.
-        shard_parameters: Any other `generate_talking_videos` parameters for every shard.
-        max_submits: The most new (paid) jobs the whole table may submit, checked against the
-            ledger before any shard starts (see `generate_talking_videos`).
-        allow_failed_rows: Judges the merged manifest (and each shard's own run) as in
-            `generate_talking_videos`.
-        max_cost_usd: The most the whole table's new jobs may cost (the catalog's price),
-            checked before any shard starts (see `generate_talking_videos`).
-        shard_heartbeat_s: How often each shard run writes its heartbeat.
-        shard_stale_after_s: How long a started shard run may show no sign of life (no new
-            heartbeat, no state change) before it is taken as dead.
+        max_wait_s, storage_options, staging_uri, inline_media, media, waiting: Passed to
+            every shard (see `generate_talking_videos`).
+        spending: `max_submits` and `max_cost_usd` hold for the whole table, checked against
+            the ledger before any shard starts; `allow_failed_rows` judges the merged
+            manifest (and each shard's own run); `retry_failed` and `resubmit_unknown` as in
+            `generate_talking_videos`. Every shard gets them too.
+        concurrency: `limit`, a Prefect global concurrency limit shared by all shards: the
+            number of RunComfy jobs in flight on the account, whatever the number of shards.
+        shard_watch: How the parent tells a working shard run from a dead one
+            (`ShardWatching`: `heartbeat_s`, how often each shard run writes its heartbeat;
+            `stale_after_s`, how long a started shard run may show no sign of life before it
+            is taken as dead).
 
     Returns:
         The merged manifest of this run's rows.
@@ -737,117 +576,95 @@ async def generate_talking_videos_sharded(
     Raises:
         RowsNeedAttentionError: as `generate_talking_videos` does, over the whole table.
     """
-    logger = get_run_logger()
-    check_allow_failed_rows(allow_failed_rows)
+    check_allow_failed_rows(spending.allow_failed_rows)
     await tag_flow_run(run_tags(MODEL_ID))
-    table = await prepare(inputs, storage_options=input_storage_options)
-    for problem in table.invalid:
-        logger.warning("Invalid %s", problem.message)
-    store = OutputStore(output_uri, storage_options)
-    if max_submits is not None or max_cost_usd is not None:
-        await _check_whole_table(
-            store, table, inputs, credentials, shard_parameters or {}, max_submits, max_cost_usd
-        )
-    table_uri = inputs if isinstance(inputs, str) else None
+    store = OutputStore(*storage_location(output_uri, storage_options))
+    creds = await load_credentials(credentials) if spending.max_cost_usd is not None else None
+    planned = await plan_whole_table(
+        inputs,
+        store,
+        RunSettings(spending=spending),
+        make_client=lambda: client_for(creds),
+        table_storage_options=media.input_storage_options,
+    )
     specs = plan_shards(
-        store.uri(), table.valid, table.frame, shard_size, base_dir=table_folder(table_uri)
-    )
-    logger.info(
-        "%d rows: %d valid in %d shards of up to %d, %d invalid",
-        len(table.frame),
-        len(table.valid),
-        len(specs),
+        store.uri(),
+        planned.rows,
+        planned.frame,
         shard_size,
-        len(table.invalid),
+        base_dir=table_folder(inputs if isinstance(inputs, str) else None),
     )
-    common: dict[str, Any] = {
-        **(shard_parameters or {}),
-        "output_uri": output_uri,
-        "credentials": credentials,
-        "concurrency_limit": concurrency_limit,
-        "max_concurrency": max_concurrency_per_shard,
-        "max_wait_s": max_wait_s,
-        "storage_options": storage_options,
-        "input_storage_options": input_storage_options,
-        "table_storage_options": storage_options,
-        "allow_failed_rows": allow_failed_rows,
-        "heartbeat_s": shard_heartbeat_s,
-    }
-    runs = await _run_shards(store, deployment, specs, common, shard_stale_after_s)
-    outcomes = [invalid_outcome(p) for p in table.invalid]
-    for run in runs:
-        outcomes += await shard_outcomes(store, run, output_uri)
-    positions = {row.id: row.row for row in table.valid}
-    outcomes = [o.evolve(row=positions.get(o.id, o.row)) for o in outcomes]
-    outcomes.sort(key=lambda o: o.row if o.row is not None else -1)
+    get_run_logger().info(
+        "%d rows: %d valid in %d shards of up to %d, %d invalid",
+        *(planned.total, len(planned.rows), len(specs), shard_size, len(planned.invalid)),
+    )
+    common = _as_parameters(
+        {
+            "output_uri": output_uri,
+            "credentials": credentials,
+            "max_concurrency": max_concurrency_per_shard,
+            "max_wait_s": max_wait_s,
+            "storage_options": storage_options,
+            "staging_uri": staging_uri,
+            "inline_media": inline_media,
+            "spending": spending,
+            "media": media,
+            "waiting": waiting,
+            "concurrency": concurrency,
+        }
+    )
+    runs = await run_shards(
+        store,
+        deployment,
+        specs,
+        lambda files: {**common, **_shard_of(store, files, shard_watch)},
+        heartbeat_s=shard_watch.heartbeat_s,
+        stale_after_s=shard_watch.stale_after_s,
+        parent_flow_run_id=_flow_run_id(),
+    )
     return await finish_run(
         store,
-        build_manifest(outcomes),
-        output_uri,
-        artifact_key=artifact_key_for(output_uri),
-        allow_failed_rows=allow_failed_rows,
+        build_manifest(await merged_outcomes(planned, store, runs, store.output_uri)),
+        store.output_uri,
+        artifact_key=artifact_key_for(store.output_uri),
+        allow_failed_rows=spending.allow_failed_rows,
     )
 
 
-async def _check_whole_table(
-    store: OutputStore,
-    table: PreparedTable,
-    inputs: Any,
-    credentials: str | None,
-    options: dict[str, Any],
-    max_submits: int | None,
-    max_cost_usd: float | None,
-) -> None:
-    """`max_submits` and `max_cost_usd` checked against the whole table, before any shard."""
-    creds = await load_credentials(credentials) if max_cost_usd is not None else None
-    whole = await plan(
-        store,
-        table.valid,
-        resubmit_unknown=bool(options.get("resubmit_unknown", False)),
-        retry_failed=bool(options.get("retry_failed", False)),
-        max_submits=max_submits,
-        make_client=(lambda: client_for(creds)) if max_cost_usd is not None else None,
-        model_id=str(options.get("model_id", MODEL_ID)),
-        media_base_dir=table_folder(inputs) if isinstance(inputs, str) else None,
+def _shard_of(store: OutputStore, files: ShardFiles, watch: ShardWatching) -> dict[str, Any]:
+    """The parameters that make a run of `generate_talking_videos` one shard's: its rows
+    (written under the output location), its own manifest, and its heartbeat."""
+    role = ShardRole(
+        manifest_name=files.manifest, heartbeat_name=files.heartbeat, heartbeat_s=watch.heartbeat_s
     )
-    check_limit(whole, None, max_cost_usd)
+    return {"inputs": store.uri(files.rows), "shard": role.model_dump(mode="json")}
 
 
-async def _run_shards(
-    store: OutputStore,
-    deployment: str,
-    specs: list[ShardSpec],
-    common: dict[str, Any],
-    stale_after_s: float,
-) -> list[ShardRun]:
-    """Start (or find still under way) every shard's run, and wait until each has ended or
-    is taken as dead; stopped while waiting, cancel them."""
-
-    def parameters(files: ShardFiles) -> dict[str, Any]:
-        return {
-            **common,
-            "inputs": store.uri(files.rows),
-            "manifest_name": files.manifest,
-            "heartbeat_name": files.heartbeat,
-        }
-
-    runs = await start_shards(store, deployment, specs, parameters)
-    parent = _flow_run_id()
-    if parent is not None:
-        await record_parent(store, parent, runs)
-    heartbeat_s = float(common["heartbeat_s"])
-    await ShardWatch(
-        store,
-        runs,
-        # state changes are worth seeing sooner than the heartbeat changes
-        poll_s=min(SHARD_POLL_S, heartbeat_s),
-        stale_after_s=stale_after_s,
-        parent_flow_run_id=parent,
-    ).until_ended()
-    return runs
+def _as_parameters(values: dict[str, Any]) -> dict[str, Any]:
+    """Flow parameters as a deployment run is given them: sections as JSON objects, a saved
+    block as a reference (its secrets stay in the block), never an unsaved block."""
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if isinstance(value, Block):
+            if value._block_document_id is None:
+                raise ConfigurationError(
+                    f"{name}: a sharded run passes its blocks to other flow runs by reference: "
+                    f"save the block first ({type(value).__name__}(...).save('name'))"
+                )
+            value = block_parameter(value)
+        elif isinstance(value, BaseModel):
+            value = value.model_dump(mode="json")
+        out[name] = value
+    return out
 
 
 __all__ = [
+    "Concurrency",
+    "MediaOptions",
+    "ShardRole",
+    "ShardWatching",
+    "Spending",
+    "Waiting",
     "collect_outstanding_requests",
     "generate_talking_videos",
     "generate_talking_videos_sharded",

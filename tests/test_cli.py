@@ -86,11 +86,11 @@ def test_validate_prints_every_problem_of_every_row(tmp_path: Path) -> None:
             "audio": "https://x.test/a.mp3",
         },
     ]
-    result = cli("validate", write_table(tmp_path / "rows.csv", rows))
+    result = cli("validate", write_table(tmp_path / "rows.csv", rows), "--inline-media")
     assert result.returncode == 2, result.stdout + result.stderr
-    out = result.stdout
+    out = " ".join(result.stdout.split())
     assert "row 1 (id 'two'): steps:" in out and "cfg:" in out
-    assert "row 2 (id 'gone'): image: no such local file" in out
+    assert "row 2 (id 'gone'): image: image file" in out and "missing.png does not exist" in out
     assert "row 3" in out and "id:" in out and "prompt:" in out
     assert "1 of 4 rows valid" in out
 

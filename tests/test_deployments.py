@@ -22,7 +22,7 @@ from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.settings import get_current_settings
 
-from prefect_runcomfy import RunComfyCredentials
+from prefect_runcomfy import Concurrency, RunComfyCredentials, ShardWatching, Waiting
 from prefect_runcomfy.exceptions import RowsNeedAttentionError
 from prefect_runcomfy.sandbox import Sandbox, sample_inputs
 
@@ -200,6 +200,15 @@ async def test_prefect_yaml_deployment_runs_on_a_process_worker(
         deployment = await client.read_deployment_by_name("generate-talking-videos/nightly")
         assert deployment.parameters["output_uri"] == str(out)
         assert deployment.parameters["credentials"] == block_name
+        # the run form's sections, given as JSON objects in prefect.yaml, reach the run
+        assert deployment.parameters["spending"] == {
+            "max_submits": 1000,
+            "allow_failed_rows": False,
+        }
+        schema = deployment.parameter_openapi_schema or {}
+        assert {"Spending", "Waiting", "MediaOptions", "Concurrency"} <= set(
+            schema.get("definitions", {})
+        )
         assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"]
         assert deployment.work_pool_name == "runcomfy"
         await client.read_deployment_by_name("collect-outstanding-requests/collect")
@@ -219,6 +228,7 @@ async def test_prefect_yaml_deployment_runs_on_a_process_worker(
     assert finished.state.is_completed(), (tmp_path / "worker.log").read_text()[-3000:]
     manifest = pd.read_parquet(out / "manifest.parquet")
     assert list(manifest["status"]) == ["succeeded", "succeeded"]
+    assert finished.parameters["waiting"] == {"poll_max_s": 30}
     assert all((out / f"{i}.mp4").stat().st_size > 1000 for i in manifest["id"])
 
 
@@ -315,8 +325,8 @@ async def test_sharded_run_on_a_work_pool_shares_one_account_limit(
             deployment="generate-talking-videos/shard",
             shard_size=2,
             credentials=block_name,
-            concurrency_limit="shard-test-account",
-            shard_parameters={"poll_initial_s": 0.2, "poll_max_s": 1.0},
+            concurrency=Concurrency(limit="shard-test-account"),
+            waiting=Waiting(poll_initial_s=0.2, poll_max_s=1.0),
         )
     manifest = raised.value.manifest
     assert list(manifest["id"]) == ["s0", "s1", "s2", "s3", "s4", "bad"], (
@@ -381,9 +391,8 @@ async def test_sharded_parent_reports_a_killed_workers_shard_and_a_rerun_adds_no
         "shard_size": 2,
         "credentials": block_name,
         "max_concurrency_per_shard": 1,  # a shard's second row waits for its first: 12 s
-        "shard_parameters": {"poll_initial_s": 0.2, "poll_max_s": 1.0},
-        "shard_heartbeat_s": 1.0,
-        "shard_stale_after_s": 10.0,
+        "waiting": Waiting(poll_initial_s=0.2, poll_max_s=1.0),
+        "shard_watch": ShardWatching(heartbeat_s=1.0, stale_after_s=10.0),
     }
     ended: dict[str, float] = {}
 
@@ -401,7 +410,7 @@ async def test_sharded_parent_reports_a_killed_workers_shard_and_a_rerun_adds_no
     async def doomed_shard_has_paid() -> Any:
         below = set(descendants(doomed_worker.pid))
         for run in await shard_runs_of(out):
-            beat = out / run.parameters["heartbeat_name"]
+            beat = out / run.parameters["shard"]["heartbeat_name"]
             if not (run.state and run.state.is_running() and beat.exists()):
                 continue
             if json.loads(beat.read_text())["pid"] not in below:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from sandbox_helpers import manifest_of
 
-from prefect_runcomfy import RunComfyCredentials, generate_talking_videos
+from prefect_runcomfy import RunComfyCredentials, Waiting, generate_talking_videos
 from prefect_runcomfy.api.backoff import Backoff
 from prefect_runcomfy.api.download_deadline import (
     DownloadLimits,
@@ -312,7 +312,11 @@ async def test_a_row_whose_video_trickles_or_stalls_ends_collectable_by_its_dead
     started = time.monotonic()
     manifest = await manifest_of(
         generate_talking_videos(
-            [row], str(out), credentials, poll_initial_s=0.1, poll_max_s=0.5, max_wait_s=20
+            [row],
+            str(out),
+            credentials,
+            waiting=Waiting(poll_initial_s=0.1, poll_max_s=0.5),
+            max_wait_s=20,
         )
     )
     took = time.monotonic() - started
@@ -337,7 +341,7 @@ async def test_a_row_whose_video_trickles_or_stalls_ends_collectable_by_its_dead
 
     sb.set(files_bytes_per_s=None, files_stall_after_bytes=None)
     collected = await collect_outstanding_requests(
-        str(out), credentials, poll_initial_s=0.1, poll_max_s=0.5
+        str(out), credentials, waiting=Waiting(poll_initial_s=0.1, poll_max_s=0.5)
     )
     assert list(collected["status"]) == ["succeeded"]
     assert (out / "r0.mp4").stat().st_size > 1000

@@ -15,7 +15,14 @@ import pytest
 from prefect.client.orchestration import get_client
 from sandbox_helpers import manifest_of
 
-from prefect_runcomfy import RunComfyCredentials, generate_talking_videos
+from prefect_runcomfy import (
+    Concurrency,
+    MediaOptions,
+    RunComfyCredentials,
+    Spending,
+    Waiting,
+    generate_talking_videos,
+)
 from prefect_runcomfy.engine.outputs.store import TEMP_PREFIX, OutputStore
 from prefect_runcomfy.engine.plan.ledger import Ledger
 from prefect_runcomfy.exceptions import (
@@ -31,7 +38,15 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 
 # These tests check each row's status; the run's own verdict is tested in
 # tests/test_run_outcome.py, so failed rows are tolerated here.
-FAST = {"poll_initial_s": 0.1, "poll_max_s": 0.5, "allow_failed_rows": True}
+FAST = {
+    "waiting": Waiting(poll_initial_s=0.1, poll_max_s=0.5),
+    "spending": Spending(allow_failed_rows=True),
+}
+
+
+def fast(**spending: Any) -> dict[str, Any]:
+    """`FAST` with more of the `spending` section set (`max_submits=2`, ...)."""
+    return {**FAST, "spending": Spending(allow_failed_rows=True, **spending)}
 
 
 @pytest.fixture
@@ -182,7 +197,7 @@ async def test_stop_on_invalid_submits_nothing(sb: Sandbox, tmp_path: Path) -> N
     table.append({**table[0], "id": "bad", "frames": 100})
     with pytest.raises(InvalidInputError, match=r"row 2 \(id 'bad'\): frames"):
         await generate_talking_videos(
-            table, str(tmp_path / "o"), creds(sb), on_invalid="stop", **FAST
+            table, str(tmp_path / "o"), creds(sb), media=MediaOptions(on_invalid="stop"), **FAST
         )
     assert sb.stats()["submits_accepted"] == 0
 
@@ -194,22 +209,22 @@ async def test_max_submits_refuses_a_run_that_would_pay_for_more_rows(
     with pytest.raises(
         SubmitLimitError, match=r"would submit 3 new jobs, more than max_submits=2"
     ) as caught:
-        await generate_talking_videos(rows(sb, 3), out, creds(sb), max_submits=2, **FAST)
+        await generate_talking_videos(rows(sb, 3), out, creds(sb), **fast(max_submits=2))
     assert (caught.value.would_submit, caught.value.limit) == (3, 2)
     assert "r0, r1, r2" in str(caught.value)
     assert sb.stats()["submits_accepted"] == 0
     assert Ledger(OutputStore(out)).load_all() == {}, "nothing was even marked as submitting"
 
     # Rows already stored (or collected) do not count: 2 stored + 2 new rows fit under 2.
-    await generate_talking_videos(rows(sb, 2), out, creds(sb), max_submits=2, **FAST)
-    manifest = await generate_talking_videos(rows(sb, 4), out, creds(sb), max_submits=2, **FAST)
+    await generate_talking_videos(rows(sb, 2), out, creds(sb), **fast(max_submits=2))
+    manifest = await generate_talking_videos(rows(sb, 4), out, creds(sb), **fast(max_submits=2))
     assert list(manifest["status"]) == ["succeeded"] * 4
     assert sb.stats()["submits_accepted"] == 4
     # 0 allows a run that only skips and collects
-    again = await generate_talking_videos(rows(sb, 4), out, creds(sb), max_submits=0, **FAST)
+    again = await generate_talking_videos(rows(sb, 4), out, creds(sb), **fast(max_submits=0))
     assert all("already stored" in n for n in again["note"])
     with pytest.raises(ConfigurationError, match="max_submits must be 0 or more"):
-        await generate_talking_videos(rows(sb, 1), out, creds(sb), max_submits=-1, **FAST)
+        await generate_talking_videos(rows(sb, 1), out, creds(sb), **fast(max_submits=-1))
     assert sb.stats()["submits_accepted"] == 4
 
 
@@ -228,7 +243,7 @@ async def test_the_cost_is_estimated_from_the_catalog_before_paying(
         "(10.0 s of video at $0.0150 per second, from RunComfy's catalog)"
     ]
     # nothing new to pay for: no estimate needed, $0 fits any limit
-    again = await generate_talking_videos(rows(sb, 2), out, creds(sb), max_cost_usd=0, **FAST)
+    again = await generate_talking_videos(rows(sb, 2), out, creds(sb), **fast(max_cost_usd=0))
     assert list(again["status"]) == ["succeeded", "succeeded"]
     assert sb.stats()["submits_accepted"] == 2
     assert sb.stats()["requests_by_endpoint"]["catalog"] == 1, "read only when something is new"
@@ -239,7 +254,7 @@ async def test_max_cost_refuses_before_any_post_naming_the_estimate_and_the_rows
 ) -> None:
     out = str(tmp_path / "o")
     with pytest.raises(CostLimitError) as caught:
-        await generate_talking_videos(rows(sb, 3), out, creds(sb), max_cost_usd=0.2, **FAST)
+        await generate_talking_videos(rows(sb, 3), out, creds(sb), **fast(max_cost_usd=0.2))
     message = str(caught.value)
     assert "estimated cost $0.2250 for 3 jobs" in message and "max_cost_usd=0.2" in message
     assert "r0, r1, r2" in message and "nothing was submitted" in message
@@ -249,8 +264,8 @@ async def test_max_cost_refuses_before_any_post_naming_the_estimate_and_the_rows
     # per output: one base price a row
     sb.set(price_unit="output", price_per_second_usd=0.5)
     with pytest.raises(CostLimitError, match=r"estimated cost \$1.5000 for 3 jobs"):
-        await generate_talking_videos(rows(sb, 3), out, creds(sb), max_cost_usd=1, **FAST)
-    manifest = await generate_talking_videos(rows(sb, 3), out, creds(sb), max_cost_usd=2, **FAST)
+        await generate_talking_videos(rows(sb, 3), out, creds(sb), **fast(max_cost_usd=1))
+    manifest = await generate_talking_videos(rows(sb, 3), out, creds(sb), **fast(max_cost_usd=2))
     assert list(manifest["estimated_cost_usd"]) == [0.5, 0.5, 0.5]
     assert sb.stats()["submits_accepted"] == 3
 
@@ -262,7 +277,7 @@ async def test_no_usable_price_refuses_a_cost_limit_rather_than_guess(
     sb.set(catalog_priced=False)
     out = str(tmp_path / "o")
     with pytest.raises(CostLimitError, match="cannot be estimated") as caught:
-        await generate_talking_videos(rows(sb, 1), out, creds(sb), max_cost_usd=100, **FAST)
+        await generate_talking_videos(rows(sb, 1), out, creds(sb), **fast(max_cost_usd=100))
     assert caught.value.estimate_usd is None and "gives no usable price" in str(caught.value)
     assert sb.stats()["submits_accepted"] == 0
     # without a limit the run goes on, and says it has no estimate
@@ -293,7 +308,7 @@ async def test_sharded_parent_checks_max_submits_before_any_shard(
     # No deployment exists: the parent must refuse before it writes or starts any shard.
     with pytest.raises(SubmitLimitError, match="would submit 3 new jobs, more than max_submits=1"):
         await generate_talking_videos_sharded(
-            rows(sb, 3), str(out), deployment="missing/deployment", max_submits=1
+            rows(sb, 3), str(out), deployment="missing/deployment", spending=Spending(max_submits=1)
         )
     assert not (out / "_shards").exists()
     await RunComfyCredentials(api_token=sb.token, base_url=sb.base_url).save(
@@ -305,7 +320,7 @@ async def test_sharded_parent_checks_max_submits_before_any_shard(
             str(out),
             deployment="missing/deployment",
             credentials="sharded-cost",
-            max_cost_usd=0.1,
+            spending=Spending(max_cost_usd=0.1),
         )
     assert not (out / "_shards").exists()
     assert sb.stats()["submits_accepted"] == 0
@@ -353,7 +368,7 @@ async def test_dropped_submit_answer_is_outcome_unknown_and_not_resubmitted(
     assert "resubmit_unknown=True" in unknown["error"]
     assert sb.stats()["submits_accepted"] == 2
     forced = await generate_talking_videos(
-        rows(sb, 2), out, creds(sb), resubmit_unknown=True, **FAST
+        rows(sb, 2), out, creds(sb), **fast(resubmit_unknown=True)
     )
     assert list(forced["status"]) == ["succeeded", "succeeded"]
     assert sb.stats()["submits_accepted"] == 3
@@ -372,7 +387,7 @@ async def test_a_malformed_request_id_is_outcome_unknown_and_never_submitted_aga
     assert Ledger(OutputStore(out)).get("r0").state == "outcome_unknown"
     sb.set(request_id_shape="uuid")
     again = await manifest_of(
-        generate_talking_videos(rows(sb, 1), out, creds(sb), retry_failed=True, **FAST)
+        generate_talking_videos(rows(sb, 1), out, creds(sb), **fast(retry_failed=True))
     )
     assert list(again["status"]) == ["outcome_unknown"]
     stats = sb.stats()
@@ -400,7 +415,7 @@ async def test_a_refused_output_keeps_its_paid_request_until_its_host_is_allowed
     assert not (tmp_path / "o" / "r0.mp4").exists()
 
     again = await manifest_of(
-        generate_talking_videos(rows(sb, 1), out, creds(sb), retry_failed=True, **FAST)
+        generate_talking_videos(rows(sb, 1), out, creds(sb), **fast(retry_failed=True))
     )
     assert list(again["status"]) == ["failed"]
     assert again["request_id"][0] == row["request_id"]
@@ -428,7 +443,9 @@ async def test_collect_stores_a_refused_output_once_its_host_is_allowed(
     assert "redirected to" in first["error"][0]
     assert sb.stats()["file_requests_by_listener"] == {"api": 1, "foreign": 0}
     monkeypatch.setenv("RUNCOMFY_OUTPUT_HOSTS", sb.foreign_base_url)
-    collected = await collect_outstanding_requests(out, creds(sb), poll_initial_s=0.1)
+    collected = await collect_outstanding_requests(
+        out, creds(sb), waiting=Waiting(poll_initial_s=0.1)
+    )
     assert list(collected["status"]) == ["succeeded"]
     on_disk = pd.read_parquet(tmp_path / "o" / "manifest.parquet")
     assert list(on_disk["status"]) == ["succeeded"]
@@ -554,7 +571,7 @@ async def test_collect_finishes_what_a_timed_out_run_left(sb: Sandbox, tmp_path:
     )
     assert set(first["status"]) == {"timed_out"}
     collected = await collect_outstanding_requests(
-        out, creds(sb), poll_initial_s=0.1, poll_max_s=0.5
+        out, creds(sb), waiting=Waiting(poll_initial_s=0.1, poll_max_s=0.5)
     )
     assert set(collected["status"]) == {"succeeded"}
     manifest = pd.read_parquet(Path(out) / "manifest.parquet")
@@ -733,7 +750,7 @@ async def test_sigkill_then_rerun_pays_once_per_row(sb: Sandbox, tmp_path: Path)
         **FAST,
     }
     spec = tmp_path / "args.json"
-    spec.write_text(json.dumps(args))
+    spec.write_text(json.dumps(args, default=lambda section: section.model_dump()))
     env = {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url)}
     runner = Path(__file__).with_name("flow_runner.py")
     proc = subprocess.Popen(
@@ -787,7 +804,7 @@ async def test_global_concurrency_limit_bounds_jobs_in_flight(sb: Sandbox, tmp_p
         str(tmp_path / "o"),
         creds(sb),
         max_concurrency=3,
-        concurrency_limit="runcomfy-account",
+        concurrency=Concurrency(limit="runcomfy-account"),
         **FAST,
     )
     assert set(manifest["status"]) == {"succeeded"}
@@ -801,7 +818,11 @@ async def test_a_missing_global_limit_is_an_error_not_unbounded(
 ) -> None:
     manifest = await manifest_of(
         generate_talking_videos(
-            rows(sb, 1), str(tmp_path / "o"), creds(sb), concurrency_limit="no-such-limit", **FAST
+            rows(sb, 1),
+            str(tmp_path / "o"),
+            creds(sb),
+            concurrency=Concurrency(limit="no-such-limit"),
+            **FAST,
         )
     )
     assert list(manifest["status"]) == ["failed"]
@@ -882,9 +903,11 @@ async def test_a_stored_row_needs_no_media_on_a_rerun(sb: Sandbox, tmp_path: Pat
     assert "face.png" in by_id.loc["new", "error"] and "image" in by_id.loc["new", "error"]
     assert sb.stats()["submits_accepted"] == submits
     # `prefect-runcomfy plan` agrees: the stored row is skipped, not invalid
-    from prefect_runcomfy.engine.plan.planning import plan_table
+    from prefect_runcomfy.engine.outputs.store import OutputStore
+    from prefect_runcomfy.engine.plan.planning import MediaSettings, plan_table
 
-    planned = await plan_table(table, str(tmp_path / "o"))
+    media = MediaSettings(inline_media=True, mode="check")
+    planned = await plan_table(table, OutputStore(str(tmp_path / "o")), media=media)
     assert [(r.id, d.plan.value) for r, d in zip(planned.rows, planned.decisions, strict=True)] == [
         ("kept", "skip_stored")
     ]
@@ -899,7 +922,7 @@ async def test_max_submits_counts_only_rows_that_will_be_sent(sb: Sandbox, tmp_p
     ] + [{"id": "gone", "prompt": "talks", "image": str(tmp_path / "no.png"), "audio": str(audio)}]
     before = sb.stats()["submits_accepted"]
     manifest = await generate_talking_videos(
-        table, str(tmp_path / "o"), creds(sb), inline_media=True, max_submits=2, **FAST
+        table, str(tmp_path / "o"), creds(sb), inline_media=True, **fast(max_submits=2)
     )
     assert dict(zip(manifest["id"], manifest["status"], strict=True)) == {
         "ok0": "succeeded",
@@ -907,6 +930,49 @@ async def test_max_submits_counts_only_rows_that_will_be_sent(sb: Sandbox, tmp_p
         "gone": "invalid",
     }
     assert sb.stats()["submits_accepted"] - before == 2
+
+
+async def test_the_run_and_the_plan_command_agree_on_every_row(
+    sb: Sandbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One plan path: the run's `Plan:` line (logged after the media checks) and
+    `prefect-runcomfy plan` count the same rows to submit, and name the same invalid rows."""
+    from typer.testing import CliRunner
+
+    from prefect_runcomfy.cli import app
+
+    caplog.set_level(logging.INFO)
+    image, audio = _local_media(tmp_path)
+    table = [
+        {"id": f"ok{i}", "prompt": "talks", "image": str(image), "audio": str(audio)}
+        for i in range(2)
+    ] + [{"id": "gone", "prompt": "talks", "image": str(tmp_path / "no.png"), "audio": str(audio)}]
+    table_path = tmp_path / "rows.csv"
+    pd.DataFrame(table).to_csv(table_path, index=False)
+    out = str(tmp_path / "o")
+
+    def plan(*args: str) -> Any:  # the command runs its own event loop: not in this one
+        return asyncio.to_thread(CliRunner().invoke, app, ["plan", str(table_path), *args])
+
+    shown = await plan("-o", out, "--inline-media")
+    assert shown.exit_code == 2, shown.output  # the row without its image is invalid
+    said = " ".join(shown.output.split())
+    assert "2 to submit, 1 invalid" in said and "no.png" in said
+    manifest = await generate_talking_videos(
+        str(table_path), out, creds(sb), inline_media=True, **FAST
+    )
+    plan_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Plan: ")]
+    assert len(plan_lines) == 1 and plan_lines[0].startswith("Plan: 2 to submit"), plan_lines
+    assert dict(zip(manifest["id"], manifest["status"], strict=True)) == {
+        "ok0": "succeeded",
+        "ok1": "succeeded",
+        "gone": "invalid",
+    }
+    # Without --inline-media or --staging-uri a local file cannot reach RunComfy: the plan
+    # says so, as the run would, instead of counting the row as to submit.
+    again = await plan("-o", str(tmp_path / "new"))
+    assert "0 to submit" not in again.output and "3 invalid" in " ".join(again.output.split())
+    assert "staging_uri" in " ".join(again.output.split())
 
 
 async def test_local_media_staged_to_s3_and_signed(
@@ -923,7 +989,7 @@ async def test_local_media_staged_to_s3_and_signed(
         str(tmp_path / "o"),
         creds(sb),
         staging_uri=f"s3://{s3_bucket}/staging",
-        staging_storage_options=s3_server.storage_options,
+        media=MediaOptions(staging_storage_options=s3_server.storage_options),
         **FAST,
     )
     assert list(manifest["status"]) == ["succeeded"], manifest["error"].tolist()
@@ -1030,6 +1096,6 @@ async def test_a_download_that_keeps_failing_is_collected_not_paid_again(
     entry = Ledger(OutputStore(out)).load_all()["r0"]
     assert entry.state == "timed_out" and entry.request_id == first["request_id"][0]
     sb._on_loop(sb.state.faults.clear)  # the output host is well again
-    again = await generate_talking_videos(rows(sb, 1), out, creds(sb), retry_failed=True, **FAST)
+    again = await generate_talking_videos(rows(sb, 1), out, creds(sb), **fast(retry_failed=True))
     assert list(again["status"]) == ["succeeded"]
     assert sb.stats()["submits_accepted"] == 1, "collected, not paid again"

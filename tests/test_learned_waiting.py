@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from prefect_runcomfy import RunComfyCredentials, generate_talking_videos
+from prefect_runcomfy import RunComfyCredentials, Waiting, generate_talking_videos
 from prefect_runcomfy.sandbox import Sandbox, run_sandbox, sample_inputs
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -50,9 +50,7 @@ def test_a_batch_of_similar_jobs_is_read_where_the_run_expects_them_to_finish(
                 str(tmp_path / strategy),
                 creds,
                 max_concurrency=WORKERS,  # the account's limit binds
-                poll_initial_s=0.1,
-                poll_max_s=0.8,
-                poll_strategy=strategy,
+                waiting=Waiting(poll_initial_s=0.1, poll_max_s=0.8, poll_strategy=strategy),
             )
             assert list(manifest["status"]) == ["succeeded"] * JOBS
             figures[strategy] = reads_per_job(sb)

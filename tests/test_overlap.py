@@ -21,7 +21,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from sandbox_helpers import manifest_of
 from test_flow import FAST, creds, rows
 
-from prefect_runcomfy import generate_talking_videos
+from prefect_runcomfy import Concurrency, generate_talking_videos
 from prefect_runcomfy.engine.claims.claim import OWNERS_DIR, OwnerLease, RowClaims, Taken
 from prefect_runcomfy.engine.outputs.store import OutputStore
 from prefect_runcomfy.engine.plan.ledger import Ledger
@@ -43,7 +43,8 @@ def _start(sb: Sandbox, tmp_path: Path, name: str, **args: Any) -> subprocess.Po
     from prefect.settings import get_current_settings
 
     spec = tmp_path / f"{name}.json"
-    spec.write_text(json.dumps({"token": sb.token, "base_url": sb.base_url, **FAST, **args}))
+    given = {"token": sb.token, "base_url": sb.base_url, **FAST, **args}
+    spec.write_text(json.dumps(given, default=lambda section: section.model_dump()))
     env = {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url)}
     return subprocess.Popen(
         [sys.executable, str(RUNNER), str(spec)],
@@ -279,7 +280,7 @@ async def test_storage_without_exclusive_create_is_refused_unless_single_writer(
         await generate_talking_videos(rows(sb, 2), out, creds(sb), **FAST)
     assert sb.stats()["submits_accepted"] == 0
     manifest = await generate_talking_videos(
-        rows(sb, 2), out, creds(sb), single_writer=True, **FAST
+        rows(sb, 2), out, creds(sb), concurrency=Concurrency(single_writer=True), **FAST
     )
     assert list(manifest["status"]) == ["succeeded"] * 2
 

@@ -24,6 +24,7 @@ from prefect.settings import PREFECT_API_URL
 from prefect_runcomfy import (
     InfiniteTalkInput,
     RunComfyCredentials,
+    Waiting,
     collect_outstanding_requests,
     generate_talking_videos,
 )
@@ -39,7 +40,7 @@ from prefect_runcomfy.tasks import (
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
-FAST = {"poll_initial_s": 0.05, "poll_max_s": 0.2}
+FAST = {"waiting": Waiting(poll_initial_s=0.05, poll_max_s=0.2)}
 
 
 @pytest.fixture
@@ -78,13 +79,14 @@ def test_a_plain_sync_script_runs_the_flow_and_gets_the_manifest(
     script.write_text(
         textwrap.dedent(
             f"""
-            from prefect_runcomfy import RunComfyCredentials, generate_talking_videos
+            from prefect_runcomfy import RunComfyCredentials, Waiting, generate_talking_videos
             from prefect_runcomfy.sandbox import sample_inputs
 
             rows = [dict(r, id=f"s{{i}}") for i, r in enumerate(sample_inputs({sb.base_url!r})[:2])]
             creds = RunComfyCredentials(api_token={sb.token!r}, base_url={sb.base_url!r})
             manifest = generate_talking_videos(
-                rows, {str(tmp_path / "out")!r}, creds, poll_initial_s=0.05, poll_max_s=0.2
+                rows, {str(tmp_path / "out")!r}, creds,
+                waiting=Waiting(poll_initial_s=0.05, poll_max_s=0.2),
             )
             print("TYPE", type(manifest).__name__)
             print("STATUS", ",".join(manifest["status"]))

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prefect_runcomfy import RunComfyCredentials, generate_talking_videos
+from prefect_runcomfy import RunComfyCredentials, Spending, Waiting, generate_talking_videos
 from prefect_runcomfy.engine.outputs.manifest import RowStatus, build_manifest
 from prefect_runcomfy.engine.outputs.previews import jpeg_bytes, poster_frame, thumbnail
 from prefect_runcomfy.engine.outputs.store import OutputStore
@@ -572,7 +572,11 @@ async def test_page_from_a_real_flow_run(shared_sandbox: Sandbox, tmp_path: Path
     credentials = RunComfyCredentials(api_token=sb.token, base_url=sb.base_url, max_retries=3)
     out = tmp_path / "videos"
     await generate_talking_videos(
-        rows, str(out), credentials, poll_initial_s=0.1, poll_max_s=0.5, allow_failed_rows=True
+        rows,
+        str(out),
+        credentials,
+        waiting=Waiting(poll_initial_s=0.1, poll_max_s=0.5),
+        spending=Spending(allow_failed_rows=True),
     )
     store = OutputStore(str(out))
     manifest = store.read_manifest()

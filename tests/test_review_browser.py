@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from prefect_runcomfy import RunComfyCredentials, generate_talking_videos
+from prefect_runcomfy import RunComfyCredentials, Spending, Waiting, generate_talking_videos
 from prefect_runcomfy.engine.outputs.store import OutputStore
 from prefect_runcomfy.report.review import write_review_page
 from prefect_runcomfy.sandbox import Sandbox, sample_inputs
@@ -37,10 +37,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 FAST = {
-    "poll_initial_s": 0.1,
-    "poll_max_s": 0.5,
-    "allow_failed_rows": True,
-}  # one row is invalid on purpose
+    "waiting": Waiting(poll_initial_s=0.1, poll_max_s=0.5),
+    "spending": Spending(allow_failed_rows=True),  # one row is invalid on purpose
+}
 EVIL_PROMPT = "<script>window.__pwned = 1</script><img src=x onerror='window.__pwned=2'>"
 
 

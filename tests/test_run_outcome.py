@@ -24,7 +24,7 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFi
 from prefect.states import Crashed
 from sandbox_helpers import submit
 
-from prefect_runcomfy import RunComfyCredentials, generate_talking_videos
+from prefect_runcomfy import RunComfyCredentials, Spending, Waiting, generate_talking_videos
 from prefect_runcomfy.engine.outputs.store import OutputStore
 from prefect_runcomfy.engine.plan.ledger import Ledger
 from prefect_runcomfy.engine.record.status import LedgerState
@@ -35,7 +35,7 @@ from prefect_runcomfy.sandbox import Sandbox, sample_inputs
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
-FAST = {"poll_initial_s": 0.05, "poll_max_s": 0.2}
+FAST = {"waiting": Waiting(poll_initial_s=0.05, poll_max_s=0.2)}
 
 
 @pytest.fixture
@@ -128,19 +128,24 @@ async def test_failed_rows_can_be_tolerated_by_bool_or_count(sb: Sandbox, tmp_pa
     table = rows(sb, failing=(1, 2), n=4)
     # any number
     state = await generate_talking_videos(
-        table, str(tmp_path / "a"), creds(sb), allow_failed_rows=True, return_state=True, **FAST
+        table,
+        str(tmp_path / "a"),
+        creds(sb),
+        return_state=True,
+        spending=Spending(allow_failed_rows=True),
+        **FAST,
     )
     assert state.is_completed()
     manifest = await state.result()
     assert manifest["status"].tolist() == ["succeeded", "failed", "failed", "succeeded"]
     # a count: two tolerated, then one too few
     manifest = await generate_talking_videos(
-        table, str(tmp_path / "b"), creds(sb), allow_failed_rows=2, **FAST
+        table, str(tmp_path / "b"), creds(sb), spending=Spending(allow_failed_rows=2), **FAST
     )
     assert (manifest["status"] == "failed").sum() == 2
     with pytest.raises(RowsNeedAttentionError, match="allow_failed_rows=1 tolerates 1"):
         await generate_talking_videos(
-            table, str(tmp_path / "c"), creds(sb), allow_failed_rows=1, **FAST
+            table, str(tmp_path / "c"), creds(sb), spending=Spending(allow_failed_rows=1), **FAST
         )
 
 
@@ -149,7 +154,11 @@ async def test_no_video_at_all_fails_the_run_whatever_the_tolerance(
 ) -> None:
     with pytest.raises(RowsNeedAttentionError, match="No row produced a video"):
         await generate_talking_videos(
-            rows(sb, failing=(0,), n=1), str(tmp_path), creds(sb), allow_failed_rows=True, **FAST
+            rows(sb, failing=(0,), n=1),
+            str(tmp_path),
+            creds(sb),
+            spending=Spending(allow_failed_rows=True),
+            **FAST,
         )
 
 
@@ -158,7 +167,7 @@ async def test_a_bad_tolerance_is_refused_before_anything_is_paid(
 ) -> None:
     with pytest.raises(ConfigurationError, match="allow_failed_rows=-1"):
         await generate_talking_videos(
-            rows(sb), str(tmp_path), creds(sb), allow_failed_rows=-1, **FAST
+            rows(sb), str(tmp_path), creds(sb), spending=Spending(allow_failed_rows=-1), **FAST
         )
     assert sb.stats()["submits_accepted"] == 0
 

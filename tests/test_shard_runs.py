@@ -20,8 +20,8 @@ from prefect.states import Completed, Pending, Running
 
 from prefect_runcomfy.engine.outputs.store import OutputStore
 from prefect_runcomfy.engine.plan.ledger import Ledger
+from prefect_runcomfy.engine.plan.planning import prepare
 from prefect_runcomfy.engine.record.status import LedgerState
-from prefect_runcomfy.engine.run.phases import prepare
 from prefect_runcomfy.engine.shards.heartbeat import Heartbeat
 from prefect_runcomfy.engine.shards.runs import (
     ShardRun,
@@ -66,8 +66,7 @@ def parameters(store: OutputStore) -> Any:
         return {
             "inputs": store.uri(files.rows),
             "output_uri": store.uri(),
-            "manifest_name": files.manifest,
-            "heartbeat_name": files.heartbeat,
+            "shard": {"manifest_name": files.manifest, "heartbeat_name": files.heartbeat},
         }
 
     return of
@@ -106,7 +105,9 @@ async def test_a_shard_run_under_way_is_found_again_and_an_ended_one_gets_a_new_
     async with get_client() as client:
         run = await client.read_flow_run(later[0].flow_run_id)
     assert run.idempotency_key == idempotency_key(specs[0], 1)
-    assert run.parameters["manifest_name"] == specs[0].files(1).manifest  # its own manifest
+    assert (
+        run.parameters["shard"]["manifest_name"] == specs[0].files(1).manifest
+    )  # its own manifest
 
     # two parents of a new output starting at once get one run per shard between them
     other = OutputStore(str(tmp_path / "other"))

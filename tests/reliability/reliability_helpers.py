@@ -9,14 +9,17 @@ from typing import Any
 
 import av
 
-from prefect_runcomfy import RunComfyCredentials
+from prefect_runcomfy import RunComfyCredentials, Spending, Waiting
 from prefect_runcomfy.engine.outputs.probe import probe_video
 from prefect_runcomfy.engine.outputs.store import TEMP_PREFIX
 from prefect_runcomfy.sandbox import Sandbox, SandboxConfig, sample_inputs
 
 # These tests check each row's status; the run's own verdict is tested in
 # tests/test_run_outcome.py, so failed rows are tolerated here.
-FAST = {"poll_initial_s": 0.05, "poll_max_s": 0.3, "allow_failed_rows": True}
+FAST = {
+    "waiting": Waiting(poll_initial_s=0.05, poll_max_s=0.3),
+    "spending": Spending(allow_failed_rows=True),
+}
 """Poll settings scaled for sub-second sandbox jobs."""
 
 TOKEN = "reliability-secret-token-3f9c1b7e"

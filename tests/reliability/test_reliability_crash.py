@@ -118,7 +118,7 @@ async def test_sigkill_at_random_points_then_rerun(
                     "output_uri": str(out),
                     "max_concurrency": 4,
                     "base_url": sb.base_url,
-                    **FAST,
+                    **{name: section.model_dump() for name, section in FAST.items()},
                 }
             )
         )

@@ -22,7 +22,7 @@ from reliability_helpers import (
     rows,
 )
 
-from prefect_runcomfy import generate_talking_videos
+from prefect_runcomfy import Waiting, generate_talking_videos
 from prefect_runcomfy.sandbox import Sandbox, run_sandbox
 
 pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("prefect_api")]
@@ -67,7 +67,12 @@ async def test_scripted_fault_matrix_gives_each_row_its_status(sb: Sandbox, tmp_
     # r7's result expires as soon as it finishes: if no poll saw it running, "not found" is
     # only believed after the grace (2 s here, 30 s by default)
     manifest = await generate_talking_videos(
-        table, str(out), creds(sb), max_concurrency=1, not_found_grace_s=2.0, **FAST
+        table,
+        str(out),
+        creds(sb),
+        max_concurrency=1,
+        waiting=Waiting(poll_initial_s=0.05, poll_max_s=0.3, not_found_grace_s=2.0),
+        spending=FAST["spending"],
     )
     status = dict(zip(manifest["id"], manifest["status"], strict=True))
     errors = dict(zip(manifest["id"], manifest["error"].fillna(""), strict=True))

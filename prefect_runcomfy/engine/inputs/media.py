@@ -194,6 +194,11 @@ class MediaResolver:
         storage_options: fsspec options for reading `s3://` / `gs://` inputs and `base_uri`.
         staging_storage_options: fsspec options for `staging_uri`; default `storage_options`.
         expires_s: lifetime of pre-signed URLs; it must outlast the queue and the run.
+        check_only: apply every rule and write nothing: a local file to stage is checked
+            (and the staging folder's kind), not uploaded; its answer is not fetchable
+            (`prefect-runcomfy plan`).
+        offline: as `check_only`, and read no network either: remote objects are not looked
+            at (`prefect-runcomfy validate`).
 
     Example:
         ```python
@@ -212,6 +217,8 @@ class MediaResolver:
         storage_options: dict[str, Any] | None = None,
         staging_storage_options: dict[str, Any] | None = None,
         expires_s: int = DEFAULT_EXPIRES_S,
+        check_only: bool = False,
+        offline: bool = False,
     ) -> None:
         if isinstance(expires_s, bool) or not isinstance(expires_s, int) or expires_s <= 0:
             raise MediaError(f"expires_s must be a positive number of seconds, got {expires_s!r}")
@@ -223,6 +230,8 @@ class MediaResolver:
             self.storage_options if staging_storage_options is None else staging_storage_options
         )
         self.expires_s = expires_s
+        self.offline = bool(offline)
+        self.check_only = bool(check_only) or self.offline
         self._secrets = secret_strings([self.storage_options, self.staging_storage_options])
         self._staging_store: OutputStore | None = None
         self._cache: dict[tuple[str, str], tuple[ResolvedMedia, float]] = {}
@@ -415,20 +424,25 @@ class MediaResolver:
                 sha256=hashlib.sha256(data).hexdigest(),
             )
         if self.staging_uri:
+            if self.check_only:
+                self._check_staging()
+                return ResolvedMedia(url=path, source=value, how="staged", size=size)
             return self._stage(path, value, kind, size, ext)
         raise MediaError(
             f"local file {path}: pass staging_uri=<an s3:// or gs:// folder> so it can be "
             "uploaded and signed, or inline_media=True to send it inline"
         )
 
-    def _stage(self, path: str, value: str, kind: str, size: int, ext: str) -> ResolvedMedia:
-        assert self.staging_uri is not None
-        protocol = _protocol(self.staging_uri)
-        if protocol not in SIGNABLE_PROTOCOLS:
+    def _check_staging(self) -> None:
+        if _protocol(self.staging_uri or "") not in SIGNABLE_PROTOCOLS:
             raise MediaError(
                 f"staging_uri {self.staging_uri!r} cannot pre-sign URLs for RunComfy; use an "
                 "object-store folder such as s3://bucket/staging or gs://bucket/staging"
             )
+
+    def _stage(self, path: str, value: str, kind: str, size: int, ext: str) -> ResolvedMedia:
+        assert self.staging_uri is not None
+        self._check_staging()
         digest = _file_sha256(path)
         name = f"{digest}.{ext}"
         try:
@@ -453,6 +467,8 @@ class MediaResolver:
                 f"S3 pre-signed URLs last at most 7 days ({_S3_MAX_EXPIRES_S} s); "
                 f"expires_s={self.expires_s} is too long"
             )
+        if self.offline:  # not looked at: the run reads and signs it
+            return ResolvedMedia(url=url, source=value, how="signed")
         try:
             fs, path = fsspec.core.url_to_fs(url, **storage_options)
         except ImportError:

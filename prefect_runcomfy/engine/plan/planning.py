@@ -1,34 +1,40 @@
-"""What a run will do with each row, decided from the ledger before anything is paid for.
+"""What a run will do with each row, decided from the ledger and the rows' media before
+anything is paid for: the one plan of a table, for a run and for `prefect-runcomfy plan` and
+`validate` alike, so that a dry run cannot disagree with a real one about a row.
 
-`plan_rows` applies `ledger.plan_row` to every valid row and enforces `max_submits`;
-`plan_table` does the same for a whole table and an output location without running a flow
-or submitting anything (the `prefect-runcomfy plan` command): only RunComfy's catalog is read,
-for the model's price, so a night's spending can be read before it happens.
+`plan_table` reads and checks the table, decides each valid row from the ledger under the
+output location (`plan_rows`, `ledger.plan_row`), checks the media of the rows to submit with
+the run's own rules (`MediaResolver`; a dry run uploads nothing, and `validate` reads no
+network), leaves out the rows whose media fail, and prices the rest from RunComfy's catalog.
+`TablePlan.check_limits` then holds it to `max_submits` and `max_cost_usd`.
 
 ```python
-plan = await plan_table("rows.csv", "s3://bucket/videos", make_client=RunComfyClient)
+plan = await plan_table("rows.csv", store, media=MediaSettings(staging_uri="s3://b/stage",
+                        mode="check"), make_client=RunComfyClient)
 print(plan.describe())   # '480 to submit, 3 to collect from earlier runs, 17 already stored'
-print(plan.estimate.describe())  # 'estimated cost $36.0000 for 480 jobs (...)'
+print(plan.estimate().describe())  # 'estimated cost $36.0000 for 480 jobs (...)'
 ```
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pandas as pd
 
 from prefect_runcomfy.api.client import RunComfyClient
 from prefect_runcomfy.api.exceptions import ConfigurationError, SubmitLimitError
-from prefect_runcomfy.api.models import MODEL_ID
+from prefect_runcomfy.api.models import MEDIA_COLUMNS, MODEL_ID
+from prefect_runcomfy.engine.inputs.media import MediaResolver
 from prefect_runcomfy.engine.inputs.table import (
     PreparedRow,
     RowProblem,
-    TableCheck,
     TableLike,
-    check_local_media,
     check_table,
     is_local_uri,
     read_table,
@@ -38,8 +44,20 @@ from prefect_runcomfy.engine.outputs.store import OutputStore
 from prefect_runcomfy.engine.plan.ledger import Ledger, LedgerEntry, RowDecision, RowPlan, plan_row
 from prefect_runcomfy.engine.plan.pricing import (
     CostEstimate,
+    Price,
+    check_cost_limit,
+    estimate_cost,
     price_rows,
 )
+
+RESOLVE_AT_ONCE = 16
+"""Rows whose media are resolved at the same time (uploads and signatures are blocking I/O)."""
+
+MediaMode = Literal["resolve", "check", "offline"]
+"""How a plan treats the media of the rows to submit: "resolve" makes them fetchable (a run:
+local files staged, remote objects signed); "check" applies the same rules and writes
+nothing (`prefect-runcomfy plan`); "offline" also reads no network (`validate`: remote
+objects are not looked at)."""
 
 
 def plan_rows(
@@ -127,89 +145,248 @@ def describe_plan(decisions: list[RowDecision]) -> str:
 
 
 @dataclass(frozen=True)
-class TablePlan:
-    """A table's plan: each valid row with its decision, the rows that are invalid, and the
-    estimated cost of the rows to submit (None when no price was asked for)."""
+class MediaSettings:
+    """Where a table's media come from and how RunComfy gets them."""
 
+    staging_uri: str | None = None
+    inline_media: bool = False
+    storage_options: dict[str, Any] | None = None
+    staging_storage_options: dict[str, Any] | None = None
+    mode: MediaMode = "resolve"
+
+    def resolver(self, table_uri: str | None) -> MediaResolver:
+        """The resolver of a table read from `table_uri` (relative paths are read there)."""
+        return MediaResolver(
+            base_uri=table_folder(table_uri),
+            staging_uri=self.staging_uri,
+            inline_media=self.inline_media,
+            storage_options=self.storage_options,
+            staging_storage_options=self.staging_storage_options,
+            check_only=self.mode != "resolve",
+            offline=self.mode == "offline",
+        )
+
+
+@dataclass(frozen=True)
+class PreparedTable:
+    """A table read and checked: its valid rows, and the rows that are not, by position."""
+
+    frame: pd.DataFrame
+    valid: list[PreparedRow]
+    invalid: list[RowProblem]
+
+
+async def prepare(inputs: TableLike, *, storage_options: dict[str, Any] | None) -> PreparedTable:
+    """Read the table and check every row; nothing is sent anywhere."""
+    frame = await asyncio.to_thread(read_table, inputs, storage_options=storage_options)
+    check = check_table(frame)
+    return PreparedTable(frame, check.valid, check.invalid)
+
+
+@dataclass(frozen=True)
+class TablePlan:
+    """A table's plan: each row to run with its decision, the ledger entries the decisions
+    came from, the rows that are invalid (by their values or their media), the model's price
+    (None when it was not read), and the API body of each row to submit whose media were
+    made fetchable."""
+
+    frame: pd.DataFrame
+    """The table as read (every row, valid or not)."""
     rows: list[PreparedRow]
     decisions: list[RowDecision]
-    invalid: list[RowProblem]
-    estimate: CostEstimate | None = None
+    entries: dict[str, LedgerEntry] = field(default_factory=dict)
+    invalid: list[RowProblem] = field(default_factory=list)
+    price: Price | None = None
+    audio_seconds: dict[str, float] = field(default_factory=dict)
+    """Lengths of the local audio files of rows to submit, which cap their estimates."""
+    payloads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    resolver: MediaResolver | None = None
+    """The resolver the media were checked with (a run builds inline bodies with it)."""
+
+    @property
+    def total(self) -> int:
+        """The table's number of rows."""
+        return len(self.frame)
 
     @property
     def to_submit(self) -> list[str]:
         """Ids of the rows a run would submit (and pay for)."""
         return ids_to_submit(self.rows, self.decisions)
 
+    def estimate(self) -> CostEstimate | None:
+        """The estimated cost of the rows this plan submits (None when no price was read)."""
+        if self.price is None:
+            return None
+        submit = set(self.to_submit)
+        rows = [r for r in self.rows if r.id in submit]
+        return estimate_cost(rows, self.price, self.audio_seconds)
+
     def describe(self) -> str:
         """The plan in words, invalid rows included."""
         text = describe_plan(self.decisions)
         return f"{text}, {len(self.invalid)} invalid" if self.invalid else text
 
+    def plan_line(self) -> str:
+        """What a run logs as its plan: `3 to submit; estimated cost $0.2250 ...`."""
+        estimate = self.estimate()
+        return describe_plan(self.decisions) + (f"; {estimate.describe()}" if estimate else "")
+
+    def check_limits(self, max_submits: int | None, max_cost_usd: float | None = None) -> None:
+        """`max_submits` and `max_cost_usd` applied to the rows that will really be submitted:
+        `SubmitLimitError` or `CostLimitError` before any POST. A plan without a price read
+        cannot meet a `max_cost_usd`: it is refused too."""
+        check_submit_limit(self.rows, self.decisions, max_submits)
+        if max_cost_usd is None:
+            return
+        estimate = self.estimate()
+        if estimate is None:
+            no_price = Price(model_id="?", problem="the catalog's price was not read")
+            submit = set(self.to_submit)
+            estimate = estimate_cost([r for r in self.rows if r.id in submit], no_price)
+        check_cost_limit(estimate, max_cost_usd)
+
 
 async def plan_table(
     inputs: TableLike,
-    output_uri: str,
+    store: OutputStore | None,
     *,
-    storage_options: dict[str, Any] | None = None,
-    input_storage_options: dict[str, Any] | None = None,
+    media: MediaSettings | None = None,
     resubmit_unknown: bool = False,
     retry_failed: bool = False,
     make_client: Callable[[], RunComfyClient] | None = None,
     model_id: str = MODEL_ID,
+    table_storage_options: dict[str, Any] | None = None,
 ) -> TablePlan:
-    """Plan `inputs` against the ledger under `output_uri`, as `generate_talking_videos` would.
+    """Plan `inputs` against the ledger under `store` (None: no output yet, every row new).
 
-    Reads only: no Prefect flow run, no submit, nothing written (a local output folder that
-    does not exist yet means every row is new). With `make_client`, the model's catalog entry
-    is read (when any row is to be submitted) and the plan carries the cost estimate; a
-    catalog that cannot be read (no token, say) gives an estimate that says so. Local media
-    files of the rows to submit are checked to exist (a stored row needs no media); remote
-    media are checked by the run itself.
+    The media of the rows to submit are checked by `media`'s rules (None: not checked, as a
+    sharded parent leaves them to its shards); a row whose media fail is invalid, never
+    counted as to submit. With `make_client`, the model's price is read from RunComfy's
+    catalog (a free read) when any row is to be submitted, and each such row's decision
+    carries its estimated cost; a catalog that cannot be read gives an estimate that says so.
+    Local audio files cap the seconds a row is estimated at.
     """
     table_uri = inputs if isinstance(inputs, str) else None
-    df = await asyncio.to_thread(read_table, inputs, storage_options=input_storage_options)
-    local_table = table_uri is not None and is_local_uri(table_uri)
-    base_dir = table_folder(table_uri) if local_table else None
-    check = check_table(df)
-    entries, present = await asyncio.to_thread(_read_output, output_uri, storage_options)
+    options = table_storage_options
+    if options is None and media is not None:
+        options = media.storage_options
+    table = await prepare(inputs, storage_options=options)
+    entries, present = await asyncio.to_thread(output_state, store) if store else ({}, set())
     decisions = plan_rows(
-        check.valid,
+        table.valid,
         entries,
         present,
         resubmit_unknown=resubmit_unknown,
         retry_failed=retry_failed,
     )
-    submit = [r for r, d in zip(check.valid, decisions, strict=True) if d.plan is RowPlan.SUBMIT]
-    media = check_local_media(TableCheck(valid=submit, invalid=[]), base_dir=base_dir)
-    missing = {p.id for p in media.invalid}
-    kept = [(r, d) for r, d in zip(check.valid, decisions, strict=True) if r.id not in missing]
-    invalid = sorted([*check.invalid, *media.invalid], key=lambda p: p.row)
-    estimate = None
+    planned = TablePlan(table.frame, table.valid, decisions, entries, list(table.invalid))
+    if media is not None:
+        planned = await _with_media(planned, media.resolver(table_uri))
     if make_client is not None:
-        estimate, _ = await price_rows(make_client, model_id, list(media.valid), base_dir)
-    return TablePlan(
+        base_dir = table_folder(table_uri) if table_uri and is_local_uri(table_uri) else None
+        planned = await _priced(planned, make_client, model_id, base_dir)
+    return planned
+
+
+async def _with_media(planned: TablePlan, resolver: MediaResolver) -> TablePlan:
+    """The plan with the media of its rows to submit checked (made fetchable when the
+    resolver resolves): the rows whose media fail moved to the invalid ones. Rows that are
+    stored, collected or reported again need no media, so a portrait deleted after its video
+    was made is no problem.
+
+    Inline media (`data:` URIs, megabytes a row) are only checked here: holding every row's
+    bytes until its turn would not fit a large table in memory, so a run builds those bodies
+    again at its POST (`api_payload`)."""
+    semaphore = asyncio.Semaphore(RESOLVE_AT_ONCE)
+    payloads: dict[str, dict[str, Any]] = {}
+    problems: list[RowProblem] = []
+    keep_bodies = not resolver.inline_media and not resolver.check_only
+
+    async def one(row: PreparedRow) -> None:
+        resolved: dict[str, str] = {}
+        failed: list[tuple[str, str]] = []
+        async with semaphore:
+            for kind in MEDIA_COLUMNS:
+                try:
+                    media = await resolver.resolve(getattr(row.job, kind), kind)  # type: ignore[arg-type]
+                    resolved[kind] = media.url
+                except Exception as exc:
+                    failed.append((kind, str(exc)))
+        if failed:
+            problems.append(RowProblem(row.row, row.id, failed, row.extras, row.job.model_dump()))
+        elif keep_bodies:
+            payloads[row.id] = row.job.model_copy(update=resolved).to_api_payload()
+
+    submit = set(planned.to_submit)
+    await asyncio.gather(*(one(r) for r in planned.rows if r.id in submit))
+    failed_ids = {p.id for p in problems}
+    kept = [
+        (r, d)
+        for r, d in zip(planned.rows, planned.decisions, strict=True)
+        if r.id not in failed_ids
+    ]
+    return dataclasses.replace(
+        planned,
         rows=[r for r, _ in kept],
         decisions=[d for _, d in kept],
-        invalid=invalid,
-        estimate=estimate,
+        invalid=sorted([*planned.invalid, *problems], key=lambda p: p.row),
+        payloads=payloads,
+        resolver=resolver,
     )
 
 
-def _read_output(
-    output_uri: str, storage_options: dict[str, Any] | None
-) -> tuple[dict[str, LedgerEntry], set[str]]:
+async def _priced(
+    planned: TablePlan,
+    make_client: Callable[[], RunComfyClient],
+    model_id: str,
+    media_base_dir: str | None,
+) -> TablePlan:
+    """The plan with the model's price and each row to submit's estimated cost."""
+    submit = set(planned.to_submit)
+    if not submit:
+        return planned
+    to_submit = [r for r in planned.rows if r.id in submit]
+    estimate, lengths = await price_rows(make_client, model_id, to_submit, media_base_dir)
+    decisions = [
+        dataclasses.replace(d, estimated_cost_usd=estimate.per_row.get(r.id))
+        if r.id in submit
+        else d
+        for r, d in zip(planned.rows, planned.decisions, strict=True)
+    ]
+    return dataclasses.replace(
+        planned, decisions=decisions, price=estimate.price, audio_seconds=lengths
+    )
+
+
+async def api_payload(row: PreparedRow, resolver: MediaResolver) -> dict[str, Any]:
+    """The row's API body, its media made fetchable (raises `MediaError` naming what is wrong)."""
+    resolved = {
+        kind: (await resolver.resolve(getattr(row.job, kind), kind)).url  # type: ignore[arg-type]
+        for kind in MEDIA_COLUMNS
+    }
+    return row.job.model_copy(update=resolved).to_api_payload()
+
+
+def planning_store(output_uri: str, storage_options: dict[str, Any] | None) -> OutputStore | None:
+    """The output location to plan against, None when it is a local folder that does not
+    exist yet (every row new; a plan creates nothing)."""
     if is_local_uri(output_uri) and not os.path.exists(output_uri.removeprefix("file://")):
-        return {}, set()  # OutputStore would create the folder; a plan writes nothing
-    return output_state(OutputStore(output_uri, storage_options))
+        return None
+    return OutputStore(output_uri, storage_options)
 
 
 __all__ = [
+    "MediaMode",
+    "MediaSettings",
+    "PreparedTable",
     "TablePlan",
+    "api_payload",
     "check_submit_limit",
     "describe_plan",
     "ids_to_submit",
     "output_state",
     "plan_rows",
     "plan_table",
+    "planning_store",
+    "prepare",
 ]

@@ -2,7 +2,7 @@
 
 A batch's jobs share a model, a resolution and a frame count, and the run watches dozens of
 them finish: their run times say when the others will finish. `RunEstimator` (one per run,
-held by `engine.run.batch.Batch`) keeps the recent durations of the run's finished jobs by kind;
+held by `engine.run.state.RunState`) keeps the recent durations of the run's finished jobs by kind;
 `JobWatch` (one per job, made by `RunEstimator.watch`) turns them into the next moment to
 read that job:
 

@@ -1,52 +1,22 @@
-"""The phases every flow is made of: prepare → plan → resolve media → execute.
-
-`generate_talking_videos` runs all four; `generate_talking_videos_sharded` prepares and
-plans the whole table, then hands shards to other flow runs; `collect_outstanding_requests`
-executes what the ledger holds. Each phase logs what it decided, once.
-"""
+"""Running the planned rows of a run at once: their claims, and a stop that cancels what is
+queued (`engine.run.runner` calls these; the plan is `engine.plan.planning`'s)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
-import pandas as pd
 from prefect.logging import get_run_logger
 
-from prefect_runcomfy.api.client import RunComfyClient
-from prefect_runcomfy.api.models import MEDIA_COLUMNS, MODEL_ID
 from prefect_runcomfy.engine.claims.claim import RowClaims, open_claims
-from prefect_runcomfy.engine.inputs.media import MediaResolver
-from prefect_runcomfy.engine.inputs.table import (
-    PreparedRow,
-    RowProblem,
-    TableLike,
-    check_table,
-    read_table,
-)
+from prefect_runcomfy.engine.inputs.table import RowProblem
 from prefect_runcomfy.engine.outputs.store import OutputStore
-from prefect_runcomfy.engine.plan.ledger import LedgerEntry, RowDecision
-from prefect_runcomfy.engine.plan.planning import (
-    check_submit_limit,
-    describe_plan,
-    ids_to_submit,
-    output_state,
-    plan_rows,
-)
-from prefect_runcomfy.engine.plan.pricing import (
-    CostEstimate,
-    Price,
-    check_cost_limit,
-    estimate_cost,
-    price_rows,
-)
+from prefect_runcomfy.engine.plan.planning import TablePlan
 from prefect_runcomfy.engine.record.outcome import RowOutcome
 from prefect_runcomfy.engine.record.status import LedgerState, RowPlan, RowStatus
-from prefect_runcomfy.engine.run.batch import Batch
+from prefect_runcomfy.engine.run.state import RunState
 from prefect_runcomfy.engine.run.stopping import (
     STOPS,
     StopReport,
@@ -55,176 +25,9 @@ from prefect_runcomfy.engine.run.stopping import (
     stop_batch,
 )
 
-RESOLVE_AT_ONCE = 16
-"""Rows whose media are resolved at the same time (uploads and signatures are blocking I/O)."""
-
-
-@dataclass(frozen=True)
-class PreparedTable:
-    """A table read and checked: its valid rows, and the rows that are not, by position."""
-
-    frame: pd.DataFrame
-    valid: list[PreparedRow]
-    invalid: list[RowProblem]
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """Each valid row with its decision, the ledger entries the decisions came from, and what
-    the price of the model is (None when it was not read)."""
-
-    rows: list[PreparedRow]
-    decisions: list[RowDecision]
-    entries: dict[str, LedgerEntry]
-    price: Price | None = None
-    audio_seconds: dict[str, float] = field(default_factory=dict)
-    """Lengths of the local audio files of rows to submit, which cap their estimates."""
-
-    def without(self, ids: set[str]) -> RunPlan:
-        """The plan without the rows in `ids` (rows found invalid after planning)."""
-        kept = [(r, d) for r, d in zip(self.rows, self.decisions, strict=True) if r.id not in ids]
-        return dataclasses.replace(self, rows=[r for r, _ in kept], decisions=[d for _, d in kept])
-
-    def estimate(self) -> CostEstimate | None:
-        """The estimated cost of the rows this plan submits (None when no price was read)."""
-        if self.price is None:
-            return None
-        submit = set(ids_to_submit(self.rows, self.decisions))
-        rows = [r for r in self.rows if r.id in submit]
-        return estimate_cost(rows, self.price, self.audio_seconds)
-
-
-async def prepare(inputs: TableLike, *, storage_options: dict[str, Any] | None) -> PreparedTable:
-    """Read the table and check every row; nothing is sent anywhere."""
-    frame = await asyncio.to_thread(read_table, inputs, storage_options=storage_options)
-    check = check_table(frame)
-    return PreparedTable(frame, check.valid, check.invalid)
-
-
-async def plan(
-    store: OutputStore,
-    rows: list[PreparedRow],
-    *,
-    resubmit_unknown: bool,
-    retry_failed: bool,
-    max_submits: int | None,
-    make_client: Callable[[], RunComfyClient] | None = None,
-    model_id: str = MODEL_ID,
-    media_base_dir: str | None = None,
-) -> RunPlan:
-    """Decide each row's plan from the ledger under `store` (raises `SubmitLimitError` before
-    anything is paid when `max_submits` would be passed) and log it.
-
-    With `make_client`, the model's price is read from RunComfy's catalog (a free read) when
-    any row is to be submitted, each such row's decision carries its estimated cost, and the
-    plan line says the estimate (`Plan: 3 to submit; estimated cost $0.2250 ...`). Local audio
-    files (read against `media_base_dir`) cap the seconds a row is estimated at."""
-    entries, present = await asyncio.to_thread(output_state, store)
-    decisions = plan_rows(
-        rows,
-        entries,
-        present,
-        resubmit_unknown=resubmit_unknown,
-        retry_failed=retry_failed,
-        max_submits=max_submits,
-    )
-    run_plan = RunPlan(rows, decisions, entries)
-    if make_client is not None:
-        run_plan = await priced(run_plan, make_client, model_id, media_base_dir)
-    estimate = run_plan.estimate()
-    line = describe_plan(run_plan.decisions)
-    get_run_logger().info("Plan: %s%s", line, f"; {estimate.describe()}" if estimate else "")
-    return run_plan
-
-
-async def priced(
-    run_plan: RunPlan,
-    make_client: Callable[[], RunComfyClient],
-    model_id: str,
-    media_base_dir: str | None = None,
-) -> RunPlan:
-    """`run_plan` with the model's price and each row to submit's estimated cost."""
-    submit = set(ids_to_submit(run_plan.rows, run_plan.decisions))
-    if not submit:
-        return run_plan
-    to_submit = [r for r in run_plan.rows if r.id in submit]
-    estimate, lengths = await price_rows(make_client, model_id, to_submit, media_base_dir)
-    price = estimate.price
-    decisions = [
-        dataclasses.replace(d, estimated_cost_usd=estimate.per_row.get(r.id))
-        if r.id in submit
-        else d
-        for r, d in zip(run_plan.rows, run_plan.decisions, strict=True)
-    ]
-    return dataclasses.replace(run_plan, decisions=decisions, price=price, audio_seconds=lengths)
-
-
-async def api_payload(row: PreparedRow, resolver: MediaResolver) -> dict[str, Any]:
-    """The row's API body, its media made fetchable (raises `MediaError` naming what is wrong)."""
-    resolved = {
-        kind: (await resolver.resolve(getattr(row.job, kind), kind)).url  # type: ignore[arg-type]
-        for kind in MEDIA_COLUMNS
-    }
-    return row.job.model_copy(update=resolved).to_api_payload()
-
-
-async def resolve_media(
-    run_plan: RunPlan, resolver: MediaResolver
-) -> tuple[dict[str, dict[str, Any]], list[RowProblem]]:
-    """Make the media of the rows to submit fetchable, once each: their API payloads, and the
-    rows whose media cannot be (invalid). Rows that are stored, collected or reported again
-    need no media, so a portrait deleted after its video was made is no problem.
-
-    Inline media (`data:` URIs, megabytes a row) are only checked here: holding every row's
-    bytes until its turn would not fit a large table in memory, so `submit_row` builds
-    those payloads again at its POST (`Batch.build_payload`)."""
-    semaphore = asyncio.Semaphore(RESOLVE_AT_ONCE)
-    payloads: dict[str, dict[str, Any]] = {}
-    problems: list[RowProblem] = []
-
-    async def one(row: PreparedRow) -> None:
-        resolved: dict[str, str] = {}
-        failed: list[tuple[str, str]] = []
-        async with semaphore:
-            for kind in MEDIA_COLUMNS:
-                try:
-                    media = await resolver.resolve(getattr(row.job, kind), kind)  # type: ignore[arg-type]
-                    resolved[kind] = media.url
-                except Exception as exc:
-                    failed.append((kind, str(exc)))
-        if not failed and not resolver.inline_media:
-            payloads[row.id] = row.job.model_copy(update=resolved).to_api_payload()
-        if failed:
-            problems.append(RowProblem(row.row, row.id, failed, row.extras, row.job.model_dump()))
-
-    to_submit = [
-        r
-        for r, d in zip(run_plan.rows, run_plan.decisions, strict=True)
-        if d.plan is RowPlan.SUBMIT
-    ]
-    await asyncio.gather(*(one(r) for r in to_submit))
-    return payloads, sorted(problems, key=lambda p: p.row)
-
-
-def check_limit(
-    run_plan: RunPlan, max_submits: int | None, max_cost_usd: float | None = None
-) -> None:
-    """`max_submits` and `max_cost_usd` applied to the rows that will really be submitted
-    (after media checks): `SubmitLimitError` or `CostLimitError` before any POST. A plan
-    without a price read cannot meet a `max_cost_usd`: it is refused too."""
-    check_submit_limit(run_plan.rows, run_plan.decisions, max_submits)
-    if max_cost_usd is None:
-        return
-    estimate = run_plan.estimate()
-    if estimate is None:
-        no_price = Price(model_id="?", problem="the catalog's price was not read")
-        submit = set(ids_to_submit(run_plan.rows, run_plan.decisions))
-        estimate = estimate_cost([r for r in run_plan.rows if r.id in submit], no_price)
-    check_cost_limit(estimate, max_cost_usd)
-
 
 async def claims_for(
-    store: OutputStore, run_plan: RunPlan, *, flow_run_id: str | None, single_writer: bool
+    store: OutputStore, run_plan: TablePlan, *, flow_run_id: str | None, single_writer: bool
 ) -> RowClaims | None:
     """The run's claims (`engine.claims.claim.open_claims`: the storage is checked for exclusive
     create first), when any row is to be submitted or collected, or may be being submitted
@@ -247,7 +50,7 @@ def invalid_outcome(problem: RowProblem) -> RowOutcome:
 
 
 async def execute(
-    batch: Batch,
+    batch: RunState,
     jobs: Sequence[Awaitable[RowOutcome | None]],
     *,
     cancel_on_stop: bool = True,
@@ -273,8 +76,8 @@ async def execute(
     except STOPS:
         report = await _stop(batch, everything, cancel=cancel_on_stop)
         if report is not None:
-            if cancel_on_stop and batch.flow_run_id:
-                cancelled_here.add(batch.flow_run_id)
+            if cancel_on_stop and batch.settings.flow_run_id:
+                cancelled_here.add(batch.settings.flow_run_id)
             say_stopped(report)
         raise
     finally:
@@ -285,7 +88,7 @@ async def execute(
         await batch.aclose()
 
 
-async def _stop(batch: Batch, rows: asyncio.Future[Any], *, cancel: bool) -> StopReport | None:
+async def _stop(batch: RunState, rows: asyncio.Future[Any], *, cancel: bool) -> StopReport | None:
     """The stop's work (`stop_batch`), shielded from the cancellation that asked for it (its
     own calls must not be cut); None, said in a warning, when it failed: the stop goes on
     all the same, and the flows' hook or `collect` can finish it."""
@@ -309,16 +112,4 @@ async def _stop_rows(rows: asyncio.Future[Any], seconds: float) -> None:
             rows.exception()
 
 
-__all__ = [
-    "PreparedTable",
-    "RunPlan",
-    "api_payload",
-    "check_limit",
-    "claims_for",
-    "execute",
-    "invalid_outcome",
-    "plan",
-    "prepare",
-    "priced",
-    "resolve_media",
-]
+__all__ = ["claims_for", "execute", "invalid_outcome"]

@@ -1,12 +1,12 @@
 """One row's path through a batch: ledger → submit → wait → store → its `RowOutcome`.
 
 A row that needs RunComfy runs as one Prefect task run named after the row (`r00042`), which
-does the submit, the wait and the store over a client the batch lends it: one task run per
-row instead of three halves the client's CPU per row and makes the Prefect database a third
-of the size (`benchmarks/scale.py`). The row holds one of the run's job places
-(`Batch.job_slot`: `max_concurrency`, and the account-wide limit) from its submit until its
-job is seen finished, not while it stores: the next row, its task run already open
-(`Batch.row_place`), submits at once. The run's state is the row's:
+does the submit, the wait and the store over the client its row place lends it: one task
+run per row instead of three halves the client's CPU per row and makes the Prefect database a
+third of the size (`benchmarks/scale.py`). The row holds a job place (`engine.run.places`:
+`max_concurrency`, and the account-wide limit) from its submit until its job is seen
+finished, not while it stores: the next row, its task run already open in its row place,
+submits at once. The run's state is the row's:
 Completed when its video is stored (the state's message, which Prefect logs as the run's last
 line, names the request and the video), Failed (or Cancelled) with the reason otherwise.
 
@@ -62,8 +62,9 @@ from prefect_runcomfy.engine.record.outcome import (
     utc_now,
 )
 from prefect_runcomfy.engine.record.status import LedgerState, RowPlan, RowStatus
-from prefect_runcomfy.engine.run.batch import Batch
 from prefect_runcomfy.engine.run.durations import job_kind
+from prefect_runcomfy.engine.run.places import RowPlace
+from prefect_runcomfy.engine.run.state import RunState
 from prefect_runcomfy.engine.run.steps import (
     STORE_RETRY_DELAYS_S,
     FinishedRequest,
@@ -102,15 +103,15 @@ class RowCell:
 
 
 async def run_row(
-    batch: Batch, row: PreparedRow, decision: RowDecision, entry: LedgerEntry | None
+    batch: RunState, row: PreparedRow, decision: RowDecision, entry: LedgerEntry | None
 ) -> RowOutcome:
     """Take one valid row to its end and return its record. Never raises for the row's own
     trouble: that becomes the record's status and error."""
     start = RowOutcome.start(
         row,
         attempts=entry.attempts if entry else 0,
-        model_id=batch.model_id,
-        flow_run_id=batch.flow_run_id,
+        model_id=batch.settings.model_id,
+        flow_run_id=batch.settings.flow_run_id,
     )
     if decision.plan is RowPlan.SKIP_STORED:
         return await batch.done(await _already_stored(batch, start))
@@ -126,21 +127,23 @@ async def run_row(
     if decision.plan is RowPlan.SUBMIT:
         cell.keep(cell.latest.evolve(estimated_cost_usd=decision.estimated_cost_usd))
     try:
-        async with batch.row_place():
-            await in_row_task(cell, lambda: _submit_and_collect(batch, row, decision, entry, cell))
+        async with batch.places.row() as place:
+            await in_row_task(
+                cell, lambda: _submit_and_collect(batch, place, row, decision, entry, cell)
+            )
     except Exception as exc:  # no place to run in (Prefect itself failed around the row, ...)
         get_run_logger().error("%s: not run: %s", row.id, exc)
         cell.keep(cell.latest.ended(RowStatus.FAILED, f"{type(exc).__name__}: {exc}"))
     return await batch.done(cell.latest)
 
 
-def _maybe_being_submitted(batch: Batch, entry: LedgerEntry | None) -> bool:
+def _maybe_being_submitted(batch: RunState, entry: LedgerEntry | None) -> bool:
     """A `submitting` entry may be another live run's POST right now: the row's turn (its
     claim) tells that apart from a POST whose run died without an answer."""
     return batch.claims is not None and entry is not None and entry.state is LedgerState.SUBMITTING
 
 
-async def _already_stored(batch: Batch, start: RowOutcome) -> RowOutcome:
+async def _already_stored(batch: RunState, start: RowOutcome) -> RowOutcome:
     sidecar = await asyncio.to_thread(batch.store.read_json, f"{start.id}.json")
     return (
         with_sidecar(start, sidecar or {})
@@ -170,37 +173,38 @@ def _reported_again(
 
 
 async def _submit_and_collect(
-    batch: Batch,
+    batch: RunState,
+    place: RowPlace,
     row: PreparedRow,
     decision: RowDecision,
     entry: LedgerEntry | None,
     cell: RowCell,
 ) -> None:
     """The row's task run: its turn (the row's claim, or following the run that holds it),
-    its job's place from submit to finish, then its outputs stored (the place already free
+    a job place from submit to finish, then its outputs stored (the job place already free
     for the next row)."""
-    async with batch.lend_client() as client:
-        while True:
-            async with contextlib.AsyncExitStack() as place:
-                try:
-                    await place.enter_async_context(batch.job_slot())
-                except Exception as exc:  # no place to run in (a missing global limit, ...)
-                    get_run_logger().error("%s: not run: %s", row.id, exc)
-                    cell.keep(cell.latest.ended(RowStatus.FAILED, f"{type(exc).__name__}: {exc}"))
-                    return
-                turn = await take_turn(batch, row, decision, entry)
-                if not isinstance(turn, Held):
-                    finished = await _take_job_to_its_end(batch, client, row, turn, cell)
-                    break
-            # Another live run works on the row: wait for it, holding no job place.
-            if not await follow_holder(batch, row, turn, cell):
+    client = place.client
+    while True:
+        async with contextlib.AsyncExitStack() as held_place:
+            try:
+                await held_place.enter_async_context(place.job())
+            except Exception as exc:  # no place to run in (a missing global limit, ...)
+                get_run_logger().error("%s: not run: %s", row.id, exc)
+                cell.keep(cell.latest.ended(RowStatus.FAILED, f"{type(exc).__name__}: {exc}"))
                 return
-        if finished is not None:
-            await store_row_outputs(batch, client, cell, finished)
+            turn = await take_turn(batch, row, decision, entry)
+            if not isinstance(turn, Held):
+                finished = await _take_job_to_its_end(batch, client, row, turn, cell)
+                break
+        # Another live run works on the row: wait for it, holding no job place.
+        if not await follow_holder(batch, row, turn, cell):
+            return
+    if finished is not None:
+        await store_row_outputs(batch, client, cell, finished)
 
 
 async def _take_job_to_its_end(
-    batch: Batch, client: RunComfyClient, row: PreparedRow, turn: RowTurn, cell: RowCell
+    batch: RunState, client: RunComfyClient, row: PreparedRow, turn: RowTurn, cell: RowCell
 ) -> FinishedRequest | None:
     """Submit or resume the row's job as its turn says and wait for it; None when the row
     ended without a job to store (its record in `cell`)."""
@@ -250,7 +254,7 @@ def _resumed(
 
 
 async def submit_row(
-    batch: Batch,
+    batch: RunState,
     client: RunComfyClient,
     row: PreparedRow,
     entry: LedgerEntry | None,
@@ -281,7 +285,7 @@ async def submit_row(
             f"{batch.store.uri('')} for half a lease; run again once the location is reachable",
         )
     await batch.write_ledger(
-        lambda: batch.ledger.mark_submitting(row.id, row.fingerprint, batch.flow_run_id)
+        lambda: batch.ledger.mark_submitting(row.id, row.fingerprint, batch.settings.flow_run_id)
     )
     outcome = cell.keep(
         outcome.evolve(
@@ -292,7 +296,8 @@ async def submit_row(
     )
     try:
         request_id = await batch.send_submit(
-            row.id, submit_job(client, payload, model_id=batch.model_id, row_id=row.id, log=False)
+            row.id,
+            submit_job(client, payload, model_id=batch.settings.model_id, row_id=row.id, log=False),
         )
     except RunComfyError as exc:
         return await _refused(batch, outcome, exc)
@@ -315,7 +320,7 @@ async def submit_row(
     return outcome
 
 
-async def _taken_over(batch: Batch, id: str) -> bool:
+async def _taken_over(batch: RunState, id: str) -> bool:
     """True when a later claim than this run's exists on the row (one read, before a POST)."""
     generation = batch.ledger.held(id)
     if batch.claims is None or generation is None:
@@ -323,7 +328,7 @@ async def _taken_over(batch: Batch, id: str) -> bool:
     return await asyncio.to_thread(batch.claims.superseded, id, generation)
 
 
-async def _refused(batch: Batch, outcome: RowOutcome, exc: RunComfyError) -> RowOutcome:
+async def _refused(batch: RunState, outcome: RowOutcome, exc: RunComfyError) -> RowOutcome:
     """A submit that raised: an unknown outcome, or refused with nothing created or billed."""
     if isinstance(exc, SubmitOutcomeUnknownError):
         await batch.write_ledger(
@@ -345,7 +350,7 @@ async def _refused(batch: Batch, outcome: RowOutcome, exc: RunComfyError) -> Row
 
 
 async def collect_request(
-    batch: Batch, client: RunComfyClient, cell: RowCell, *, first_note: str | None = None
+    batch: RunState, client: RunComfyClient, cell: RowCell, *, first_note: str | None = None
 ) -> RowOutcome:
     """Wait for the row's known request, store its outputs, and write the ledger and the
     record (kept in `cell`, and returned).
@@ -360,7 +365,7 @@ async def collect_request(
 
 
 async def wait_for_row_job(
-    batch: Batch, client: RunComfyClient, cell: RowCell, *, first_note: str | None = None
+    batch: RunState, client: RunComfyClient, cell: RowCell, *, first_note: str | None = None
 ) -> FinishedRequest | None:
     """Wait for the row's known request: what it finished with when it succeeded, else None
     with the row ended (record in `cell`, ledger written)."""
@@ -372,15 +377,15 @@ async def wait_for_row_job(
         finished = await wait_for_job(
             client,
             outcome.request_id,
-            max_wait_s=batch.max_wait_s,
-            poll=batch.poll,
-            cancel_queued_at_deadline=batch.cancel_queued_at_deadline,
+            max_wait_s=batch.settings.max_wait_s,
+            poll=batch.settings.poll,
+            cancel_queued_at_deadline=batch.settings.waiting.cancel_queued_at_deadline,
             submitted_at=submitted if fresh else None,
             row_id=outcome.id,
             log_success=False,  # one line once the video is stored
             first_note=first_note,
             estimator=batch.estimator,
-            kind=job_kind(outcome.sent, batch.model_id),
+            kind=job_kind(outcome.sent, batch.settings.model_id),
         )
     except RunComfyError as exc:
         batch.submitted.pop(outcome.id, None)
@@ -400,7 +405,7 @@ async def wait_for_row_job(
 
 
 async def store_row_outputs(
-    batch: Batch, client: RunComfyClient, cell: RowCell, finished: FinishedRequest
+    batch: RunState, client: RunComfyClient, cell: RowCell, finished: FinishedRequest
 ) -> RowOutcome:
     """Store a succeeded request's outputs and the row's sidecar; the ledger and the record
     (kept in `cell`, and returned) say where the video went."""
@@ -415,7 +420,7 @@ async def store_row_outputs(
     return stored
 
 
-async def _ended_unstored(batch: Batch, outcome: RowOutcome, exc: RunComfyError) -> RowOutcome:
+async def _ended_unstored(batch: RunState, outcome: RowOutcome, exc: RunComfyError) -> RowOutcome:
     """The record and ledger entry of a request that produced no video."""
     if isinstance(exc, (RunFailedError, RunCancelledError)):
         return await _ended_on_runcomfy(batch, outcome, exc)
@@ -442,7 +447,7 @@ async def _ended_unstored(batch: Batch, outcome: RowOutcome, exc: RunComfyError)
 
 
 async def _ended_on_runcomfy(
-    batch: Batch, outcome: RowOutcome, exc: RunFailedError | RunCancelledError
+    batch: RunState, outcome: RowOutcome, exc: RunFailedError | RunCancelledError
 ) -> RowOutcome:
     cancelled = isinstance(exc, RunCancelledError)
     details = exc.details or {}
@@ -465,7 +470,7 @@ async def _ended_on_runcomfy(
 
 
 async def _store(
-    batch: Batch, client: RunComfyClient, outcome: RowOutcome, finished: FinishedRequest
+    batch: RunState, client: RunComfyClient, outcome: RowOutcome, finished: FinishedRequest
 ) -> RowOutcome:
     try:
         stored = await _store_with_retries(batch, client, outcome, finished.result)
@@ -491,7 +496,7 @@ async def _store(
     return stored
 
 
-async def _not_downloaded(batch: Batch, outcome: RowOutcome, exc: DownloadError) -> RowOutcome:
+async def _not_downloaded(batch: RunState, outcome: RowOutcome, exc: DownloadError) -> RowOutcome:
     """The record and ledger entry of a succeeded job whose video could not be downloaded."""
     error = f"the video could not be downloaded: {exc}"
     if exc.expired:  # the output is gone: nothing left to collect
@@ -513,7 +518,7 @@ async def _not_downloaded(batch: Batch, outcome: RowOutcome, exc: DownloadError)
 
 
 async def _store_with_retries(
-    batch: Batch, client: RunComfyClient, outcome: RowOutcome, result: RequestResult
+    batch: RunState, client: RunComfyClient, outcome: RowOutcome, result: RequestResult
 ) -> RowOutcome:
     """Store a row's outputs and then its sidecar; tried again after a pause unless the
     output is gone for good or past its download deadline, which every try shares (storing

@@ -39,7 +39,7 @@ from prefect_runcomfy.engine.record.status import LedgerState
 
 if TYPE_CHECKING:
     from prefect_runcomfy.engine.plan.ledger import Ledger
-    from prefect_runcomfy.engine.run.batch import Batch
+    from prefect_runcomfy.engine.run.state import RunState
 
 T = TypeVar("T")
 
@@ -225,7 +225,7 @@ def is_stoppable(fn: Any) -> bool:
 
 
 async def stop_batch(
-    batch: Batch, *, cancel: bool, stop_rows: Callable[[float], Awaitable[Any]]
+    batch: RunState, *, cancel: bool, stop_rows: Callable[[float], Awaitable[Any]]
 ) -> StopReport:
     """Stop a run's rows within `STOP_GRACE_S`: no further submit starts, the submits already
     sent are answered, the jobs the run submitted and has not seen finish are asked to cancel
@@ -279,7 +279,9 @@ async def send_cancels(
         await asyncio.gather(*(one(r, q) for r, q in requests.items()))
 
 
-async def _record(batch: Batch, requests: Mapping[str, str], answers: Mapping[str, bool]) -> None:
+async def _record(
+    batch: RunState, requests: Mapping[str, str], answers: Mapping[str, bool]
+) -> None:
     """The ledger after a stop: a cancelled job's row `cancelled` and not billed (so a re-run
     submits it again); a job left running recorded `submitted` with its id, in case the stop
     cut the row's own write (else a re-run could not collect it)."""

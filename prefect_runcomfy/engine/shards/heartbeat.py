@@ -17,7 +17,6 @@ import contextlib
 import os
 import socket
 import threading
-from collections.abc import Mapping
 from typing import Any
 
 from prefect.logging import get_logger
@@ -105,15 +104,13 @@ def _current_flow_run_id() -> str | None:
     return str(run.id) if run is not None else None
 
 
-def heartbeat_for(arguments: Mapping[str, Any]) -> contextlib.AbstractContextManager[Any]:
-    """The heartbeat a flow run's arguments ask for (`heartbeat_name`, `heartbeat_s`, under
-    `output_uri` with `storage_options`), or nothing when they name none."""
-    name = arguments.get("heartbeat_name")
-    if not name:
-        return contextlib.nullcontext()
-    store = OutputStore(arguments["output_uri"], arguments.get("storage_options"))
-    every_s = float(arguments.get("heartbeat_s") or HEARTBEAT_S)
-    return Heartbeat(store, str(name), every_s, flow_run_id=_current_flow_run_id())
+def heartbeat_for(
+    output_uri: str, storage_options: dict[str, Any] | None, name: str, every_s: float
+) -> contextlib.AbstractContextManager[Any]:
+    """The heartbeat `name` under `output_uri`, rewritten every `every_s` seconds while the
+    context is open (a shard run's, asked for by its sharded parent)."""
+    store = OutputStore(output_uri, storage_options)
+    return Heartbeat(store, name, every_s or HEARTBEAT_S, flow_run_id=_current_flow_run_id())
 
 
 __all__ = ["HEARTBEAT_S", "Heartbeat", "heartbeat_for"]

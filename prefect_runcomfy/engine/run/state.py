@@ -1,17 +1,15 @@
-"""What the rows of one run share: storage, the ledger, limits, clients, the stop signal, and
-the estimator of its jobs' durations.
+"""A run's state: what its rows share and what changes while they run.
 
-`engine.run.row` takes one row through a `Batch`; the flows build the batch and hand it rows.
-A batch gets its clients from `make_client` (the Prefect face decides where the token comes
-from) and says each finished row to `on_row_done` (the face keeps the progress artifact), so
-the engine imports neither.
+`engine.run.row` takes one row through a `RunState`; `engine.run.runner` builds it from the
+run's frozen `RunSettings` and the face's `RunHooks` and hands it rows. What changes while a
+run goes (its places, the jobs it submitted, its stop reason, what it learned of job
+durations) lives here; what a person chose lives in `settings`, never here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,55 +18,38 @@ from prefect.logging import get_run_logger
 from prefect_runcomfy.api.backoff import retrying
 from prefect_runcomfy.api.client import RunComfyClient
 from prefect_runcomfy.api.exceptions import StorageError
-from prefect_runcomfy.api.models import MODEL_ID
 from prefect_runcomfy.engine.claims.claim import RowClaims
 from prefect_runcomfy.engine.outputs.store import OutputStore
 from prefect_runcomfy.engine.plan.ledger import Ledger, LedgerEntry
 from prefect_runcomfy.engine.record.outcome import RowOutcome
 from prefect_runcomfy.engine.record.status import LedgerState
 from prefect_runcomfy.engine.run.durations import RunEstimator
+from prefect_runcomfy.engine.run.places import Places
+from prefect_runcomfy.engine.run.settings import RunHooks, RunSettings
 from prefect_runcomfy.engine.run.stopping import mark_cancelled, send_cancels
-from prefect_runcomfy.engine.run.waiting import PollPolicy
 
 LEDGER_RETRY_DELAYS_S: tuple[float, ...] = (0.5, 2.0)
 """Pauses before writing a ledger entry again after the output location failed."""
 
-SLOT_LEASE_S = 60.0
-"""The lease of a slot of the account-wide concurrency limit. Prefect renews it every 45 s
-while the job is held; a killed process stops renewing, so its slots come back at most a
-minute (plus the server's 15 s sweep) after it died, not after Prefect's default 300 s. 60 s
-is the shortest lease Prefect's server accepts. A renewal that fails is logged by Prefect
-and the job goes on."""
-
 
 @dataclass
-class Batch:
-    """Everything the rows of one run share: storage, ledger, limits, clients, progress, and
-    what the run learned about how long its jobs take (`estimator`)."""
+class RunState:
+    """One run's rows' shared state: storage, ledger, claims, places, payloads, the jobs it
+    submitted, its stop reason, and what it learned of how long its jobs take."""
 
+    settings: RunSettings
+    hooks: RunHooks
     store: OutputStore
     ledger: Ledger
-    make_client: Callable[[], RunComfyClient] = RunComfyClient
-    max_concurrency: int = 8
-    concurrency_limit: str | None = None
-    max_wait_s: float = 3600.0
-    poll: PollPolicy = field(default_factory=PollPolicy)
-    estimator: RunEstimator = field(default_factory=RunEstimator)
-    """The run's one estimator: its finished jobs' durations tell the others when to look
-    (used when `poll.strategy` is "learned")."""
-    cancel_queued_at_deadline: bool = True
-    model_id: str = MODEL_ID
-    flow_run_id: str | None = None
-    on_row_done: Callable[[RowOutcome], Awaitable[None]] | None = None
-    payloads: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Each row to submit's API body, its media already resolved (`engine.run.phases`)."""
-    build_payload: Callable[[Any], Awaitable[dict[str, Any]]] | None = None
-    """Builds a row's API body at its submit when `payloads` has none (inline media)."""
     claims: RowClaims | None = None
     """The run's claims on rows (`engine.claims.claim`); None in single-writer mode."""
-    resubmit_unknown: bool = False
-    retry_failed: bool = False
-    """The run's plan flags, to decide a row again from the ledger as it is at its turn."""
+    payloads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Each row to submit's API body, its media already resolved (`engine.plan`)."""
+    build_payload: Callable[[Any], Awaitable[dict[str, Any]]] | None = None
+    """Builds a row's API body at its submit when `payloads` has none (inline media)."""
+    estimator: RunEstimator = field(default_factory=RunEstimator)
+    """The run's one estimator: its finished jobs' durations tell the others when to look
+    (used when the poll strategy is "learned")."""
     stop_reason: str | None = None
     """Set when every later submit would be refused the same way (bad token, no balance),
     or when the run was stopped."""
@@ -77,69 +58,20 @@ class Batch:
     stopped run cancels (`engine.run.stopping`), known without reading the ledger back."""
     posting: set[asyncio.Task[str]] = field(default_factory=set)
     """The submits sent and not answered yet (`send_submit`)."""
-    _semaphore: asyncio.Semaphore | None = None
-    _rows: asyncio.Semaphore | None = None
-    _idle_clients: list[RunComfyClient] = field(default_factory=list)
-    _all_clients: list[RunComfyClient] = field(default_factory=list)
+    places: Places = field(init=False)
+    """The run's row and job places, and the clients its rows borrow (`engine.run.places`)."""
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[RunComfyClient]:
-        """Hold one in-flight job's place (`job_slot`) and lend it a client (`lend_client`)."""
-        async with self.job_slot(), self.lend_client() as client:
-            yield client
+    def __post_init__(self) -> None:
+        self.places = Places(
+            max_concurrency=self.settings.max_concurrency,
+            concurrency_limit=self.settings.concurrency.limit,
+            make_client=self.hooks.make_client,
+        )
 
-    @contextlib.asynccontextmanager
-    async def job_slot(self) -> AsyncIterator[None]:
-        """Hold one in-flight job's place: this run's bound (`max_concurrency`), and the
-        account-wide limit if named. A row holds it from its submit until its job is seen
-        finished: storing the outputs occupies no place at RunComfy."""
-        if self._semaphore is None:
-            self._semaphore = asyncio.Semaphore(max(1, self.max_concurrency))
-        async with self._semaphore:
-            if self.concurrency_limit:
-                from prefect.concurrency.asyncio import concurrency
-
-                async with concurrency(
-                    self.concurrency_limit,
-                    occupy=1,
-                    strict=True,
-                    lease_duration=SLOT_LEASE_S,
-                    # A renewal that fails (the API busy for a moment) must not stop the wait
-                    # for a job that is paid for: at worst the slot lapses early.
-                    raise_on_lease_renewal_failure=False,
-                ):
-                    yield
-            else:
-                yield
-
-    @contextlib.asynccontextmanager
-    async def row_place(self) -> AsyncIterator[None]:
-        """Hold one of the places of rows under way: the rows with a job at RunComfy, the
-        rows storing outputs, and up to `max_concurrency` more whose task runs are open and
-        ready to submit the moment a job's place frees (their start-up, a Prefect API call
-        or two, then costs no idle place)."""
-        if self._rows is None:
-            self._rows = asyncio.Semaphore(2 * max(1, self.max_concurrency))
-        async with self._rows:
-            yield
-
-    @contextlib.asynccontextmanager
-    async def lend_client(self) -> AsyncIterator[RunComfyClient]:
-        """Lend a client for one row's calls, handed from row to row.
-
-        A row's submit, polls and download reuse the connections the client's previous row
-        opened, and each pool stays one connection small (httpcore scans its whole pool on
-        every request).
-        """
-        if self._idle_clients:
-            client = self._idle_clients.pop()
-        else:
-            client = self.make_client()
-            self._all_clients.append(client)
-        try:
-            yield client
-        finally:
-            self._idle_clients.append(client)
+    @property
+    def make_client(self) -> Callable[[], RunComfyClient]:
+        """A new client of the run's account (for calls outside a row: cancels on a stop)."""
+        return self.hooks.make_client
 
     async def send_submit(self, row_id: str, submit: Awaitable[str]) -> str:
         """Send a row's submit (`submit` returns the request id) so that a stop cannot cut
@@ -157,11 +89,8 @@ class Batch:
         return await asyncio.shield(task)
 
     async def aclose(self) -> None:
-        """Close every client this batch opened."""
-        clients, self._all_clients, self._idle_clients = self._all_clients, [], []
-        for client in clients:
-            with contextlib.suppress(Exception):
-                await client.aclose()
+        """Close every client the run's rows borrowed."""
+        await self.places.aclose()
 
     async def write_ledger(self, write: Callable[[], LedgerEntry]) -> LedgerEntry:
         """Run a ledger write off the event loop (fsspec is blocking), trying again after a
@@ -201,8 +130,8 @@ class Batch:
 
     async def done(self, outcome: RowOutcome) -> RowOutcome:
         """Say that a row ended (progress) and hand its record back."""
-        if self.on_row_done is not None:
-            await self.on_row_done(outcome)
+        if self.hooks.on_row_done is not None:
+            await self.hooks.on_row_done(outcome)
         return outcome
 
 
@@ -245,4 +174,4 @@ async def cancel_queued_requests(
     return [pending[row_id] for row_id in cancelled]
 
 
-__all__ = ["LEDGER_RETRY_DELAYS_S", "Batch", "cancel_queued_requests", "queued_requests"]
+__all__ = ["LEDGER_RETRY_DELAYS_S", "RunState", "cancel_queued_requests", "queued_requests"]
