@@ -11,7 +11,7 @@ _claims/_owners/<token>.json     each run's lease, renewed while the run works
 To act on a row a run creates the row's next claim generation (the ledger's `claim` + 1) with
 an exclusive create (`OutputStore.create_exclusive`: `O_EXCL` locally, `If-None-Match: *` on
 S3, GCS and Azure). Only one run can create a given generation. The winner reads the ledger
-again and acts on what it says now (`engine.claims.turn`), writing its generation into the
+again and acts on what it says now (`engine.run.turn`), writing its generation into the
 ledger with its first write. A run that finds the generation taken looks at the holder: while
 the holder's run is alive and the row is not at rest under that claim, the row is the
 holder's; once the holder let go (its row at rest, its run ended, its lease lapsed, its

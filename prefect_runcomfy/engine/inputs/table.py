@@ -24,7 +24,8 @@ from prefect_runcomfy.api.exceptions import InvalidInputError
 from prefect_runcomfy.api.models import API_KEYS, FRIENDLY_NAMES, InfiniteTalkInput
 from prefect_runcomfy.api.models import describe_validation_error as _describe
 from prefect_runcomfy.engine.inputs.ids import id_problem
-from prefect_runcomfy.engine.record.outcome import is_blank
+from prefect_runcomfy.engine.record.outcome import RowOutcome, is_blank
+from prefect_runcomfy.engine.record.status import RowStatus
 
 TableLike: TypeAlias = pd.DataFrame | list[dict[str, Any]] | str
 """What a flow accepts as `inputs`."""
@@ -321,3 +322,8 @@ def table_folder(table_uri: str | None) -> str | None:
     if is_local_uri(table_uri):
         return os.path.dirname(os.path.abspath(table_uri.removeprefix("file://")))
     return table_uri.split("?", 1)[0].rsplit("/", 1)[0]
+
+
+def invalid_outcome(problem: RowProblem) -> RowOutcome:
+    """The record of a row rejected before anything was submitted."""
+    return RowOutcome.start(problem).ended(RowStatus.INVALID, problem.message)

@@ -11,11 +11,10 @@ from typing import Any
 from prefect.logging import get_run_logger
 
 from prefect_runcomfy.engine.claims.claim import RowClaims, open_claims
-from prefect_runcomfy.engine.inputs.table import RowProblem
 from prefect_runcomfy.engine.outputs.store import OutputStore
 from prefect_runcomfy.engine.plan.planning import TablePlan
 from prefect_runcomfy.engine.record.outcome import RowOutcome
-from prefect_runcomfy.engine.record.status import LedgerState, RowPlan, RowStatus
+from prefect_runcomfy.engine.record.status import LedgerState, RowPlan
 from prefect_runcomfy.engine.run.state import RunState
 from prefect_runcomfy.engine.run.stopping import (
     STOPS,
@@ -42,11 +41,6 @@ async def claims_for(
     return await asyncio.to_thread(
         open_claims, store, flow_run_id=flow_run_id, single_writer=single_writer
     )
-
-
-def invalid_outcome(problem: RowProblem) -> RowOutcome:
-    """The record of a row rejected before anything was submitted."""
-    return RowOutcome.start(problem).ended(RowStatus.INVALID, problem.message)
 
 
 async def execute(
@@ -112,4 +106,4 @@ async def _stop_rows(rows: asyncio.Future[Any], seconds: float) -> None:
             rows.exception()
 
 
-__all__ = ["claims_for", "execute", "invalid_outcome"]
+__all__ = ["claims_for", "execute"]

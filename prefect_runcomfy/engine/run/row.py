@@ -50,7 +50,6 @@ from prefect_runcomfy.api.exceptions import (
 )
 from prefect_runcomfy.api.models import RequestResult
 from prefect_runcomfy.engine.claims.claim import Held
-from prefect_runcomfy.engine.claims.turn import RowTurn, follow_holder, take_turn
 from prefect_runcomfy.engine.inputs.table import PreparedRow
 from prefect_runcomfy.engine.outputs.sidecar import with_sidecar
 from prefect_runcomfy.engine.plan.ledger import LedgerEntry, RowDecision, submitted_fields
@@ -75,6 +74,7 @@ from prefect_runcomfy.engine.run.steps import (
     wait_for_job,
     write_sidecar,
 )
+from prefect_runcomfy.engine.run.turn import RowTurn, follow_holder, take_turn
 
 UNKNOWN_ADVICE = (
     "an earlier submit of this row got no answer, so a job may have run and been billed; "

@@ -27,17 +27,17 @@ from prefect.logging import get_run_logger
 from prefect_runcomfy.api.client import RunComfyClient
 from prefect_runcomfy.api.exceptions import InvalidInputError
 from prefect_runcomfy.engine.claims.claim import open_claims
-from prefect_runcomfy.engine.claims.turn import take_entry
-from prefect_runcomfy.engine.inputs.table import RowProblem, TableLike
+from prefect_runcomfy.engine.inputs.table import RowProblem, TableLike, invalid_outcome
 from prefect_runcomfy.engine.outputs.store import OutputStore
 from prefect_runcomfy.engine.plan.ledger import Ledger, LedgerEntry, outcome_from_entry
 from prefect_runcomfy.engine.plan.planning import MediaSettings, TablePlan, api_payload, plan_table
 from prefect_runcomfy.engine.record.outcome import RowOutcome
 from prefect_runcomfy.engine.record.status import LedgerState, RowStatus
-from prefect_runcomfy.engine.run.phases import claims_for, execute, invalid_outcome
+from prefect_runcomfy.engine.run.phases import claims_for, execute
 from prefect_runcomfy.engine.run.row import RowCell, collect_request, in_row_task, run_row
 from prefect_runcomfy.engine.run.settings import RunHooks, RunSettings
 from prefect_runcomfy.engine.run.state import RunState
+from prefect_runcomfy.engine.run.turn import take_entry
 
 
 async def open_output(output_uri: str, storage_options: dict[str, Any] | None) -> OutputStore:

@@ -23,10 +23,10 @@ from prefect_runcomfy.engine.outputs.store import OutputStore
 from prefect_runcomfy.engine.plan.ledger import Ledger, LedgerEntry
 from prefect_runcomfy.engine.record.outcome import RowOutcome
 from prefect_runcomfy.engine.record.status import LedgerState
+from prefect_runcomfy.engine.run.cancels import mark_cancelled, send_cancels
 from prefect_runcomfy.engine.run.durations import RunEstimator
 from prefect_runcomfy.engine.run.places import Places
 from prefect_runcomfy.engine.run.settings import RunHooks, RunSettings
-from prefect_runcomfy.engine.run.stopping import mark_cancelled, send_cancels
 
 LEDGER_RETRY_DELAYS_S: tuple[float, ...] = (0.5, 2.0)
 """Pauses before writing a ledger entry again after the output location failed."""

@@ -33,9 +33,8 @@ from prefect.exceptions import TerminationSignal
 from prefect.logging import get_run_logger
 from prefect.states import Cancelled, State
 
-from prefect_runcomfy.api.client import RunComfyClient
-from prefect_runcomfy.api.exceptions import RunComfyError, StorageError
-from prefect_runcomfy.engine.record.status import LedgerState
+from prefect_runcomfy.api.exceptions import StorageError
+from prefect_runcomfy.engine.run.cancels import mark_cancelled, send_cancels
 
 if TYPE_CHECKING:
     from prefect_runcomfy.engine.plan.ledger import Ledger
@@ -46,9 +45,6 @@ T = TypeVar("T")
 STOP_GRACE_S = 15.0
 """How long a stopped run spends on its jobs at RunComfy (the submits under way, then the
 cancels) before it lets go. Prefect's runner kills a cancelled deployment run after 30 s."""
-CANCEL_AT_ONCE = 16
-"""Cancel calls sent at the same time: a stop of a big run must not queue them one by one
-while queued jobs start (and are billed)."""
 STOPS: tuple[type[BaseException], ...] = (
     asyncio.CancelledError,
     KeyboardInterrupt,
@@ -56,9 +52,6 @@ STOPS: tuple[type[BaseException], ...] = (
 )
 """What a stop raises in a run: a cancellation, or a signal's exception when it lands in
 the run's own frames (Prefect's SIGTERM bridge raises `TerminationSignal`)."""
-CANCELLED_ON_STOP = "cancelled while queued because its run was stopped; nothing was billed"
-"""The ledger's error for a job a stop cancelled (a re-run submits the row again)."""
-
 stop_requested_listeners: list[Callable[[str], None]] = []
 """Called with the reason when `request_stop` is called (in the signal handler's thread):
 the command line quiets its console here."""
@@ -260,25 +253,6 @@ async def stop_batch(
     )
 
 
-async def send_cancels(
-    make_client: Callable[[], RunComfyClient],
-    requests: Mapping[str, str],
-    answers: dict[str, bool],
-) -> None:
-    """Ask RunComfy to cancel each request (row id → request id), `CANCEL_AT_ONCE` at a
-    time; `answers` gets each row whose cancel was answered, as it is: True when the job was
-    cancelled (it was queued), False when it runs on. A failed cancel gets no answer."""
-    limit = asyncio.Semaphore(CANCEL_AT_ONCE)
-    async with make_client() as client:
-
-        async def one(row_id: str, request_id: str) -> None:
-            async with limit:
-                with contextlib.suppress(RunComfyError):
-                    answers[row_id] = (await client.cancel(request_id)).cancelled
-
-        await asyncio.gather(*(one(r, q) for r, q in requests.items()))
-
-
 async def _record(
     batch: RunState, requests: Mapping[str, str], answers: Mapping[str, bool]
 ) -> None:
@@ -294,18 +268,6 @@ async def _record(
                 _keep_request_id(batch.ledger, row_id, request_id)
 
     await asyncio.gather(*(asyncio.to_thread(write, r, q) for r, q in requests.items()))
-
-
-def mark_cancelled(ledger: Ledger, row_id: str, request_id: str) -> None:
-    """Record job `request_id` cancelled while queued: nothing billed, so a re-run submits
-    the row again. The id is written too: the stop may have cut the row's own write of it."""
-    ledger.mark(
-        row_id,
-        LedgerState.CANCELLED,
-        request_id=request_id,
-        error=CANCELLED_ON_STOP,
-        billed=False,
-    )
 
 
 def _keep_request_id(ledger: Ledger, row_id: str, request_id: str) -> None:
@@ -325,8 +287,6 @@ def say_stopped(report: StopReport) -> None:
 
 
 __all__ = [
-    "CANCELLED_ON_STOP",
-    "CANCEL_AT_ONCE",
     "STOPS",
     "STOP_GRACE_S",
     "RunStop",
@@ -334,12 +294,10 @@ __all__ = [
     "cancelled_here",
     "clear_stop_request",
     "is_stoppable",
-    "mark_cancelled",
     "mark_stoppable",
     "request_stop",
     "run_stoppable",
     "say_stopped",
-    "send_cancels",
     "stop_batch",
     "stop_listeners",
     "stop_requested_listeners",

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from prefect_runcomfy.engine.inputs.table import invalid_outcome
 from prefect_runcomfy.engine.outputs.store import OutputStore
 from prefect_runcomfy.engine.plan.planning import TablePlan
 from prefect_runcomfy.engine.record.outcome import RowOutcome
-from prefect_runcomfy.engine.run.phases import invalid_outcome
 from prefect_runcomfy.engine.shards.runs import (
     ShardRun,
     ShardWatch,
