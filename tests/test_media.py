@@ -21,11 +21,16 @@ from prefect_runcomfy.engine.inputs.media import (
     INLINE_CAPS,
     MediaResolver,
     ResolvedMedia,
-    resolve_media,
     sniff_format,
 )
 from prefect_runcomfy.engine.outputs.probe import is_mp4, probe_video
 from prefect_runcomfy.exceptions import MediaError
+
+
+async def resolve_media(value: str, *, kind: Any, **options: Any) -> ResolvedMedia:
+    """One value through a resolver made for it with `options` (the tests' shorthand)."""
+    return await MediaResolver(**options).resolve(value, kind)
+
 
 # --- real media, made here ---------------------------------------------------------------------
 

@@ -279,16 +279,9 @@ class RowClaims:
 
     def _record(self, id: str, generation: int, payload_sha256: str) -> bytes:
         owner = self.lease.record
-        claim = Claim(
-            id=id,
-            generation=generation,
-            owner=owner.token,
-            flow_run_id=owner.flow_run_id,
-            host=owner.host,
-            pid=owner.pid,
-            payload_sha256=payload_sha256,
-            claimed_at=utc_now(),
-        )
+        facts = owner.model_dump(include={"flow_run_id", "host", "pid"})
+        facts.update(id=id, generation=generation, owner=owner.token, payload_sha256=payload_sha256)
+        claim = Claim(**facts, claimed_at=utc_now())
         return claim.model_dump_json(indent=2).encode()
 
     def read(self, id: str, generation: int) -> Claim | None:

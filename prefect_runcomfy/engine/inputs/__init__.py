@@ -2,6 +2,6 @@
 fetch.
 
 Entry points: `inputs.table` (`read_table`, `prepare_rows`, `check_table`), `inputs.media`
-(`resolve_media`). Sends nothing to RunComfy and writes no ledger: a bad row is reported here,
+(`MediaResolver`). Sends nothing to RunComfy and writes no ledger: a bad row is reported here,
 by row and column, before anything is paid.
 """

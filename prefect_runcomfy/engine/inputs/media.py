@@ -519,48 +519,6 @@ class MediaResolver:
         )
 
 
-async def resolve_media(
-    value: str,
-    *,
-    kind: MediaKind,
-    base_uri: str | None = None,
-    staging_uri: str | None = None,
-    inline_media: bool = False,
-    storage_options: dict[str, Any] | None = None,
-    staging_storage_options: dict[str, Any] | None = None,
-    expires_s: int = DEFAULT_EXPIRES_S,
-) -> ResolvedMedia:
-    """Make one image or audio value fetchable by RunComfy.
-
-    - `https://` passes through. `http://` passes through too (the local sandbox serves
-      plain HTTP), but RunComfy itself wants public HTTPS URLs.
-    - `data:` URIs pass through after a check: base64, a media type of the right kind,
-      matching content, within the caps (image 6 MiB, audio 16 MiB).
-    - `s3://`, `gs://`, `az://`, ... objects must exist; they become pre-signed URLs valid for
-      `expires_s` (which must outlast queueing and the run).
-    - Local paths (absolute, `file://`, or relative to `base_uri`) must be files of the right
-      kind; they are inlined (`inline_media=True`) or uploaded to `staging_uri` and signed.
-    - Anything else raises `MediaError` saying what to do.
-
-    Use `MediaResolver` to resolve many values with one set of options and a cache.
-
-    Example:
-        ```python
-        media = await resolve_media("s3://bkt/alice.png", kind="image")
-        media.how   # 'signed'
-        ```
-    """
-    resolver = MediaResolver(
-        base_uri=base_uri,
-        staging_uri=staging_uri,
-        inline_media=inline_media,
-        storage_options=storage_options,
-        staging_storage_options=staging_storage_options,
-        expires_s=expires_s,
-    )
-    return await resolver.resolve(value, kind)
-
-
 __all__ = [
     "DEFAULT_EXPIRES_S",
     "INLINE_CAPS",
@@ -568,6 +526,5 @@ __all__ = [
     "MediaKind",
     "MediaResolver",
     "ResolvedMedia",
-    "resolve_media",
     "sniff_format",
 ]
