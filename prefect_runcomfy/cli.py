@@ -427,6 +427,7 @@ def _planned(
     """The run's own plan of INPUTS (`engine.plan.planning.plan_table`), against the ledger
     under `output` (None: every row new), its media checked as `media` says."""
     from prefect_runcomfy.engine.plan.planning import plan_table, planning_store
+    from prefect_runcomfy.models import INFINITE_TALK
 
     async def planned() -> Any:
         from prefect_runcomfy.api.client import RunComfyClient
@@ -440,6 +441,7 @@ def _planned(
         return await plan_table(
             inputs,
             planning_store(output, storage_options) if output else None,
+            INFINITE_TALK,
             media=media,
             make_client=make_client if price else None,
             retry_failed=retry_failed,

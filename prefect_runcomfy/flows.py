@@ -35,7 +35,6 @@ from pydantic import BaseModel
 
 from prefect_runcomfy.api.client import RunComfyClient
 from prefect_runcomfy.api.exceptions import ConfigurationError
-from prefect_runcomfy.api.models import MODEL_ID
 from prefect_runcomfy.blocks import RunComfyCredentials
 from prefect_runcomfy.engine.inputs.table import table_folder
 from prefect_runcomfy.engine.outputs.manifest import build_manifest
@@ -68,6 +67,7 @@ from prefect_runcomfy.engine.shards.parent import merged_outcomes, run_shards
 from prefect_runcomfy.engine.shards.runs import cancel_recorded
 from prefect_runcomfy.engine.shards.split import ShardFiles, plan_shards
 from prefect_runcomfy.locations import block_parameter, storage_location, stored_location
+from prefect_runcomfy.models.infinite_talk import INFINITE_TALK
 from prefect_runcomfy.report.artifacts import Progress
 from prefect_runcomfy.report.events import RowEvents
 from prefect_runcomfy.report.finish import check_allow_failed_rows, finish_run
@@ -354,10 +354,16 @@ async def generate_talking_videos(
     staging, staging_options = storage_location(staging_uri, media.staging_storage_options)
     keyed = artifact_key is not None or shard is None
     key = artifact_key_for(output, artifact_key) if keyed else None
-    await tag_flow_run(run_tags(MODEL_ID))
+    await tag_flow_run(run_tags(INFINITE_TALK))
     creds = await load_credentials(credentials)
     settings = RunSettings(
-        max_concurrency, max_wait_s, spending, waiting, concurrency, flow_run_id=_flow_run_id()
+        INFINITE_TALK,
+        max_concurrency,
+        max_wait_s,
+        spending,
+        waiting,
+        concurrency,
+        flow_run_id=_flow_run_id(),
     )
     resolving = MediaSettings(staging, inline_media, media.input_storage_options, staging_options)
     store, outcomes = await _run_table(
@@ -371,13 +377,14 @@ async def generate_talking_videos(
     )
     return await finish_run(
         store,
-        build_manifest(outcomes),
+        build_manifest(outcomes, INFINITE_TALK),
         output,
         name=shard.manifest_name if shard else MANIFEST_NAME,
         input_storage_options=media.input_storage_options,
         outcomes=outcomes,
         artifact_key=key,
         allow_failed_rows=spending.allow_failed_rows,
+        model=INFINITE_TALK,
     )
 
 
@@ -410,7 +417,7 @@ async def _run_table(
     await progress.start()
     events = RowEvents(store, table_uri=inputs if isinstance(inputs, str) else None)
     hooks = RunHooks(make_client, on_row_done=lambda o: _row_done(o, progress, events))
-    with tags(*run_tags(settings.model_id)):
+    with tags(*run_tags(settings.model)):
         outcomes = await run_table(planned, store, settings, hooks)
     await progress.finish()
     return store, outcomes
@@ -452,11 +459,12 @@ async def collect_outstanding_requests(
         RowsNeedAttentionError: as `generate_talking_videos` does; `exc.manifest` holds the rows.
     """
     check_allow_failed_rows(allow_failed_rows)
-    await tag_flow_run(run_tags(MODEL_ID))
+    await tag_flow_run(run_tags(INFINITE_TALK))
     creds = await load_credentials(credentials)
     output, options = storage_location(output_uri, storage_options)
     store = OutputStore(output, options)
     settings = RunSettings(
+        INFINITE_TALK,
         max_concurrency,
         max_wait_s,
         waiting=waiting,
@@ -472,10 +480,10 @@ async def collect_outstanding_requests(
         on_row_done=lambda outcome: _row_done(outcome, progress, events),
         cancel_job=lambda request_id: cancel_request(request_id, creds),
     )
-    with tags(*run_tags(MODEL_ID)):
+    with tags(*run_tags(INFINITE_TALK)):
         outcomes = await collect_table(left, store, settings, hooks, cancel=cancel)
     await progress.finish()
-    manifest = build_manifest(outcomes)
+    manifest = build_manifest(outcomes, INFINITE_TALK)
     if manifest.empty:
         get_run_logger().info("Nothing to collect.")
         return manifest
@@ -486,6 +494,7 @@ async def collect_outstanding_requests(
         outcomes=outcomes,
         artifact_key=f"{artifact_key_for(output)}-collect",
         allow_failed_rows=allow_failed_rows,
+        model=INFINITE_TALK,
     )
 
 
@@ -577,13 +586,13 @@ async def generate_talking_videos_sharded(
         RowsNeedAttentionError: as `generate_talking_videos` does, over the whole table.
     """
     check_allow_failed_rows(spending.allow_failed_rows)
-    await tag_flow_run(run_tags(MODEL_ID))
+    await tag_flow_run(run_tags(INFINITE_TALK))
     store = OutputStore(*storage_location(output_uri, storage_options))
     creds = await load_credentials(credentials) if spending.max_cost_usd is not None else None
     planned = await plan_whole_table(
         inputs,
         store,
-        RunSettings(spending=spending),
+        RunSettings(INFINITE_TALK, spending=spending),
         make_client=lambda: client_for(creds),
         table_storage_options=media.input_storage_options,
     )
@@ -593,6 +602,7 @@ async def generate_talking_videos_sharded(
         planned.frame,
         shard_size,
         base_dir=table_folder(inputs if isinstance(inputs, str) else None),
+        model=planned.model,
     )
     get_run_logger().info(
         "%d rows: %d valid in %d shards of up to %d, %d invalid",
@@ -624,10 +634,13 @@ async def generate_talking_videos_sharded(
     )
     return await finish_run(
         store,
-        build_manifest(await merged_outcomes(planned, store, runs, store.output_uri)),
+        build_manifest(
+            await merged_outcomes(planned, store, runs, store.output_uri), planned.model
+        ),
         store.output_uri,
         artifact_key=artifact_key_for(store.output_uri),
         allow_failed_rows=spending.allow_failed_rows,
+        model=INFINITE_TALK,
     )
 
 

@@ -38,7 +38,6 @@ from prefect.logging import get_run_logger
 from prefect_runcomfy.api.client import RunComfyClient, resolve_base_url
 from prefect_runcomfy.api.hosts import OutputPolicy
 from prefect_runcomfy.api.models import (
-    MODEL_ID,
     CancelOutcome,
     InfiniteTalkInput,
     RequestResult,
@@ -59,6 +58,7 @@ from prefect_runcomfy.engine.run.steps import (
     wait_for_job,
 )
 from prefect_runcomfy.engine.run.waiting import PollPolicy
+from prefect_runcomfy.models.infinite_talk import INFINITE_TALK, MODEL_ID
 from prefect_runcomfy.sync_or_async import sync_or_async_task
 
 Credentials = RunComfyCredentials | None
@@ -217,7 +217,14 @@ async def store_outputs(
     """
     store = OutputStore(output_uri, storage_options)
     policy = output_policy_for(credentials)
-    return await store_job_outputs(result, row_id, store, metadata=metadata, policy=policy)
+    return await store_job_outputs(
+        result,
+        row_id,
+        store,
+        suffix=INFINITE_TALK.output_suffix,
+        metadata=metadata,
+        policy=policy,
+    )
 
 
 __all__ = [

@@ -13,7 +13,7 @@ import av
 import httpx
 import numpy as np
 
-from prefect_runcomfy.api.models import MODEL_ID
+from prefect_runcomfy.models.infinite_talk import MODEL_ID
 
 SUBMIT_PATH = f"/v1/models/{MODEL_ID}"
 """Where InfiniteTalk jobs are submitted."""

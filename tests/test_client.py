@@ -15,7 +15,7 @@ from sandbox_helpers import api_requests
 
 from prefect_runcomfy.api.backoff import Backoff, parse_retry_after
 from prefect_runcomfy.api.client import RunComfyClient, may_resend_submit
-from prefect_runcomfy.api.models import MODEL_ID, InfiniteTalkInput, RequestStatus
+from prefect_runcomfy.api.models import InfiniteTalkInput, RequestStatus
 from prefect_runcomfy.exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -33,6 +33,7 @@ from prefect_runcomfy.exceptions import (
     SubmitOutcomeUnknownError,
     TransportError,
 )
+from prefect_runcomfy.models.infinite_talk import MODEL_ID
 from prefect_runcomfy.sandbox import Sandbox
 
 FAST = Backoff(initial_s=0.01, max_delay_s=0.05)

@@ -20,11 +20,11 @@ from prefect_runcomfy.api.models import RequestResult, RequestState, RequestStat
 from prefect_runcomfy.engine.run.durations import (
     RunEstimator,
     Window,
-    job_kind,
     server_seconds,
     window_of,
 )
 from prefect_runcomfy.engine.run.waiting import PollPolicy, reads_status, wait_until_finished
+from prefect_runcomfy.models import INFINITE_TALK
 
 POLICY = PollPolicy(jitter=0.0)
 
@@ -52,11 +52,13 @@ def taught(*totals: float, kind: str = "k") -> RunEstimator:
 def test_jobs_of_one_resolution_frame_count_and_steps_share_a_kind() -> None:
     a = {"245_valuex246_value": "480x480 (1:1)", "270_value": 125, "241_positive_prompt": "a"}
     b = {**a, "241_positive_prompt": "b", "128_seed": 3}
-    assert job_kind(a, "m") == job_kind(b, "m")
-    assert job_kind(a, "m") != job_kind({**a, "270_value": 250}, "m")
-    assert job_kind(a, "m") != job_kind({**a, "245_valuex246_value": "720x720 (1:1)"}, "m")
-    assert job_kind(a, "m") != job_kind({**a, "128_steps": 12}, "m")
-    assert job_kind(None) == job_kind({})
+    assert INFINITE_TALK.job_kind(a) == INFINITE_TALK.job_kind(b)
+    assert INFINITE_TALK.job_kind(a) != INFINITE_TALK.job_kind({**a, "270_value": 250})
+    assert INFINITE_TALK.job_kind(a) != INFINITE_TALK.job_kind(
+        {**a, "245_valuex246_value": "720x720 (1:1)"}
+    )
+    assert INFINITE_TALK.job_kind(a) != INFINITE_TALK.job_kind({**a, "128_steps": 12})
+    assert INFINITE_TALK.job_kind(None) == INFINITE_TALK.job_kind({})
 
 
 def test_the_server_timestamps_give_the_duration_in_either_spelling() -> None:

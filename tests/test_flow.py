@@ -32,6 +32,7 @@ from prefect_runcomfy.exceptions import (
     StorageError,
     SubmitLimitError,
 )
+from prefect_runcomfy.models import INFINITE_TALK
 from prefect_runcomfy.sandbox import Sandbox, sample_inputs
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -907,7 +908,7 @@ async def test_a_stored_row_needs_no_media_on_a_rerun(sb: Sandbox, tmp_path: Pat
     from prefect_runcomfy.engine.plan.planning import MediaSettings, plan_table
 
     media = MediaSettings(inline_media=True, mode="check")
-    planned = await plan_table(table, OutputStore(str(tmp_path / "o")), media=media)
+    planned = await plan_table(table, OutputStore(str(tmp_path / "o")), INFINITE_TALK, media=media)
     assert [(r.id, d.plan.value) for r, d in zip(planned.rows, planned.decisions, strict=True)] == [
         ("kept", "skip_stored")
     ]

@@ -10,13 +10,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from prefect_runcomfy.api.models import (
-    API_KEYS,
-    FRAME_COUNTS,
-    RESOLUTIONS,
-    InfiniteTalkInput,
-    describe_validation_error,
-)
+from prefect_runcomfy.api.models import InfiniteTalkInput
+from prefect_runcomfy.models import INFINITE_TALK
+from prefect_runcomfy.models.infinite_talk import API_KEYS, FRAME_COUNTS, RESOLUTIONS
 
 SEED = Path(__file__).resolve().parents[2] / "shared" / "seed"
 BASE = {"prompt": "a man talks", "image": "https://x.test/p.png", "audio": "https://x.test/a.mp3"}
@@ -135,7 +131,7 @@ def test_rejected_inputs_name_the_column_and_the_reason(
 ) -> None:
     with pytest.raises(ValidationError) as caught:
         InfiniteTalkInput(**{**BASE, **changes})
-    problems = describe_validation_error(caught.value)
+    problems = INFINITE_TALK.describe_error(caught.value)
     assert any(col == column and words in reason for col, reason in problems), problems
 
 
@@ -144,13 +140,13 @@ def test_required_columns(missing: str) -> None:
     data = {k: v for k, v in BASE.items() if k != missing}
     with pytest.raises(ValidationError) as caught:
         InfiniteTalkInput(**data)
-    assert (missing, "is required but missing") in describe_validation_error(caught.value)
+    assert (missing, "is required but missing") in INFINITE_TALK.describe_error(caught.value)
 
 
 def test_raw_api_key_errors_are_reported_under_the_friendly_name() -> None:
     with pytest.raises(ValidationError) as caught:
         InfiniteTalkInput.model_validate({**BASE, "128_steps": 99})
-    [(column, reason)] = describe_validation_error(caught.value)
+    [(column, reason)] = INFINITE_TALK.describe_error(caught.value)
     assert column == "steps"
     assert "99" in reason
 
@@ -188,7 +184,9 @@ def test_ids_that_cannot_be_file_names_anywhere_are_invalid_rows(bad: str) -> No
     from prefect_runcomfy.engine.inputs.table import check_table
     from prefect_runcomfy.exceptions import InvalidInputError
 
-    check = check_table(pd.DataFrame([{**BASE, "id": bad}, {**BASE, "id": "fine", "seed": 1}]))
+    check = check_table(
+        pd.DataFrame([{**BASE, "id": bad}, {**BASE, "id": "fine", "seed": 1}]), INFINITE_TALK
+    )
     assert [r.id for r in check.valid] == ["fine"]
     (problem,) = check.invalid
     assert problem.problems[0][0] == "id" and "cannot name a file" in problem.message
@@ -224,7 +222,8 @@ def test_ids_that_differ_only_in_case_are_one_id() -> None:
                 {**BASE, "id": "ada", "seed": 1},
                 {**BASE, "id": "com0", "seed": 2},
             ]
-        )
+        ),
+        INFINITE_TALK,
     )
     assert check.valid == []
     reasons = [p.message for p in check.invalid]

@@ -107,6 +107,7 @@ def test_no_two_folders_import_each_other() -> None:
 @pytest.mark.parametrize(
     ("layer", "must_not_reach"),
     [
+        ("models", {"api", "engine", "report", "flows", "tasks", "blocks", "cli", "sandbox"}),
         ("api", {"engine", "report", "flows", "tasks", "blocks", "cli", "sandbox"}),
         ("engine", {"report", "flows", "tasks", "blocks", "cli", "sandbox"}),
         ("engine.record", {"engine.inputs", "engine.plan", "engine.run", "engine.outputs"}),
@@ -120,6 +121,20 @@ def test_layers_import_only_downwards(layer: str, must_not_reach: set[str]) -> N
         if _folder(name) == layer or _folder(name).startswith(layer + ".")
         for target in targets
         if any(_folder(target) == w or _folder(target).startswith(w + ".") for w in must_not_reach)
+    )
+    assert wrong == []
+
+
+def test_the_engine_and_the_reports_are_given_their_model() -> None:
+    """Only `models.base` (the `ModelSpec` seam) reaches the engine and the reports: a
+    concrete model is chosen by the face and handed down."""
+    concrete = {n for n in MODULES if n.startswith("prefect_runcomfy.models")}
+    concrete.discard("prefect_runcomfy.models.base")
+    wrong = sorted(
+        f"{name} imports {target}"
+        for name, targets in GRAPH.items()
+        if _folder(name).split(".")[0] in {"engine", "report"}
+        for target in targets & concrete
     )
     assert wrong == []
 

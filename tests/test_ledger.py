@@ -23,6 +23,7 @@ from prefect_runcomfy.engine.plan.ledger import (
     plan_row,
 )
 from prefect_runcomfy.exceptions import InvalidInputError
+from prefect_runcomfy.models import INFINITE_TALK
 
 OLD = "a" * 64
 NEW = "b" * 64
@@ -373,10 +374,13 @@ def test_manifests_merge_with_list_columns_read_back_from_parquet(tmp_path: Path
         [
             {"id": "one", "status": "succeeded", "video_uris": ["one.mp4"]},
             {"id": "two", "status": "succeeded", "video_uris": ["two-1.mp4", "two-2.mp4"]},
-        ]
+        ],
+        INFINITE_TALK,
     )
     store.write_manifest(parquet_safe(earlier))
-    now = build_manifest([{"id": "new", "status": "succeeded", "video_uris": ["new.mp4"]}])
+    now = build_manifest(
+        [{"id": "new", "status": "succeeded", "video_uris": ["new.mp4"]}], INFINITE_TALK
+    )
     merged = parquet_safe(merge_manifests(store.read_manifest(), now))
     store.write_manifest(merged)
     back = pd.read_parquet(tmp_path / "manifest.parquet").set_index("id")["video_uris"]

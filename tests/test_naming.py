@@ -7,7 +7,8 @@ import re
 import pytest
 
 from prefect_runcomfy.exceptions import ConfigurationError
-from prefect_runcomfy.report.naming import artifact_key, model_tag, run_tags
+from prefect_runcomfy.models import INFINITE_TALK
+from prefect_runcomfy.report.naming import artifact_key, run_tags
 
 
 def test_the_key_is_stable_readable_and_distinct_per_location() -> None:
@@ -26,5 +27,4 @@ def test_a_given_key_is_checked() -> None:
 
 
 def test_tags_name_the_library_and_the_model() -> None:
-    assert run_tags("community/infinite-talk/image-to-video") == ("runcomfy", "infinite-talk")
-    assert model_tag("flux") == "flux"
+    assert run_tags(INFINITE_TALK) == ("runcomfy", "infinite-talk")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from prefect_runcomfy.api.backoff import Backoff
 from prefect_runcomfy.api.client import RunComfyClient
 from prefect_runcomfy.api.hosts import DEFAULT_MAX_OUTPUT_BYTES, HostRule, OutputPolicy
 from prefect_runcomfy.api.models import InfiniteTalkInput, RequestResult
+from prefect_runcomfy.engine.record.outcome import StoredFile
 from prefect_runcomfy.exceptions import ConfigurationError, OutputRefusedError
 from prefect_runcomfy.sandbox import Sandbox
 
@@ -163,18 +165,21 @@ async def test_a_local_folder_takes_the_download_in_place_and_keeps_nothing_refu
     monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
     out = tmp_path / "out"
     store = OutputStore(str(out))
+
+    def keep(result: RequestResult, client: RunComfyClient) -> Awaitable[tuple[StoredFile, ...]]:
+        policy = client.output_policy
+        return store_files(
+            result, "r1", store, http=client.output_http, policy=policy, suffix=".mp4"
+        )
+
     sb.set(files_without_length=True, output_padding_bytes=3 << 20)
     async with client_for(sb, max_output_bytes=2 << 20) as client:
         result = await finished_result(client, sb)
         with pytest.raises(OutputRefusedError):
-            await store_files(
-                result, "r1", store, http=client.output_http, policy=client.output_policy
-            )
+            await keep(result, client)
     assert sorted(p.name for p in out.rglob("*")) == [], "nothing kept, nothing hidden"
     async with client_for(sb, max_output_bytes=4 << 20) as client:
-        files = await store_files(
-            result, "r1", store, http=client.output_http, policy=client.output_policy
-        )
+        files = await keep(result, client)
     assert sorted(p.name for p in out.rglob("*")) == ["r1.mp4", "r1.poster.jpg"]
     assert files[0].uri == str(out / "r1.mp4") and files[0].size == (out / "r1.mp4").stat().st_size
     assert files[0].video and files[0].video["width"] > 0

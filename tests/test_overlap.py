@@ -26,6 +26,7 @@ from prefect_runcomfy.engine.claims.claim import OWNERS_DIR, OwnerLease, RowClai
 from prefect_runcomfy.engine.outputs.store import OutputStore
 from prefect_runcomfy.engine.plan.ledger import Ledger
 from prefect_runcomfy.exceptions import ConfigurationError
+from prefect_runcomfy.models import INFINITE_TALK
 from prefect_runcomfy.sandbox import Sandbox
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -321,7 +322,7 @@ def _submitting_elsewhere(store: OutputStore, row: dict[str, Any]) -> None:
 
     from prefect_runcomfy.engine.inputs.table import check_table
 
-    fingerprint = check_table(pd.DataFrame([row])).valid[0].fingerprint
+    fingerprint = check_table(pd.DataFrame([row]), INFINITE_TALK).valid[0].fingerprint
     ledger = Ledger(store)
     ledger.hold(row["id"], 1)
     ledger.mark_submitting(row["id"], fingerprint)

@@ -17,13 +17,14 @@ from prefect_runcomfy.engine.plan.pricing import (
     video_seconds,
 )
 from prefect_runcomfy.exceptions import ConfigurationError, CostLimitError
+from prefect_runcomfy.models import INFINITE_TALK
 
 BASE = {"prompt": "talks", "image": "https://x.test/p.png", "audio": "https://x.test/a.mp3"}
 
 
 def prepared(*frames: int) -> list[PreparedRow]:
     table = pd.DataFrame([{**BASE, "id": f"r{i}", "frames": f} for i, f in enumerate(frames)])
-    return check_table(table).valid
+    return check_table(table, INFINITE_TALK).valid
 
 
 def price(**entry: Any) -> Price:
@@ -32,10 +33,14 @@ def price(**entry: Any) -> Price:
 
 def test_per_second_is_frames_over_25_capped_by_the_audio() -> None:
     rows = prepared(125, 250)
-    assert [video_seconds(r) for r in rows] == [5.0, 10.0]
-    assert video_seconds(rows[1], audio_seconds=3.5) == 3.5
-    assert video_seconds(rows[0], audio_seconds=60.0) == 5.0  # the frames cut longer speech
-    estimate = estimate_cost(rows, price(base_price_usd=0.015, price_unit="second"), {"r1": 4.0})
+    assert [video_seconds(r, INFINITE_TALK) for r in rows] == [5.0, 10.0]
+    assert video_seconds(rows[1], INFINITE_TALK, media_seconds=3.5) == 3.5
+    assert (
+        video_seconds(rows[0], INFINITE_TALK, media_seconds=60.0) == 5.0
+    )  # the frames cut longer speech
+    estimate = estimate_cost(
+        rows, price(base_price_usd=0.015, price_unit="second"), INFINITE_TALK, {"r1": 4.0}
+    )
     assert estimate.per_row == {"r0": pytest.approx(0.075), "r1": pytest.approx(0.06)}
     assert estimate.usd == pytest.approx(0.135) and estimate.seconds == 9.0
     assert estimate.describe() == (
@@ -46,7 +51,9 @@ def test_per_second_is_frames_over_25_capped_by_the_audio() -> None:
 
 @pytest.mark.parametrize("unit", ["output", "image", "Image"])
 def test_per_output_or_image_is_one_price_a_row(unit: str) -> None:
-    estimate = estimate_cost(prepared(125, 250), price(base_price_usd="0.25", price_unit=unit))
+    estimate = estimate_cost(
+        prepared(125, 250), price(base_price_usd="0.25", price_unit=unit), INFINITE_TALK
+    )
     assert estimate.usd == 0.5
 
 
@@ -66,7 +73,7 @@ def test_per_output_or_image_is_one_price_a_row(unit: str) -> None:
 def test_no_usable_price_is_said_and_refuses_a_limit(entry: dict[str, Any]) -> None:
     no_price = price(**entry)
     assert not no_price.usable and "no usable price" in no_price.describe()
-    estimate = estimate_cost(prepared(125), no_price)
+    estimate = estimate_cost(prepared(125), no_price, INFINITE_TALK)
     assert estimate.usd is None
     assert estimate.describe().startswith("cost of 1 job not estimated: no usable price")
     check_cost_limit(estimate, None)  # no limit: the run goes on
@@ -76,7 +83,9 @@ def test_no_usable_price_is_said_and_refuses_a_limit(entry: dict[str, Any]) -> N
 
 
 def test_the_limit() -> None:
-    estimate = estimate_cost(prepared(*[125] * 7), price(base_price_usd=0.1, price_unit="output"))
+    estimate = estimate_cost(
+        prepared(*[125] * 7), price(base_price_usd=0.1, price_unit="output"), INFINITE_TALK
+    )
     check_cost_limit(estimate, 0.7)  # equal is within
     with pytest.raises(CostLimitError) as caught:
         check_cost_limit(estimate, 0.69)
@@ -86,7 +95,7 @@ def test_the_limit() -> None:
         check_cost_limit(estimate, -1)
     with pytest.raises(ConfigurationError, match="not nan"):
         check_cost_limit(estimate, float("nan"))  # NaN compares false: it would allow any cost
-    nothing = estimate_cost([], price())
+    nothing = estimate_cost([], price(), INFINITE_TALK)
     assert nothing.usd == 0.0 and "no new jobs" in nothing.describe()
     check_cost_limit(nothing, 0)  # nothing new fits any limit, even without a price
 

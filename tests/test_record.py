@@ -19,6 +19,7 @@ from prefect_runcomfy.engine.outputs.sidecar import sidecar_of, with_sidecar
 from prefect_runcomfy.engine.plan.ledger import LedgerEntry, outcome_from_entry, submitted_fields
 from prefect_runcomfy.engine.record.outcome import RowOutcome, StoredFile
 from prefect_runcomfy.engine.record.status import LedgerState, RowStatus
+from prefect_runcomfy.models import INFINITE_TALK
 from prefect_runcomfy.report.review import read_rows
 
 RECORD_DIR = Path(__file__).resolve().parents[1] / "prefect_runcomfy" / "engine" / "record"
@@ -63,8 +64,8 @@ def test_the_record_imports_nothing_else_of_the_engine() -> None:
 
 def test_a_manifest_row_reads_back_into_the_same_facts() -> None:
     outcome = stored_row()
-    record = build_manifest([outcome]).to_dict(orient="records")[0]
-    back = outcome_from_manifest_row(record)
+    record = build_manifest([outcome], INFINITE_TALK).to_dict(orient="records")[0]
+    back = outcome_from_manifest_row(record, INFINITE_TALK.input_names)
     assert back.status is RowStatus.SUCCEEDED
     assert (back.id, back.row, back.request_id, back.attempts) == ("ada", 3, "req-1", 1)
     assert back.inputs == {"prompt": "hello", "image": "s3://b/ada.png", "frames": 125}
@@ -84,7 +85,8 @@ def test_a_manifest_row_of_odd_values_reads_as_much_as_it_says() -> None:
             "attempts": None,
             "queue_seconds": "1.5",
             "video_uris": '["/o/a.mp4", "/o/b.mp4"]',
-        }
+        },
+        INFINITE_TALK.input_names,
     )
     assert (back.id, back.status, back.error, back.row, back.attempts) == (
         "7",
@@ -148,10 +150,11 @@ def test_statuses_are_parsed_and_said_in_words() -> None:
 
 def test_the_review_reads_the_manifest_first_and_the_sidecar_for_what_it_lacks() -> None:
     manifest = build_manifest(
-        [stored_row().evolve(request_id="req-manifest", files=(), queue_seconds=None)]
+        [stored_row().evolve(request_id="req-manifest", files=(), queue_seconds=None)],
+        INFINITE_TALK,
     )
     sidecar = sidecar_of(stored_row())
-    (row,) = read_rows(manifest, {"ada": sidecar})
+    (row,) = read_rows(manifest, {"ada": sidecar}, INFINITE_TALK)
     assert row.request_id == "req-manifest", "the manifest speaks first"
     assert row.queue_s == 1.5, "the sidecar fills what the manifest lacks"
     assert row.videos == ["ada.mp4", "ada-1.mp4"], "the sidecar names the videos"

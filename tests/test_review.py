@@ -23,6 +23,7 @@ from prefect_runcomfy import RunComfyCredentials, Spending, Waiting, generate_ta
 from prefect_runcomfy.engine.outputs.manifest import RowStatus, build_manifest
 from prefect_runcomfy.engine.outputs.previews import jpeg_bytes, poster_frame, thumbnail
 from prefect_runcomfy.engine.outputs.store import OutputStore
+from prefect_runcomfy.models import INFINITE_TALK
 from prefect_runcomfy.report.review import (
     INDEX_NAME,
     advice_for,
@@ -182,7 +183,8 @@ def all_statuses_manifest() -> pd.DataFrame:
                 run_seconds=57.0,
             ),
             record("lost", "outcome_unknown", error="not submitted: an earlier submit ..."),
-        ]
+        ],
+        INFINITE_TALK,
     )
 
 
@@ -207,7 +209,7 @@ def render(manifest: pd.DataFrame, **kwargs: Any) -> str:
     kwargs.setdefault("sidecars", {})
     kwargs.setdefault("title", "Review")
     kwargs.setdefault("generated_at", "2025-01-01 00:00 UTC")
-    return render_review_html(manifest, **kwargs)
+    return render_review_html(manifest, INFINITE_TALK, **kwargs)
 
 
 def test_user_text_is_escaped_everywhere() -> None:
@@ -216,7 +218,8 @@ def test_user_text_is_escaped_everywhere() -> None:
             record("ok", "succeeded", prompt=EVIL, note=EVIL),
             record("bad", "invalid", error=EVIL, extras={"customer": EVIL}),
             record("weird", "<b>status</b>", error=EVIL),
-        ]
+        ],
+        INFINITE_TALK,
     )
     page = render(manifest, title=EVIL, generated_at=EVIL, sidecars={"ok": {"model_id": EVIL}})
     assert "<script>alert" not in page and "<img src=x" not in page
@@ -263,7 +266,7 @@ def test_hostile_text_in_every_field_stays_text() -> None:
         for i, text in enumerate(HOSTILE)
     }
     page = render(
-        build_manifest(rows),
+        build_manifest(rows, INFINITE_TALK),
         sidecars=sidecars,
         title=HOSTILE[5],
         generated_at=HOSTILE[2],
@@ -301,7 +304,7 @@ def test_hostile_text_in_every_field_stays_text() -> None:
 
 
 def test_ids_in_links_are_percent_encoded() -> None:
-    manifest = build_manifest([record("a b&c#d%e'f", "succeeded", video_uri=None)])
+    manifest = build_manifest([record("a b&c#d%e'f", "succeeded", video_uri=None)], INFINITE_TALK)
     tags = parse(render(manifest))
     sources = [a["src"] for t, a in tags if t == "video"]
     assert sources == ["a%20b%26c%23d%25e%27f.mp4"]
@@ -390,7 +393,9 @@ def test_header_counts_totals_chart_and_filters() -> None:
 
 
 def test_assets_decide_what_is_linked() -> None:
-    manifest = build_manifest([record("ok", "succeeded"), record("gone", "succeeded")])
+    manifest = build_manifest(
+        [record("ok", "succeeded"), record("gone", "succeeded")], INFINITE_TALK
+    )
     page = render(manifest, assets={"ok.mp4", "ok.portrait.jpg", "manifest.parquet"})
     tags = parse(page)
     assert [a["src"] for t, a in tags if t == "video"] == ["ok.mp4"]
@@ -451,7 +456,8 @@ def seed_store(store: OutputStore, tmp_path: Path, image: str) -> pd.DataFrame:
         [
             record("ok", "succeeded", image=image, video_uri=store.uri("ok.mp4"), video_uris=None),
             record("bad", "invalid", error="steps: too many"),
-        ]
+        ],
+        INFINITE_TALK,
     )
     store.write_manifest(manifest)
     return manifest
@@ -474,7 +480,7 @@ def test_write_review_page_to_a_local_folder(tmp_path: Path) -> None:
     image = tmp_path / "face.png"
     image.write_bytes(make_png(60, 40))
     manifest = seed_store(store, tmp_path, str(image))
-    page = check_written(store, write_review_page(store, manifest))
+    page = check_written(store, write_review_page(store, manifest, INFINITE_TALK))
     assert "Talking videos · out" in page
     linked = [v for _, a in parse(page) for k, v in a.items() if k in {"href", "src", "poster"}]
     assert linked and not [v for v in linked if v and str(tmp_path) in v], "links are relative"
@@ -482,7 +488,7 @@ def test_write_review_page_to_a_local_folder(tmp_path: Path) -> None:
     # Previews are made once: a rewrite leaves them alone (even when the source is gone).
     image.unlink()
     poster_before = store.read_bytes("ok.poster.jpg")
-    write_review_page(store, manifest)
+    write_review_page(store, manifest, INFINITE_TALK)
     assert store.read_bytes("ok.poster.jpg") == poster_before
     assert store.exists("ok.portrait.jpg")
 
@@ -504,7 +510,7 @@ def test_the_page_reads_sidecars_only_for_rows_the_run_does_not_hold(tmp_path: P
     store.read_many_bytes = spy  # type: ignore[method-assign]
     probed = {"video_codec": "heldcodec", "fps": 25}
     held = {"ok": {"id": "ok", "status": "succeeded", "files": [{"video": probed}]}}
-    page = check_written(store, write_review_page(store, manifest, known=held))
+    page = check_written(store, write_review_page(store, manifest, INFINITE_TALK, known=held))
     assert read == ["bad.json"], "the held row's sidecar is not read back"
     assert "heldcodec" in page and "4242" in page
 
@@ -513,7 +519,7 @@ def test_write_review_page_to_memory(tmp_path: Path) -> None:
     store = OutputStore("memory://review-test/out")
     try:
         manifest = seed_store(store, tmp_path, data_uri(make_png(60, 40)))
-        check_written(store, write_review_page(store, manifest))
+        check_written(store, write_review_page(store, manifest, INFINITE_TALK))
         assert fsspec.filesystem("memory").exists("/review-test/out/index.html")
     finally:
         fsspec.filesystem("memory").rm("/review-test", recursive=True)
@@ -527,7 +533,9 @@ def test_write_review_page_to_s3_with_an_s3_portrait(
     fs.pipe(f"{s3_bucket}/inputs/face.png", make_png(60, 40))
     store = OutputStore(f"s3://{s3_bucket}/review", options)
     manifest = seed_store(store, tmp_path, f"s3://{s3_bucket}/inputs/face.png")
-    page = check_written(store, write_review_page(store, manifest, input_storage_options=options))
+    page = check_written(
+        store, write_review_page(store, manifest, INFINITE_TALK, input_storage_options=options)
+    )
     assert f"s3://{s3_bucket}/review/ok.mp4" not in page, "links stay relative on S3"
     assert fs.exists(f"{s3_bucket}/review/index.html")
 
@@ -539,10 +547,11 @@ def test_unreadable_portraits_and_videos_still_give_a_page(tmp_path: Path) -> No
             record("a", "succeeded", image="http://127.0.0.1:9/nothing.png"),
             record("b", "succeeded", image="data:image/png;base64,!!!not-base64"),
             record("c", "succeeded", image=str(tmp_path / "missing.png")),
-        ]
+        ],
+        INFINITE_TALK,
     )
     (tmp_path / "out" / "a.mp4").write_bytes(b"not a video")
-    write_review_page(store, manifest)
+    write_review_page(store, manifest, INFINITE_TALK)
     page = (tmp_path / "out" / INDEX_NAME).read_text()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.mp4", "index.html"]
     assert "<img" not in page and "poster=" not in page
@@ -581,7 +590,7 @@ async def test_page_from_a_real_flow_run(shared_sandbox: Sandbox, tmp_path: Path
     store = OutputStore(str(out))
     manifest = store.read_manifest()
     assert manifest is not None
-    uri = write_review_page(store, manifest)
+    uri = write_review_page(store, manifest, INFINITE_TALK)
     assert uri == str(out / INDEX_NAME)
     names = {p.name for p in out.iterdir()}
     for row in rows[:2]:

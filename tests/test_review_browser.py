@@ -20,6 +20,7 @@ import pytest
 
 from prefect_runcomfy import RunComfyCredentials, Spending, Waiting, generate_talking_videos
 from prefect_runcomfy.engine.outputs.store import OutputStore
+from prefect_runcomfy.models import INFINITE_TALK
 from prefect_runcomfy.report.review import write_review_page
 from prefect_runcomfy.sandbox import Sandbox, sample_inputs
 
@@ -101,7 +102,7 @@ async def _page_from_a_real_run(sb: Sandbox, out: Path) -> Any:
     store = OutputStore(str(out))
     merged = store.read_manifest()
     assert merged is not None
-    write_review_page(store, merged)
+    write_review_page(store, merged, INFINITE_TALK)
     return merged
 
 

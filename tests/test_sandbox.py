@@ -28,7 +28,8 @@ from sandbox_helpers import (
     wav_bytes,
 )
 
-from prefect_runcomfy.api.models import MODEL_ID, InfiniteTalkInput
+from prefect_runcomfy.api.models import InfiniteTalkInput
+from prefect_runcomfy.models.infinite_talk import MODEL_ID
 from prefect_runcomfy.sandbox import Sandbox, SandboxConfig, run_sandbox, sample_inputs
 from prefect_runcomfy.sandbox.samples import SAMPLES_DIR, sample_files
 

@@ -33,6 +33,7 @@ from prefect_runcomfy.engine.shards.runs import (
     start_shards,
 )
 from prefect_runcomfy.engine.shards.split import ShardFiles, ShardSpec, plan_shards
+from prefect_runcomfy.models import INFINITE_TALK
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -57,8 +58,10 @@ def table(n: int) -> list[dict[str, Any]]:
 
 
 async def specs_of(store: OutputStore, n: int, shard_size: int = 2) -> list[ShardSpec]:
-    prepared = await prepare(table(n), storage_options=None)
-    return plan_shards(store.uri(), prepared.valid, prepared.frame, shard_size, base_dir=None)
+    prepared = await prepare(table(n), INFINITE_TALK, storage_options=None)
+    return plan_shards(
+        store.uri(), prepared.valid, prepared.frame, shard_size, base_dir=None, model=INFINITE_TALK
+    )
 
 
 def parameters(store: OutputStore) -> Any:
@@ -208,7 +211,7 @@ def test_a_dead_shards_rows_are_read_from_the_ledger(tmp_path: Path) -> None:
     spec = ShardSpec(0, "k" * 16, tuple(frame["id"]), frame)
     run = ShardRun(spec, 0, flow_run_id=uuid.uuid4(), found=False, dead="no sign of life for 61 s")
 
-    outcomes = asyncio.run(shard_outcomes(store, run, "s3://bucket/out"))
+    outcomes = asyncio.run(shard_outcomes(store, run, "s3://bucket/out", INFINITE_TALK))
     by_id = {o.id: o for o in outcomes}
     assert [str(by_id[i].status) for i in frame["id"]] == [
         "succeeded",

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from prefect_runcomfy.engine.outputs.manifest import RowStatus, build_manifest
+from prefect_runcomfy.models import INFINITE_TALK
 from prefect_runcomfy.report.artifacts import spending, summary_markdown
 from prefect_runcomfy.report.review import render_review_html
 from prefect_runcomfy.report.summary import RunSummary, summarize
@@ -34,7 +35,7 @@ def a_night() -> pd.DataFrame:
             row("e", "invalid", error="steps: too many"),
             row("f", "timed_out", run_seconds=60.0, duration_s=9.0),
             row("g", "something new"),
-        ]
+        ], INFINITE_TALK
     )  # fmt: skip
 
 
@@ -88,7 +89,7 @@ def test_seconds_of_video_count_succeeded_rows_and_run_time_every_row() -> None:
     ("manifest", "sentences"),
     [
         (pd.DataFrame(columns=["id", "status"]), ["Jobs this run submitted: 0"]),
-        (build_manifest([]), ["Jobs this run submitted: 0"]),
+        (build_manifest([], INFINITE_TALK), ["Jobs this run submitted: 0"]),
         (
             pd.DataFrame({"id": ["a"], "status": ["succeeded"], "cost_usd": [0.25]}),
             [
@@ -98,7 +99,7 @@ def test_seconds_of_video_count_succeeded_rows_and_run_time_every_row() -> None:
             ],
         ),
         (
-            build_manifest([row("a", "failed", submitted_by_this_run=True)]),
+            build_manifest([row("a", "failed", submitted_by_this_run=True)], INFINITE_TALK),
             ["Jobs this run submitted: 1, cost not reported"],
         ),
         (
@@ -141,7 +142,7 @@ def test_markdown_page_and_command_line_say_the_same(capsys: pytest.CaptureFixtu
     assert "- Video produced: 11.5 s" in markdown
     assert all(f"- {sentence}" in markdown for sentence in summary.spending)
 
-    page = render_review_html(manifest, sidecars={}, title="t", generated_at="now")
+    page = render_review_html(manifest, INFINITE_TALK, sidecars={}, title="t", generated_at="now")
     tiles = re.findall(r'<span class="n">([^<]+)</span><span class="l">([^<]+)</span>', page)
     assert tiles == [
         ("3", "succeeded"),

@@ -52,15 +52,15 @@ from prefect_runcomfy.api.exceptions import (
 )
 from prefect_runcomfy.api.hosts import OutputPolicy
 from prefect_runcomfy.api.models import (
-    MODEL_ID,
     CancelOutcome,
-    InfiniteTalkInput,
     ModelInfo,
     RequestResult,
     RequestState,
     SubmittedRequest,
     is_request_id,
 )
+from prefect_runcomfy.models.base import ModelInput
+from prefect_runcomfy.models.infinite_talk import MODEL_ID
 
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net"
 """Where RunComfy's Model API lives."""
@@ -277,11 +277,12 @@ class RunComfyClient:
     # --- endpoints ---------------------------------------------------------------------------
 
     async def submit(
-        self, inputs: InfiniteTalkInput | dict[str, Any], *, model_id: str = MODEL_ID
+        self, inputs: ModelInput | dict[str, Any], *, model_id: str = MODEL_ID
     ) -> SubmittedRequest:
         """Submit one job and return its `request_id` and follow-up URLs.
 
-        `inputs` is an `InfiniteTalkInput` or an API body (raw keys). Retried only when the
+        `inputs` is a model's input (such as an `InfiniteTalkInput`) or an API body (raw
+        keys); `model_id` says which model runs it. Retried only when the
         request never reached RunComfy or was refused with 429 (the rule: `may_resend_submit`).
 
         Raises:
@@ -289,7 +290,7 @@ class RunComfyClient:
                 a job may exist and be billed. Never retried automatically.
             RunComfyAPIError: RunComfy refused the job (token, balance, input, model).
         """
-        payload = inputs.to_api_payload() if isinstance(inputs, InfiniteTalkInput) else inputs
+        payload = inputs.to_api_payload() if isinstance(inputs, ModelInput) else inputs
         path = f"/v1/models/{quote(model_id, safe='/')}"
 
         async def once() -> dict[str, Any]:

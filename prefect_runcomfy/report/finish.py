@@ -15,6 +15,7 @@ from prefect_runcomfy.engine.outputs.sidecar import sidecar_of
 from prefect_runcomfy.engine.outputs.store import MANIFEST_NAME, OutputStore
 from prefect_runcomfy.engine.record.outcome import RowOutcome
 from prefect_runcomfy.engine.record.status import RowStatus
+from prefect_runcomfy.models.base import ModelSpec
 from prefect_runcomfy.report.artifacts import publish_summary, spending
 
 
@@ -23,13 +24,14 @@ async def finish_run(
     manifest: pd.DataFrame,
     output_uri: str,
     *,
+    model: ModelSpec,
     name: str = MANIFEST_NAME,
     input_storage_options: dict[str, object] | None = None,
     outcomes: Sequence[RowOutcome] = (),
     artifact_key: str | None = None,
     allow_failed_rows: bool | int = False,
 ) -> pd.DataFrame:
-    """Merge this run's rows into the manifest at `name`, write it, draw the review page (for
+    """Merge this run's rows (jobs of `model`) into the manifest at `name`, write it, draw the review page (for
     the output location's own manifest only: a shard's parent draws one for all), publish the
     summary (under `artifact_key`, when given), and return this run's rows (`attrs` holds `manifest_uri` and `review_page`).
 
@@ -51,6 +53,7 @@ async def finish_run(
                 write_review_page,
                 store,
                 merged,
+                model,
                 input_storage_options=input_storage_options,
                 known={o.id: sidecar_of(o) for o in outcomes if o.metadata_uri},
             )

@@ -11,6 +11,7 @@ import hashlib
 import re
 
 from prefect_runcomfy.api.exceptions import ConfigurationError
+from prefect_runcomfy.models.base import ModelSpec
 
 RUN_TAG = "runcomfy"
 """The tag on every flow run and row task run of this library."""
@@ -45,17 +46,9 @@ def artifact_key(output_uri: str, given: str | None = None) -> str:
     return "-".join(part for part in (RUN_TAG, readable, digest) if part)
 
 
-def model_tag(model_id: str) -> str:
-    """The model's short name as a tag: `community/infinite-talk/image-to-video` → `infinite-talk`."""
-    parts = [p for p in model_id.split("/") if p]
-    if len(parts) >= 3:
-        return parts[1]
-    return parts[-1] if parts else "model"
+def run_tags(model: ModelSpec) -> tuple[str, str]:
+    """The tags on a run and its row task runs: `runcomfy` and the model's tag."""
+    return RUN_TAG, model.tag
 
 
-def run_tags(model_id: str) -> tuple[str, str]:
-    """The tags on a run and its row task runs: `runcomfy` and the model's short name."""
-    return RUN_TAG, model_tag(model_id)
-
-
-__all__ = ["RUN_TAG", "artifact_key", "model_tag", "run_tags"]
+__all__ = ["RUN_TAG", "artifact_key", "run_tags"]

@@ -19,7 +19,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from pydantic import ValidationError
 
 from prefect_runcomfy._version import __version__
-from prefect_runcomfy.api.models import API_KEYS, MODEL_ID, InfiniteTalkInput
+from prefect_runcomfy.api.models import InfiniteTalkInput
+from prefect_runcomfy.models.infinite_talk import API_KEYS, MODEL_ID
 from prefect_runcomfy.sandbox import catalog
 from prefect_runcomfy.sandbox.faults import Fault
 from prefect_runcomfy.sandbox.queue import Job, JobState, iso_utc

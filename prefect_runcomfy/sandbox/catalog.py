@@ -4,13 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect_runcomfy.api.models import (
-    API_KEYS,
-    FRAME_COUNTS,
-    MODEL_ID,
-    RESOLUTIONS,
-    InfiniteTalkInput,
-)
+from prefect_runcomfy.api.models import InfiniteTalkInput
+from prefect_runcomfy.models.infinite_talk import API_KEYS, FRAME_COUNTS, MODEL_ID, RESOLUTIONS
 
 DISPLAY_NAME = "InfiniteTalk image-to-video"
 """The catalog's display name of the model."""

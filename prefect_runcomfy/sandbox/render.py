@@ -21,8 +21,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from prefect_runcomfy.api.models import FRAMES_PER_SECOND
 from prefect_runcomfy.engine.outputs.previews import reformat
+from prefect_runcomfy.models.infinite_talk import FRAMES_PER_SECOND
 from prefect_runcomfy.sandbox.drawing import fill_ellipse
 
 AUDIO_RATE = 44_100

@@ -1,8 +1,8 @@
 """Reading a table of inputs and checking every row before anything is paid for.
 
 A table is a pandas DataFrame, a list of dicts, or the path/URL of a CSV, Parquet or JSON-lines
-file (read through fsspec, so `s3://...` works). Each row becomes an `InfiniteTalkInput` or a
-`RowProblem` that names the row, the column and the reason. No network calls beyond reading
+file (read through fsspec, so `s3://...` works). Each row becomes a job of the run's model
+(its `ModelSpec`'s input model) or a `RowProblem` that names the row, the column and the reason. No network calls beyond reading
 the table itself.
 """
 
@@ -21,17 +21,15 @@ import pandas as pd
 from pydantic import ValidationError
 
 from prefect_runcomfy.api.exceptions import InvalidInputError
-from prefect_runcomfy.api.models import API_KEYS, FRIENDLY_NAMES, InfiniteTalkInput
-from prefect_runcomfy.api.models import describe_validation_error as _describe
 from prefect_runcomfy.engine.inputs.ids import id_problem
 from prefect_runcomfy.engine.record.outcome import RowOutcome, is_blank
 from prefect_runcomfy.engine.record.status import RowStatus
+from prefect_runcomfy.models.base import ModelInput, ModelSpec
 
 TableLike: TypeAlias = pd.DataFrame | list[dict[str, Any]] | str
 """What a flow accepts as `inputs`."""
 
 ID_COLUMN = "id"
-INPUT_COLUMNS = frozenset(API_KEYS) | frozenset(FRIENDLY_NAMES)
 
 
 def payload_fingerprint(payload: dict[str, Any]) -> str:
@@ -60,7 +58,7 @@ class PreparedRow:
 
     row: int
     id: str
-    job: InfiniteTalkInput
+    job: ModelInput
     fingerprint: str
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -188,8 +186,8 @@ def _explicit_id_counts(records: list[dict[Any, Any]]) -> dict[str, int]:
     return counts
 
 
-def check_table(df: pd.DataFrame) -> TableCheck:
-    """Check every row of `df`; return the valid rows and a `RowProblem` for each invalid one.
+def check_table(df: pd.DataFrame, model: ModelSpec) -> TableCheck:
+    """Check every row of `df` as jobs of `model`; return the valid rows and a `RowProblem` for each invalid one.
 
     Empty cells count as "not given" (so an optional column falls back to its default). Rows
     that would pay twice for the same video are refused: two rows with the same id, or (without
@@ -197,7 +195,7 @@ def check_table(df: pd.DataFrame) -> TableCheck:
 
     Example:
         ```python
-        check = check_table(read_table("inputs.csv"))
+        check = check_table(read_table("inputs.csv"), INFINITE_TALK)
         for problem in check.invalid:
             print(problem.message)   # row 3 (id 'ada'): steps: ... (got 30)
         ```
@@ -205,7 +203,8 @@ def check_table(df: pd.DataFrame) -> TableCheck:
     valid: list[PreparedRow] = []
     invalid: list[RowProblem] = []
     columns = [str(c) for c in df.columns]
-    extra_columns = [c for c in columns if c not in INPUT_COLUMNS and c != ID_COLUMN]
+    input_columns = model.input_columns
+    extra_columns = [c for c in columns if c not in input_columns and c != ID_COLUMN]
     has_id = ID_COLUMN in columns
     records = df.to_dict(orient="records")
     seen_ids: dict[str, int] = {}
@@ -214,7 +213,7 @@ def check_table(df: pd.DataFrame) -> TableCheck:
     for position, record in enumerate(records):
         extras = {c: record.get(c) for c in extra_columns}
         given = {
-            str(k): v for k, v in record.items() if str(k) in INPUT_COLUMNS and not is_blank(v)
+            str(k): v for k, v in record.items() if str(k) in input_columns and not is_blank(v)
         }
         problems: list[tuple[str, str]] = []
         row_id: str | None = None
@@ -224,11 +223,11 @@ def check_table(df: pd.DataFrame) -> TableCheck:
                 row_id = check_id(raw_id)
             except ValueError as exc:
                 problems.append((ID_COLUMN, str(exc)))
-        job: InfiniteTalkInput | None = None
+        job: ModelInput | None = None
         try:
-            job = InfiniteTalkInput.model_validate(given)
+            job = model.validate(given)
         except ValidationError as exc:
-            problems.extend(_describe(exc))
+            problems.extend(model.describe_error(exc))
         if job is not None and not problems:
             digest = payload_fingerprint(job.to_api_payload())
             id_given = row_id is not None
@@ -255,8 +254,7 @@ def check_table(df: pd.DataFrame) -> TableCheck:
                 seen_ids[row_id] = position
                 valid.append(PreparedRow(position, row_id, job, digest, extras))
                 continue
-        shown = {FRIENDLY_NAMES.get(k, k): v for k, v in given.items()}
-        invalid.append(RowProblem(position, row_id, problems, extras, shown))
+        invalid.append(RowProblem(position, row_id, problems, extras, model.friendly(given)))
     return TableCheck(valid=valid, invalid=invalid)
 
 
@@ -283,8 +281,11 @@ def local_media_path(value: str, base_dir: str | None = None) -> str | None:
     return _local_path(value, base_dir)
 
 
-def check_local_media(check: TableCheck, *, base_dir: str | None = None) -> TableCheck:
-    """Move rows whose local image or audio file does not exist to the invalid rows.
+def check_local_media(
+    check: TableCheck, model: ModelSpec, *, base_dir: str | None = None
+) -> TableCheck:
+    """Move rows whose local media file (an input `model` names as media) does not exist
+    to the invalid rows.
 
     Offline: URLs and remote paths are not touched (the flow checks them before submitting).
     Relative paths are read against `base_dir` (the folder of a local table).
@@ -295,7 +296,7 @@ def check_local_media(check: TableCheck, *, base_dir: str | None = None) -> Tabl
     invalid = list(check.invalid)
     for row in check.valid:
         problems = []
-        for column in ("image", "audio"):
+        for column in model.media:
             path = _local_path(getattr(row.job, column), base_dir)
             if path is not None and not os.path.isfile(path):
                 problems.append((column, f"no such local file: {path}"))

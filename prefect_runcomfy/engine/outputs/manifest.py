@@ -26,6 +26,7 @@ from prefect_runcomfy.engine.record.outcome import (
     is_missing,
 )
 from prefect_runcomfy.engine.record.status import RowStatus
+from prefect_runcomfy.models.base import ModelSpec
 
 CONTRACT_COLUMNS = ["id", "status", "request_id", "video_uri", "metadata_uri", "error"]
 """Columns every manifest has, in this order."""
@@ -50,19 +51,6 @@ DETAIL_COLUMNS = [
     "submitted_by_this_run",
 ]
 """Columns that follow the contract columns: timing, cost and facts about the stored video."""
-
-INPUT_COLUMNS = [
-    "prompt",
-    "image",
-    "audio",
-    "resolution",
-    "frames",
-    "seed",
-    "steps",
-    "shift",
-    "cfg",
-]
-"""The inputs, by their friendly names, as the user gave them (not the signed URLs)."""
 
 RESULT_COLUMNS = CONTRACT_COLUMNS + DETAIL_COLUMNS
 
@@ -101,19 +89,24 @@ def manifest_row(outcome: RowOutcome) -> dict[str, Any]:
     }
 
 
-def outcome_from_manifest_row(record: Mapping[str, Any]) -> RowOutcome:
+def outcome_from_manifest_row(record: Mapping[str, Any], inputs: Iterable[str] = ()) -> RowOutcome:
     """The record of a manifest row (a row of an earlier run, or of a shard).
+
+    `inputs` names the model's input columns (`ModelSpec.input_names`): those become the
+    record's inputs; every other column that is not one of ours is an extra. A reader that
+    needs no inputs (the summary table) may leave them among the extras.
 
     Tolerant: a manifest written by an older version, or edited by hand, reads back with
     what it has; a value of the wrong kind is read as unknown.
     """
     clean = {k: (None if is_missing(v) else v) for k, v in record.items() if k != "extras"}
-    known = set(RESULT_COLUMNS) | set(INPUT_COLUMNS)
+    input_columns = list(inputs)
+    known = set(RESULT_COLUMNS) | set(input_columns)
     row = as_number(clean.get("row"))
     return RowOutcome(
         id=as_text(clean.get("id")) or "",
         row=int(row) if row is not None else None,
-        inputs={k: clean[k] for k in INPUT_COLUMNS if k in clean},
+        inputs={k: clean[k] for k in input_columns if k in clean},
         extras={k: v for k, v in record.items() if k not in known},
         status=RowStatus.parse(clean.get("status")),
         error=as_text(clean.get("error")),
@@ -168,9 +161,12 @@ def _uri_list(value: Any) -> list[Any]:
         return []
 
 
-def build_manifest(records: Iterable[RowOutcome | dict[str, Any]]) -> pd.DataFrame:
+def build_manifest(
+    records: Iterable[RowOutcome | dict[str, Any]], model: ModelSpec
+) -> pd.DataFrame:
     """Turn rows' records (`RowOutcome`, or their `manifest_row` dicts) into the manifest
-    DataFrame, columns in a fixed order.
+    DataFrame, columns in a fixed order: ours, then `model`'s inputs in its schema's order,
+    then the user's.
 
     A user column whose name collides with one of ours is kept as `input_<name>`.
     """
@@ -186,7 +182,7 @@ def build_manifest(records: Iterable[RowOutcome | dict[str, Any]]) -> pd.DataFra
     for column in RESULT_COLUMNS:
         if column not in df.columns:
             df[column] = None
-    ordered = RESULT_COLUMNS + [c for c in INPUT_COLUMNS if c in df.columns]
+    ordered = RESULT_COLUMNS + [c for c in model.input_names if c in df.columns]
     ordered += [c for c in df.columns if c not in ordered]
     df = df[ordered]
     numbers = ("queue_seconds", "run_seconds", "total_seconds", "cost_usd", "estimated_cost_usd")

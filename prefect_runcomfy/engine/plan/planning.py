@@ -9,7 +9,8 @@ network), leaves out the rows whose media fail, and prices the rest from RunComf
 `TablePlan.check_limits` then holds it to `max_submits` and `max_cost_usd`.
 
 ```python
-plan = await plan_table("rows.csv", store, media=MediaSettings(staging_uri="s3://b/stage",
+plan = await plan_table("rows.csv", store, INFINITE_TALK,
+                        media=MediaSettings(staging_uri="s3://b/stage",
                         mode="check"), make_client=RunComfyClient)
 print(plan.describe())   # '480 to submit, 3 to collect from earlier runs, 17 already stored'
 print(plan.estimate().describe())  # 'estimated cost $36.0000 for 480 jobs (...)'
@@ -29,7 +30,6 @@ import pandas as pd
 
 from prefect_runcomfy.api.client import RunComfyClient
 from prefect_runcomfy.api.exceptions import ConfigurationError, SubmitLimitError
-from prefect_runcomfy.api.models import MEDIA_COLUMNS, MODEL_ID
 from prefect_runcomfy.engine.inputs.media import MediaResolver
 from prefect_runcomfy.engine.inputs.table import (
     PreparedRow,
@@ -49,6 +49,7 @@ from prefect_runcomfy.engine.plan.pricing import (
     estimate_cost,
     price_rows,
 )
+from prefect_runcomfy.models.base import ModelSpec
 
 RESOLVE_AT_ONCE = 16
 """Rows whose media are resolved at the same time (uploads and signatures are blocking I/O)."""
@@ -176,10 +177,12 @@ class PreparedTable:
     invalid: list[RowProblem]
 
 
-async def prepare(inputs: TableLike, *, storage_options: dict[str, Any] | None) -> PreparedTable:
-    """Read the table and check every row; nothing is sent anywhere."""
+async def prepare(
+    inputs: TableLike, model: ModelSpec, *, storage_options: dict[str, Any] | None
+) -> PreparedTable:
+    """Read the table and check every row as a job of `model`; nothing is sent anywhere."""
     frame = await asyncio.to_thread(read_table, inputs, storage_options=storage_options)
-    check = check_table(frame)
+    check = check_table(frame, model)
     return PreparedTable(frame, check.valid, check.invalid)
 
 
@@ -194,11 +197,14 @@ class TablePlan:
     """The table as read (every row, valid or not)."""
     rows: list[PreparedRow]
     decisions: list[RowDecision]
+    model: ModelSpec
+    """The model the rows are jobs of."""
     entries: dict[str, LedgerEntry] = field(default_factory=dict)
     invalid: list[RowProblem] = field(default_factory=list)
     price: Price | None = None
-    audio_seconds: dict[str, float] = field(default_factory=dict)
-    """Lengths of the local audio files of rows to submit, which cap their estimates."""
+    media_seconds: dict[str, float] = field(default_factory=dict)
+    """Lengths of the local media of rows to submit that cap their estimates (the model's
+    `length_from`)."""
     payloads: dict[str, dict[str, Any]] = field(default_factory=dict)
     resolver: MediaResolver | None = None
     """The resolver the media were checked with (a run builds inline bodies with it)."""
@@ -219,7 +225,7 @@ class TablePlan:
             return None
         submit = set(self.to_submit)
         rows = [r for r in self.rows if r.id in submit]
-        return estimate_cost(rows, self.price, self.audio_seconds)
+        return estimate_cost(rows, self.price, self.model, self.media_seconds)
 
     def describe(self) -> str:
         """The plan in words, invalid rows included."""
@@ -242,35 +248,36 @@ class TablePlan:
         if estimate is None:
             no_price = Price(model_id="?", problem="the catalog's price was not read")
             submit = set(self.to_submit)
-            estimate = estimate_cost([r for r in self.rows if r.id in submit], no_price)
+            estimate = estimate_cost([r for r in self.rows if r.id in submit], no_price, self.model)
         check_cost_limit(estimate, max_cost_usd)
 
 
 async def plan_table(
     inputs: TableLike,
     store: OutputStore | None,
+    model: ModelSpec,
     *,
     media: MediaSettings | None = None,
     resubmit_unknown: bool = False,
     retry_failed: bool = False,
     make_client: Callable[[], RunComfyClient] | None = None,
-    model_id: str = MODEL_ID,
     table_storage_options: dict[str, Any] | None = None,
 ) -> TablePlan:
-    """Plan `inputs` against the ledger under `store` (None: no output yet, every row new).
+    """Plan `inputs`, jobs of `model`, against the ledger under `store` (None: no output
+    yet, every row new).
 
     The media of the rows to submit are checked by `media`'s rules (None: not checked, as a
     sharded parent leaves them to its shards); a row whose media fail is invalid, never
     counted as to submit. With `make_client`, the model's price is read from RunComfy's
     catalog (a free read) when any row is to be submitted, and each such row's decision
     carries its estimated cost; a catalog that cannot be read gives an estimate that says so.
-    Local audio files cap the seconds a row is estimated at.
+    Local media files (the model's `length_from`) cap the seconds a row is estimated at.
     """
     table_uri = inputs if isinstance(inputs, str) else None
     options = table_storage_options
     if options is None and media is not None:
         options = media.storage_options
-    table = await prepare(inputs, storage_options=options)
+    table = await prepare(inputs, model, storage_options=options)
     entries, present = await asyncio.to_thread(output_state, store) if store else ({}, set())
     decisions = plan_rows(
         table.valid,
@@ -279,12 +286,12 @@ async def plan_table(
         resubmit_unknown=resubmit_unknown,
         retry_failed=retry_failed,
     )
-    planned = TablePlan(table.frame, table.valid, decisions, entries, list(table.invalid))
+    planned = TablePlan(table.frame, table.valid, decisions, model, entries, list(table.invalid))
     if media is not None:
         planned = await _with_media(planned, media.resolver(table_uri))
     if make_client is not None:
         base_dir = table_folder(table_uri) if table_uri and is_local_uri(table_uri) else None
-        planned = await _priced(planned, make_client, model_id, base_dir)
+        planned = await _priced(planned, make_client, base_dir)
     return planned
 
 
@@ -306,12 +313,12 @@ async def _with_media(planned: TablePlan, resolver: MediaResolver) -> TablePlan:
         resolved: dict[str, str] = {}
         failed: list[tuple[str, str]] = []
         async with semaphore:
-            for kind in MEDIA_COLUMNS:
+            for name, kind in planned.model.media.items():
                 try:
-                    media = await resolver.resolve(getattr(row.job, kind), kind)  # type: ignore[arg-type]
-                    resolved[kind] = media.url
+                    media = await resolver.resolve(getattr(row.job, name), kind)
+                    resolved[name] = media.url
                 except Exception as exc:
-                    failed.append((kind, str(exc)))
+                    failed.append((name, str(exc)))
         if failed:
             problems.append(RowProblem(row.row, row.id, failed, row.extras, row.job.model_dump()))
         elif keep_bodies:
@@ -338,7 +345,6 @@ async def _with_media(planned: TablePlan, resolver: MediaResolver) -> TablePlan:
 async def _priced(
     planned: TablePlan,
     make_client: Callable[[], RunComfyClient],
-    model_id: str,
     media_base_dir: str | None,
 ) -> TablePlan:
     """The plan with the model's price and each row to submit's estimated cost."""
@@ -346,7 +352,7 @@ async def _priced(
     if not submit:
         return planned
     to_submit = [r for r in planned.rows if r.id in submit]
-    estimate, lengths = await price_rows(make_client, model_id, to_submit, media_base_dir)
+    estimate, lengths = await price_rows(make_client, planned.model, to_submit, media_base_dir)
     decisions = [
         dataclasses.replace(d, estimated_cost_usd=estimate.per_row.get(r.id))
         if r.id in submit
@@ -354,15 +360,18 @@ async def _priced(
         for r, d in zip(planned.rows, planned.decisions, strict=True)
     ]
     return dataclasses.replace(
-        planned, decisions=decisions, price=estimate.price, audio_seconds=lengths
+        planned, decisions=decisions, price=estimate.price, media_seconds=lengths
     )
 
 
-async def api_payload(row: PreparedRow, resolver: MediaResolver) -> dict[str, Any]:
-    """The row's API body, its media made fetchable (raises `MediaError` naming what is wrong)."""
+async def api_payload(
+    row: PreparedRow, resolver: MediaResolver, model: ModelSpec
+) -> dict[str, Any]:
+    """The row's API body, its media (`model.media`) made fetchable (raises `MediaError`
+    naming what is wrong)."""
     resolved = {
-        kind: (await resolver.resolve(getattr(row.job, kind), kind)).url  # type: ignore[arg-type]
-        for kind in MEDIA_COLUMNS
+        name: (await resolver.resolve(getattr(row.job, name), kind)).url
+        for name, kind in model.media.items()
     }
     return row.job.model_copy(update=resolved).to_api_payload()
 

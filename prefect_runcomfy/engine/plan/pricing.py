@@ -1,18 +1,19 @@
 """What a run's new jobs will cost, estimated from the model's catalog entry before any POST.
 
 RunComfy's catalog gives each model a `base_price_usd` and a `price_unit`: `second` (video:
-billed per second of output) or `output` / `image` (billed per output). InfiniteTalk renders
-25 frames per second, so a row costs `base_price_usd * frames / 25`, or less when its audio is
-shorter (the video stops with the speech): the audio's length caps the seconds when it is
-known (a local file this process can read). Per output or image, a row costs the base price.
+billed per second of output) or `output` / `image` (billed per output). Per second, a row
+costs `base_price_usd` times the seconds of output its model says the job makes at most
+(`ModelSpec.output_seconds`), which the length of one of its media may cap (the model's
+`length_from`) when that is known (a local file this process can read). Per output or
+image, a row costs the base price.
 
 `max_cost_usd` refuses a run whose estimate is over it, before anything is paid, naming the
 estimate and the rows; a catalog that gives no usable price makes such a run refuse rather
 than guess.
 
 ```python
-price = await read_price(lambda: RunComfyClient(), MODEL_ID)
-estimate = estimate_cost(rows_to_submit, price)
+price = await read_price(lambda: RunComfyClient(), model.model_id)
+estimate = estimate_cost(rows_to_submit, price, model)
 estimate.describe()   # 'estimated cost $0.2250 for 3 jobs (15.0 s of video at $0.0150 per second)'
 check_cost_limit(estimate, max_cost_usd=0.10)  # CostLimitError
 ```
@@ -28,12 +29,13 @@ from dataclasses import dataclass, field
 
 from prefect_runcomfy.api.client import RunComfyClient
 from prefect_runcomfy.api.exceptions import ConfigurationError, CostLimitError, RunComfyError
-from prefect_runcomfy.api.models import FRAMES_PER_SECOND, ModelInfo
+from prefect_runcomfy.api.models import ModelInfo
 from prefect_runcomfy.engine.inputs.table import PreparedRow, local_media_path
+from prefect_runcomfy.models.base import ModelSpec
 
 AUDIO_PROBE_LIMIT = 1000
-"""At most this many local audio files are probed for their length; beyond, the estimate uses
-the frame count alone (an upper bound), so a huge table is planned quickly."""
+"""At most this many local media files are probed for their length; beyond, the estimate uses
+the model's bound alone (an upper bound), so a huge table is planned quickly."""
 
 
 @dataclass(frozen=True)
@@ -67,12 +69,13 @@ class Price:
         """True when a cost can be estimated from this price."""
         return self.problem is None and self.base_price_usd is not None
 
-    def row_cost(self, row: PreparedRow, audio_seconds: float | None = None) -> float | None:
-        """One row's estimated cost in USD, or None without a usable price."""
+    def row_cost(self, seconds: float) -> float | None:
+        """One row's estimated cost in USD from the seconds of output it makes at most, or
+        None without a usable price."""
         if not self.usable or self.base_price_usd is None:
             return None
         if self.price_unit == "second":
-            return self.base_price_usd * video_seconds(row, audio_seconds)
+            return self.base_price_usd * seconds
         return self.base_price_usd  # one output per row
 
     def describe(self) -> str:
@@ -82,12 +85,10 @@ class Price:
         return f"${self.base_price_usd:.4f} per {self.price_unit}"
 
 
-def video_seconds(row: PreparedRow, audio_seconds: float | None = None) -> float:
-    """Seconds of video a row makes at most: frames / 25, capped by its audio's length."""
-    seconds = row.job.frames / FRAMES_PER_SECOND
-    if audio_seconds is not None and 0 < audio_seconds < seconds:
-        return audio_seconds
-    return seconds
+def video_seconds(row: PreparedRow, model: ModelSpec, media_seconds: float | None = None) -> float:
+    """Seconds of output a row makes at most, as its model counts them; `media_seconds`, the
+    length of the row's `model.length_from` medium when known, may cap them."""
+    return model.output_seconds(row.job, media_seconds)
 
 
 @dataclass(frozen=True)
@@ -129,17 +130,19 @@ class CostEstimate:
 def estimate_cost(
     rows: Iterable[PreparedRow],
     price: Price,
-    audio_seconds: Mapping[str, float] | None = None,
+    model: ModelSpec,
+    media_seconds: Mapping[str, float] | None = None,
 ) -> CostEstimate:
-    """Estimate what submitting `rows` costs at `price`; `audio_seconds` (by row id) caps a
-    row's video seconds where its audio's length is known."""
+    """Estimate what submitting `rows` of `model` costs at `price`; `media_seconds` (by row
+    id) caps a row's seconds of output where its medium's length is known."""
     rows = list(rows)
-    known = audio_seconds or {}
+    known = media_seconds or {}
     per_row: dict[str, float] = {}
     seconds = 0.0
     for row in rows:
-        seconds += video_seconds(row, known.get(row.id))
-        cost = price.row_cost(row, known.get(row.id))
+        row_seconds = video_seconds(row, model, known.get(row.id))
+        seconds += row_seconds
+        cost = price.row_cost(row_seconds)
         if cost is not None:
             per_row[row.id] = cost
     return CostEstimate(
@@ -197,34 +200,40 @@ async def read_price(make_client: Callable[[], RunComfyClient], model_id: str) -
 
 async def price_rows(
     make_client: Callable[[], RunComfyClient],
-    model_id: str,
+    model: ModelSpec,
     rows: list[PreparedRow],
     base_dir: str | None = None,
 ) -> tuple[CostEstimate, dict[str, float]]:
-    """Estimate what submitting `rows` costs: the model's price and the rows' local audio
-    lengths are read at once (nothing is read when there are no rows). Returns the estimate
-    and the audio lengths it used, by row id."""
+    """Estimate what submitting `rows` of `model` costs: the model's price and the lengths of
+    the rows' local media that cap their output are read at once (nothing is read when there
+    are no rows). Returns the estimate and the lengths it used, by row id."""
     if not rows:
-        return estimate_cost([], Price(model_id=model_id)), {}
+        return estimate_cost([], Price(model_id=model.model_id), model), {}
     price, lengths = await asyncio.gather(
-        read_price(make_client, model_id),
-        asyncio.to_thread(local_audio_seconds, rows, base_dir),
+        read_price(make_client, model.model_id),
+        asyncio.to_thread(local_media_seconds, rows, model, base_dir),
     )
-    return estimate_cost(rows, price, lengths), lengths
+    return estimate_cost(rows, price, model, lengths), lengths
 
 
-def local_audio_seconds(
-    rows: Iterable[PreparedRow], base_dir: str | None = None, *, limit: int = AUDIO_PROBE_LIMIT
+def local_media_seconds(
+    rows: Iterable[PreparedRow],
+    model: ModelSpec,
+    base_dir: str | None = None,
+    *,
+    limit: int = AUDIO_PROBE_LIMIT,
 ) -> dict[str, float]:
-    """The length in seconds of each row's audio that is a local file (read with PyAV, when
-    it is installed), by row id; others are left out. Blocking I/O."""
+    """The length in seconds of each row's `model.length_from` medium that is a local file
+    (read with PyAV, when it is installed), by row id; others are left out. Blocking I/O."""
+    if model.length_from is None:
+        return {}
     try:
         import av
-    except ImportError:  # the `media` extra is not installed: the frames bound it is
+    except ImportError:  # the `media` extra is not installed: the model's bound it is
         return {}
     lengths: dict[str, float] = {}
     for row in list(rows)[:limit]:
-        path = local_media_path(row.job.audio, base_dir)
+        path = local_media_path(getattr(row.job, model.length_from), base_dir)
         if path is None or not os.path.isfile(path):
             continue
         try:
@@ -235,7 +244,7 @@ def local_audio_seconds(
                     stream = container.streams.audio[0]
                     if stream.duration and stream.time_base:
                         lengths[row.id] = float(stream.duration * stream.time_base)
-        except Exception:  # noqa: S112 - not audio PyAV can read: the frames bound it is
+        except Exception:  # noqa: S112 - not media PyAV can read: the model's bound it is
             continue
     return lengths
 
@@ -246,7 +255,7 @@ __all__ = [
     "Price",
     "check_cost_limit",
     "estimate_cost",
-    "local_audio_seconds",
+    "local_media_seconds",
     "read_price",
     "video_seconds",
 ]

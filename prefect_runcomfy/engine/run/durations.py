@@ -37,7 +37,7 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -45,7 +45,8 @@ from typing import Any
 from prefect_runcomfy.api.models import RequestResult, RequestStatus
 
 JobKind = Hashable
-"""What makes two jobs take about as long: (model, resolution, frames, steps), see `job_kind`."""
+"""What makes two jobs take about as long: the model and the inputs it names for that (see
+`ModelSpec.job_kind`)."""
 
 SAMPLES_KEPT = 32
 """Recent durations kept per kind (a run's pace may drift over a night)."""
@@ -63,21 +64,6 @@ QUEUE_MATTERS = 0.25
 RunComfy's queue longer than this fraction of its kind's expected run time."""
 CLOSE_START = 0.25
 """A start bracketed by reads to within this fraction of the run counts as seen."""
-
-
-def job_kind(payload: Mapping[str, Any] | None, model_id: str = "") -> JobKind:
-    """The kind of a job from its API payload: model, resolution, frame count, steps.
-
-    Keys missing from the payload count as the model's defaults would: the same for every row
-    that leaves them out.
-    """
-    payload = payload or {}
-    return (
-        model_id,
-        str(payload.get("245_valuex246_value", payload.get("resolution", ""))),
-        str(payload.get("270_value", payload.get("frames", ""))),
-        str(payload.get("128_steps", payload.get("steps", ""))),
-    )
 
 
 def server_seconds(result: RequestResult) -> float | None:
@@ -148,7 +134,7 @@ class _Kind:
 class RunEstimator:
     """What one run has learned about its jobs' durations, shared by the run's rows.
 
-    It holds, per kind (`job_kind`), the recent durations from submit to finish and from
+    It holds, per kind (`ModelSpec.job_kind`), the recent durations from submit to finish and from
     start to finish of the jobs that succeeded in this run, and the moments jobs were seen
     finished (the run's pace). `watch` gives each waiting job its planner.
     """
@@ -549,7 +535,6 @@ __all__ = [
     "JobWatch",
     "RunEstimator",
     "Window",
-    "job_kind",
     "server_seconds",
     "window_of",
 ]

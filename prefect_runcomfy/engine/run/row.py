@@ -61,7 +61,6 @@ from prefect_runcomfy.engine.record.outcome import (
     utc_now,
 )
 from prefect_runcomfy.engine.record.status import LedgerState, RowPlan, RowStatus
-from prefect_runcomfy.engine.run.durations import job_kind
 from prefect_runcomfy.engine.run.places import RowPlace
 from prefect_runcomfy.engine.run.state import RunState
 from prefect_runcomfy.engine.run.steps import (
@@ -121,7 +120,9 @@ async def run_row(
         return await batch.done(_reported_again(start, decision, entry))
     cell = RowCell(
         start.evolve(
-            sources={"image": media_source(row.job.image), "audio": media_source(row.job.audio)}
+            sources={
+                name: media_source(getattr(row.job, name)) for name in batch.settings.model.media
+            }
         )
     )
     if decision.plan is RowPlan.SUBMIT:
@@ -385,7 +386,7 @@ async def wait_for_row_job(
             log_success=False,  # one line once the video is stored
             first_note=first_note,
             estimator=batch.estimator,
-            kind=job_kind(outcome.sent, batch.settings.model_id),
+            kind=batch.settings.model.job_kind(outcome.sent),
         )
     except RunComfyError as exc:
         batch.submitted.pop(outcome.id, None)
@@ -532,6 +533,7 @@ async def _store_with_retries(
             outcome.id,
             batch.store,
             http=client.output_http,
+            suffix=batch.settings.model.output_suffix,
             policy=client.output_policy,
             download_started=started,
         )

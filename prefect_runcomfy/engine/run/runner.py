@@ -66,11 +66,11 @@ async def plan_run(
     planned = await plan_table(
         inputs,
         store,
+        settings.model,
         media=media,
         resubmit_unknown=spending.resubmit_unknown,
         retry_failed=spending.retry_failed,
         make_client=make_client,
-        model_id=settings.model_id,
         table_storage_options=table_storage_options,
     )
     refuse_invalid(planned.invalid, planned.total, on_invalid)
@@ -120,7 +120,9 @@ async def run_table(
             single_writer=settings.concurrency.single_writer,
         ),
         payloads=dict(planned.payloads),
-        build_payload=(lambda row: api_payload(row, resolver)) if resolver is not None else None,
+        build_payload=(lambda row: api_payload(row, resolver, planned.model))
+        if resolver is not None
+        else None,
     )
     outcomes = [await state.done(invalid_outcome(p)) for p in planned.invalid]
     jobs = [
@@ -148,10 +150,10 @@ async def plan_whole_table(
     planned = await plan_table(
         inputs,
         store if limited else None,
+        settings.model,
         resubmit_unknown=spending.resubmit_unknown,
         retry_failed=spending.retry_failed,
         make_client=make_client if spending.max_cost_usd is not None else None,
-        model_id=settings.model_id,
         table_storage_options=table_storage_options,
     )
     for problem in planned.invalid:

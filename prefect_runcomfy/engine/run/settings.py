@@ -16,11 +16,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_runcomfy.api.client import RunComfyClient
-from prefect_runcomfy.api.models import MODEL_ID, CancelOutcome
+from prefect_runcomfy.api.models import CancelOutcome
 from prefect_runcomfy.engine.record.outcome import RowOutcome
 from prefect_runcomfy.engine.run.waiting import PollPolicy, PollStrategy
 from prefect_runcomfy.engine.shards.heartbeat import HEARTBEAT_S
 from prefect_runcomfy.engine.shards.runs import STALE_AFTER_S
+from prefect_runcomfy.models.base import ModelSpec
 
 
 class _Section(BaseModel):
@@ -146,13 +147,19 @@ class ShardWatching(_Section):
 class RunSettings:
     """What the rows of one run share and nothing changes while it runs."""
 
+    model: ModelSpec
+    """The model every row of the run is a job of."""
     max_concurrency: int = 8
     max_wait_s: float = 3600.0
     spending: Spending = field(default_factory=Spending)
     waiting: Waiting = field(default_factory=Waiting)
     concurrency: Concurrency = field(default_factory=Concurrency)
-    model_id: str = MODEL_ID
     flow_run_id: str | None = None
+
+    @property
+    def model_id(self) -> str:
+        """The RunComfy model id the run's jobs are submitted to."""
+        return self.model.model_id
 
     @property
     def poll(self) -> PollPolicy:

@@ -13,11 +13,13 @@ Example:
     from prefect_runcomfy.engine.outputs.store import OutputStore
 
     @task
-    async def one_video(job, row_id: str) -> str:
+    async def one_video(job, model: ModelSpec, row_id: str) -> str:
         async with RunComfyClient() as client:
-            request_id = await submit_job(client, job, row_id=row_id)
+            request_id = await submit_job(client, job, model_id=model.model_id, row_id=row_id)
             finished = await wait_for_job(client, request_id, row_id=row_id)
-            stored = await store_job_outputs(finished.result, row_id, OutputStore("out/"))
+            stored = await store_job_outputs(
+                finished.result, row_id, OutputStore("out/"), suffix=model.output_suffix
+            )
         return stored.video_uris[0]
     ```
 """
@@ -47,12 +49,7 @@ from prefect_runcomfy.api.exceptions import (
     RunTimedOutError,
 )
 from prefect_runcomfy.api.hosts import OutputPolicy
-from prefect_runcomfy.api.models import (
-    MODEL_ID,
-    InfiniteTalkInput,
-    RequestResult,
-    RequestStatus,
-)
+from prefect_runcomfy.api.models import RequestResult, RequestStatus
 from prefect_runcomfy.engine.outputs.scratch import staging_folder
 from prefect_runcomfy.engine.outputs.sidecar import sidecar_of
 from prefect_runcomfy.engine.outputs.store import OutputStore
@@ -60,6 +57,7 @@ from prefect_runcomfy.engine.record.outcome import RowOutcome, StoredFile, utc_n
 from prefect_runcomfy.engine.record.status import RowStatus
 from prefect_runcomfy.engine.run.durations import JobKind, RunEstimator
 from prefect_runcomfy.engine.run.waiting import PollPolicy, wait_until_finished
+from prefect_runcomfy.models.base import ModelInput
 
 STORE_RETRY_DELAYS_S: tuple[float, ...] = (2.0, 10.0)
 """Pauses before the second and third try of storing a row's outputs."""
@@ -86,9 +84,9 @@ def label(row_id: str | None, request_id: str | None = None) -> str:
 
 async def submit_job(
     client: RunComfyClient,
-    inputs: InfiniteTalkInput | dict[str, Any],
+    inputs: ModelInput | dict[str, Any],
     *,
-    model_id: str = MODEL_ID,
+    model_id: str,
     row_id: str | None = None,
     log: bool = True,
 ) -> str:
@@ -281,14 +279,15 @@ class StoredOutputs(BaseModel):
     files: list[StoredFile]
 
 
-def output_names(row_id: str, urls: list[str]) -> list[str]:
-    """File names for a row's outputs: `<id>.mp4`, or `<id>-1.mp4`, `<id>-2.png`, ... for several."""
+def output_names(row_id: str, urls: list[str], suffix: str) -> list[str]:
+    """File names for a row's outputs: `<id>.mp4`, or `<id>-1.mp4`, `<id>-2.png`, ... for
+    several; `suffix` (the model's `output_suffix`) where a URL names none."""
     names = []
     for number, url in enumerate(urls, start=1):
-        suffix = Path(short_url(url)).suffix.lower()
-        if not suffix or len(suffix) > 6 or not suffix[1:].isalnum():
-            suffix = ".mp4"
-        names.append(f"{row_id}{suffix}" if len(urls) == 1 else f"{row_id}-{number}{suffix}")
+        given = Path(short_url(url)).suffix.lower()
+        if not given or len(given) > 6 or not given[1:].isalnum():
+            given = suffix
+        names.append(f"{row_id}{given}" if len(urls) == 1 else f"{row_id}-{number}{given}")
     return names
 
 
@@ -342,11 +341,13 @@ async def store_files(
     store: OutputStore,
     *,
     http: httpx.AsyncClient,
+    suffix: str,
     policy: OutputPolicy | None = None,
     download_started: dict[str, float] | None = None,
 ) -> tuple[StoredFile, ...]:
     """Download every output of a finished request and upload it into `store` (with the
-    row's poster made from the first); no sidecar. Idempotent: it overwrites.
+    row's poster made from the first); no sidecar. Idempotent: it overwrites. `suffix` (the
+    model's `output_suffix`) names an output whose URL names no suffix.
 
     Every URL is checked against `policy` (the client's `output_policy`; RunComfy's output
     domains only when None) before anything is fetched: `OutputRefusedError` otherwise.
@@ -361,7 +362,7 @@ async def store_files(
     # A local folder takes each download in place (a hidden file renamed when complete): no
     # staging copy of every video. Other stores get it uploaded from a local staging folder.
     with contextlib.nullcontext(None) if store.is_local else staging_folder() as tmp:
-        for url, name in zip(urls, output_names(row_id, urls), strict=True):
+        for url, name in zip(urls, output_names(row_id, urls, suffix), strict=True):
             local = store.local_temp(name) if tmp is None else os.path.join(tmp, name)
             started = (
                 None
@@ -423,6 +424,7 @@ async def store_job_outputs(
     row_id: str,
     store: OutputStore,
     *,
+    suffix: str,
     metadata: dict[str, Any] | None = None,
     http: httpx.AsyncClient | None = None,
     log_success: bool = True,
@@ -431,11 +433,12 @@ async def store_job_outputs(
     """Download every output of a finished request into `store`; the body of
     `tasks.store_outputs` (see its docstring). `http` is a client for output hosts (one
     without the API token); a new one is opened when none is given. `policy` says which
-    hosts it may download from (see `store_files`). The sidecar is
+    hosts it may download from, `suffix` what an output is named by when its URL names no
+    suffix (see `store_files`). The sidecar is
     `metadata` with what was stored (the `RowOutcome` sidecar's facts) over it."""
     client = http or output_http_client()
     try:
-        files = await store_files(result, row_id, store, http=client, policy=policy)
+        files = await store_files(result, row_id, store, http=client, suffix=suffix, policy=policy)
     finally:
         if http is None:
             await client.aclose()

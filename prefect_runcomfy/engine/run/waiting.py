@@ -113,7 +113,7 @@ async def wait_until_finished(
     Transient trouble (rate limits past the client's own retries, 5xx, broken connections)
     does not end the wait; it only makes the next poll later. "Not found" within
     `policy.not_found_grace_s` of the submit is taken as "not visible yet". With a run's
-    `estimator` (and `policy.strategy == "learned"`), reads of a job of `kind` (`job_kind`)
+    `estimator` (and `policy.strategy == "learned"`), reads of a job of `kind` (`ModelSpec.job_kind`)
     follow what the run learned; a success teaches it this job's durations.
 
     Raises:

@@ -55,7 +55,7 @@ async def merged_outcomes(
     """Every row's record in table order: the table's invalid rows, then each shard's."""
     outcomes = [invalid_outcome(p) for p in planned.invalid]
     for run in runs:
-        outcomes += await shard_outcomes(store, run, output_uri)
+        outcomes += await shard_outcomes(store, run, output_uri, planned.model)
     positions = {row.id: row.row for row in planned.rows}
     outcomes = [o.evolve(row=positions.get(o.id, o.row)) for o in outcomes]
     outcomes.sort(key=lambda o: o.row if o.row is not None else -1)

@@ -47,6 +47,7 @@ from prefect_runcomfy.engine.plan.ledger import Ledger, LedgerEntry, outcome_fro
 from prefect_runcomfy.engine.record.outcome import RowOutcome
 from prefect_runcomfy.engine.record.status import LedgerState, RowStatus
 from prefect_runcomfy.engine.shards.split import SHARDS_DIR, ShardFiles, ShardSpec, write_shard
+from prefect_runcomfy.models.base import ModelSpec
 
 STALE_AFTER_S = 60.0
 """How long a started shard run may show no sign of life before its parent takes it as dead."""
@@ -387,12 +388,15 @@ async def cancel_recorded(store: OutputStore, parent_flow_run_id: str) -> list[U
 # --- reading back -------------------------------------------------------------------------------
 
 
-async def shard_outcomes(store: OutputStore, run: ShardRun, output_uri: str) -> list[RowOutcome]:
-    """The rows of one shard: its manifest's, or, when it wrote none (it died, crashed or was
+async def shard_outcomes(
+    store: OutputStore, run: ShardRun, output_uri: str, model: ModelSpec
+) -> list[RowOutcome]:
+    """The rows of one shard (jobs of `model`): its manifest's, or, when it wrote none (it died, crashed or was
     cancelled first), what the ledger says of each row."""
     manifest = await asyncio.to_thread(store.read_manifest, run.files.manifest)
     if manifest is not None:
-        return [outcome_from_manifest_row(r) for r in manifest.to_dict("records")]
+        records = manifest.to_dict("records")
+        return [outcome_from_manifest_row(r, model.input_names) for r in records]
     entries = await asyncio.to_thread(Ledger(store).get_many, list(run.spec.ids))
     stored = [i for i, e in entries.items() if e.state is LedgerState.STORED]
     sidecars = await asyncio.to_thread(store.read_many_json, [f"{i}.json" for i in stored])

@@ -20,9 +20,9 @@ from typing import Any
 
 import pandas as pd
 
-from prefect_runcomfy.api.models import API_KEYS, MEDIA_COLUMNS
 from prefect_runcomfy.engine.inputs.table import ID_COLUMN, PreparedRow
 from prefect_runcomfy.engine.outputs.store import OutputStore
+from prefect_runcomfy.models.base import ModelSpec
 
 SHARDS_DIR = "_shards"
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -41,17 +41,23 @@ def absolute_media(value: Any, base_dir: str | None) -> Any:
 
 
 def shard_frames(
-    rows: list[PreparedRow], df: pd.DataFrame, shard_size: int, *, base_dir: str | None
+    rows: list[PreparedRow],
+    df: pd.DataFrame,
+    shard_size: int,
+    *,
+    base_dir: str | None,
+    model: ModelSpec,
 ) -> list[pd.DataFrame]:
     """The valid rows of `df`, in table order, cut into DataFrames of at most `shard_size`.
 
     Each keeps the user's columns plus `id` (the row's id, derived ones written out, so every
-    shard names rows exactly as the whole table did).
+    shard names rows exactly as the whole table did); local paths in `model`'s media columns
+    are made absolute.
     """
     size = max(1, int(shard_size))
     picked = df.iloc[[r.row for r in rows]].copy()
     picked[ID_COLUMN] = [r.id for r in rows]
-    for column in (*MEDIA_COLUMNS, *(API_KEYS[c] for c in MEDIA_COLUMNS)):
+    for column in (*model.media, *(model.api_keys[c] for c in model.media)):
         if column in picked.columns:
             picked[column] = [absolute_media(v, base_dir) for v in picked[column]]
     picked = picked.reset_index(drop=True)
@@ -113,10 +119,13 @@ def plan_shards(
     shard_size: int,
     *,
     base_dir: str | None,
+    model: ModelSpec,
 ) -> list[ShardSpec]:
-    """The table's valid rows cut into shards (`shard_frames`), each with its identity."""
+    """The table's valid rows (jobs of `model`) cut into shards (`shard_frames`), each with
+    its identity."""
     specs = []
-    for index, frame in enumerate(shard_frames(rows, df, shard_size, base_dir=base_dir)):
+    frames = shard_frames(rows, df, shard_size, base_dir=base_dir, model=model)
+    for index, frame in enumerate(frames):
         ids = tuple(str(i) for i in frame[ID_COLUMN])
         specs.append(ShardSpec(index, shard_key(location, index, list(ids)), ids, frame))
     return specs

@@ -21,7 +21,7 @@ the rows and prepares what the template shows, as plain strings and numbers, one
 ```python
 store = OutputStore("s3://bucket/videos")
 manifest = store.read_manifest()
-write_review_page(store, manifest)   # 's3://bucket/videos/index.html'
+write_review_page(store, manifest, model)   # 's3://bucket/videos/index.html'
 ```
 """
 

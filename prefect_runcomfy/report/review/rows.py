@@ -7,7 +7,7 @@ facts of a manifest an older version wrote). Reading rows needs no page, so a pa
 rows can be drawn from them.
 
 ```python
-rows = read_rows(manifest, read_review_sidecars(store, ids))
+rows = read_rows(manifest, read_review_sidecars(store, ids), model)
 rows[0].status, rows[0].videos        # ('succeeded', ['alice.mp4'])
 ```
 """
@@ -22,7 +22,6 @@ from typing import Any
 
 import pandas as pd
 
-from prefect_runcomfy.api.models import API_KEYS, MEDIA_COLUMNS, SETTINGS
 from prefect_runcomfy.engine.inputs.ids import id_problem
 from prefect_runcomfy.engine.outputs.manifest import outcome_from_manifest_row
 from prefect_runcomfy.engine.outputs.sidecar import read_sidecars, sidecar_name, with_sidecar
@@ -36,6 +35,7 @@ from prefect_runcomfy.engine.record.outcome import (
     is_missing,
 )
 from prefect_runcomfy.engine.record.status import RowStatus
+from prefect_runcomfy.models.base import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -128,18 +128,22 @@ def read_review_sidecars(store: OutputStore, ids: Iterable[str]) -> dict[str, di
 
 
 def read_rows(
-    manifest: pd.DataFrame | None, sidecars: Mapping[str, Mapping[str, Any]]
+    manifest: pd.DataFrame | None, sidecars: Mapping[str, Mapping[str, Any]], model: ModelSpec
 ) -> list[ReviewRow]:
-    """Every manifest row as a `ReviewRow`; `sidecars` by row id (or by `<id>.json`)."""
+    """Every manifest row (jobs of `model`) as a `ReviewRow`; `sidecars` by row id (or by
+    `<id>.json`)."""
     records = manifest.to_dict(orient="records") if manifest is not None else []
-    return [read_row(number, record, sidecars) for number, record in enumerate(records)]
+    return [read_row(number, record, sidecars, model) for number, record in enumerate(records)]
 
 
 def read_row(
-    number: int, record: Mapping[str, Any], sidecars: Mapping[str, Mapping[str, Any]]
+    number: int,
+    record: Mapping[str, Any],
+    sidecars: Mapping[str, Mapping[str, Any]],
+    model: ModelSpec,
 ) -> ReviewRow:
     """Manifest row `record` (the `number`th) as its card shows it, its sidecar filling in."""
-    listed = outcome_from_manifest_row(record)
+    listed = outcome_from_manifest_row(record, model.input_names)
     row_id = listed.id or f"row {number}"
     sidecar = sidecars.get(row_id)
     if sidecar is None:
@@ -149,21 +153,24 @@ def read_row(
     stored = with_sidecar(RowOutcome(id=row_id), sidecar) if sidecar is not None else None
     if not listed.files and not (stored and any(f.uri for f in stored.files)):
         # Neither names the video: it is `<id>.mp4` beside the page, with the manifest's facts.
-        listed = outcome_from_manifest_row({**record, "video_uri": f"{row_id}.mp4"})
+        beside = {**record, "video_uri": f"{row_id}{model.output_suffix}"}
+        listed = outcome_from_manifest_row(beside, model.input_names)
     outcome = _filled(listed, stored) if stored is not None else listed
     status = outcome.status or (_shown(record.get("status")) or "unknown").strip()
-    return _review_row(row_id, status, outcome, has_sidecar=sidecar is not None)
+    return _review_row(row_id, status, outcome, model, has_sidecar=sidecar is not None)
 
 
-def _review_row(row_id: str, status: str, outcome: RowOutcome, *, has_sidecar: bool) -> ReviewRow:
+def _review_row(
+    row_id: str, status: str, outcome: RowOutcome, model: ModelSpec, *, has_sidecar: bool
+) -> ReviewRow:
     first = outcome.files[0] if outcome.files else None
     probed = (first.video if first else None) or {}
     width, height = as_number(probed.get("width")), as_number(probed.get("height"))
-    sent = outcome.sent or {}
+    succeeded = status == RowStatus.SUCCEEDED
     return ReviewRow(
         id=row_id,
         status=str(status),
-        prompt=_shown(outcome.inputs.get("prompt"), sent.get(API_KEYS["prompt"])),
+        prompt=_input(outcome, model, model.prompt),
         error=_shown(outcome.error),
         note=_shown(outcome.note),
         request_id=_shown(outcome.request_id),
@@ -176,13 +183,21 @@ def _review_row(row_id: str, status: str, outcome: RowOutcome, *, has_sidecar: b
         height=int(height) if height else None,
         size=(first.size or None) if first else None,
         finished_at=_shown(outcome.finished_at),
-        videos=_videos(outcome, row_id) if status == RowStatus.SUCCEEDED else [],
+        videos=_videos(outcome, f"{row_id}{model.output_suffix}") if succeeded else [],
         metadata=file_name(outcome.metadata_uri) or (sidecar_name(row_id) if has_sidecar else None),
-        parameters=_parameters(outcome.inputs, sent),
-        sources=_sources(outcome),
+        parameters=_parameters(outcome, model),
+        sources=_sources(outcome, model),
         video_facts=_video_facts(probed),
-        image=_shown(outcome.inputs.get("image"), sent.get(API_KEYS["image"])),
+        image=_input(outcome, model, model.first_media("image")),
     )
+
+
+def _input(outcome: RowOutcome, model: ModelSpec, name: str | None) -> str | None:
+    """Input `name` as given, else as it was sent (None when the model has no such input)."""
+    if name is None:
+        return None
+    sent = outcome.sent or {}
+    return _shown(outcome.inputs.get(name), sent.get(model.api_keys.get(name, name)))
 
 
 def _filled(listed: RowOutcome, stored: RowOutcome) -> RowOutcome:
@@ -210,24 +225,25 @@ def _shown(*values: Any) -> str | None:
     return next((as_text(v) for v in values if not is_blank(v)), None)
 
 
-def _videos(outcome: RowOutcome, row_id: str) -> list[str]:
-    return [n for n in (file_name(uri) for uri in outcome.video_uris) if n] or [f"{row_id}.mp4"]
+def _videos(outcome: RowOutcome, beside: str) -> list[str]:
+    return [n for n in (file_name(uri) for uri in outcome.video_uris) if n] or [beside]
 
 
-def _parameters(inputs: Mapping[str, Any], sent: Mapping[str, Any]) -> list[tuple[str, str]]:
-    shown = ((name, _shown(inputs.get(name), sent.get(API_KEYS[name]))) for name in SETTINGS)
+def _parameters(outcome: RowOutcome, model: ModelSpec) -> list[tuple[str, str]]:
+    shown = ((name, _input(outcome, model, name)) for name in model.settings)
     return [(name, value) for name, value in shown if value is not None]
 
 
-def _sources(outcome: RowOutcome) -> list[tuple[str, str]]:
+def _sources(outcome: RowOutcome, model: ModelSpec) -> list[tuple[str, str]]:
     """Each media input as given, else as the sidecar shows it, else as it was sent."""
     given, sent = outcome.sources or {}, outcome.sent or {}
     sources = []
-    for kind in MEDIA_COLUMNS:
-        value = _shown(outcome.inputs.get(kind), given.get(kind), sent.get(API_KEYS[kind]))
+    for name in model.media:
+        sent_value = sent.get(model.api_keys.get(name, name))
+        value = _shown(outcome.inputs.get(name), given.get(name), sent_value)
         shown = short_source(value)
         if shown:
-            sources.append((kind, shown))
+            sources.append((name, shown))
     return sources
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from prefect_runcomfy._version import __version__
 from prefect_runcomfy.engine.outputs.store import MANIFEST_NAME, OutputStore
+from prefect_runcomfy.models.base import ModelSpec
 from prefect_runcomfy.report.review.chart import Chart, chart
 from prefect_runcomfy.report.review.previews import (
     make_portraits,
@@ -84,6 +85,7 @@ def _template() -> jinja2.Template:
 
 def render_review_html(
     manifest: pd.DataFrame,
+    model: ModelSpec,
     *,
     sidecars: Mapping[str, Mapping[str, Any]],
     title: str,
@@ -95,6 +97,7 @@ def render_review_html(
 
     Args:
         manifest: the manifest (any subset of its columns; older runs' manifests work).
+        model: the model the rows are jobs of (which inputs are settings, media, prompt).
         sidecars: each row's sidecar JSON, keyed by row id (or by `<id>.json`); missing rows
             are fine. Used for what the manifest lacks (parameters as sent, probed facts).
         title: the page title (escaped like everything else).
@@ -105,11 +108,13 @@ def render_review_html(
 
     Example:
         ```python
-        page = render_review_html(manifest, sidecars={}, title="Videos", generated_at="now")
+        page = render_review_html(
+            manifest, model, sidecars={}, title="Videos", generated_at="now"
+        )
         ```
     """
     return render_rows(
-        read_rows(manifest, sidecars),
+        read_rows(manifest, sidecars, model),
         title=title,
         generated_at=generated_at,
         assets=assets,
@@ -148,6 +153,7 @@ def render_rows(
 def write_review_page(
     store: OutputStore,
     manifest: pd.DataFrame,
+    model: ModelSpec,
     *,
     input_storage_options: dict[str, Any] | None = None,
     title: str | None = None,
@@ -163,6 +169,7 @@ def write_review_page(
     Args:
         store: the output location.
         manifest: usually the merged `manifest.parquet` (every row stored there).
+        model: the model the rows are jobs of.
         input_storage_options: fsspec options for reading `s3://` / `gs://` portraits.
         title: the page title; default "Talking videos · <folder name>".
         known: the sidecars of the rows a run holds in memory (each `sidecar_of` a record,
@@ -174,14 +181,14 @@ def write_review_page(
 
     Example:
         ```python
-        write_review_page(OutputStore("out"), OutputStore("out").read_manifest())
+        write_review_page(OutputStore("out"), OutputStore("out").read_manifest(), model)
         ```
     """
     if manifest is None:
         manifest = pd.DataFrame(columns=["id", "status"])
     held = {k: dict(v) for k, v in (known or {}).items()}
     unheld = [i for i in file_ids(manifest) if i not in held]
-    rows = read_rows(manifest, {**read_review_sidecars(store, unheld), **held})
+    rows = read_rows(manifest, {**read_review_sidecars(store, unheld), **held}, model)
     present = _present(store)
     portraits, posters = missing_previews(rows, present)
     present |= make_portraits(store, portraits, input_storage_options)
