@@ -144,28 +144,31 @@ async def test_two_processes_into_one_s3_prefix_pay_once(
 async def test_two_tables_sharing_ids_pay_once_and_never_overwrite(
     sb: Sandbox, tmp_path: Path
 ) -> None:
-    """Tables A (r0-r11) and B (r6-r17, other prompts) into one folder at once: each id is
-    paid once, and the files of an id belong to the run that paid for it.
+    """Tables A (r0-r11) and B (r6-r17, other prompts) into one folder while both run: each
+    id is paid once, and the files of an id belong to the run that paid for it.
 
-    Both flows run in this process, so both plan before any video is stored (processes
-    starting seconds apart on a loaded machine may not overlap: a table run *after* another
-    one stored an id is the user changing that row, and pays for it, as documented). A
-    long row of A's own keeps A alive while B works, however slowly B starts on a loaded
-    machine: once A has ended, B's changed rows would rightly be paid."""
+    B starts once A has claimed its first row, and a long row of A's own keeps A alive while
+    B works, however slowly either starts on a loaded machine: runs that do not overlap are
+    not this case (a table run *after* another one ended is the user changing those rows,
+    and pays for them, as documented)."""
     sb.set(workers=4, run_seconds=3.0)
     out = tmp_path / "out"
     long_row = {**rows(sb, 1)[0], "id": "a-long", "prompt": "keeps A alive [sandbox:run=20]"}
     table_a = [long_row, *rows(sb, 12)]
     table_b = [{**r, "prompt": f"table B {r['prompt']}"} for r in rows(sb, 18)][6:]
-    manifests = await asyncio.gather(
-        *(
-            manifest_of(
-                generate_talking_videos(table, str(out), creds(sb), max_concurrency=4, **FAST)
-            )
-            for table in (table_a, table_b)
+
+    def run(table: list[dict[str, Any]]) -> Any:
+        return manifest_of(
+            generate_talking_videos(table, str(out), creds(sb), max_concurrency=4, **FAST)
         )
-    )
-    manifest_a, manifest_b = (m.to_dict(orient="records") for m in manifests)
+
+    first = asyncio.create_task(run(table_a))
+    claims = out / "_claims"
+    while not (claims.exists() and any(p.name[0].isalnum() for p in claims.iterdir())):
+        assert not first.done(), "A ended before it claimed a row"
+        await asyncio.sleep(0.1)
+    manifests = [await run(table_b), await first]
+    manifest_b, manifest_a = (m.to_dict(orient="records") for m in manifests)
     assert sb.stats()["submits_accepted"] == 19  # a-long and r0-r17, each once
     by_id = {r["id"]: r for r in manifest_a}
     for other in manifest_b:
