@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
@@ -105,6 +106,15 @@ class SubmittedRequest(_Answer):
     cancel_url: str | None = None
 
 
+def _or_none(convert: Callable[[Any], Any], value: Any) -> Any:
+    """`convert(value)`, or None when there is no value or it does not convert: a field
+    RunComfy sends in an unexpected form is unknown, not an error that loses the answer."""
+    try:
+        return None if value is None else convert(value)
+    except (TypeError, ValueError):
+        return None
+
+
 class RequestState(_Answer):
     """The answer to a status read (`GET /v1/requests/{id}/status`)."""
 
@@ -124,10 +134,7 @@ class RequestState(_Answer):
     @field_validator("queue_position", mode="before")
     @classmethod
     def _lenient_position(cls, value: Any) -> Any:
-        try:
-            return None if value is None else int(value)
-        except (TypeError, ValueError):
-            return None
+        return _or_none(int, value)
 
 
 class RequestResult(RequestState):
@@ -161,10 +168,7 @@ class RequestResult(RequestState):
     @field_validator("cost", mode="before")
     @classmethod
     def _lenient_cost(cls, value: Any) -> Any:
-        try:
-            return None if value is None else float(value)
-        except (TypeError, ValueError):
-            return None
+        return _or_none(float, value)
 
     @field_validator("output", mode="before")
     @classmethod
