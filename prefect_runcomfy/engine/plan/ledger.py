@@ -267,7 +267,8 @@ def _plan_failed(entry: LedgerEntry, changed: bool, retry_failed: bool) -> RowDe
     detail = f": {entry.error}" if entry.error else ""
     return RowDecision(
         RowPlan.KEEP_FAILED,
-        f"previously {state}{detail} (pass retry_failed=True to pay for another try)",
+        f"previously {state}{detail} (pass spending=Spending(retry_failed=True), CLI "
+        "--retry-failed, to pay for another try)",
     )
 
 
@@ -283,7 +284,8 @@ def _plan_unknown(entry: LedgerEntry, changed: bool, resubmit_unknown: bool) -> 
     return RowDecision(
         RowPlan.UNKNOWN,
         f"{state} without a request id: an earlier submit may be running and billed; "
-        "check the RunComfy dashboard, or pass resubmit_unknown=True to submit again",
+        "check the RunComfy dashboard, or pass spending=Spending(resubmit_unknown=True) "
+        "(CLI --resubmit-unknown) to submit again",
         payload_changed=changed,
     )
 

@@ -77,7 +77,8 @@ from prefect_runcomfy.engine.run.turn import RowTurn, follow_holder, take_turn
 
 UNKNOWN_ADVICE = (
     "an earlier submit of this row got no answer, so a job may have run and been billed; "
-    "check your RunComfy dashboard, then run again with resubmit_unknown=True to submit it anew"
+    "check your RunComfy dashboard, then run again with "
+    "spending=Spending(resubmit_unknown=True) (CLI: --resubmit-unknown) to submit it anew"
 )
 
 FRESH_SUBMIT_S = 60.0
@@ -170,7 +171,10 @@ def _reported_again(
     status = RowStatus.CANCELLED if state is LedgerState.CANCELLED else RowStatus.FAILED
     return start.ended(
         status, (entry.error if entry else None) or decision.reason, request_id=request_id
-    ).noted("failed in an earlier run; run with retry_failed=True to pay for another try")
+    ).noted(
+        "failed in an earlier run; run with spending=Spending(retry_failed=True) "
+        "(CLI: --retry-failed) to pay for another try"
+    )
 
 
 async def _submit_and_collect(

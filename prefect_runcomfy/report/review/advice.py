@@ -27,18 +27,20 @@ def advice_for(status: str, *, output_uri: str | None = None) -> str | None:
         ),
         RowStatus.FAILED: (
             "RunComfy did not deliver a video. Check the error; if the input is fine, run again "
-            "with retry_failed=True (CLI: --retry-failed) to pay for another try."
+            "with spending=Spending(retry_failed=True) (CLI: --retry-failed) to pay for "
+            "another try."
         ),
         RowStatus.CANCELLED: (
             "The job was cancelled before it produced a video. To submit it anew, run again "
-            "with retry_failed=True (CLI: --retry-failed)."
+            "with spending=Spending(retry_failed=True) (CLI: --retry-failed)."
         ),
         RowStatus.TIMED_OUT: (
             "The wait ended before the job finished, or its video's download passed its "
             "deadline; the job may still be running (and billed) on RunComfy, or be done and "
             f"waiting there. Collect it without paying again: prefect-runcomfy collect {target} "
             "(or run the same table again). If the error says it was cancelled while still "
-            "queued, nothing was billed: run again with retry_failed=True."
+            "queued, nothing was billed: run again with spending=Spending(retry_failed=True) "
+            "(CLI: --retry-failed)."
         ),
         RowStatus.OUTCOME_UNKNOWN: (
             "A submit was sent but its answer was lost, so a job may have run and been billed. "
