@@ -37,8 +37,6 @@ from prefect_runcomfy.engine.run.state import RunState
 FOLLOW_FIRST_S = 2.0
 """First pause between two looks at a row another run holds; it doubles up to `FOLLOW_MAX_S`."""
 FOLLOW_MAX_S = 15.0
-READ_AGAIN_S = 0.5
-"""Pause before reading again a ledger entry that came back empty where one was expected."""
 
 
 class RowCellLike(Protocol):
@@ -81,7 +79,8 @@ async def take_turn(
     )
     if isinstance(got, Held):
         return got
-    fresh = await _read_again(batch, row.id, got)
+    # The store reads from the backend, never a cached listing (`OutputStore._fresh`).
+    fresh = await asyncio.to_thread(batch.ledger.get, row.id)
     decision = await asyncio.to_thread(_decide_again, batch, row, fresh)
     refusal = _inconsistent(row, got, fresh, max(seen))
     if decision.plan is RowPlan.SUBMIT and refusal is None:
@@ -121,17 +120,6 @@ def _ledger_probe(
         return (entry.state, entry.claim) if entry else (None, 0)
 
     return probe
-
-
-async def _read_again(batch: RunState, id: str, got: Taken) -> LedgerEntry | None:
-    """The row's ledger entry as it is now. After stepping over earlier claims, an empty
-    answer is read once more after a pause: a row others held usually has an entry, and an
-    answer that came back empty by mistake must not turn into a payment."""
-    fresh = await asyncio.to_thread(batch.ledger.get, id)
-    if fresh is None and got.generation > 1:
-        await asyncio.sleep(READ_AGAIN_S)
-        fresh = await asyncio.to_thread(batch.ledger.get, id)
-    return fresh
 
 
 def _inconsistent(
