@@ -12,12 +12,18 @@ import sys
 import textwrap
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pandas as pd
 import pytest
 from prefect import flow, task
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentTaskRunId
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterParentTaskRunId,
+    TaskRunFilter,
+    TaskRunFilterFlowRunId,
+)
 from prefect.context import get_run_context
 from prefect.settings import PREFECT_API_URL
 
@@ -60,8 +66,14 @@ def two_rows(sb: Sandbox) -> list[dict[str, Any]]:
 async def child_runs_of(parent_flow_run_id: str) -> list[Any]:
     """The flow runs whose parent task run belongs to `parent_flow_run_id`."""
     async with get_client() as client:
-        task_runs = await client.read_task_runs()
-        parent_tasks = [t.id for t in task_runs if str(t.flow_run_id) == parent_flow_run_id]
+        # Filtered on the server: the harness is shared by the whole session, and an
+        # unfiltered read returns only the first page of every test's task runs.
+        task_runs = await client.read_task_runs(
+            task_run_filter=TaskRunFilter(
+                flow_run_id=TaskRunFilterFlowRunId(any_=[UUID(parent_flow_run_id)])
+            )
+        )
+        parent_tasks = [t.id for t in task_runs]
         if not parent_tasks:
             return []
         return await client.read_flow_runs(
@@ -254,7 +266,9 @@ async def test_two_runs_add_two_versions_under_one_key_and_carry_the_tags(
             run = await client.read_flow_run(run_id)  # type: ignore[arg-type]
             assert {"runcomfy", "infinite-talk", "nightly"} <= set(run.tags)
         # Only the first run has row task runs: the second finds both rows stored.
-        task_runs = [t for t in await client.read_task_runs() if t.flow_run_id in run_ids]
+        task_runs = await client.read_task_runs(
+            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=list(run_ids)))
+        )
         rows = [t for t in task_runs if t.name in {"n0", "n1"}]
         assert len(rows) == 2
         assert rows and all({"runcomfy", "infinite-talk", "nightly"} <= set(t.tags) for t in rows)
