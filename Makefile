@@ -35,7 +35,7 @@ test: $(VENV)/.synced   ## lint and type-check, then the whole test suite (what 
 test-lowest: | $(UV)   ## the test suite on the lowest versions pyproject.toml allows (not in CI: ~12 min)
 	rm -rf .venv-lowest
 	$(UV) venv -q .venv-lowest --python "$$($(PYTHON) -c 'import sys; print(sys.executable)')"
-	VIRTUAL_ENV=.venv-lowest $(UV) pip install -q --resolution lowest-direct -e '.[dev,s3,media]'
+	VIRTUAL_ENV=.venv-lowest $(UV) pip install -q --resolution lowest-direct -e '.[dev,s3,media,aws]'
 	PATH="$$PWD/.venv-lowest/bin:$$PATH" .venv-lowest/bin/python -m pytest
 
 lint: $(VENV)/.synced

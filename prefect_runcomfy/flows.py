@@ -28,7 +28,6 @@ from prefect import tags
 from prefect.blocks.core import Block
 from prefect.client.schemas.objects import FlowRun
 from prefect.context import get_run_context
-from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 from prefect.logging import get_logger, get_run_logger
 from prefect.states import State
 from pydantic import BaseModel
@@ -66,7 +65,13 @@ from prefect_runcomfy.engine.shards.heartbeat import heartbeat_for
 from prefect_runcomfy.engine.shards.parent import merged_outcomes, run_shards
 from prefect_runcomfy.engine.shards.runs import cancel_recorded
 from prefect_runcomfy.engine.shards.split import ShardFiles, plan_shards
-from prefect_runcomfy.locations import block_parameter, storage_location, stored_location
+from prefect_runcomfy.locations import (
+    LOCATION_BLOCKS,
+    Location,
+    block_parameter,
+    storage_location,
+    stored_location,
+)
 from prefect_runcomfy.models.infinite_talk import INFINITE_TALK
 from prefect_runcomfy.report.artifacts import Progress
 from prefect_runcomfy.report.events import RowEvents
@@ -101,8 +106,7 @@ class TableFlow(SyncOrAsyncFlow):
                 "inputs": f"<in-memory {kind} of {len(table)} rows: not stored in Prefect "
                 "(pass a file path or URL to keep it with the run)>",
             }
-        kinds = (RemoteFileSystem, LocalFileSystem)
-        blocks = {k: v for k, v in parameters.items() if isinstance(v, kinds)}
+        blocks = {k: v for k, v in parameters.items() if isinstance(v, LOCATION_BLOCKS)}
         if blocks:  # a saved block by reference; an unsaved one without its settings
             parameters = {**parameters, **{k: block_parameter(v) for k, v in blocks.items()}}
         return super().serialize_parameters(parameters)
@@ -264,12 +268,12 @@ async def _cancel_queued_on_stop(flow: Any, flow_run: FlowRun, state: State) -> 
 @beating
 async def generate_talking_videos(
     inputs: pd.DataFrame | list[dict[str, Any]] | str,
-    output_uri: str | RemoteFileSystem | LocalFileSystem,
+    output_uri: Location,
     credentials: RunComfyCredentials | str | None = None,
     max_concurrency: int = 8,
     max_wait_s: float = 3600.0,
     storage_options: dict[str, Any] | None = None,
-    staging_uri: str | RemoteFileSystem | LocalFileSystem | None = None,
+    staging_uri: Location | None = None,
     inline_media: bool = False,
     spending: Spending = Spending(),
     media: MediaOptions = MediaOptions(),
@@ -300,7 +304,8 @@ async def generate_talking_videos(
             carried through to the manifest.
         output_uri: Where outputs go: a local folder, `s3://bucket/prefix`, `gs://...`, ...,
             or a Prefect filesystem block (`RemoteFileSystem`, whose `settings` are the fsspec
-            options, so credentials stay in the block; `LocalFileSystem`).
+            options, so credentials stay in the block; `LocalFileSystem`; prefect-aws's
+            `S3Bucket` where installed).
         credentials: A `RunComfyCredentials` block, the name of a saved one, or None to use
             `RUNCOMFY_API_TOKEN` (else `RUNCOMFY_TOKEN`, else `RUNCOMFY_API_KEY`) and
             `RUNCOMFY_BASE_URL`.
@@ -309,7 +314,7 @@ async def generate_talking_videos(
         storage_options: fsspec options for `output_uri` (e.g. an S3 endpoint); with a block,
             they are added to its settings.
         staging_uri: Where local media files are uploaded (then pre-signed) for RunComfy: an
-            s3:// or gs:// folder, or a `RemoteFileSystem` block of one.
+            s3:// or gs:// folder, or a `RemoteFileSystem` or `S3Bucket` block of one.
         inline_media: Send local media as `data:` URIs instead (image ≤ 6 MiB, audio ≤ 16 MiB).
         spending: What the run may pay for (`Spending`): `max_submits`, the most new (paid)
             jobs, and `max_cost_usd`, the most their estimated cost (from RunComfy's catalog),
@@ -432,7 +437,7 @@ async def _row_done(outcome: RowOutcome, progress: Progress, events: RowEvents) 
 @table_flow(name="collect-outstanding-requests", log_prints=False)
 @stoppable
 async def collect_outstanding_requests(
-    output_uri: str | RemoteFileSystem | LocalFileSystem,
+    output_uri: Location,
     credentials: RunComfyCredentials | str | None = None,
     storage_options: dict[str, Any] | None = None,
     cancel: bool = False,
@@ -520,14 +525,14 @@ async def _cancel_shards_on_stop(flow: Any, flow_run: FlowRun, state: State) -> 
 )
 async def generate_talking_videos_sharded(
     inputs: pd.DataFrame | list[dict[str, Any]] | str,
-    output_uri: str | RemoteFileSystem | LocalFileSystem,
+    output_uri: Location,
     credentials: str | None = None,
     deployment: str = "generate-talking-videos/shard",
     shard_size: int = 500,
     max_concurrency_per_shard: int = 8,
     max_wait_s: float = 3600.0,
     storage_options: dict[str, Any] | None = None,
-    staging_uri: str | RemoteFileSystem | None = None,
+    staging_uri: Location | None = None,
     inline_media: bool = False,
     spending: Spending = Spending(),
     media: MediaOptions = MediaOptions(),

@@ -271,6 +271,8 @@ class DownloadClock:
         """Keep a failed try's error (the cause of a later deadline error) and say it, so a
         download tried again is not silent; a `RetryListener`."""
         self.last_error = error
+        if self.elapsed_s() + pause >= self.deadline_s:
+            return  # no time is left for another try: the deadline's error will say this one
         if self.on_progress is not None:
             self.on_progress(dataclasses.replace(self.progress(), failed=self._why(error)))
 
