@@ -425,6 +425,7 @@ async def _run_table(
     with tags(*run_tags(settings.model)):
         outcomes = await run_table(planned, store, settings, hooks)
     await progress.finish()
+    events.run_done()
     return store, outcomes
 
 
@@ -488,6 +489,7 @@ async def collect_outstanding_requests(
     with tags(*run_tags(INFINITE_TALK)):
         outcomes = await collect_table(left, store, settings, hooks, cancel=cancel)
     await progress.finish()
+    events.run_done()
     manifest = build_manifest(outcomes, INFINITE_TALK)
     if manifest.empty:
         get_run_logger().info("Nothing to collect.")

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -812,6 +813,58 @@ async def test_global_concurrency_limit_bounds_jobs_in_flight(sb: Sandbox, tmp_p
     spans = sorted((r["submitted_mono"], r["finished_mono"]) for r in sb.requests())
     for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end, "a second job was submitted while one was in flight"
+
+
+async def test_a_job_place_keeps_its_slot_while_rows_wait_for_it(
+    sb: Sandbox, tmp_path: Path
+) -> None:
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    async with get_client() as client:
+        limit_id = await client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name="runcomfy-keep", limit=2)
+        )
+    manifest = await generate_talking_videos(
+        rows(sb, 10),
+        str(tmp_path / "o"),
+        creds(sb),
+        max_concurrency=2,
+        concurrency=Concurrency(limit="runcomfy-keep"),
+        **FAST,
+    )
+    assert set(manifest["status"]) == {"succeeded"}
+    # Still strict: never more than 2 jobs at RunComfy at once.
+    moments = sorted(
+        [(r["submitted_mono"], 1) for r in sb.requests()]
+        + [(r["finished_mono"], -1) for r in sb.requests()]
+    )
+    assert max(itertools.accumulate(step for _, step in moments)) <= 2
+
+    async def count(name: str) -> int:
+        async with get_client() as client:
+            page = await client.read_events(
+                filter=EventFilter(
+                    event=EventNameFilter(name=[name]),
+                    resource=EventResourceFilter(id=[f"prefect.concurrency-limit.{limit_id}"]),
+                ),
+                limit=50,
+            )
+        return len(page.events)
+
+    # The server stores events a moment after they are sent: wait until the releases are in.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if await count("prefect.concurrency-limit.released") >= 2:
+            break
+        await asyncio.sleep(0.5)
+    acquired = await count("prefect.concurrency-limit.acquired")
+    # One slot per place while rows waited for places: 2 here (10 rows took one each before).
+    assert 2 <= acquired <= 4, acquired
+    assert await count("prefect.concurrency-limit.released") == acquired
+    async with get_client() as client:
+        limit = await client.read_global_concurrency_limit_by_name("runcomfy-keep")
+    assert limit.active_slots == 0  # every slot given back at the end
 
 
 async def test_a_missing_global_limit_is_an_error_not_unbounded(

@@ -225,14 +225,21 @@ async def test_every_row_outcome_is_an_event_and_every_new_video_an_asset(
     assert any(r.id.startswith("prefect.flow-run.") for r in ok.related)
 
     video_key = "file://" + manifest.loc["v0", "video_uri"]
-    assets = await events_under(video_key, names=["prefect.asset.materialization."], expect=1)
+    assert {r.id: r.role for r in ok.related}[video_key] == "video"
+    [video] = ok.payload["videos"]
+    assert video["uri"] == manifest.loc["v0", "video_uri"]
+    assert video["sha256"] == manifest.loc["v0", "sha256"]
+    assert video["size_bytes"] == manifest.loc["v0", "size_bytes"]
+    assert video["duration_s"] == pytest.approx(manifest.loc["v0", "duration_s"])
+
+    # The output location is the asset, materialized once by the run that stored videos.
+    location_key = f"file://{out}"
+    assets = await events_under(location_key, names=["prefect.asset.materialization."], expect=1)
     assert [a.event for a in assets] == ["prefect.asset.materialization.succeeded"]
     asset = assets[0]
-    assert asset.payload["row_id"] == "v0"
-    assert asset.payload["request_id"] == manifest.loc["v0", "request_id"]
-    assert asset.payload["sha256"] == manifest.loc["v0", "sha256"]
-    assert asset.payload["size_bytes"] == manifest.loc["v0", "size_bytes"]
-    assert asset.payload["duration_s"] == pytest.approx(manifest.loc["v0", "duration_s"])
+    assert asset.resource.id == location_key
+    assert asset.payload["videos_stored"] == 1
+    assert asset.payload["bytes_stored"] == manifest.loc["v0", "size_bytes"]
     roles = {r.id: r.role for r in asset.related}
     assert roles[f"file://{table_path}"] == "asset"  # the input table, upstream
     assert roles["prefect-runcomfy"] == "asset-materialized-by"
@@ -243,8 +250,10 @@ async def test_every_row_outcome_is_an_event_and_every_new_video_an_asset(
     again = await events_under(f"runcomfy.row.{store.uri('v0')}", names=["runcomfy.row."], expect=2)
     assert sorted(e.event for e in again) == ["runcomfy.row.skipped", "runcomfy.row.succeeded"]
     await asyncio.sleep(1)
-    assets = await events_under(video_key, names=["prefect.asset.materialization."], expect=1)
+    assets = await events_under(location_key, names=["prefect.asset.materialization."], expect=1)
     assert len(assets) == 1
+    # no video is an asset of its own any more
+    assert not await events_under(video_key, names=["prefect.asset."], expect=0)
 
 
 def test_asset_keys_prefect_refuses_are_left_out() -> None:
@@ -262,7 +271,7 @@ async def test_a_video_whose_uri_is_no_asset_key_still_succeeds(
     with caplog.at_level(logging.WARNING, logger="prefect_runcomfy.events"):
         manifest = await generate_talking_videos(rows(sb, n=1), str(out), creds(sb), **FAST)
     assert manifest["status"].tolist() == ["succeeded"]
-    assert "is not reported as an asset" in caplog.text
+    assert "not reported as an asset" in caplog.text
     events = await events_under(f"runcomfy.row.{out}", names=["runcomfy.row."], expect=1)
     assert events[0].payload["video_uri"] == manifest["video_uri"].iloc[0]
 

@@ -34,7 +34,7 @@ class Progress:
     In-process listeners (`progress_listeners`) hear about every row at once.
     """
 
-    def __init__(self, total: int, *, every_s: float = 2.0, key: str | None = None) -> None:
+    def __init__(self, total: int, *, every_s: float = 10.0, key: str | None = None) -> None:
         self.total = max(0, total)
         self.done = 0
         self.every_s = every_s

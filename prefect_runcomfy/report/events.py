@@ -1,18 +1,21 @@
-"""What Prefect's event system hears about rows: one event per row's outcome, and an asset
-materialization per stored video.
+"""What Prefect's event system hears about rows: one event per row's outcome, and one asset
+materialization per run for the output location it stored videos in.
 
 Every row that ends emits `runcomfy.row.<status>` (`succeeded`, `failed`, `cancelled`,
 `invalid`, `timed_out`, `outcome_unknown`), or `runcomfy.row.skipped` when an earlier run had
 already stored it. The event's resource is the row at its output location
 (`runcomfy.row.<output_uri>/<id>`), so automations can follow one row across nightly runs; the
-payload is `event_payload`. Prefect adds the flow run, flow, deployment and tags as
-related resources by itself.
+payload is `event_payload` (with each stored video's size, sha256, duration and frame size),
+and each video this run stored is a related resource (role `video`). Prefect adds the flow
+run, flow, deployment and tags as related resources by itself.
 
-Each video this run stored is reported the way Prefect reports a materializing task's assets
-(`prefect.asset.materialization.succeeded`, resource id = the video's URI, the input table as
-upstream asset when it is a URI), with `asset_metadata` as payload. A URI Prefect
-will not take as an asset key (a space, `%`, quotes, over 512 characters) is left out of the
-assets with one warning per run; the row's event still names the video.
+The output location is the asset (its URI: `s3://bucket/videos`, `file:///abs/out`): a run
+that stored videos reports it once, at its end, the way Prefect reports a materializing task's
+assets (`prefect.asset.materialization.succeeded`, the input table as upstream asset when it
+is a URI, `location_metadata` as payload). One event per run, not one per video: a night of
+20,000 rows would otherwise cost the server 40,000 asset events and 20,000 assets. A location
+Prefect will not take as an asset key (a space, `%`, quotes, over 512 characters) is not
+reported as an asset, with one warning; the row events still name every video.
 
 Emitting never fails a row: Prefect's events client sends in the background, and any error
 here is logged.
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,7 @@ EVENT_PREFIX = "runcomfy.row"
 """Row events are named `runcomfy.row.<status>`."""
 
 MATERIALIZED_BY = "prefect-runcomfy"
-"""The tool named as the materializer of every video asset."""
+"""The tool named as the materializer of the output locations' assets."""
 
 EVENT_ERROR_CHARS = 2000
 """A row event carries at most this much of the row's error (events are capped at 1.5 MB)."""
@@ -106,39 +109,40 @@ def event_payload(outcome: RowOutcome) -> dict[str, Any]:
         "error": error,
         "cost_usd": outcome.cost_usd,
         "duration_s": ((first.video if first else None) or {}).get("duration_s"),
+        "videos": [video_metadata(stored) for stored in outcome.files],
         "submitted_by_this_run": outcome.submitted_by_this_run,
         "already_stored": outcome.already_stored,
     }
 
 
-def asset_metadata(outcome: RowOutcome, stored: StoredFile) -> dict[str, Any]:
-    """The small metadata of one stored video's asset materialization."""
+def video_metadata(stored: StoredFile) -> dict[str, Any]:
+    """The small metadata of one stored video, as the row's event carries it."""
     video = stored.video or {}
     return {
-        "row_id": outcome.id,
-        "request_id": outcome.request_id,
+        "uri": stored.uri,
         "duration_s": video.get("duration_s"),
         "width": video.get("width"),
         "height": video.get("height"),
         "size_bytes": stored.size,
         "sha256": stored.sha256,
-        "cost_usd": outcome.cost_usd,
-        "metadata_uri": outcome.metadata_uri,
     }
 
 
 @dataclass
 class RowEvents:
-    """Says each finished row to Prefect's event system (see the module's docstring).
+    """Says each finished row to Prefect's event system, and the run's stored videos once at
+    its end (see the module's docstring).
 
     Args:
-        store: The run's output location (names each row's resource).
-        table_uri: The input table's URI when it was given as one: the videos' upstream asset.
+        store: The run's output location (names each row's resource; the asset).
+        table_uri: The input table's URI when it was given as one: the upstream asset.
     """
 
     store: OutputStore
     table_uri: str | None = None
-    _refused: list[str] = field(default_factory=list)
+    videos_stored: int = 0
+    bytes_stored: int = 0
+    cost_usd: float = 0.0
 
     def resource(self, outcome: RowOutcome) -> dict[str, str]:
         """The row at its output location, as an event resource."""
@@ -150,7 +154,7 @@ class RowEvents:
         }
 
     async def row_done(self, outcome: RowOutcome) -> None:
-        """Emit the row's event, and an asset materialization for each video it stored now."""
+        """Emit the row's event, and count the videos it stored now."""
         try:
             self._emit(outcome)
         except Exception as exc:  # an event is not worth a paid row
@@ -159,13 +163,15 @@ class RowEvents:
     def _emit(self, outcome: RowOutcome) -> None:
         from prefect.events import emit_event
 
-        videos = (
-            [(f, asset_key(f.uri)) for f in outcome.files]
-            if outcome.status is RowStatus.SUCCEEDED and not outcome.already_stored
-            else []
-        )
+        stored_now = outcome.status is RowStatus.SUCCEEDED and not outcome.already_stored
+        videos = outcome.files if stored_now else []
+        self.videos_stored += len(videos)
+        self.bytes_stored += sum(f.size or 0 for f in videos)
+        self.cost_usd += (outcome.cost_usd or 0.0) if videos else 0.0
         related = [
-            {"prefect.resource.id": k, "prefect.resource.role": "video"} for _, k in videos if k
+            {"prefect.resource.id": key, "prefect.resource.role": "video"}
+            for key in (asset_key(f.uri) for f in videos)
+            if key
         ]
         emit_event(
             f"{EVENT_PREFIX}.{event_word(outcome)}",
@@ -173,11 +179,33 @@ class RowEvents:
             related=related,
             payload=event_payload(outcome),
         )
-        for stored, key in videos:
-            if key is None:
-                self._refuse(stored.uri)
-                continue
-            self._materialize(key, asset_metadata(outcome, stored))
+
+    def location_metadata(self) -> dict[str, Any]:
+        """What the run's materialization of its output location carries."""
+        return {
+            "videos_stored": self.videos_stored,
+            "bytes_stored": self.bytes_stored,
+            "cost_usd": round(self.cost_usd, 6),
+            "output_uri": self.store.uri(),
+        }
+
+    def run_done(self) -> None:
+        """Report the output location as materialized, when this run stored any video."""
+        if not self.videos_stored:
+            return
+        key = asset_key(self.store.uri())
+        if key is None:
+            logger.warning(
+                "Prefect does not take %s as an asset key (spaces, %%, quotes or over 512 "
+                "characters); the run's videos are not reported as an asset, but every row "
+                "event names its video.",
+                self.store.uri(),
+            )
+            return
+        try:
+            self._materialize(key, self.location_metadata())
+        except Exception as exc:
+            logger.warning("Could not report the run's videos as an asset: %s", exc)
 
     def _materialize(self, key: str, metadata: dict[str, Any]) -> None:
         # Prefect's own format, as a task declared with `assets=[...]` would emit it.
@@ -194,16 +222,6 @@ class RowEvents:
         )
         context.emit_events(Completed())
 
-    def _refuse(self, uri: str) -> None:
-        if not self._refused:
-            logger.warning(
-                "Prefect does not take %s as an asset key (spaces, %%, quotes or over 512 "
-                "characters); its video is not reported as an asset, but its row event names "
-                "it. Later such videos of this run are left out silently.",
-                uri,
-            )
-        self._refused.append(uri)
-
 
 __all__ = [
     "EVENT_ERROR_CHARS",
@@ -212,7 +230,7 @@ __all__ = [
     "SKIPPED",
     "RowEvents",
     "asset_key",
-    "asset_metadata",
     "event_payload",
     "event_word",
+    "video_metadata",
 ]

@@ -13,15 +13,22 @@ async with run.places.row() as place:       # a row place and its client
         request_id = await submit(place.client, ...)
 ```
 
-A job place is an object of its own, handed from row to row through a queue, so that what a
-place holds can outlive one row (say, its slot of the account-wide limit, kept while rows
-wait for places); today the slot is taken and given back with each row.
+A job place is an object of its own, handed from row to row, and it keeps its slot of the
+account-wide limit (`AccountSlot`) while it has work: a place given back while another row
+waits for one goes to that row with its slot still held, so a run of thousands of rows takes
+and gives back a slot (three Prefect API calls and two events) once per place's stretch of
+work, not once per row. A place gives its slot back when no row waits for it, and after
+holding it `SLOT_TENURE_S`, so that other runs and shards on the same limit get their turn:
+Prefect grants a freed slot to the first request that asks, and a place whose tenure ended
+asks again only after `SLOT_PAUSE_S`, the time a waiting shard's retry needs to arrive.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -35,11 +42,85 @@ is the shortest lease Prefect's server accepts. A renewal that fails is logged b
 and the job goes on."""
 
 
+SLOT_TENURE_S = 120.0
+"""How long a job place keeps one slot of the account-wide limit across rows before it gives
+it back for other runs and shards to take (and asks again)."""
+
+SLOT_PAUSE_S = 1.0
+"""How long a place whose tenure ended waits before asking for a slot again."""
+
+
+class AccountSlot:
+    """One slot of a Prefect global concurrency limit, held by a job place across rows.
+
+    Prefect's `concurrency()` holds a slot for one block of code in one task; a keeper task
+    holds that block open from `take` to `give_back`, with Prefect's lease renewal running
+    meanwhile. The keeper runs in the flow's context (`context`), not in the row's task run
+    that happened to ask first: the slot outlives that row.
+    """
+
+    def __init__(self, limit: str, context: contextvars.Context) -> None:
+        self.limit = limit
+        self._context = context
+        self._granted = asyncio.Event()
+        self._release = asyncio.Event()
+        self._keeper: asyncio.Task[None] | None = None
+        self.taken_at = 0.0
+
+    async def take(self) -> None:
+        """Wait until Prefect grants the slot (raises what the acquisition raised)."""
+        keeper = asyncio.create_task(
+            self._keep(), context=self._context.run(contextvars.copy_context)
+        )
+        self._keeper = keeper
+        granted = asyncio.create_task(self._granted.wait())
+        try:
+            await asyncio.wait({keeper, granted}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            keeper.cancel()  # Prefect releases a slot granted after its asker is gone
+            raise
+        finally:
+            granted.cancel()
+        if not self._granted.is_set():
+            await keeper  # the acquisition failed: its error
+        self.taken_at = time.monotonic()
+
+    def tenure_over(self) -> bool:
+        """Whether the slot was held `SLOT_TENURE_S` or longer."""
+        return time.monotonic() - self.taken_at >= SLOT_TENURE_S
+
+    async def give_back(self) -> None:
+        """Release the slot (waits for Prefect's release call, even when cancelled)."""
+        self._release.set()
+        if self._keeper is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._keeper)
+
+    async def _keep(self) -> None:
+        from prefect.concurrency.asyncio import concurrency
+
+        async with concurrency(
+            self.limit,
+            occupy=1,
+            strict=True,
+            lease_duration=SLOT_LEASE_S,
+            # A renewal that fails (the API busy for a moment) must not stop the wait for a
+            # job that is paid for: at worst the slot lapses early.
+            raise_on_lease_renewal_failure=False,
+        ):
+            self._granted.set()
+            await self._release.wait()
+
+
 @dataclass(eq=False)
 class JobPlace:
-    """One of the run's `max_concurrency` places for a job at RunComfy."""
+    """One of the run's `max_concurrency` places for a job at RunComfy, with the slot of the
+    account-wide limit it holds while it has work (None without a limit, or between
+    stretches of work)."""
 
     number: int
+    slot: AccountSlot | None = None
+    paused_until: float = 0.0
 
 
 class RowPlace:
@@ -68,7 +149,12 @@ class Places:
         self.concurrency_limit = concurrency_limit
         self._make_client = make_client
         self._rows: asyncio.Semaphore | None = None
-        self._jobs: asyncio.Queue[JobPlace] | None = None
+        # Last in, first out: a row waiting for a place gets the one just given back, with
+        # its slot still held, before the idle places that hold none.
+        self._jobs: asyncio.LifoQueue[JobPlace] | None = None
+        self._waiting = 0
+        self._all_places: list[JobPlace] = []
+        self._context = contextvars.copy_context()  # the flow's, for the slots' keepers
         self._idle_clients: list[RunComfyClient] = []
         self._all_clients: list[RunComfyClient] = []
 
@@ -88,35 +174,53 @@ class Places:
 
     @contextlib.asynccontextmanager
     async def job_place(self) -> AsyncIterator[JobPlace]:
-        """Hold a job place: this run's bound, and the account-wide limit if named."""
-        if self._jobs is None:
-            self._jobs = asyncio.Queue()
-            for number in range(self.max_concurrency):
-                self._jobs.put_nowait(JobPlace(number))
-        place = await self._jobs.get()
+        """Hold a job place: this run's bound, and a slot of the account-wide limit if one
+        is named (the place's own, kept from its previous row, or taken now)."""
+        place = await self._next_place()
         try:
-            async with self._account_slot():
-                yield place
+            if self.concurrency_limit and place.slot is None:
+                await self._take_slot(place, self.concurrency_limit)
+            yield place
         finally:
-            self._jobs.put_nowait(place)
+            # Before the place goes back: is a row waiting that no free place will serve?
+            wanted = self._waiting > self._free_places()
+            self._places().put_nowait(place)
+            if place.slot is not None and (not wanted or place.slot.tenure_over()):
+                await self._give_back(place, paused=wanted)
 
-    @contextlib.asynccontextmanager
-    async def _account_slot(self) -> AsyncIterator[None]:
-        if not self.concurrency_limit:
-            yield
-            return
-        from prefect.concurrency.asyncio import concurrency
+    def _places(self) -> asyncio.LifoQueue[JobPlace]:
+        if self._jobs is None:
+            self._jobs = asyncio.LifoQueue()
+            self._all_places = [JobPlace(n) for n in range(self.max_concurrency)]
+            for place in reversed(self._all_places):
+                self._jobs.put_nowait(place)
+        return self._jobs
 
-        async with concurrency(
-            self.concurrency_limit,
-            occupy=1,
-            strict=True,
-            lease_duration=SLOT_LEASE_S,
-            # A renewal that fails (the API busy for a moment) must not stop the wait for a
-            # job that is paid for: at worst the slot lapses early.
-            raise_on_lease_renewal_failure=False,
-        ):
-            yield
+    def _free_places(self) -> int:
+        return self._places().qsize()
+
+    async def _next_place(self) -> JobPlace:
+        self._waiting += 1
+        try:
+            return await self._places().get()
+        finally:
+            self._waiting -= 1
+
+    async def _take_slot(self, place: JobPlace, limit: str) -> None:
+        pause = place.paused_until - time.monotonic()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        slot = AccountSlot(limit, self._context)
+        await slot.take()
+        place.slot = slot
+
+    @staticmethod
+    async def _give_back(place: JobPlace, *, paused: bool) -> None:
+        slot, place.slot = place.slot, None
+        if paused:  # its tenure ended while rows wait: let another run or shard ask first
+            place.paused_until = time.monotonic() + SLOT_PAUSE_S
+        if slot is not None:
+            await slot.give_back()
 
     def _new_client(self) -> RunComfyClient:
         client = self._make_client()
@@ -124,11 +228,22 @@ class Places:
         return client
 
     async def aclose(self) -> None:
-        """Close every client the run's rows borrowed."""
+        """Give back every slot the run's places still hold; close every client its rows
+        borrowed."""
+        for place in self._all_places:
+            await self._give_back(place, paused=False)
         clients, self._all_clients, self._idle_clients = self._all_clients, [], []
         for client in clients:
             with contextlib.suppress(Exception):
                 await client.aclose()
 
 
-__all__ = ["SLOT_LEASE_S", "JobPlace", "Places", "RowPlace"]
+__all__ = [
+    "SLOT_LEASE_S",
+    "SLOT_PAUSE_S",
+    "SLOT_TENURE_S",
+    "AccountSlot",
+    "JobPlace",
+    "Places",
+    "RowPlace",
+]
