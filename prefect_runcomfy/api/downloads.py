@@ -200,64 +200,52 @@ async def download_output(
         started=started,
         on_progress=on_progress or log_progress,
     )
-    tries = max(1, attempts)
+    job = _Download(client, url, chunk_size, max(1, attempts), backoff, rules, clock)
     try:
         if isinstance(destination, (str, os.PathLike)):
-            return await _to_path(
-                client, url, os.fspath(destination), chunk_size, tries, backoff, rules, clock
-            )
-        return await _within_deadline(
-            client, url, destination, chunk_size, tries, backoff, rules, clock
-        )
+            return await job.to_path(os.fspath(destination))
+        return await job.within_deadline(destination)
     finally:
         if own:
             await client.aclose()
 
 
-async def _to_path(
-    http: httpx.AsyncClient,
-    url: str,
-    final: str,
-    chunk_size: int,
-    attempts: int,
-    backoff: Backoff | None,
-    policy: OutputPolicy,
-    clock: DownloadClock,
-) -> DownloadedFile:
-    """Download beside `final` under a hidden name, renamed over it only when complete."""
-    partial = _partial_path(final)
-    try:
-        done = await _within_deadline(
-            http, url, partial, chunk_size, attempts, backoff, policy, clock
-        )
-        os.replace(partial, final)  # complete: only now under the name asked for
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(partial)  # a broken, refused or late download: never left behind
-    return dataclasses.replace(done, path=final)
+@dataclasses.dataclass(frozen=True)
+class _Download:
+    """One output's download: what every try of it uses."""
 
+    http: httpx.AsyncClient
+    url: str
+    chunk_size: int
+    attempts: int
+    backoff: Backoff | None
+    policy: OutputPolicy
+    clock: DownloadClock
 
-async def _within_deadline(
-    http: httpx.AsyncClient,
-    url: str,
-    destination: str | IO[bytes],
-    chunk_size: int,
-    attempts: int,
-    backoff: Backoff | None,
-    policy: OutputPolicy,
-    clock: DownloadClock,
-) -> DownloadedFile:
-    """Every try of a download, and the pauses between them, within the clock's deadline."""
-    return await clock.run(
-        lambda: retrying(
-            lambda: _download_once(http, url, destination, chunk_size, policy, clock),
-            delays=backoff or Backoff(),
-            attempts=attempts,
-            retry_if=_download_may_be_retried,
-            wait_hint=_capped_retry_after,
-            on_retry=clock.note_retry,
+    async def to_path(self, final: str) -> DownloadedFile:
+        """Download beside `final` under a hidden name, renamed over it only when complete."""
+        partial = _partial_path(final)
+        try:
+            done = await self.within_deadline(partial)
+            os.replace(partial, final)  # complete: only now under the name asked for
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)  # a broken, refused or late download: never left behind
+        return dataclasses.replace(done, path=final)
+
+    async def within_deadline(self, destination: str | IO[bytes]) -> DownloadedFile:
+        """Every try, and the pauses between them, within the clock's deadline."""
+        http, url, policy, clock = self.http, self.url, self.policy, self.clock
+        return await clock.run(
+            lambda: retrying(
+                lambda: _download_once(http, url, destination, self.chunk_size, policy, clock),
+                delays=self.backoff or Backoff(),
+                attempts=self.attempts,
+                retry_if=_download_may_be_retried,
+                wait_hint=_capped_retry_after,
+                on_retry=clock.note_retry,
+            )
         )
-    )
 
 
 def _is_path(
