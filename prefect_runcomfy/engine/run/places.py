@@ -21,6 +21,8 @@ work, not once per row. A place gives its slot back when no row waits for it, an
 holding it `SLOT_TENURE_S`, so that other runs and shards on the same limit get their turn:
 Prefect grants a freed slot to the first request that asks, and a place whose tenure ended
 asks again only after `SLOT_PAUSE_S`, the time a waiting shard's retry needs to arrive.
+One place of a run asks for a slot at a time, so a run waiting on a full limit polls
+Prefect's server as one asker, not as `max_concurrency` of them.
 """
 
 from __future__ import annotations
@@ -153,6 +155,7 @@ class Places:
         # its slot still held, before the idle places that hold none.
         self._jobs: asyncio.LifoQueue[JobPlace] | None = None
         self._waiting = 0
+        self._asking = asyncio.Lock()
         self._all_places: list[JobPlace] = []
         self._context = contextvars.copy_context()  # the flow's, for the slots' keepers
         self._idle_clients: list[RunComfyClient] = []
@@ -210,8 +213,12 @@ class Places:
         pause = place.paused_until - time.monotonic()
         if pause > 0:
             await asyncio.sleep(pause)
-        slot = AccountSlot(limit, self._context)
-        await slot.take()
+        # One place of the run asks at a time: while the limit is full, every asker polls
+        # Prefect's server (a denied increment, then another after its Retry-After), and
+        # those calls cost the server more than the run's rows do.
+        async with self._asking:
+            slot = AccountSlot(limit, self._context)
+            await slot.take()
         place.slot = slot
 
     @staticmethod
