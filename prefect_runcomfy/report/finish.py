@@ -31,9 +31,11 @@ async def finish_run(
     artifact_key: str | None = None,
     allow_failed_rows: bool | int = False,
 ) -> pd.DataFrame:
-    """Merge this run's rows (jobs of `model`) into the manifest at `name`, write it, draw the review page (for
-    the output location's own manifest only: a shard's parent draws one for all), publish the
-    summary (under `artifact_key`, when given), and return this run's rows (`attrs` holds `manifest_uri` and `review_page`).
+    """Merge this run's rows (jobs of `model`) into the manifest at `name`, write it, draw the
+    review page and publish the table artifact (both for the output location's own manifest
+    only: a shard's parent draws one page and one table for all its shards), publish the
+    summary (under `artifact_key`, when given), and return this run's rows (`attrs` holds
+    `manifest_uri` and `review_page`).
 
     Last, the verdict: raises `RowsNeedAttentionError` (carrying the manifest) when the run
     must end Failed (see `judge_run`), after everything is written.
@@ -45,7 +47,8 @@ async def finish_run(
     merged = parquet_safe(merge_manifests(previous, manifest))
     manifest_uri = await asyncio.to_thread(store.write_manifest, merged, name)
     page_uri = None
-    if name == MANIFEST_NAME:
+    whole = name == MANIFEST_NAME  # not a shard's own manifest
+    if whole:
         from prefect_runcomfy.report.review import write_review_page
 
         try:
@@ -73,6 +76,7 @@ async def finish_run(
         manifest_uri=manifest_uri,
         page_uri=page_uri,
         key_prefix=artifact_key,
+        table=whole,
     )
     manifest.attrs["review_page"] = page_uri
     manifest.attrs["manifest_uri"] = manifest_uri
