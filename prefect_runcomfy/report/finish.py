@@ -46,22 +46,10 @@ async def finish_run(
     previous = await asyncio.to_thread(store.read_manifest, name)
     merged = parquet_safe(merge_manifests(previous, manifest))
     manifest_uri = await asyncio.to_thread(store.write_manifest, merged, name)
-    page_uri = None
     whole = name == MANIFEST_NAME  # not a shard's own manifest
-    if whole:
-        from prefect_runcomfy.report.review import write_review_page
-
-        try:
-            page_uri = await asyncio.to_thread(
-                write_review_page,
-                store,
-                merged,
-                model,
-                input_storage_options=input_storage_options,
-                known={o.id: sidecar_of(o) for o in outcomes if o.metadata_uri},
-            )
-        except Exception as exc:  # the page is a view; the run's outputs are what count
-            logger.warning("Could not write the review page: %s", exc)
+    page_uri = (
+        await _review_page(store, merged, model, input_storage_options, outcomes) if whole else None
+    )
     counts = {k: v for k, v in status_counts(manifest).items() if v}
     logger.info(
         "Done: %s. %s. Manifest: %s%s",
@@ -84,6 +72,30 @@ async def finish_run(
     if verdict:
         logger.warning("%s", verdict)
     return manifest
+
+
+async def _review_page(
+    store: OutputStore,
+    merged: pd.DataFrame,
+    model: ModelSpec,
+    input_storage_options: dict[str, object] | None,
+    outcomes: Sequence[RowOutcome],
+) -> str | None:
+    """Write the review of `merged`; its URI, or None (logged) when it could not be written."""
+    from prefect_runcomfy.report.review import write_review_page
+
+    try:
+        return await asyncio.to_thread(
+            write_review_page,
+            store,
+            merged,
+            model,
+            input_storage_options=input_storage_options,
+            known={o.id: sidecar_of(o) for o in outcomes if o.metadata_uri},
+        )
+    except Exception as exc:  # the page is a view; the run's outputs are what count
+        get_run_logger().warning("Could not write the review page: %s", exc)
+        return None
 
 
 def check_allow_failed_rows(allow_failed_rows: bool | int) -> None:
