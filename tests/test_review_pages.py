@@ -215,3 +215,17 @@ def test_pages_are_cut_by_count_and_size_and_the_pager_stays_short() -> None:
     ]  # fmt: skip
     assert links[0].name == "page-0039.html" and [x.current for x in links].count(True) == 1
     assert pager(1, 1)[0].name is None and pager(1, 1)[-1].name is None
+
+
+def test_the_index_lists_a_bounded_number_of_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past `INDEX_PAGES` pages (125,000 rows) the index stops listing them, so it too stays
+    under 1 MB; the pages' pagers reach the rest."""
+    from prefect_runcomfy.report.review import writer
+
+    monkeypatch.setattr(writer, "INDEX_PAGES", 2)
+    rows = read_rows(synthetic_manifest(1_200), {}, INFINITE_TALK)
+    files = render_review_files(rows, title="t", generated_at="now")
+    index = files[INDEX_NAME]
+    assert len(files) == 6 and "Every row, 5 pages" in index
+    assert index.count('<li><a href="_review/') == 2
+    assert "The other 3 pages are reached from each page's pager." in index

@@ -33,8 +33,13 @@ or error is larger, and pages then hold fewer cards."""
 INDEX_CARDS = 100
 """The most cards of rows that need a person on a big review's index (the pages hold all)."""
 
-INDEX_CARD_BYTES = 500_000
+INDEX_CARD_BYTES = 400_000
 """The most bytes of those cards on the index."""
+
+INDEX_PAGES = 500
+"""The most pages the index lists (125,000 rows and more): an entry is 300 to 800 bytes (its
+first and last ids are up to 128 characters each), so the list stays under 400 KB and the
+index, with its cards, under 1 MB. The pages' pagers reach the rest."""
 
 _PAGE_FILE = re.compile(rf"{PAGES_FOLDER}/page-\d{{4,}}\.html")
 
@@ -191,6 +196,7 @@ __all__ = [
     "CARDS_PER_PAGE",
     "INDEX_CARDS",
     "INDEX_CARD_BYTES",
+    "INDEX_PAGES",
     "PAGES_FOLDER",
     "PAGE_CARD_BYTES",
     "Jump",

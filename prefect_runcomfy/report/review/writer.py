@@ -30,6 +30,7 @@ from prefect_runcomfy.report.review.pages import (
     CARDS_PER_PAGE,
     INDEX_CARD_BYTES,
     INDEX_CARDS,
+    INDEX_PAGES,
     PAGE_CARD_BYTES,
     Jump,
     PageEntry,
@@ -114,6 +115,8 @@ class IndexPage:
     attention: list[str]
     attention_total: int
     pages: list[PageEntry]
+    """The first `INDEX_PAGES` pages."""
+    page_total: int
 
 
 @dataclass(frozen=True)
@@ -287,7 +290,8 @@ def _paged(
         listed[0].name,
         shown,
         len(needing),
-        listed,
+        listed[:INDEX_PAGES],
+        len(listed),
     )
     files[INDEX_NAME] = _render(_INDEX, index)
     return files
