@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import pandas as pd
@@ -229,3 +230,25 @@ def test_the_index_lists_a_bounded_number_of_pages(monkeypatch: pytest.MonkeyPat
     assert len(files) == 6 and "Every row, 5 pages" in index
     assert index.count('<li><a href="_review/') == 2
     assert "The other 3 pages are reached from each page's pager." in index
+
+
+def test_a_big_review_on_s3_works_from_the_bucket_and_a_rewrite_deletes_stale_pages(
+    s3_server: Any, s3_bucket: str
+) -> None:
+    """The same review in a bucket (moto): relative links only, so it works as files there;
+    a rewrite for a small run deletes the pages."""
+    store = OutputStore(f"s3://{s3_bucket}/night", s3_server.storage_options)
+
+    def review(rows: int) -> dict[str, str]:
+        # no portraits to link or make (they would be read from s3://bucket, not moto)
+        manifest = synthetic_manifest(rows).drop(columns=["image"])
+        assert write_review_page(store, manifest, INFINITE_TALK) == store.uri(INDEX_NAME)
+        names = store.list()
+        return {n: (store.read_bytes(n) or b"").decode() for n in names if n.endswith(".html")}
+
+    first = review(CARDS_PER_PAGE + 10)
+    assert sorted(first) == [page_name(1), page_name(2), INDEX_NAME]
+    assert broken_links(first, set(store.list())) == []
+    second = review(3)
+    assert sorted(second) == [INDEX_NAME]
+    assert broken_links(second, set(store.list())) == []
