@@ -344,7 +344,8 @@ async def generate_talking_videos(
             page. Default: derived from `output_uri` (`runcomfy-<location>-<hash>`).
         shard: Set only by `generate_talking_videos_sharded` for the runs of its shards
             (`ShardRole`: the shard's manifest name and heartbeat); leave it empty. A shard
-            publishes unkeyed artifacts unless given an `artifact_key`.
+            publishes its summary (unkeyed unless given an `artifact_key`) but no table
+            artifact and no review page: its parent's list the rows of every shard.
 
     Returns:
         The manifest: one row per input row with `id, status, request_id, video_uri,

@@ -604,8 +604,10 @@ async def test_artifacts_show_progress_rows_and_summary(sb: Sandbox, tmp_path: P
     table_rows = kinds["table"].data
     if isinstance(table_rows, str):
         table_rows = json.loads(table_rows)
-    assert [r["id"] for r in table_rows] == ["r0", "r1", "bad"]
-    assert [r["status"] for r in table_rows] == ["succeeded", "succeeded", "invalid"]
+    # the rows that need a person first, then the manifest's order
+    assert [r["id"] for r in table_rows] == ["bad", "r0", "r1"]
+    assert [r["status"] for r in table_rows] == ["invalid", "succeeded", "succeeded"]
+    assert "manifest.parquet" in (kinds["table"].description or "")
     summary = kinds["markdown"].data
     assert "2 of 3 rows succeeded" in summary
     assert "index.html" in summary and str(tmp_path / "o") in summary
@@ -615,6 +617,28 @@ async def test_artifacts_show_progress_rows_and_summary(sb: Sandbox, tmp_path: P
         "Jobs this run submitted: 2, estimated $0.1500 before submitting, "
         "cost reported by RunComfy $0."
     ) in summary
+
+
+async def test_a_shard_run_publishes_its_summary_but_no_table(sb: Sandbox, tmp_path: Path) -> None:
+    """A shard's rows are in its parent's table artifact: a shard run adds none of its own
+    (and no review page), only its small markdown summary."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from prefect_runcomfy.engine.run.settings import ShardRole
+
+    out = tmp_path / "o"
+    role = ShardRole(manifest_name="_shards/0000/manifest.parquet")
+    state = await generate_talking_videos(
+        rows(sb, 2), str(out), creds(sb), shard=role, return_state=True, **FAST
+    )
+    flow_run_id = state.state_details.flow_run_id
+    async with get_client() as client:
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    assert sorted(a.type for a in artifacts) == ["markdown", "progress"]
+    assert (out / "_shards" / "0000" / "manifest.parquet").exists()
+    assert not (out / "index.html").exists() and not (out / "manifest.parquet").exists()
 
 
 async def test_one_task_run_per_row_named_after_it_in_the_rows_state(

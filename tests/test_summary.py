@@ -4,6 +4,7 @@ artifact, the review page's tiles and the command line's closing lines all say t
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -12,7 +13,13 @@ import pytest
 
 from prefect_runcomfy.engine.outputs.manifest import RowStatus, build_manifest
 from prefect_runcomfy.models import INFINITE_TALK
-from prefect_runcomfy.report.artifacts import spending, summary_markdown
+from prefect_runcomfy.report.artifacts import (
+    TABLE_MAX_ROWS,
+    spending,
+    summary_markdown,
+    summary_table,
+    table_description,
+)
 from prefect_runcomfy.report.review import render_review_html
 from prefect_runcomfy.report.summary import RunSummary, summarize
 
@@ -159,3 +166,43 @@ def test_markdown_page_and_command_line_say_the_same(capsys: pytest.CaptureFixtu
     printed = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
     assert "3 succeeded, 1 failed, 1 invalid, 1 timed_out, 1 something new" in printed
     assert all(sentence in printed for sentence in summary.spending)
+
+
+def many(n: int, every: int) -> pd.DataFrame:
+    """`n` rows; every `every`th needs a person (cycling through the statuses that do), the
+    rest succeeded or (every 7th) cancelled."""
+    attention = ["failed", "invalid", "timed_out", "outcome_unknown"]
+    statuses = [
+        attention[i // every % 4] if i % every == 0 else "cancelled" if i % 7 == 0 else "succeeded"
+        for i in range(n)
+    ]
+    return build_manifest(
+        [row(f"r{i:05d}", status, error="boom") for i, status in enumerate(statuses)],
+        INFINITE_TALK,
+    )
+
+
+def test_the_table_artifact_is_bounded_and_lists_the_rows_that_need_a_person_first() -> None:
+    manifest = many(20_000, every=50)  # 400 rows need a person
+    table = summary_table(manifest)
+    assert len(table) == TABLE_MAX_ROWS == 500
+    statuses = [r["status"] for r in table]
+    needing = [r["id"] for r in table[:400]]
+    by_status = sorted(range(0, 20_000, 50), key=lambda i: (i // 50 % 4, i))
+    assert needing == [f"r{i:05d}" for i in by_status], "by status, the manifest's order within"
+    assert (
+        statuses[:400]
+        == ["failed"] * 100 + ["invalid"] * 100 + ["timed_out"] * 100 + ["outcome_unknown"] * 100
+    )
+    assert statuses[400:] == sorted(statuses[400:], key=["cancelled", "succeeded"].index)
+    assert len(json.dumps(table)) < 100_000
+    described = table_description(manifest, "s3://b/v/manifest.parquet", len(table))
+    assert "500 of 20,000" in described and "s3://b/v/manifest.parquet" in described
+
+    crowded = summary_table(many(3_000, every=2))  # 1,500 need a person: only they are listed
+    assert len(crowded) == 500 and {r["status"] for r in crowded} <= {
+        "failed", "invalid", "timed_out", "outcome_unknown"
+    }  # fmt: skip
+    small = summary_table(a_night())
+    assert [r["id"] for r in small] == ["c", "e", "f", "g", "a", "b", "d"]
+    assert summary_table(build_manifest([], INFINITE_TALK)) == []

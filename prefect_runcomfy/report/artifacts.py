@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
+import numpy as np
 import pandas as pd
 from prefect.artifacts import (
     acreate_markdown_artifact,
@@ -19,7 +20,7 @@ from prefect.logging import get_run_logger
 from prefect_runcomfy.engine.outputs.manifest import outcome_from_manifest_row
 from prefect_runcomfy.engine.record.outcome import RowOutcome, is_missing
 from prefect_runcomfy.engine.record.status import RowStatus
-from prefect_runcomfy.report.summary import summarize
+from prefect_runcomfy.report.summary import attention_rank, summarize
 
 ProgressListener = Callable[[int, int, dict[str, int]], None]
 """Called in-process with (rows done, rows in all, count per status) as each row finishes."""
@@ -97,12 +98,34 @@ def artifact_row(outcome: RowOutcome) -> dict[str, Any]:
     }
 
 
-def summary_table(manifest: pd.DataFrame) -> list[dict[str, Any]]:
-    """The rows of the final table artifact (each manifest row's `artifact_row`)."""
+TABLE_MAX_ROWS = 500
+"""The table artifact lists at most this many rows (those that need a person first); the
+manifest holds them all."""
+
+
+def summary_table(manifest: pd.DataFrame, *, limit: int = TABLE_MAX_ROWS) -> list[dict[str, Any]]:
+    """The rows of the final table artifact (each an `artifact_row`): the rows that need a
+    person first (failed, invalid, timed out, outcome unknown; see `attention_rank`), then the
+    others, each group in the manifest's order; at most `limit` rows."""
+    if manifest.empty:
+        return []
+    statuses = manifest["status"] if "status" in manifest.columns else [None] * len(manifest)
+    ranks = np.array([attention_rank(s) for s in statuses])
+    first = np.argsort(ranks, kind="stable")[: max(0, limit)]
     return [
         artifact_row(outcome_from_manifest_row(record))
-        for record in manifest.to_dict(orient="records")
+        for record in manifest.iloc[first].to_dict(orient="records")
     ]
+
+
+def table_description(manifest: pd.DataFrame, manifest_uri: str, shown: int) -> str:
+    """The table artifact's description (markdown): which rows it lists, and where all are."""
+    if shown >= len(manifest):
+        return f"One row per input row, those that need a person first. All rows: `{manifest_uri}`"
+    return (
+        f"The first {shown:,} of {len(manifest):,} rows, those that need a person first "
+        f"(failed, invalid, timed out, outcome unknown). Every row is in `{manifest_uri}`."
+    )
 
 
 def summary_markdown(
@@ -180,14 +203,21 @@ async def publish_summary(
     manifest_uri: str,
     page_uri: str | None = None,
     key_prefix: str | None = None,
+    table: bool = True,
 ) -> None:
-    """Create the final table and markdown artifacts of a run."""
+    """Create the final artifacts of a run: the table (`summary_table`: at most
+    `TABLE_MAX_ROWS` rows, those that need a person first; skipped when `table` is False, as
+    for a shard, whose rows its parent's table lists) and the markdown summary."""
     table_key = f"{key_prefix}-rows" if key_prefix else None
     summary_key = f"{key_prefix}-summary" if key_prefix else None
     try:
-        await acreate_table_artifact(
-            table=summary_table(manifest), key=table_key, description="One row per input row"
-        )
+        if table:
+            rows = summary_table(manifest)
+            await acreate_table_artifact(
+                table=rows,
+                key=table_key,
+                description=table_description(manifest, manifest_uri, len(rows)),
+            )
         await acreate_markdown_artifact(
             markdown=summary_markdown(
                 manifest, output_uri=output_uri, manifest_uri=manifest_uri, page_uri=page_uri

@@ -31,9 +31,11 @@ async def finish_run(
     artifact_key: str | None = None,
     allow_failed_rows: bool | int = False,
 ) -> pd.DataFrame:
-    """Merge this run's rows (jobs of `model`) into the manifest at `name`, write it, draw the review page (for
-    the output location's own manifest only: a shard's parent draws one for all), publish the
-    summary (under `artifact_key`, when given), and return this run's rows (`attrs` holds `manifest_uri` and `review_page`).
+    """Merge this run's rows (jobs of `model`) into the manifest at `name`, write it, draw the
+    review page and publish the table artifact (both for the output location's own manifest
+    only: a shard's parent draws one page and one table for all its shards), publish the
+    summary (under `artifact_key`, when given), and return this run's rows (`attrs` holds
+    `manifest_uri` and `review_page`).
 
     Last, the verdict: raises `RowsNeedAttentionError` (carrying the manifest) when the run
     must end Failed (see `judge_run`), after everything is written.
@@ -44,21 +46,10 @@ async def finish_run(
     previous = await asyncio.to_thread(store.read_manifest, name)
     merged = parquet_safe(merge_manifests(previous, manifest))
     manifest_uri = await asyncio.to_thread(store.write_manifest, merged, name)
-    page_uri = None
-    if name == MANIFEST_NAME:
-        from prefect_runcomfy.report.review import write_review_page
-
-        try:
-            page_uri = await asyncio.to_thread(
-                write_review_page,
-                store,
-                merged,
-                model,
-                input_storage_options=input_storage_options,
-                known={o.id: sidecar_of(o) for o in outcomes if o.metadata_uri},
-            )
-        except Exception as exc:  # the page is a view; the run's outputs are what count
-            logger.warning("Could not write the review page: %s", exc)
+    whole = name == MANIFEST_NAME  # not a shard's own manifest
+    page_uri = (
+        await _review_page(store, merged, model, input_storage_options, outcomes) if whole else None
+    )
     counts = {k: v for k, v in status_counts(manifest).items() if v}
     logger.info(
         "Done: %s. %s. Manifest: %s%s",
@@ -73,6 +64,7 @@ async def finish_run(
         manifest_uri=manifest_uri,
         page_uri=page_uri,
         key_prefix=artifact_key,
+        table=whole,
     )
     manifest.attrs["review_page"] = page_uri
     manifest.attrs["manifest_uri"] = manifest_uri
@@ -80,6 +72,30 @@ async def finish_run(
     if verdict:
         logger.warning("%s", verdict)
     return manifest
+
+
+async def _review_page(
+    store: OutputStore,
+    merged: pd.DataFrame,
+    model: ModelSpec,
+    input_storage_options: dict[str, object] | None,
+    outcomes: Sequence[RowOutcome],
+) -> str | None:
+    """Write the review of `merged`; its URI, or None (logged) when it could not be written."""
+    from prefect_runcomfy.report.review import write_review_page
+
+    try:
+        return await asyncio.to_thread(
+            write_review_page,
+            store,
+            merged,
+            model,
+            input_storage_options=input_storage_options,
+            known={o.id: sidecar_of(o) for o in outcomes if o.metadata_uri},
+        )
+    except Exception as exc:  # the page is a view; the run's outputs are what count
+        get_run_logger().warning("Could not write the review page: %s", exc)
+        return None
 
 
 def check_allow_failed_rows(allow_failed_rows: bool | int) -> None:

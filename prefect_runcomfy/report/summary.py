@@ -110,6 +110,32 @@ def _counts(statuses: pd.Series) -> Mapping[str, int]:
     return MappingProxyType(counts)  # read-only, as the frozen summary around it
 
 
+_ATTENTION_ORDER = {
+    status: rank
+    for rank, status in enumerate(s for s in RowStatus if s.needs_attention)  # declared order
+}
+
+
+def attention_rank(status: object) -> int:
+    """Where a row of `status` is listed when the rows that need a person come first: failed,
+    invalid, timed out, outcome unknown; then any word that is none of ours; then cancelled
+    (on purpose); succeeded last. Sort by it with a stable sort to keep the manifest's order
+    within a status.
+
+    Example:
+        ```python
+        sorted(["succeeded", "cancelled", "invalid", "failed"], key=attention_rank)
+        # ['failed', 'invalid', 'cancelled', 'succeeded']
+        ```
+    """
+    parsed = RowStatus.parse(status)
+    if parsed is None:
+        return len(_ATTENTION_ORDER)
+    if parsed in _ATTENTION_ORDER:
+        return _ATTENTION_ORDER[parsed]
+    return len(_ATTENTION_ORDER) + (1 if parsed is RowStatus.CANCELLED else 2)
+
+
 def summarize(manifest: pd.DataFrame) -> RunSummary:
     """The summary of `manifest` (any subset of its columns; an empty one gives zeros).
 
@@ -139,4 +165,4 @@ def summarize(manifest: pd.DataFrame) -> RunSummary:
     )
 
 
-__all__ = ["RunSummary", "summarize"]
+__all__ = ["RunSummary", "attention_rank", "summarize"]

@@ -53,6 +53,19 @@ def size_text(value: float | None) -> str:
     return "—"  # pragma: no cover
 
 
+CARD_TEXT_MAX = 10_000
+"""The most characters of one text a card shows (a prompt, an error, a note, a setting); a
+valid prompt is never longer, and the rest is in the manifest. Keeps every card, and so every
+page of cards, a bounded size."""
+
+
+def clipped(text: str | None, limit: int = CARD_TEXT_MAX) -> str | None:
+    """`text` cut to `limit` characters, ending in `… (N more characters)` when it was cut."""
+    if text is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit:,} more characters)"
+
+
 def file_url(name: object) -> str:
     """A file name beside the page as a link: every reserved character percent-encoded."""
     # ':' too, so an id can never become a scheme (`javascript:`), a path or a query;
@@ -210,11 +223,11 @@ def card(row: ReviewRow, have: Have, output_uri: str | None) -> Card:
         height=row.height,
         placeholder=placeholder,
         portrait=portrait_name(row.id) if have(portrait_name(row.id)) else None,
-        prompt=row.prompt,
-        parameters=row.parameters,
+        prompt=clipped(row.prompt),
+        parameters=[(name, clipped(value) or "") for name, value in row.parameters],
         sources=row.sources,
         problem=_problem(row, output_uri),
-        note=row.note,
+        note=clipped(row.note),
         facts=_facts(row),
         links=_links(row, have, video),
     )
@@ -226,7 +239,7 @@ def _problem(row: ReviewRow, output_uri: str | None) -> Problem | None:
     advice = advice_for(row.status, output_uri=output_uri)
     return Problem(
         heading=status_label(row.status).capitalize(),
-        error=row.error or "no error message was recorded",
+        error=clipped(row.error) or "no error message was recorded",
         advice=advice_parts(advice) if advice else [],
     )
 
@@ -264,6 +277,7 @@ def _links(row: ReviewRow, have: Have, video: str | None) -> list[Link]:
 
 
 __all__ = [
+    "CARD_TEXT_MAX",
     "Card",
     "Fact",
     "Filter",
@@ -272,6 +286,7 @@ __all__ = [
     "Problem",
     "Tile",
     "card",
+    "clipped",
     "file_url",
     "filters",
     "money_text",

@@ -1,16 +1,20 @@
-"""Drawing the review page from its rows, and writing it with its previews beside the videos.
+"""Drawing the review from its rows, and writing it with its previews beside the videos.
 
-`render_review_html` is pure (rows in, HTML out); `write_review_page` reads what the page
-needs from the output location (the sidecars the run does not hold, the files already there),
-makes the missing previews and writes `index.html`.
+`render_review_files` is pure (rows in, HTML files out: `index.html` alone for a small run,
+with `_review/page-NNNN.html` for a big one; see `pages`); `render_review_html` gives its
+`index.html`. `write_review_page` reads what the review needs from the output location (the
+sidecars the run does not hold, the files already there), makes the missing previews, writes
+the files and deletes the pages an earlier, bigger review left.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,8 +23,25 @@ import pandas as pd
 
 from prefect_runcomfy._version import __version__
 from prefect_runcomfy.engine.outputs.store import MANIFEST_NAME, OutputStore
+from prefect_runcomfy.engine.record.status import RowStatus
 from prefect_runcomfy.models.base import ModelSpec
 from prefect_runcomfy.report.review.chart import Chart, chart
+from prefect_runcomfy.report.review.pages import (
+    CARDS_PER_PAGE,
+    INDEX_CARD_BYTES,
+    INDEX_CARDS,
+    INDEX_PAGES,
+    PAGE_CARD_BYTES,
+    Jump,
+    PageEntry,
+    PagerLink,
+    StatusCount,
+    entries,
+    jumps,
+    pager,
+    split,
+    stale_pages,
+)
 from prefect_runcomfy.report.review.previews import (
     make_portraits,
     make_posters,
@@ -43,18 +64,20 @@ from prefect_runcomfy.report.review.view import (
     rows_summary,
     tiles,
 )
+from prefect_runcomfy.report.summary import attention_rank
 
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "index.html"
-"""The review page's file name under the output location."""
+"""The review page's file name under the output location (a big review's index)."""
 
-_TEMPLATE = "review.html.j2"
+_SINGLE, _INDEX, _PAGE = "review.html.j2", "review_index.html.j2", "review_page.html.j2"
+_MACROS = "review_macros.html.j2"
 
 
 @dataclass(frozen=True)
-class Page:
-    """Everything the template shows."""
+class Head:
+    """What every file of the review shows at its top and bottom."""
 
     title: str
     generator: str
@@ -63,14 +86,53 @@ class Page:
     rows_word: str
     manifest: str
     manifest_linked: bool
+    base: str = ""
+    """The way from the file to the output location: "" beside it, "../" from the pages."""
+
+
+@dataclass(frozen=True)
+class Page:
+    """A small run's review: one page, every card on it."""
+
+    head: Head
     tiles: list[Tile]
     chart: Chart | None
     filters: list[Filter]
-    cards: list[Card]
+    cards: list[str]
+    """Each card's markup, rendered (and escaped) by the `card_html` macro."""
+
+
+@dataclass(frozen=True)
+class IndexPage:
+    """A big review's `index.html`: the summary, the chart, the rows that need a person (the
+    first `INDEX_CARDS`) and every page of cards."""
+
+    head: Head
+    tiles: list[Tile]
+    chart: Chart | None
+    jumps: list[Jump]
+    first_page: str
+    attention: list[str]
+    attention_total: int
+    pages: list[PageEntry]
+    """The first `INDEX_PAGES` pages."""
+    page_total: int
+
+
+@dataclass(frozen=True)
+class CardsPage:
+    """One page of a big review's cards, under `_review/`."""
+
+    head: Head
+    entry: PageEntry
+    total: int
+    pager: list[PagerLink]
+    filters: list[StatusCount]
+    cards: list[str]
 
 
 @functools.cache
-def _template() -> jinja2.Template:
+def _environment() -> jinja2.Environment:
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("prefect_runcomfy.report", "templates"),
         autoescape=True,  # every value is user text until proven otherwise
@@ -80,7 +142,18 @@ def _template() -> jinja2.Template:
         keep_trailing_newline=True,
     )
     environment.filters["file_url"] = file_url
-    return environment.get_template(_TEMPLATE)
+    return environment
+
+
+def _render(template: str, page: Page | IndexPage | CardsPage) -> str:
+    return _environment().get_template(template).render(page=page)
+
+
+def _cards_html(cards: Sequence[Card], base: str, *, lazy: bool) -> list[str]:
+    """Each card's markup (escaped by the template), its links starting with `base`."""
+    # Markup (not str): the page templates insert it as it is, escaped once already.
+    macros = _environment().get_template(_MACROS).module
+    return [macros.card_html(c, base, lazy) for c in cards]  # type: ignore[attr-defined]
 
 
 def render_review_html(
@@ -93,7 +166,8 @@ def render_review_html(
     assets: Collection[str] | None = None,
     output_uri: str | None = None,
 ) -> str:
-    """The review page for `manifest` as one self-contained HTML document. Pure: no I/O.
+    """The review's `index.html` for `manifest`: the whole review for a small run, the index
+    of its pages for a big one (`render_review_files` gives them all). Pure: no I/O.
 
     Args:
         manifest: the manifest (any subset of its columns; older runs' manifests work).
@@ -130,11 +204,36 @@ def render_rows(
     assets: Collection[str] | None = None,
     output_uri: str | None = None,
 ) -> str:
-    """The review page of rows already read (`read_rows`); the arguments as
+    """The review's `index.html` of rows already read (`read_rows`); the arguments as
     `render_review_html`'s. Pure: no I/O."""
+    files = render_review_files(
+        rows, title=title, generated_at=generated_at, assets=assets, output_uri=output_uri
+    )
+    return files[INDEX_NAME]
+
+
+def render_review_files(
+    rows: list[ReviewRow],
+    *,
+    title: str,
+    generated_at: str,
+    assets: Collection[str] | None = None,
+    output_uri: str | None = None,
+) -> dict[str, str]:
+    """Every file of the review of `rows`, by name under the output location: `index.html`
+    alone when the cards fit one page (`CARDS_PER_PAGE`, `PAGE_CARD_BYTES`), else the index
+    and `_review/page-NNNN.html` (see `pages`). The arguments as `render_review_html`'s.
+    Pure: no I/O.
+
+    Example:
+        ```python
+        files = render_review_files(rows, title="Videos", generated_at="now")
+        sorted(files)  # ['_review/page-0001.html', ..., 'index.html'] at 20,000 rows
+        ```
+    """
     have: Have = (lambda name: True) if assets is None else set(assets).__contains__
     summary = rows_summary(rows)
-    page = Page(
+    head = Head(
         title=title,
         generator=f"prefect-runcomfy {__version__}",
         generated_at=generated_at,
@@ -142,12 +241,60 @@ def render_rows(
         rows_word="row" if len(rows) == 1 else "rows",
         manifest=MANIFEST_NAME,
         manifest_linked=have(MANIFEST_NAME),
-        tiles=tiles(summary),
-        chart=chart(rows),
-        filters=filters(summary),
-        cards=[card(row, have, output_uri) for row in rows],
     )
-    return _template().render(page=page)
+    cards = [card(row, have, output_uri) for row in rows]
+    drawn = chart(rows)
+    if len(cards) <= CARDS_PER_PAGE:
+        markup = _cards_html(cards, "", lazy=False)
+        if sum(len(m.encode()) + 1 for m in markup) <= PAGE_CARD_BYTES:
+            page = Page(head, tiles(summary), drawn, filters(summary), markup)
+            return {INDEX_NAME: _render(_SINGLE, page)}
+    return _paged(cards, head, tiles(summary), drawn)
+
+
+def _paged(
+    cards: list[Card], head: Head, tile_list: list[Tile], drawn: Chart | None
+) -> dict[str, str]:
+    """The index and the pages of a review too big for one page."""
+    ordered = sorted(cards, key=lambda c: attention_rank(c.status))  # stable: manifest order
+    markup = _cards_html(ordered, "../", lazy=True)
+    ranges = split(
+        [len(m.encode()) + 1 for m in markup], per_page=CARDS_PER_PAGE, budget=PAGE_CARD_BYTES
+    )
+    listed = entries(ordered, ranges)
+    inner = replace(head, base="../")
+    files = {
+        entry.name: _render(
+            _PAGE,
+            CardsPage(
+                inner,
+                entry,
+                len(listed),
+                pager(entry.number, len(listed)),
+                entry.counts,
+                markup[part.start : part.stop],
+            ),
+        )
+        for entry, part in zip(listed, ranges, strict=True)
+    }
+    cancelled = attention_rank(RowStatus.CANCELLED)
+    needing = [c for c in ordered if attention_rank(c.status) < cancelled]  # unknown words too
+    shown = _cards_html(needing[:INDEX_CARDS], "", lazy=True)
+    sizes = itertools.accumulate(len(m.encode()) + 1 for m in shown)
+    shown = [m for m, used in zip(shown, sizes, strict=True) if used <= INDEX_CARD_BYTES]
+    index = IndexPage(
+        head,
+        tile_list,
+        drawn,
+        jumps(listed),
+        listed[0].name,
+        shown,
+        len(needing),
+        listed[:INDEX_PAGES],
+        len(listed),
+    )
+    files[INDEX_NAME] = _render(_INDEX, index)
+    return files
 
 
 def write_review_page(
@@ -159,7 +306,10 @@ def write_review_page(
     title: str | None = None,
     known: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
-    """Write `index.html` for `manifest` under `store` (atomically); returns its URI.
+    """Write the review of `manifest` under `store` (each file atomically); returns the URI of
+    its `index.html`: the whole review for a small run, the index of `_review/page-NNNN.html`
+    for a big one (see `render_review_files`). Pages an earlier, bigger review left are
+    deleted.
 
     First creates the previews that are missing: `<id>.portrait.jpg` from each row's input
     `image` (read with `input_storage_options`), and `<id>.poster.jpg` for succeeded rows
@@ -177,7 +327,7 @@ def write_review_page(
             read from the store.
 
     Raises:
-        StorageError: only when `index.html` itself cannot be written.
+        StorageError: only when a file of the review itself cannot be written.
 
     Example:
         ```python
@@ -196,14 +346,39 @@ def write_review_page(
     present.add(INDEX_NAME)
 
     folder = store.uri("").rstrip("/").replace("\\", "/").rsplit("/", 1)[-1] or store.uri("")
-    page = render_rows(
+    files = render_review_files(
         rows,
         title=title or f"Talking videos · {folder}",
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         assets=present,
         output_uri=store.output_uri,
     )
-    return store.write_bytes(INDEX_NAME, page.encode("utf-8"))
+    return write_review_files(store, files, present)
+
+
+def write_review_files(
+    store: OutputStore, files: Mapping[str, str], present: Collection[str] = ()
+) -> str:
+    """Write the review's `files` (`render_review_files`) under `store` and return the URI of
+    its `index.html`. The pages go first and the index last, so the index never links a page
+    not yet written; then the pages of an earlier, bigger review that are among `present` (the
+    files there before) and not in `files` are deleted.
+
+    Raises:
+        StorageError: when a file of the review cannot be written (a stale page that cannot
+            be deleted is only logged).
+    """
+    pages = [name for name in files if name != INDEX_NAME]
+    if pages:
+        with ThreadPoolExecutor(max_workers=min(8, len(pages))) as pool:
+            list(pool.map(lambda n: store.write_bytes(n, files[n].encode("utf-8")), pages))
+    uri = store.write_bytes(INDEX_NAME, files[INDEX_NAME].encode("utf-8"))
+    for name in stale_pages(present, files):
+        try:
+            store.delete(name)
+        except Exception as exc:
+            logger.warning("Review page: cannot delete the stale %s: %s", name, exc)
+    return uri
 
 
 def _present(store: OutputStore) -> set[str]:
@@ -215,4 +390,15 @@ def _present(store: OutputStore) -> set[str]:
         return set()
 
 
-__all__ = ["INDEX_NAME", "Page", "render_review_html", "render_rows", "write_review_page"]
+__all__ = [
+    "INDEX_NAME",
+    "CardsPage",
+    "Head",
+    "IndexPage",
+    "Page",
+    "render_review_files",
+    "render_review_html",
+    "render_rows",
+    "write_review_files",
+    "write_review_page",
+]

@@ -24,3 +24,23 @@
   apply(match ? match[1] : "all");
   nav.hidden = false;
 })();
+(function () {
+  // Big reviews: a poster is set when its card comes near the screen, not all at first paint.
+  var waiting = document.querySelectorAll("video[data-poster]");
+  function show(video) {
+    video.poster = video.getAttribute("data-poster");
+    video.removeAttribute("data-poster");
+  }
+  if (!("IntersectionObserver" in window)) {
+    waiting.forEach(show);
+    return;
+  }
+  var near = new IntersectionObserver(function (entries) {
+    entries.forEach(function (entry) {
+      if (!entry.isIntersecting) return;
+      show(entry.target);
+      near.unobserve(entry.target);
+    });
+  }, { rootMargin: "600px 0px" });
+  waiting.forEach(function (video) { near.observe(video); });
+})();
