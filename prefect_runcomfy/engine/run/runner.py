@@ -119,7 +119,6 @@ async def run_table(
             flow_run_id=settings.flow_run_id,
             single_writer=settings.concurrency.single_writer,
         ),
-        payloads=dict(planned.payloads),
         build_payload=(lambda row: api_payload(row, resolver, planned.model))
         if resolver is not None
         else None,
