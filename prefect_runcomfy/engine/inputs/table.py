@@ -230,13 +230,24 @@ def _records(df: pd.DataFrame) -> Iterator[tuple[int, dict[Any, Any]]]:
         yield from enumerate(chunk, start)
 
 
-def _explicit_id_counts(records: Iterable[tuple[int, dict[Any, Any]]]) -> dict[str, int]:
+def _ids(df: pd.DataFrame) -> Iterator[Any]:
+    """The cells of the `id` column as `_records` gives them, `RECORDS_AT_ONCE` at a time:
+    from the column alone when its name is the only one of its kind (else as a row's dict
+    would hold it: the last column of that name)."""
+    if not df.columns.is_unique:
+        yield from (record.get(ID_COLUMN) for _, record in _records(df))
+        return
+    column = df[ID_COLUMN]
+    for start in range(0, len(column), RECORDS_AT_ONCE):
+        yield from column.iloc[start : start + RECORDS_AT_ONCE].tolist()
+
+
+def _explicit_id_counts(values: Iterable[Any]) -> dict[str, int]:
     """How many rows name each id given in the `id` column, case folded: `Ada.mp4` and
     `ada.mp4` are one file on macOS and Windows disks, and one ledger entry, so the second
     row would be paid again on every run."""
     counts: dict[str, int] = {}
-    for _, record in records:
-        value = record.get(ID_COLUMN)
+    for value in values:
         if not is_blank(value):
             key = str(_float_id(value) if isinstance(value, float) else value)
             key = key.strip().casefold()
@@ -266,7 +277,7 @@ def check_table(df: pd.DataFrame, model: ModelSpec) -> TableCheck:
         input_columns,
         extra_columns=[c for c in columns if c not in input_columns and c != ID_COLUMN],
         has_id=has_id,
-        explicit_counts=_explicit_id_counts(_records(df)) if has_id else {},
+        explicit_counts=_explicit_id_counts(_ids(df)) if has_id else {},
     )
     check = TableCheck(valid=[], invalid=[])
     for position, record in _records(df):
