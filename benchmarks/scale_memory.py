@@ -5,6 +5,8 @@ For each table size N (`--rows`, default 10,000 and 100,000) a table of N distin
 fresh process of its own (`child` mode of this script), so that one stage's peak does not
 hide in another's:
 
+- `read`: the table read alone (`engine.inputs.table.read_table`: pandas and pyarrow), the
+  baseline every other stage starts with.
 - `validate`: what `prefect-runcomfy validate TABLE` does (`cli._planned` with
   `MediaSettings(mode="offline")`: `plan_table` with no output location, no network).
 - `plan`: what `prefect-runcomfy plan TABLE --output OUT` does (`plan_table` against an
@@ -20,15 +22,16 @@ Per stage: wall time, RSS before the stage (its imports, the harness's client, .
 RSS of the measuring process (VmHWM, reset just before the stage), RSS right after (the
 stage's result still held), and growth per row = (peak - before) / N. `table_bytes_per_row`
 is the table's own size in memory (`DataFrame.memory_usage(deep=True)` of the Parquet read
-back) / N: growth per row should stay about constant from 10k to 100k rows and of the order
-of the table's own bytes per row.
+back) / N. `marginal` is the growth per row between the smallest and the largest table, where
+a stage's fixed costs cancel out: it should be of the order of the table's own bytes per row
+and of what reading the table alone (`read`) costs.
 
-    .venv/bin/python benchmarks/scale_memory.py                      # 10k and 100k (~10 min)
+    .venv/bin/python benchmarks/scale_memory.py                      # 10k and 100k (~5 min)
     .venv/bin/python benchmarks/scale_memory.py --rows 10000 --stages flow
 
 `--profile` runs each stage under tracemalloc instead (slower, and its own bookkeeping
-inflates RSS: not for the figures) and prints the 25 lines that held the most memory at
-the stage's peak.
+inflates RSS: not for the figures) and prints the traced peak and the 25 lines that hold the
+most memory at the stage's end.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ from _common import (
 )
 
 MiB = 1 << 20
-STAGES = ("validate", "plan", "flow")
+STAGES = ("read", "validate", "plan", "flow")
 RESULT_MARK = "SCALE_MEMORY_RESULT "
 
 
@@ -133,7 +136,11 @@ async def _prefect_records() -> dict[str, Any]:
 
 def _run_stage(stage: str, table: str, out: str, base_url: str) -> tuple[Any, float]:
     started = time.monotonic()
-    if stage == "validate":
+    if stage == "read":
+        from prefect_runcomfy.engine.inputs.table import read_table
+
+        result = read_table(table)
+    elif stage == "validate":
         result = asyncio.run(_validate(table))
     elif stage == "plan":
         result = asyncio.run(_plan(table, out, base_url))
@@ -143,8 +150,12 @@ def _run_stage(stage: str, table: str, out: str, base_url: str) -> tuple[Any, fl
 
 
 def _describe(result: Any) -> dict[str, Any]:
+    import pandas as pd
+
     if isinstance(result, str):
         return {"ended": result}
+    if isinstance(result, pd.DataFrame):
+        return {"ended": f"read {len(result)} rows"}
     if hasattr(result, "describe"):
         return {"ended": "planned", "plan": result.describe()}
     return {"ended": type(result).__name__}
@@ -244,6 +255,26 @@ def _per_row(figures: dict[str, Any], n: int, table_bytes: int) -> dict[str, Any
     }
 
 
+def _marginal(sizes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Growth per row between the smallest and the largest table (the fixed costs of a
+    stage cancel out), by stage, beside the table's own bytes per row."""
+    if len(sizes) < 2:
+        return {}
+    small, large = sorted(sizes, key=int)[0], sorted(sizes, key=int)[-1]
+    rows = int(large) - int(small)
+    table = (sizes[large]["table_bytes"] - sizes[small]["table_bytes"]) / rows
+    out: dict[str, Any] = {"between": [int(small), int(large)], "table_bytes_per_row": round(table)}
+    for stage in STAGES:
+        if stage in sizes[small] and stage in sizes[large]:
+            grew = sizes[large][stage]["peak_rss_bytes"] - sizes[large][stage]["rss_before_bytes"]
+            grew -= sizes[small][stage]["peak_rss_bytes"] - sizes[small][stage]["rss_before_bytes"]
+            out[stage] = {
+                "growth_bytes_per_row": round(grew / rows),
+                "vs_table": round(grew / rows / table, 1),
+            }
+    return out
+
+
 def main() -> None:
     """Parse the command line; run the parent (or, in `child` mode, one stage)."""
     if len(sys.argv) >= 6 and sys.argv[1] == "child":
@@ -281,6 +312,8 @@ def main() -> None:
                 print(f"{n} rows, {stage}: {json.dumps(size[stage])}", flush=True)
             report["sizes"][str(n)] = size
         report["sandbox_requests_total"] = sb.stats()["requests_total"]
+    report["marginal"] = _marginal(report["sizes"])
+    print(f"marginal: {json.dumps(report['marginal'])}")
     if not args.profile:
         print(f"saved {save(args.name, report)}")
 
