@@ -230,6 +230,36 @@ async def test_max_submits_refuses_a_run_that_would_pay_for_more_rows(
     assert sb.stats()["submits_accepted"] == 4
 
 
+async def test_a_run_refused_by_its_budget_has_no_task_run_and_leaves_no_row_behind(
+    sb: Sandbox, tmp_path: Path
+) -> None:
+    """Every row planned, then the whole run refused by `max_submits=0`: no POST, no task
+    run, and none of its rows left in memory. Prefect keeps a failed run's exception after
+    the run (and here `state` holds it): its traceback must not hold the run's plan."""
+    import gc
+
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from prefect_runcomfy.engine.inputs.table import PreparedRow
+
+    table = [{**row, "id": f"refused-{row['id']}"} for row in rows(sb, 5)]
+    state = await generate_talking_videos(
+        table, str(tmp_path / "o"), creds(sb), return_state=True, **fast(max_submits=0)
+    )
+    assert state.is_failed() and "more than max_submits=0" in str(state.message)
+    assert sb.stats()["submits_accepted"] == 0
+    async with get_client() as client:
+        task_runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    assert task_runs == []
+    gc.collect()
+    left = [o.id for o in gc.get_objects() if isinstance(o, PreparedRow)]
+    assert not [i for i in left if i.startswith("refused-")], left
+
+
 async def test_the_cost_is_estimated_from_the_catalog_before_paying(
     sb: Sandbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -8,12 +8,14 @@ the table itself.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, TypeAlias
 
 import fsspec
@@ -52,15 +54,58 @@ def payload_fingerprint(payload: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
-@dataclass(frozen=True)
+NO_EXTRAS: Mapping[str, Any] = MappingProxyType({})
+"""The other columns of a row of a table that has none: one shared (read-only) empty mapping
+instead of an empty dict per row."""
+
+
+@dataclass(frozen=True, slots=True)
 class PreparedRow:
-    """A valid row: its position, its id, the job as the user gave it, and the other columns."""
+    """A valid row: its position, its id, the job as the user gave it, and the other columns.
+
+    A plan holds one per valid row until its run ends (100,000 on a big night), so the row
+    keeps the job's checked values in a tuple (about 100 bytes) and builds the job
+    (`ModelInput`) when asked: a pydantic instance holds a `__dict__` and a set of its fields
+    (about 1 KB). The values were checked once; building skips validation. Make one with
+    `PreparedRow.of`.
+    """
 
     row: int
     id: str
-    job: ModelInput
     fingerprint: str
-    extras: dict[str, Any] = field(default_factory=dict)
+    extras: Mapping[str, Any]
+    job_type: type[ModelInput]
+    values: tuple[Any, ...]
+    """The job's values, in the order of `job_type.model_fields`."""
+
+    @classmethod
+    def of(
+        cls,
+        row: int,
+        id: str,
+        job: ModelInput,
+        fingerprint: str,
+        extras: Mapping[str, Any] = NO_EXTRAS,
+    ) -> PreparedRow:
+        """The row at position `row`, named `id`, whose checked job is `job`."""
+        kind = type(job)
+        values = tuple(getattr(job, name) for name in _field_names(kind))
+        return cls(row, id, fingerprint, extras, kind, values)
+
+    @property
+    def job(self) -> ModelInput:
+        """The row's job, built anew from its checked values (an equal one each time)."""
+        names = _field_names(self.job_type)
+        return self.job_type.model_construct(**dict(zip(names, self.values, strict=True)))
+
+    def input(self, name: str) -> Any:
+        """One input's value by its field name, without building the job."""
+        return self.values[_field_names(self.job_type).index(name)]
+
+
+@functools.cache
+def _field_names(kind: type[ModelInput]) -> tuple[str, ...]:
+    return tuple(kind.model_fields)
 
 
 @dataclass(frozen=True)
@@ -70,7 +115,7 @@ class RowProblem:
     row: int
     id: str | None
     problems: list[tuple[str, str]]
-    extras: dict[str, Any] = field(default_factory=dict)
+    extras: Mapping[str, Any] = field(default_factory=dict)
     inputs: dict[str, Any] = field(default_factory=dict)
     """The input columns as given (friendly names), so a report can show what was wrong."""
 
@@ -172,13 +217,37 @@ def read_table(inputs: TableLike, *, storage_options: dict[str, Any] | None = No
     )
 
 
-def _explicit_id_counts(records: list[dict[Any, Any]]) -> dict[str, int]:
+RECORDS_AT_ONCE = 1000
+"""Rows turned into Python dicts at a time while a table is checked: a 100,000-row table
+made into dicts at once would hold 100,000 of them (about 1 KB each) at the same time."""
+
+
+def _records(df: pd.DataFrame) -> Iterator[tuple[int, dict[Any, Any]]]:
+    """Each row of `df` as a dict (`to_dict(orient="records")`), with its position, made a
+    chunk of `RECORDS_AT_ONCE` at a time."""
+    for start in range(0, len(df), RECORDS_AT_ONCE):
+        chunk = df.iloc[start : start + RECORDS_AT_ONCE].to_dict(orient="records")
+        yield from enumerate(chunk, start)
+
+
+def _ids(df: pd.DataFrame) -> Iterator[Any]:
+    """The cells of the `id` column as `_records` gives them, `RECORDS_AT_ONCE` at a time:
+    from the column alone when its name is the only one of its kind (else as a row's dict
+    would hold it: the last column of that name)."""
+    if not df.columns.is_unique:
+        yield from (record.get(ID_COLUMN) for _, record in _records(df))
+        return
+    column = df[ID_COLUMN]
+    for start in range(0, len(column), RECORDS_AT_ONCE):
+        yield from column.iloc[start : start + RECORDS_AT_ONCE].tolist()
+
+
+def _explicit_id_counts(values: Iterable[Any]) -> dict[str, int]:
     """How many rows name each id given in the `id` column, case folded: `Ada.mp4` and
     `ada.mp4` are one file on macOS and Windows disks, and one ledger entry, so the second
     row would be paid again on every run."""
     counts: dict[str, int] = {}
-    for record in records:
-        value = record.get(ID_COLUMN)
+    for value in values:
         if not is_blank(value):
             key = str(_float_id(value) if isinstance(value, float) else value)
             key = key.strip().casefold()
@@ -200,25 +269,47 @@ def check_table(df: pd.DataFrame, model: ModelSpec) -> TableCheck:
             print(problem.message)   # row 3 (id 'ada'): steps: ... (got 30)
         ```
     """
-    valid: list[PreparedRow] = []
-    invalid: list[RowProblem] = []
     columns = [str(c) for c in df.columns]
-    input_columns = model.input_columns
-    extra_columns = [c for c in columns if c not in input_columns and c != ID_COLUMN]
     has_id = ID_COLUMN in columns
-    records = df.to_dict(orient="records")
-    seen_ids: dict[str, int] = {}
-    explicit_counts = _explicit_id_counts(records) if has_id else {}
+    input_columns = model.input_columns
+    checker = _RowChecker(
+        model,
+        input_columns,
+        extra_columns=[c for c in columns if c not in input_columns and c != ID_COLUMN],
+        has_id=has_id,
+        explicit_counts=_explicit_id_counts(_ids(df)) if has_id else {},
+    )
+    check = TableCheck(valid=[], invalid=[])
+    for position, record in _records(df):
+        checked = checker.check(position, record)
+        if isinstance(checked, PreparedRow):
+            check.valid.append(checked)
+        else:
+            check.invalid.append(checked)
+    return check
 
-    for position, record in enumerate(records):
-        extras = {c: record.get(c) for c in extra_columns}
-        given = {
-            str(k): v for k, v in record.items() if str(k) in input_columns and not is_blank(v)
-        }
+
+@dataclass
+class _RowChecker:
+    """Checks the rows of one table, one at a time, remembering the ids already taken."""
+
+    model: ModelSpec
+    input_columns: frozenset[str]
+    extra_columns: list[str]
+    has_id: bool
+    explicit_counts: dict[str, int]
+    seen_ids: dict[str, int] = field(default_factory=dict)
+
+    def check(self, position: int, record: dict[Any, Any]) -> PreparedRow | RowProblem:
+        """The row at `position` (a dict of its cells) as a valid row or a problem."""
+        model = self.model
+        extras = {c: record.get(c) for c in self.extra_columns} if self.extra_columns else NO_EXTRAS
+        inputs = self.input_columns
+        given = {str(k): v for k, v in record.items() if str(k) in inputs and not is_blank(v)}
         problems: list[tuple[str, str]] = []
         row_id: str | None = None
-        raw_id = record.get(ID_COLUMN) if has_id else None
-        if has_id and not is_blank(raw_id):
+        raw_id = record.get(ID_COLUMN) if self.has_id else None
+        if self.has_id and not is_blank(raw_id):
             try:
                 row_id = check_id(raw_id)
             except ValueError as exc:
@@ -231,31 +322,29 @@ def check_table(df: pd.DataFrame, model: ModelSpec) -> TableCheck:
         if job is not None and not problems:
             digest = payload_fingerprint(job.to_api_payload())
             id_given = row_id is not None
-            if row_id is None:
-                row_id = f"row-{digest[:16]}"
-            named = explicit_counts.get(row_id.casefold(), 0) if id_given else 0
-            if named > 1:
-                problems.append(
-                    (
-                        ID_COLUMN,
-                        f"{row_id!r} names {named} rows (ids that differ only in case count as "
-                        "one: they name one file on macOS and Windows); ids must be unique",
-                    )
-                )
-            elif row_id in seen_ids:
-                problems.append(
-                    (
-                        "(row)",
-                        f"same inputs as row {seen_ids[row_id]}: it would pay twice for the same "
-                        "video; give each row its own id to generate both",
-                    )
-                )
+            row_id = row_id if row_id is not None else f"row-{digest[:16]}"
+            problems.extend(self._twice(row_id, id_given))
             if not problems:
-                seen_ids[row_id] = position
-                valid.append(PreparedRow(position, row_id, job, digest, extras))
-                continue
-        invalid.append(RowProblem(position, row_id, problems, extras, model.friendly(given)))
-    return TableCheck(valid=valid, invalid=invalid)
+                self.seen_ids[row_id] = position
+                return PreparedRow.of(position, row_id, job, digest, extras)
+        return RowProblem(position, row_id, problems, extras, model.friendly(given))
+
+    def _twice(self, row_id: str, id_given: bool) -> list[tuple[str, str]]:
+        """Why a row named `row_id` would pay twice for one video, if it would."""
+        named = self.explicit_counts.get(row_id.casefold(), 0) if id_given else 0
+        if named > 1:
+            reason = (
+                f"{row_id!r} names {named} rows (ids that differ only in case count as one: "
+                "they name one file on macOS and Windows); ids must be unique"
+            )
+            return [(ID_COLUMN, reason)]
+        if row_id in self.seen_ids:
+            reason = (
+                f"same inputs as row {self.seen_ids[row_id]}: it would pay twice for the same "
+                "video; give each row its own id to generate both"
+            )
+            return [("(row)", reason)]
+        return []
 
 
 def rows_as_records(rows: Iterable[PreparedRow]) -> list[dict[str, Any]]:
@@ -297,7 +386,7 @@ def check_local_media(
     for row in check.valid:
         problems = []
         for column in model.media:
-            path = _local_path(getattr(row.job, column), base_dir)
+            path = _local_path(row.input(column), base_dir)
             if path is not None and not os.path.isfile(path):
                 problems.append((column, f"no such local file: {path}"))
         if problems:

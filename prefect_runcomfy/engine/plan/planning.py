@@ -76,7 +76,8 @@ def plan_rows(
     sidecar is gone is collected again rather than skipped. Raises `SubmitLimitError`, before
     anything is sent, when more rows would be submitted than `max_submits` allows.
     """
-    decisions = []
+    decisions: list[RowDecision] = []
+    alike: dict[RowDecision, RowDecision] = {}
     for row in rows:
         entry = entries.get(row.id)
         outputs = entry.video_uris if entry else []
@@ -85,15 +86,16 @@ def plan_rows(
             and all(uri.rsplit("/", 1)[-1] in present for uri in outputs)
             and f"{row.id}.json" in present
         )
-        decisions.append(
-            plan_row(
-                entry,
-                row.fingerprint,
-                output_exists=output_exists,
-                resubmit_unknown=resubmit_unknown,
-                retry_failed=retry_failed,
-            )
+        decision = plan_row(
+            entry,
+            row.fingerprint,
+            output_exists=output_exists,
+            resubmit_unknown=resubmit_unknown,
+            retry_failed=retry_failed,
         )
+        # Equal decisions as one object: a plan holds one per row until its run ends, and
+        # most rows of a table are decided alike ("new row", "already stored").
+        decisions.append(alike.setdefault(decision, decision))
     check_submit_limit(rows, decisions, max_submits)
     return decisions
 
@@ -186,12 +188,11 @@ async def prepare(
     return PreparedTable(frame, check.valid, check.invalid)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class TablePlan:
     """A table's plan: each row to run with its decision, the ledger entries the decisions
     came from, the rows that are invalid (by their values or their media), the model's price
-    (None when it was not read), and the API body of each row to submit whose media were
-    made fetchable."""
+    (None when it was not read), and the resolver the media were checked with."""
 
     frame: pd.DataFrame
     """The table as read (every row, valid or not)."""
@@ -205,9 +206,15 @@ class TablePlan:
     media_seconds: dict[str, float] = field(default_factory=dict)
     """Lengths of the local media of rows to submit that cap their estimates (the model's
     `length_from`)."""
-    payloads: dict[str, dict[str, Any]] = field(default_factory=dict)
     resolver: MediaResolver | None = None
-    """The resolver the media were checked with (a run builds inline bodies with it)."""
+    """The resolver the media were checked with (made fetchable, when it resolves): a run
+    builds each row's API body with it at the row's POST (`api_payload`)."""
+
+    def __repr__(self) -> str:
+        # Short: Python 3.11's asyncio.run reprs its coroutine's result when it puts the
+        # SIGINT handler back (`signal.signal` names the old one), and a plan's field-by-field
+        # repr is every row of the table (for 100,000 rows, seconds and ~100 MB for nothing).
+        return f"<TablePlan of {self.total} rows: {self.describe()}>"
 
     @property
     def total(self) -> int:
@@ -301,31 +308,23 @@ async def _with_media(planned: TablePlan, resolver: MediaResolver) -> TablePlan:
     stored, collected or reported again need no media, so a portrait deleted after its video
     was made is no problem.
 
-    Inline media (`data:` URIs, megabytes a row) are only checked here: holding every row's
-    bytes until its turn would not fit a large table in memory, so a run builds those bodies
-    again at its POST (`api_payload`)."""
-    semaphore = asyncio.Semaphore(RESOLVE_AT_ONCE)
-    payloads: dict[str, dict[str, Any]] = {}
-    problems: list[RowProblem] = []
-    keep_bodies = not resolver.inline_media and not resolver.check_only
-
-    async def one(row: PreparedRow) -> None:
-        resolved: dict[str, str] = {}
-        failed: list[tuple[str, str]] = []
-        async with semaphore:
-            for name, kind in planned.model.media.items():
-                try:
-                    media = await resolver.resolve(getattr(row.job, name), kind)
-                    resolved[name] = media.url
-                except Exception as exc:
-                    failed.append((name, str(exc)))
-        if failed:
-            problems.append(RowProblem(row.row, row.id, failed, row.extras, row.job.model_dump()))
-        elif keep_bodies:
-            payloads[row.id] = row.job.model_copy(update=resolved).to_api_payload()
-
+    The API bodies are not kept: a run builds each at its row's POST (`api_payload`) with
+    this resolver, which remembers what it staged and signed (no second upload). A body per
+    row held from the plan to the POST would be a dict for each row of a 100,000-row table,
+    and megabytes a row with inline media."""
     submit = set(planned.to_submit)
-    await asyncio.gather(*(one(r) for r in planned.rows if r.id in submit))
+    to_check = (r for r in planned.rows if r.id in submit)
+    problems: list[RowProblem] = []
+
+    async def checker() -> None:
+        # RESOLVE_AT_ONCE checkers share one iterator: no task per row (a 100,000-row table
+        # would make 100,000 at once), at most RESOLVE_AT_ONCE rows in hand.
+        for row in to_check:
+            problem = await _media_problem(row, planned.model, resolver)
+            if problem is not None:
+                problems.append(problem)
+
+    await asyncio.gather(*(checker() for _ in range(RESOLVE_AT_ONCE)))
     failed_ids = {p.id for p in problems}
     kept = [
         (r, d)
@@ -337,9 +336,23 @@ async def _with_media(planned: TablePlan, resolver: MediaResolver) -> TablePlan:
         rows=[r for r, _ in kept],
         decisions=[d for _, d in kept],
         invalid=sorted([*planned.invalid, *problems], key=lambda p: p.row),
-        payloads=payloads,
         resolver=resolver,
     )
+
+
+async def _media_problem(
+    row: PreparedRow, model: ModelSpec, resolver: MediaResolver
+) -> RowProblem | None:
+    """Why the row's media (`model.media`) cannot be made fetchable, or None when they can."""
+    failed: list[tuple[str, str]] = []
+    for name, kind in model.media.items():
+        try:
+            await resolver.resolve(row.input(name), kind)
+        except Exception as exc:
+            failed.append((name, str(exc)))
+    if not failed:
+        return None
+    return RowProblem(row.row, row.id, failed, row.extras, row.job.model_dump())
 
 
 async def _priced(
@@ -353,11 +366,15 @@ async def _priced(
         return planned
     to_submit = [r for r in planned.rows if r.id in submit]
     estimate, lengths = await price_rows(make_client, planned.model, to_submit, media_base_dir)
+    alike: dict[RowDecision, RowDecision] = {}  # equal decisions as one object (`plan_rows`)
     decisions = [
-        dataclasses.replace(d, estimated_cost_usd=estimate.per_row.get(r.id))
-        if r.id in submit
-        else d
-        for r, d in zip(planned.rows, planned.decisions, strict=True)
+        alike.setdefault(new, new)
+        for new in (
+            dataclasses.replace(d, estimated_cost_usd=estimate.per_row.get(r.id))
+            if r.id in submit
+            else d
+            for r, d in zip(planned.rows, planned.decisions, strict=True)
+        )
     ]
     return dataclasses.replace(
         planned, decisions=decisions, price=estimate.price, media_seconds=lengths
@@ -370,7 +387,7 @@ async def api_payload(
     """The row's API body, its media (`model.media`) made fetchable (raises `MediaError`
     naming what is wrong)."""
     resolved = {
-        name: (await resolver.resolve(getattr(row.job, name), kind)).url
+        name: (await resolver.resolve(row.input(name), kind)).url
         for name, kind in model.media.items()
     }
     return row.job.model_copy(update=resolved).to_api_payload()

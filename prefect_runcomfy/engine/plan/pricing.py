@@ -233,7 +233,7 @@ def local_media_seconds(
         return {}
     lengths: dict[str, float] = {}
     for row in list(rows)[:limit]:
-        path = local_media_path(getattr(row.job, model.length_from), base_dir)
+        path = local_media_path(row.input(model.length_from), base_dir)
         if path is None or not os.path.isfile(path):
             continue
         try:

@@ -25,7 +25,7 @@ from typing import Any, Literal
 from prefect.logging import get_run_logger
 
 from prefect_runcomfy.api.client import RunComfyClient
-from prefect_runcomfy.api.exceptions import InvalidInputError
+from prefect_runcomfy.api.exceptions import ConfigurationError, InvalidInputError
 from prefect_runcomfy.engine.claims.claim import open_claims
 from prefect_runcomfy.engine.inputs.table import RowProblem, TableLike, invalid_outcome
 from prefect_runcomfy.engine.outputs.store import OutputStore
@@ -73,17 +73,37 @@ async def plan_run(
         make_client=make_client,
         table_storage_options=table_storage_options,
     )
-    refuse_invalid(planned.invalid, planned.total, on_invalid)
-    logger = get_run_logger()
-    logger.info("Plan: %s", planned.plan_line())
-    planned.check_limits(spending.max_submits, spending.max_cost_usd)
-    logger.info(
+    refusal = _refusal(planned, settings, on_invalid)
+    if refusal is not None:
+        # Prefect keeps a failed flow run's exception in memory after the run (its result
+        # store's cache, which the context of its log worker's task keeps alive), and with
+        # it the frames of its traceback: this one's must not hold the plan (a 100,000-row
+        # plan is some 100 MB).
+        del planned
+        raise refusal
+    get_run_logger().info(
         "%d rows, %d invalid; outputs go to %s",
         planned.total,
         len(planned.invalid),
         store.output_uri,
     )
     return planned
+
+
+def _refusal(
+    planned: TablePlan, settings: RunSettings, on_invalid: Literal["continue", "stop"]
+) -> InvalidInputError | ConfigurationError | None:
+    """Why the run may not go on with its plan (invalid rows with `on_invalid="stop"`, over
+    a spending limit), without the traceback that holds the plan; None when it may. Logs
+    the invalid rows and the `Plan:` line."""
+    spending = settings.spending
+    try:
+        refuse_invalid(planned.invalid, planned.total, on_invalid)
+        get_run_logger().info("Plan: %s", planned.plan_line())
+        planned.check_limits(spending.max_submits, spending.max_cost_usd)
+    except (InvalidInputError, ConfigurationError) as exc:
+        return exc.with_traceback(None)
+    return None
 
 
 def refuse_invalid(
@@ -119,7 +139,6 @@ async def run_table(
             flow_run_id=settings.flow_run_id,
             single_writer=settings.concurrency.single_writer,
         ),
-        payloads=dict(planned.payloads),
         build_payload=(lambda row: api_payload(row, resolver, planned.model))
         if resolver is not None
         else None,
