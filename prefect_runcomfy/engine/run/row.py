@@ -271,11 +271,9 @@ async def submit_row(
     outcome = cell.latest
     if batch.stop_reason:
         return outcome.ended(RowStatus.FAILED, f"not submitted: {batch.stop_reason}")
-    payload = batch.payloads.pop(row.id, None)
-    if payload is None and batch.build_payload is not None:
-        payload = await batch.build_payload(row)
-    if payload is None:
-        raise RuntimeError(f"{row.id}: no payload was prepared for a row to submit")
+    if batch.build_payload is None:
+        raise RuntimeError(f"{row.id}: the run has no way to build a row's API body")
+    payload = await batch.build_payload(row)
     if await _taken_over(batch, row.id):
         return outcome.ended(
             RowStatus.FAILED,

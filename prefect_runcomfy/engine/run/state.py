@@ -34,8 +34,9 @@ LEDGER_RETRY_DELAYS_S: tuple[float, ...] = (0.5, 2.0)
 
 @dataclass
 class RunState:
-    """One run's rows' shared state: storage, ledger, claims, places, payloads, the jobs it
-    submitted, its stop reason, and what it learned of how long its jobs take."""
+    """One run's rows' shared state: storage, ledger, claims, places, how a row's API body is
+    built, the jobs it submitted, its stop reason, and what it learned of how long its jobs
+    take."""
 
     settings: RunSettings
     hooks: RunHooks
@@ -43,10 +44,9 @@ class RunState:
     ledger: Ledger
     claims: RowClaims | None = None
     """The run's claims on rows (`engine.claims.claim`); None in single-writer mode."""
-    payloads: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Each row to submit's API body, its media already resolved (`engine.plan`)."""
     build_payload: Callable[[Any], Awaitable[dict[str, Any]]] | None = None
-    """Builds a row's API body at its submit when `payloads` has none (inline media)."""
+    """Builds a row's API body at its submit, with the plan's resolver (which remembers the
+    media it staged and signed): no body is held per row between plan and POST."""
     estimator: RunEstimator = field(default_factory=RunEstimator)
     """The run's one estimator: its finished jobs' durations tell the others when to look
     (used when the poll strategy is "learned")."""
