@@ -20,10 +20,9 @@ and gives back a slot (three Prefect API calls and two events) once per place's 
 work, not once per row. A place gives its slot back when no row waits for it, and after
 holding it `SLOT_TENURE_S`, so that other runs and shards on the same limit get their turn:
 Prefect grants a freed slot to the first request that asks, and a place whose tenure ended
-asks again only after `SLOT_PAUSE_S`, the time a waiting shard's retry needs to arrive.
-One place of a run asks for a slot at a time, and again every `SLOT_ASK_EVERY_S` while the
-limit is full, so a run waiting on a full limit polls Prefect's server as one slow asker,
-not as `max_concurrency` quick ones.
+asks again only after `SLOT_PAUSE_S`, so that an ask of a waiting shard can take it first.
+One place of a run asks for a slot at a time, so a run waiting on a full limit polls Prefect's
+server as one asker (at the pace of the server's Retry-After), not as `max_concurrency`.
 """
 
 from __future__ import annotations
@@ -34,8 +33,6 @@ import contextvars
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-
-import httpx
 
 from prefect_runcomfy.api.client import RunComfyClient
 
@@ -50,10 +47,6 @@ and the job goes on."""
 SLOT_TENURE_S = 120.0
 """How long a job place keeps one slot of the account-wide limit across rows before it gives
 it back for other runs and shards to take (and asks again)."""
-
-SLOT_ASK_EVERY_S = 3.0
-"""How often a run asks again for a slot while the account-wide limit is full (Prefect's own
-retries came about once a second per asker; each is a write on the server)."""
 
 SLOT_PAUSE_S = 1.0
 """How long a place whose tenure ended waits before asking for a slot again."""
@@ -112,7 +105,6 @@ class AccountSlot:
             self.limit,
             occupy=1,
             strict=True,
-            max_retries=0,  # a full limit is asked again by `Places`, at its own pace
             lease_duration=SLOT_LEASE_S,
             # A renewal that fails (the API busy for a moment) must not stop the wait for a
             # job that is paid for: at worst the slot lapses early.
@@ -120,19 +112,6 @@ class AccountSlot:
         ):
             self._granted.set()
             await self._release.wait()
-
-
-def _full_limit_pause(error: BaseException) -> float | None:
-    """How long to wait before asking again when Prefect said the limit is full (HTTP 423:
-    its Retry-After, at least `SLOT_ASK_EVERY_S`); None for any other error."""
-    cause = error.__cause__
-    if isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423:
-        try:
-            hint = float(cause.response.headers.get("Retry-After", 0))
-        except ValueError:
-            hint = 0.0
-        return max(hint, SLOT_ASK_EVERY_S)
-    return None
 
 
 @dataclass(eq=False)
@@ -238,19 +217,9 @@ class Places:
         # Prefect's server (a denied increment, then another after its Retry-After), and
         # those calls cost the server more than the run's rows do.
         async with self._asking:
-            place.slot = await self._ask_until_granted(limit)
-
-    async def _ask_until_granted(self, limit: str) -> AccountSlot:
-        while True:
             slot = AccountSlot(limit, self._context)
-            try:
-                await slot.take()
-                return slot
-            except Exception as exc:
-                pause = _full_limit_pause(exc)
-                if pause is None:
-                    raise
-            await asyncio.sleep(pause)
+            await slot.take()
+            place.slot = slot
 
     @staticmethod
     async def _give_back(place: JobPlace, *, paused: bool) -> None:
@@ -277,7 +246,6 @@ class Places:
 
 
 __all__ = [
-    "SLOT_ASK_EVERY_S",
     "SLOT_LEASE_S",
     "SLOT_PAUSE_S",
     "SLOT_TENURE_S",
