@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import httpx
 import pandas as pd
 import pytest
 from prefect.client.orchestration import get_client
@@ -568,6 +569,43 @@ async def test_deadline_cancels_queued_jobs(sb: Sandbox, tmp_path: Path) -> None
     assert "cancelled while still queued" in errors and "still running" in errors
     entries = Ledger(OutputStore(out)).load_all()
     assert sorted(e.state.value for e in entries.values()) == ["cancelled", "timed_out"]
+    # Cancelled before it ran means not run: the next run submits that row with no flag (and
+    # collects the one still running, without paying for it again).
+    sb.set(run_seconds=0.2)
+    again = await generate_talking_videos(rows(sb, 2), out, creds(sb), **FAST)
+    assert set(again["status"]) == {"succeeded"}
+    assert list(again["submitted_by_this_run"]).count(True) == 1
+    assert sb.stats()["submits_accepted"] == 3
+
+
+async def test_a_job_cancelled_on_runcomfy_while_queued_is_submitted_again(
+    sb: Sandbox, tmp_path: Path
+) -> None:
+    """Someone cancels a queued job (`prefect-runcomfy cancel`, the dashboard): the row ends
+    `cancelled`, and since RunComfy cancels only jobs that never ran, the next run pays for it
+    without --retry-failed."""
+    sb.set(workers=1, run_seconds=2.0)
+    out = str(tmp_path / "o")
+    run = asyncio.create_task(
+        manifest_of(generate_talking_videos(rows(sb, 2), out, creds(sb), **FAST))
+    )
+    for _ in range(1200):  # both submitted: one running, one queued behind it (60 s at most)
+        if len(sb.requests()) == 2:
+            break
+        await asyncio.sleep(0.05)
+    queued = [r["request_id"] for r in sb.requests() if r["state"] == "in_queue"]
+    assert len(queued) == 1, sb.requests()
+    headers = {"Authorization": f"Bearer {sb.token}"}
+    async with httpx.AsyncClient(base_url=sb.base_url, headers=headers) as http:
+        answer = await http.post(f"/v1/requests/{queued[0]}/cancel")
+    assert answer.json()["outcome"] == "cancelled"
+    manifest = await run
+    assert sorted(manifest["status"]) == ["cancelled", "succeeded"]
+    sb.set(run_seconds=0.2)
+    again = await generate_talking_videos(rows(sb, 2), out, creds(sb), **FAST)
+    assert set(again["status"]) == {"succeeded"}
+    assert list(again["submitted_by_this_run"]).count(True) == 1
+    assert sb.stats()["submits_accepted"] == 3
 
 
 # --- resume -------------------------------------------------------------------------------------

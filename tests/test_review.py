@@ -353,7 +353,7 @@ def test_every_problem_status_shows_its_error_and_what_to_do(status: str) -> Non
     expected = {
         "invalid": "Fix this row",
         "failed": "retry_failed=True",
-        "cancelled": "retry_failed=True",
+        "cancelled": "submits it anew, with no flag",
         "timed_out": "<code>prefect-runcomfy collect s3://bucket/out</code>",
         "outcome_unknown": "resubmit_unknown=True",
     }[status]

@@ -183,8 +183,9 @@ def plan_row(
     4. `stored` with a different payload → `SUBMIT`: the user changed the row, so the stored
        video answers an older question; paying again is what they asked for.
     5. `failed` with `billed=False` (RunComfy refused the submit outright: bad token, no
-       balance, rejected input; no job was created), or `cancelled` with `billed=False` (a
-       stopped run cancelled the job while it was queued) → `SUBMIT`: nothing was paid.
+       balance, rejected input; no job was created), or `cancelled` with `billed=False` (the
+       job was cancelled while queued: by a stop, at `max_wait_s`, or by hand) → `SUBMIT`:
+       nothing was paid.
        Other `failed`/`cancelled`/`invalid` → `SUBMIT` when `retry_failed` or the payload changed
        (the user fixed the row), else `KEEP_FAILED`: the same input would most likely fail
        (and be billed) again, so a retry is only made on request.

@@ -434,9 +434,15 @@ async def _ended_unstored(batch: RunState, outcome: RowOutcome, exc: RunComfyErr
             else "still running on RunComfy; collect it later with collect_outstanding_requests"
         )
         error = f"{exc} ({what})"
-        state = LedgerState.CANCELLED if exc.cancelled else LedgerState.TIMED_OUT
+        if exc.cancelled:  # cancelled while queued: no job ran, so the next run submits it
+            return await batch.record_paid(
+                outcome.ended(RowStatus.TIMED_OUT, error),
+                LedgerState.CANCELLED,
+                error=error,
+                billed=False,
+            )
         return await batch.record_paid(
-            outcome.ended(RowStatus.TIMED_OUT, error), state, error=error
+            outcome.ended(RowStatus.TIMED_OUT, error), LedgerState.TIMED_OUT, error=error
         )
     if isinstance(exc, RequestNotFoundError):
         error = f"request {outcome.request_id} is unknown or its record expired: {exc}"
@@ -466,9 +472,20 @@ async def _ended_on_runcomfy(
         api_result=result,
     )
     outcome = await write_sidecar(batch.store, outcome)
-    state = LedgerState.CANCELLED if cancelled else LedgerState.FAILED
+    if cancelled:
+        # RunComfy cancels only queued jobs: one that ends `cancelled` never ran and was not
+        # billed, so the next run submits it without a flag (unless it was seen running or
+        # RunComfy reports a cost: then it keeps the failed rows' rule).
+        billed = bool(outcome.run_seconds) or bool(outcome.cost_usd)
+        return await batch.record_paid(
+            outcome,
+            LedgerState.CANCELLED,
+            error=outcome.error,
+            metadata_uri=outcome.metadata_uri,
+            **({} if billed else {"billed": False}),
+        )
     return await batch.record_paid(
-        outcome, state, error=outcome.error, metadata_uri=outcome.metadata_uri
+        outcome, LedgerState.FAILED, error=outcome.error, metadata_uri=outcome.metadata_uri
     )
 
 

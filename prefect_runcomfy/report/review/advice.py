@@ -31,8 +31,8 @@ def advice_for(status: str, *, output_uri: str | None = None) -> str | None:
             "another try."
         ),
         RowStatus.CANCELLED: (
-            "The job was cancelled before it produced a video. To submit it anew, run again "
-            "with spending=Spending(retry_failed=True) (CLI: --retry-failed)."
+            "The job was cancelled while still queued, so nothing was billed: running the "
+            "table again submits it anew, with no flag."
         ),
         RowStatus.TIMED_OUT: (
             "The wait ended before the job finished, or its video's download passed its "
