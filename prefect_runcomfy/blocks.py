@@ -80,9 +80,11 @@ class RunComfyCredentials(CredentialsBlock):
         default_factory=list,
         title="More output hosts",
         description=(
-            "Hosts outputs may also be downloaded from, beside *.runcomfy.net, *.runcomfy.com "
-            "and the base URL's host: 'cdn.example.com', '*.example.com' (https), or "
-            "'http://10.0.0.5:8080'. Only add hosts you trust: a download goes nowhere else."
+            # The UI renders this as markdown: patterns in backticks, or `*` turns to italics.
+            "Hosts outputs may also be downloaded from, beside `*.runcomfy.net`, "
+            "`*.runcomfy.com` and the base URL's host: `cdn.example.com`, `*.example.com` "
+            "(https), or `http://10.0.0.5:8080`. Only add hosts you trust: a download goes "
+            "nowhere else."
         ),
     )
     max_output_bytes: int = Field(

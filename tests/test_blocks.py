@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import logging
+import re
 
 import pytest
 from prefect import flow, task
@@ -45,6 +47,20 @@ def test_every_field_is_described() -> None:
         assert field.description, name
         assert field.title, name
     assert ".load(" in (RunComfyCredentials.__doc__ or "")
+
+
+def test_the_block_forms_help_renders_as_written() -> None:
+    """Prefect's UI renders a field's description as markdown: a `*` pattern outside code
+    turns into italics and loses its stars. Each help text, rendered, must read as written
+    (code spans shown without their backticks)."""
+    from markdown_it import MarkdownIt
+
+    for name, field in RunComfyCredentials.model_fields.items():
+        text = field.description or ""
+        rendered = MarkdownIt().render(text)
+        assert "<em>" not in rendered and "<strong>" not in rendered, (name, rendered)
+        shown = html.unescape(re.sub(r"<[^>]+>", "", rendered)).strip()
+        assert shown == text.replace("`", ""), (name, shown)
 
 
 def test_base_url_must_be_http() -> None:
