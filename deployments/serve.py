@@ -13,6 +13,14 @@ Settings come from the environment:
   it the runs read `RUNCOMFY_API_TOKEN`, then `RUNCOMFY_TOKEN`, then `RUNCOMFY_API_KEY`)
 - `RUNCOMFY_CRON`: the schedule (default `0 2 * * *`, 02:00 every night, UTC)
 - `RUNCOMFY_DEPLOYMENT_NAME`: the deployment's name (default `nightly`)
+
+Local media files in the table (`face.png`, `/data/voice.mp3`) are uploaded to a staging
+folder and pre-signed for RunComfy. Set it once on the Prefect server, for this deployment and
+every other run: `prefect variable set runcomfy_staging_uri s3://bucket/staging` (or
+`prefect variable set runcomfy_inline_media true` to send them inline as data: URIs). Each run
+reads it when it starts, so a change needs no restart of this script; a `staging_uri` or
+`inline_media` parameter wins over it. Against the local sandbox (a base URL on loopback) they
+go inline without any setting; otherwise, without one, their rows are `invalid`, saying this.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -41,6 +41,23 @@ StorageOptions = Annotated[
     typer.Option("--storage-option", "-s", help="fsspec option for --output, key=value."),
 ]
 """The `-s key=value` option of every command that opens the output location."""
+
+StagingUri = Annotated[
+    str | None,
+    typer.Option(
+        help="Folder (s3://, gs://) to upload local media to. Default: the Prefect Variable "
+        "runcomfy_staging_uri."
+    ),
+]
+"""The `--staging-uri` option of `run`, `plan` and `validate` (one rule: `local_media`)."""
+InlineMedia = Annotated[
+    bool,
+    typer.Option(
+        help="Send local media as data: URIs (the default against the local sandbox, or "
+        "with the Prefect Variable runcomfy_inline_media)."
+    ),
+]
+"""The `--inline-media` option of `run`, `plan` and `validate` (one rule: `local_media`)."""
 
 EXIT_OK = 0
 EXIT_PARTIAL = 1
@@ -327,10 +344,8 @@ def run(
         str | None, typer.Option(help="Name of a saved RunComfyCredentials block.")
     ] = None,
     max_wait: Annotated[float, typer.Option(help="Seconds to wait for one job.")] = 3600.0,
-    staging_uri: Annotated[
-        str | None, typer.Option(help="Folder (s3://, gs://) to upload local media to.")
-    ] = None,
-    inline_media: Annotated[bool, typer.Option(help="Send local media as data: URIs.")] = False,
+    staging_uri: StagingUri = None,
+    inline_media: InlineMedia = False,
     on_invalid: Annotated[str, typer.Option(help="continue | stop")] = "continue",
     retry_failed: Annotated[bool, typer.Option(help="Pay again for rows that failed.")] = False,
     resubmit_unknown: Annotated[
@@ -405,19 +420,13 @@ def run(
     raise typer.Exit(_exit_for(manifest))
 
 
-StagingUri = Annotated[
-    str | None, typer.Option(help="Folder (s3://, gs://) to upload local media to.")
-]
-"""The `--staging-uri` option of every command that runs or plans a table's media."""
-InlineMedia = Annotated[bool, typer.Option(help="Send local media as data: URIs.")]
-"""The `--inline-media` option of every command that runs or plans a table's media."""
-
-
 def _planned(
     inputs: str,
     output: str | None,
-    media: Any,
     *,
+    mode: Literal["check", "offline"],
+    staging_uri: str | None,
+    inline_media: bool,
     storage_options: dict[str, Any] | None = None,
     credentials: str | None = None,
     price: bool = False,
@@ -425,12 +434,15 @@ def _planned(
     resubmit_unknown: bool = False,
 ) -> Any:
     """The run's own plan of INPUTS (`engine.plan.planning.plan_table`), against the ledger
-    under `output` (None: every row new), its media checked as `media` says."""
+    under `output` (None: every row new), its media checked in `mode` by a run's rule for
+    --staging-uri and --inline-media (`local_media`: then the Prefect Variables, then the
+    sandbox's default), against the API of --credentials or the environment."""
     from prefect_runcomfy.engine.plan.planning import plan_table, planning_store
     from prefect_runcomfy.models import INFINITE_TALK
 
     async def planned() -> Any:
         from prefect_runcomfy.api.client import RunComfyClient
+        from prefect_runcomfy.local_media import api_base_url, media_settings
 
         block = None
         if credentials:
@@ -442,7 +454,9 @@ def _planned(
             inputs,
             planning_store(output, storage_options) if output else None,
             INFINITE_TALK,
-            media=media,
+            media=media_settings(
+                staging_uri, inline_media, base_url=api_base_url(block), mode=mode
+            ),
             make_client=make_client if price else None,
             retry_failed=retry_failed,
             resubmit_unknown=resubmit_unknown,
@@ -469,10 +483,9 @@ def validate(
     Example: `prefect-runcomfy validate rows.csv --inline-media`. Exit code 0: all rows
     valid; 2: not.
     """
-    from prefect_runcomfy.engine.plan.planning import MediaSettings
-
-    media = MediaSettings(staging_uri=staging_uri, inline_media=inline_media, mode="offline")
-    table_plan = _planned(inputs, None, media)
+    table_plan = _planned(
+        inputs, None, mode="offline", staging_uri=staging_uri, inline_media=inline_media
+    )
     for problem in table_plan.invalid:
         console.print(f"[red]✗[/] {escape(problem.message)}")
     console.print(f"{len(table_plan.rows)} of {table_plan.total} rows valid.")
@@ -522,13 +535,12 @@ def plan(
     Exit code 0: planned; 2: bad input (invalid rows are listed); 3: over --max-submits or
     --max-cost.
     """
-    from prefect_runcomfy.engine.plan.planning import MediaSettings
-
-    media = MediaSettings(staging_uri=staging_uri, inline_media=inline_media, mode="check")
     table_plan = _planned(
         inputs,
         output,
-        media,
+        mode="check",
+        staging_uri=staging_uri,
+        inline_media=inline_media,
         storage_options=_options(storage_option),
         credentials=credentials,
         price=True,

@@ -65,6 +65,7 @@ from prefect_runcomfy.engine.shards.heartbeat import heartbeat_for
 from prefect_runcomfy.engine.shards.parent import merged_outcomes, run_shards
 from prefect_runcomfy.engine.shards.runs import cancel_recorded
 from prefect_runcomfy.engine.shards.split import ShardFiles, plan_shards
+from prefect_runcomfy.local_media import api_base_url, media_settings
 from prefect_runcomfy.locations import (
     LOCATION_BLOCKS,
     Location,
@@ -315,6 +316,11 @@ async def generate_talking_videos(
             they are added to its settings.
         staging_uri: Where local media files are uploaded (then pre-signed) for RunComfy: an
             s3:// or gs:// folder, or a `RemoteFileSystem` or `S3Bucket` block of one.
+            Without it (and without `inline_media`), the Prefect Variable
+            `runcomfy_staging_uri` (set once for every deployment: `prefect variable set
+            runcomfy_staging_uri s3://bucket/staging`), else `runcomfy_inline_media`, says
+            where they go; against the local sandbox (a base URL on loopback) they are sent
+            inline; else a row with a local file is invalid (`prefect_runcomfy.local_media`).
         inline_media: Send local media as `data:` URIs instead (image ≤ 6 MiB, audio ≤ 16 MiB).
         spending: What the run may pay for (`Spending`): `max_submits`, the most new (paid)
             jobs, and `max_cost_usd`, the most their estimated cost (from RunComfy's catalog),
@@ -371,7 +377,13 @@ async def generate_talking_videos(
         concurrency,
         flow_run_id=_flow_run_id(),
     )
-    resolving = MediaSettings(staging, inline_media, media.input_storage_options, staging_options)
+    resolving = media_settings(
+        staging,
+        inline_media,
+        base_url=api_base_url(creds),
+        storage_options=media.input_storage_options,
+        staging_storage_options=staging_options,
+    )
     store, outcomes = await _run_table(
         inputs,
         await open_output(output, options),

@@ -306,10 +306,19 @@ async def test_content_must_match_the_kind(files: dict[str, Path]) -> None:
 async def test_local_file_without_options_says_what_to_do(files: dict[str, Path]) -> None:
     with pytest.raises(MediaError) as info:
         await resolve_media(str(files["png"]), kind="image")
-    assert str(info.value) == (
-        f"local file {files['png']}: pass staging_uri=<an s3:// or gs:// folder> so it can be "
-        "uploaded and signed, or inline_media=True to send it inline"
-    )
+    # the fix, named for each way a run starts: the parameter, the CLI flag, the deployment's
+    # Prefect Variable (set once)
+    said = str(info.value)
+    assert said.startswith(f"local file {files['png']}: ")
+    for fix in (
+        "staging_uri=",
+        "--staging-uri",
+        "prefect variable set runcomfy_staging_uri",
+        "inline_media=True",
+        "--inline-media",
+        "runcomfy_inline_media",
+    ):
+        assert fix in said, fix
 
 
 async def test_relative_paths_use_base_uri(files: dict[str, Path], tmp_path: Path) -> None:

@@ -60,6 +60,48 @@ DEFAULT_EXPIRES_S = 7 * 24 * 3600
 SIGNABLE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oci"})
 """Object stores whose fsspec filesystem can pre-sign a URL that RunComfy can fetch."""
 
+STAGING_VARIABLE = "runcomfy_staging_uri"
+"""The Prefect Variable that gives every run without `staging_uri` its staging folder."""
+
+INLINE_VARIABLE = "runcomfy_inline_media"
+"""The Prefect Variable that, set to true, sends every run's local media files inline."""
+
+LOCAL_FILE_FIX = (
+    "RunComfy fetches media only from URLs, so a local file needs a staging folder: pass "
+    "staging_uri='s3://bucket/staging' (CLI --staging-uri; for every run of a deployment, once: "
+    f"prefect variable set {STAGING_VARIABLE} s3://bucket/staging), or send it inline with "
+    f"inline_media=True (--inline-media; variable {INLINE_VARIABLE} true)"
+)
+"""What to do about a local file when no setting says where local files go."""
+
+
+@dataclass(frozen=True)
+class LocalFiles:
+    """Where a run's local media files go, and which setting said so.
+
+    Attributes:
+        staging_uri: the folder they are uploaded to (then signed), or None.
+        inline: sent as `data:` URIs instead.
+        why: the setting that decided (`"the staging_uri parameter"`, `"the Prefect Variable
+            runcomfy_staging_uri"`, `"the API at http://127.0.0.1:8787 is on this machine
+            (the sandbox)"`), or "" when nothing did: then a local file is invalid.
+    """
+
+    staging_uri: str | None = None
+    inline: bool = False
+    why: str = ""
+
+    def describe(self) -> str:
+        """In words: `local media files are sent inline (the sandbox's default)`."""
+        if self.staging_uri:
+            how = f"staged to {self.staging_uri}"
+        elif self.inline:
+            how = "sent inline as data: URIs"
+        else:
+            return "local media files cannot be sent (no staging_uri or inline_media is set)"
+        return f"local media files are {how} ({self.why})"
+
+
 _S3_MAX_EXPIRES_S = 7 * 24 * 3600
 _LOCAL_PROTOCOLS = frozenset({"file", "local"})
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.\-]*):")
@@ -310,13 +352,37 @@ class MediaResolver:
             return ResolvedMedia(url=text, source=value, how="passthrough")
         if low.startswith("data:"):
             return self._check_data_uri(text, value, kind)
+        where, target = self._locate(text, kind)
+        if where == "sign":
+            return self._sign(target, value, kind, self.storage_options)
+        return self._local(target, value, kind)
+
+    def names_local_file(self, value: Any) -> bool:
+        """Whether `value` names a file on this machine (which needs `staging_uri` or
+        `inline_media` to reach RunComfy). Reads nothing but the file system's names."""
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if not isinstance(value, str) or not value.strip():
+            return False
+        text = value.strip()
+        if text.lower().startswith(("https://", "http://", "data:")):
+            return False
+        try:
+            return self._locate(text, "image")[0] == "local"
+        except MediaError:
+            return False
+
+    def _locate(self, text: str, kind: str) -> tuple[Literal["sign", "local"], str]:
+        """Where a value that is no http(s) URL and no `data:` URI points: an object store
+        URL to sign, or a local path (absolute); a `MediaError` for anything else."""
+        low = text.lower()
         protocol = _protocol(text)
         if protocol and not low.startswith(f"{protocol}://") and os.path.exists(text):
             protocol = None  # a local name with a colon in it ("take:1.png"), not a URL
         if protocol in SIGNABLE_PROTOCOLS:
-            return self._sign(text, value, kind, self.storage_options)
+            return "sign", text
         if protocol in _LOCAL_PROTOCOLS:
-            return self._local(LocalFileSystem._strip_protocol(text), value, kind)
+            return "local", LocalFileSystem._strip_protocol(text)
         if protocol is not None:
             raise MediaError(
                 f"{kind} {text!r}: RunComfy cannot fetch {protocol}: URLs. Give an https:// URL, "
@@ -327,9 +393,7 @@ class MediaResolver:
         if not os.path.isabs(path) and self.base_uri:
             base_protocol = _protocol(self.base_uri)
             if base_protocol in SIGNABLE_PROTOCOLS:
-                return self._sign(
-                    _join_remote(self.base_uri, path), value, kind, self.storage_options
-                )
+                return "sign", _join_remote(self.base_uri, path)
             if base_protocol in _LOCAL_PROTOCOLS:
                 path = os.path.join(LocalFileSystem._strip_protocol(self.base_uri), path)
             elif base_protocol is None:
@@ -340,7 +404,7 @@ class MediaResolver:
                     f"{base_protocol}: files cannot be pre-signed for RunComfy; use absolute "
                     "https:// or s3:// / gs:// URLs in the table"
                 )
-        return self._local(os.path.abspath(path), value, kind)
+        return "local", os.path.abspath(path)
 
     def _check_data_uri(self, text: str, value: str, kind: str) -> ResolvedMedia:
         match = _DATA_URI.match(text)
@@ -428,10 +492,7 @@ class MediaResolver:
                 self._check_staging()
                 return ResolvedMedia(url=path, source=value, how="staged", size=size)
             return self._stage(path, value, kind, size, ext)
-        raise MediaError(
-            f"local file {path}: pass staging_uri=<an s3:// or gs:// folder> so it can be "
-            "uploaded and signed, or inline_media=True to send it inline"
-        )
+        raise MediaError(f"local file {path}: {LOCAL_FILE_FIX}")
 
     def _check_staging(self) -> None:
         if _protocol(self.staging_uri or "") not in SIGNABLE_PROTOCOLS:
@@ -522,7 +583,11 @@ class MediaResolver:
 __all__ = [
     "DEFAULT_EXPIRES_S",
     "INLINE_CAPS",
+    "INLINE_VARIABLE",
+    "LOCAL_FILE_FIX",
     "SIGNABLE_PROTOCOLS",
+    "STAGING_VARIABLE",
+    "LocalFiles",
     "MediaKind",
     "MediaResolver",
     "ResolvedMedia",

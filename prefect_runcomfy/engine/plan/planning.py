@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,7 +30,7 @@ import pandas as pd
 
 from prefect_runcomfy.api.client import RunComfyClient
 from prefect_runcomfy.api.exceptions import ConfigurationError, SubmitLimitError
-from prefect_runcomfy.engine.inputs.media import MediaResolver
+from prefect_runcomfy.engine.inputs.media import LocalFiles, MediaResolver
 from prefect_runcomfy.engine.inputs.table import (
     PreparedRow,
     RowProblem,
@@ -149,13 +149,30 @@ def describe_plan(decisions: list[RowDecision]) -> str:
 
 @dataclass(frozen=True)
 class MediaSettings:
-    """Where a table's media come from and how RunComfy gets them."""
+    """Where a table's media come from and how RunComfy gets them.
+
+    `staging_uri` and `inline_media` say where local files go; when neither is set and a row
+    to submit names a local file, `unset_local` is asked, once per plan (a run's, `plan`'s
+    and `validate`'s alike: `prefect_runcomfy.local_media` reads the deployment's Prefect
+    Variables, then takes the sandbox's default). Without it such a row is invalid."""
 
     staging_uri: str | None = None
     inline_media: bool = False
     storage_options: dict[str, Any] | None = None
     staging_storage_options: dict[str, Any] | None = None
     mode: MediaMode = "resolve"
+    unset_local: Callable[[], Awaitable[LocalFiles]] | None = None
+
+    @property
+    def sends_local_files(self) -> bool:
+        """Whether local media files have somewhere to go (`staging_uri` or `inline_media`)."""
+        return self.inline_media or bool(self.staging_uri)
+
+    def with_local(self, local: LocalFiles) -> MediaSettings:
+        """These settings with local files sent as `local` says."""
+        return dataclasses.replace(
+            self, staging_uri=local.staging_uri, inline_media=local.inline, unset_local=None
+        )
 
     def resolver(self, table_uri: str | None) -> MediaResolver:
         """The resolver of a table read from `table_uri` (relative paths are read there)."""
@@ -240,9 +257,10 @@ class TablePlan:
         return f"{text}, {len(self.invalid)} invalid" if self.invalid else text
 
     def plan_line(self) -> str:
-        """What a run logs as its plan: `3 to submit; estimated cost $0.2250 ...`."""
+        """What a run logs as its plan, after the media checks: `3 to submit, 2 invalid;
+        estimated cost $0.2250 ...` (a row whose media fail is invalid, never to submit)."""
         estimate = self.estimate()
-        return describe_plan(self.decisions) + (f"; {estimate.describe()}" if estimate else "")
+        return self.describe() + (f"; {estimate.describe()}" if estimate else "")
 
     def check_limits(self, max_submits: int | None, max_cost_usd: float | None = None) -> None:
         """`max_submits` and `max_cost_usd` applied to the rows that will really be submitted:
@@ -295,11 +313,37 @@ async def plan_table(
     )
     planned = TablePlan(table.frame, table.valid, decisions, model, entries, list(table.invalid))
     if media is not None:
+        media = await _settled(planned, media, table_uri)
         planned = await _with_media(planned, media.resolver(table_uri))
     if make_client is not None:
         base_dir = table_folder(table_uri) if table_uri and is_local_uri(table_uri) else None
         planned = await _priced(planned, make_client, base_dir)
     return planned
+
+
+async def _settled(
+    planned: TablePlan, media: MediaSettings, table_uri: str | None
+) -> MediaSettings:
+    """`media`, with where local files go asked of `media.unset_local` when nothing set it
+    and a row to submit names a local file (a table of URLs asks nothing: no Prefect API
+    call for `validate`)."""
+    if media.sends_local_files or media.unset_local is None:
+        return media
+    resolver = media.resolver(table_uri)
+    submit = set(planned.to_submit)
+    kinds = planned.model.media
+
+    def names_one() -> bool:
+        return any(
+            resolver.names_local_file(row.input(name))
+            for row in planned.rows
+            if row.id in submit
+            for name in kinds
+        )
+
+    if not await asyncio.to_thread(names_one):
+        return media
+    return media.with_local(await media.unset_local())
 
 
 async def _with_media(planned: TablePlan, resolver: MediaResolver) -> TablePlan:
