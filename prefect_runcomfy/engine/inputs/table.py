@@ -196,7 +196,7 @@ def read_table(inputs: TableLike, *, storage_options: dict[str, Any] | None = No
         if name.endswith(".csv") or name.endswith(".tsv"):
             return read_csv_file(url, storage_options=options, tabs=name.endswith(".tsv"))
         if name.endswith(".parquet") or name.endswith(".pq"):
-            return read_table(pd.read_parquet(url, storage_options=options or None))
+            return pd.read_parquet(url, storage_options=options or None)
         if name.endswith(".jsonl") or name.endswith(".ndjson"):
             return pd.read_json(
                 url, lines=True, dtype=False, storage_options=options or None, compression="infer"
