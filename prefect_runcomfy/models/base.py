@@ -17,11 +17,12 @@ INFINITE_TALK.job_kind(job.to_api_payload())   # ('community/...', '720x720 (1:1
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, model_validator
 
 MediaKind = Literal["image", "audio"]
 """What a media input is: RunComfy fetches it from a URL, or takes it inline."""
@@ -31,10 +32,33 @@ class ModelInput(BaseModel):
     """One job of a model: its inputs by friendly name, sent under the model's API keys.
 
     A model's input class sets `API_KEYS` (friendly name → API key, in the schema's order);
-    `to_api_payload` sends every field under its key.
+    `to_api_payload` sends every field under its key. An input may be given by either name;
+    given by both (a table with `prompt` and `241_positive_prompt` columns), the two must hold
+    the same value, or the job is refused: which one was meant cannot be known.
     """
 
     API_KEYS: ClassVar[Mapping[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_value_per_input(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        twins = [(f, k) for f, k in cls.API_KEYS.items() if f in data and k in data]
+        if not twins:
+            return data
+        different = [(f, k) for f, k in twins if not _same_value(data[f], data[k])]
+        if different:
+            raise ValueError(
+                "; ".join(
+                    f"both {f!r} and {k!r} are given, with different values "
+                    f"({_shown(data[f])} and {_shown(data[k])})"
+                    for f, k in different
+                )
+                + ": keep one of them"
+            )
+        # Equal twins are one input: the API key's copy goes, else it would be an unknown input.
+        return {name: value for name, value in data.items() if name not in dict(twins).values()}
 
     def to_api_payload(self) -> dict[str, Any]:
         """Return the JSON body RunComfy expects, keyed by the API's node ids."""
@@ -121,6 +145,38 @@ class ModelSpec:
         )
 
 
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, str) and isinstance(b, str):
+        return a.strip() == b.strip()
+    return bool(a == b)
+
+
+def _shown(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
+
+
+INVISIBLE_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Cs", "Mn", "Me"})
+"""Unicode categories of characters that show nothing by themselves: spaces, line and
+paragraph separators, control and format characters (zero-width space U+200B, joiners
+U+200C/U+200D, word joiner U+2060, byte-order mark U+FEFF), lone surrogates, and combining
+marks with nothing to combine with. Unassigned code points are not among them: an emoji newer
+than Python's Unicode tables is visible."""
+
+
+def visible_text(value: str) -> str:
+    """`value` unchanged when it has a character a person can see, else `ValueError`.
+
+    A prompt of zero-width characters passes a length check, and a job would be paid for a
+    prompt nobody wrote.
+    """
+    if not any(unicodedata.category(c) not in INVISIBLE_CATEGORIES for c in value):
+        codes = " ".join(f"U+{ord(c):04X}" for c in dict.fromkeys(value))
+        shown = codes if len(codes) <= 60 else codes[:57] + "..."
+        raise ValueError(f"has no visible character (only {shown}); write the text")
+    return value
+
+
 def describe_validation_error(
     error: ValidationError, friendly_names: Mapping[str, str] | None = None
 ) -> list[tuple[str, str]]:
@@ -152,4 +208,11 @@ def describe_validation_error(
     return problems
 
 
-__all__ = ["MediaKind", "ModelInput", "ModelSpec", "describe_validation_error"]
+__all__ = [
+    "INVISIBLE_CATEGORIES",
+    "MediaKind",
+    "ModelInput",
+    "ModelSpec",
+    "describe_validation_error",
+    "visible_text",
+]

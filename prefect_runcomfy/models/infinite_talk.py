@@ -13,9 +13,9 @@ import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from pydantic import AliasChoices, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, ConfigDict, Field, field_validator
 
-from prefect_runcomfy.models.base import ModelInput, ModelSpec
+from prefect_runcomfy.models.base import ModelInput, ModelSpec, visible_text
 
 MODEL_ID = "community/infinite-talk/image-to-video"
 """The RunComfy model id of InfiniteTalk image-to-video."""
@@ -165,17 +165,10 @@ class InfiniteTalkInput(ModelInput):
         description="Guidance scale, 0.6 to 2: how strongly the output follows the prompt.",
     )
 
-    @model_validator(mode="before")
+    @field_validator("prompt")
     @classmethod
-    def _no_name_given_twice(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for friendly, key in API_KEYS.items():
-                if friendly in data and key in data and data[friendly] != data[key]:
-                    raise ValueError(
-                        f"both {friendly!r} and {key!r} are given, with different values; "
-                        "keep one of them"
-                    )
-        return data
+    def _visible_prompt(cls, value: str) -> str:
+        return visible_text(value)
 
     @field_validator("resolution", mode="before")
     @classmethod

@@ -23,6 +23,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from prefect_runcomfy.api.exceptions import InvalidInputError
+from prefect_runcomfy.engine.inputs.csv_file import duplicates_refusal, read_csv_file
 from prefect_runcomfy.engine.inputs.ids import id_problem
 from prefect_runcomfy.engine.record.outcome import RowOutcome, is_blank
 from prefect_runcomfy.engine.record.status import RowStatus
@@ -164,14 +165,19 @@ def _float_id(value: float) -> str:
 def read_table(inputs: TableLike, *, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
     """Read `inputs` into a DataFrame: a DataFrame (copied), a list of dicts, or a file URL.
 
-    Files are read by their extension: `.csv` (every cell as text, so ids keep leading zeros),
+    Files are read by their extension: `.csv`/`.tsv` (as `read_csv_file` reads them: every
+    cell as text, so ids keep leading zeros and `NA` stays `NA`; UTF-8; `,`, `;` or tab),
     `.parquet`, `.jsonl`/`.ndjson` (JSON lines) or `.json` (a list of objects), optionally
     compressed (`.gz`, ...).
 
     Raises:
-        InvalidInputError: the table cannot be read, or is of an unknown kind.
+        InvalidInputError: the table cannot be read, is of an unknown kind, is not UTF-8
+            text, or has two columns of one name.
     """
     if isinstance(inputs, pd.DataFrame):
+        refusal = duplicates_refusal("the DataFrame", list(inputs.columns))
+        if refusal is not None:
+            raise refusal
         return inputs.reset_index(drop=True).copy()
     if isinstance(inputs, (list, tuple)):
         if not all(isinstance(r, Mapping) for r in inputs):
@@ -188,10 +194,7 @@ def read_table(inputs: TableLike, *, storage_options: dict[str, Any] | None = No
     options = dict(storage_options or {})
     try:
         if name.endswith(".csv") or name.endswith(".tsv"):
-            sep = "\t" if name.endswith(".tsv") else ","
-            return pd.read_csv(
-                url, dtype=str, sep=sep, storage_options=options or None, compression="infer"
-            )
+            return read_csv_file(url, storage_options=options, tabs=name.endswith(".tsv"))
         if name.endswith(".parquet") or name.endswith(".pq"):
             return pd.read_parquet(url, storage_options=options or None)
         if name.endswith(".jsonl") or name.endswith(".ndjson"):
