@@ -308,6 +308,51 @@ class OutputStore:
             if n.startswith(prefix) and not posixpath.basename(n).startswith(TEMP_PREFIX)
         )
 
+    # -- links -----------------------------------------------------------------------------
+
+    def sign(self, name: str, expires_s: int) -> str | None:
+        """A pre-signed https URL of `name` that works for `expires_s` seconds, or None when
+        this store cannot sign (a local folder, `memory://`, a store whose fsspec
+        implementation has no `sign`, credentials that cannot sign). Signing is local: no
+        request is sent, and the file need not exist.
+
+        Example:
+            ```python
+            OutputStore("s3://bkt/out").sign("a.mp4", 3600)  # 'https://bkt.s3...&X-Amz-Signature=...'
+            OutputStore("out").sign("a.mp4", 3600)            # None
+            ```
+        """
+        return self.sign_many([name], expires_s).get(name)
+
+    def sign_many(self, names: Iterable[str], expires_s: int) -> dict[str, str]:
+        """Pre-signed URLs (`sign`) of many files at once, by name; empty when this store
+        cannot sign. An async fsspec implementation (s3fs) signs them all in one pass of
+        its event loop instead of one round through it per file."""
+        wanted = list(dict.fromkeys(names))
+        if self.is_local or not wanted or self.protocol == "memory":
+            return {}
+        paths = [self.path(n) for n in wanted]
+        try:
+            urls = self._sign_paths(paths, int(expires_s))
+        except NotImplementedError:
+            return {}
+        except Exception as exc:  # credentials that cannot sign, a missing region, ...
+            logger.warning("Cannot sign links to %s: %s", self.uri(""), self._scrub(str(exc)))
+            return {}
+        return {n: str(u) for n, u in zip(wanted, urls, strict=True) if u}
+
+    def _sign_paths(self, paths: builtins.list[str], expires_s: int) -> builtins.list[str]:
+        fs = self.fs
+        one = getattr(fs, "_url", None)
+        if getattr(fs, "async_impl", False) and one is not None and getattr(fs, "loop", None):
+            from fsspec.asyn import sync
+
+            async def all_of() -> builtins.list[str]:
+                return [await one(p, expires=expires_s) for p in paths]
+
+            return list(sync(fs.loop, all_of))
+        return [fs.sign(p, expiration=expires_s) for p in paths]
+
     # -- writing ---------------------------------------------------------------------------
 
     def _temp_path(self, path: str) -> str:
