@@ -131,7 +131,7 @@ class FileLinks:
         if self.store.is_local:
             return (
                 "The outputs are in a local folder: copy a path into a file browser or "
-                "player (a browser does not open file:// links from the Prefect UI)."
+                "player (a browser does not open links to local files from a web page)."
             )
         if self.expires_s <= 0:
             return f"No pre-signed links: `{LINK_EXPIRES_ENV}=0`."
