@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from prefect.logging import get_run_logger
@@ -17,6 +18,9 @@ from prefect_runcomfy.engine.record.outcome import RowOutcome
 from prefect_runcomfy.engine.record.status import RowStatus
 from prefect_runcomfy.models.base import ModelSpec
 from prefect_runcomfy.report.artifacts import publish_summary, spending
+
+if TYPE_CHECKING:
+    from prefect_runcomfy.report.review import WrittenReview
 
 
 async def finish_run(
@@ -47,9 +51,10 @@ async def finish_run(
     merged = parquet_safe(merge_manifests(previous, manifest))
     manifest_uri = await asyncio.to_thread(store.write_manifest, merged, name)
     whole = name == MANIFEST_NAME  # not a shard's own manifest
-    page_uri = (
+    review = (
         await _review_page(store, merged, model, input_storage_options, outcomes) if whole else None
     )
+    page_uri = review.uri if review else None
     counts = {k: v for k, v in status_counts(manifest).items() if v}
     logger.info(
         "Done: %s. %s. Manifest: %s%s",
@@ -65,6 +70,8 @@ async def finish_run(
         page_uri=page_uri,
         key_prefix=artifact_key,
         table=whole,
+        store=store,
+        review_url=review.signed_url if review else None,
     )
     manifest.attrs["review_page"] = page_uri
     manifest.attrs["manifest_uri"] = manifest_uri
@@ -80,13 +87,14 @@ async def _review_page(
     model: ModelSpec,
     input_storage_options: dict[str, object] | None,
     outcomes: Sequence[RowOutcome],
-) -> str | None:
-    """Write the review of `merged`; its URI, or None (logged) when it could not be written."""
-    from prefect_runcomfy.report.review import write_review_page
+) -> WrittenReview | None:
+    """Write the review of `merged` (and its signed copy where the store signs); where it
+    is, or None (logged) when it could not be written."""
+    from prefect_runcomfy.report.review import write_review
 
     try:
         return await asyncio.to_thread(
-            write_review_page,
+            write_review,
             store,
             merged,
             model,

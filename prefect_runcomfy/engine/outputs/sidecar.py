@@ -51,6 +51,8 @@ def sidecar_of(outcome: RowOutcome) -> dict[str, Any]:
         cost_usd=outcome.cost_usd,
         finished_at=outcome.finished_at,
     )
+    if outcome.notes:  # why timings are bounds or unknown, ...: a later run reports them again
+        data["notes"] = list(outcome.notes)
     if outcome.status is RowStatus.SUCCEEDED:
         data.update(
             created_at=outcome.created_at,
@@ -72,7 +74,10 @@ def with_sidecar(outcome: RowOutcome, sidecar: Mapping[str, Any]) -> RowOutcome:
     """
     files = tuple(f for f in (stored_file(d) for d in sidecar.get("files") or []) if f is not None)
     inputs, sources = sidecar.get("inputs"), sidecar.get("sources")
+    notes = sidecar.get("notes")
+    kept = tuple(str(n) for n in notes if n) if isinstance(notes, list) else ()
     return outcome.evolve(
+        notes=(*outcome.notes, *(n for n in kept if n not in outcome.notes)),
         status=RowStatus.parse(sidecar.get("status")) or outcome.status,
         error=sidecar.get("error") or outcome.error,
         request_id=sidecar.get("request_id") or outcome.request_id,

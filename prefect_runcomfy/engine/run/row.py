@@ -147,15 +147,14 @@ def _maybe_being_submitted(batch: RunState, entry: LedgerEntry | None) -> bool:
 
 async def _already_stored(batch: RunState, start: RowOutcome) -> RowOutcome:
     sidecar = await asyncio.to_thread(batch.store.read_json, f"{start.id}.json")
-    return (
-        with_sidecar(start, sidecar or {})
-        .ended(
-            RowStatus.SUCCEEDED,
-            metadata_uri=batch.store.uri(f"{start.id}.json"),
-            already_stored=True,
-        )
-        .noted("already stored by an earlier run; not paid again")
-    )
+    stored = with_sidecar(start, sidecar or {})
+    if stored.queue_seconds is None and not stored.notes:  # stored by an older version
+        stored = stored.noted("the run that stored it recorded no queue and run times")
+    return stored.ended(
+        RowStatus.SUCCEEDED,
+        metadata_uri=batch.store.uri(f"{start.id}.json"),
+        already_stored=True,
+    ).noted("already stored by an earlier run; not paid again")
 
 
 def _reported_again(
@@ -395,15 +394,14 @@ async def wait_for_row_job(
         cell.keep(await _ended_unstored(batch, outcome, exc))
         return None
     batch.submitted.pop(outcome.id, None)  # finished: nothing for a stop to cancel
-    cell.keep(
-        outcome.evolve(
-            queue_seconds=finished.queue_seconds,
-            run_seconds=finished.run_seconds,
-            total_seconds=finished.total_seconds,
-            cost_usd=finished.result.cost,
-            finished_at=utc_now(),
-        )
+    timed = outcome.evolve(
+        queue_seconds=finished.queue_seconds,
+        run_seconds=finished.run_seconds,
+        total_seconds=finished.total_seconds,
+        cost_usd=finished.result.cost,
+        finished_at=utc_now(),
     )
+    cell.keep(timed.noted(finished.timing_note) if finished.timing_note else timed)
     return finished
 
 

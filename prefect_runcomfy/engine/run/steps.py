@@ -31,6 +31,7 @@ import contextlib
 import logging
 import os
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ from prefect_runcomfy.engine.outputs.store import OutputStore
 from prefect_runcomfy.engine.record.outcome import RowOutcome, StoredFile, utc_now
 from prefect_runcomfy.engine.record.status import RowStatus
 from prefect_runcomfy.engine.run.durations import JobKind, RunEstimator
-from prefect_runcomfy.engine.run.waiting import PollPolicy, wait_until_finished
+from prefect_runcomfy.engine.run.waiting import PollPolicy, WaitOutcome, wait_until_finished
 from prefect_runcomfy.models.base import ModelInput
 
 STORE_RETRY_DELAYS_S: tuple[float, ...] = (2.0, 10.0)
@@ -118,6 +119,10 @@ class FinishedRequest(BaseModel):
     total_seconds: float | None = Field(
         default=None, description="Submit (or start of waiting) to seen finished."
     )
+    timing_note: str | None = Field(
+        default=None,
+        description="Why the queue and run times are bounds or unknown (None when seen).",
+    )
     wait_seconds: float = Field(description="How long this wait took.")
     polls: int = Field(description="How many times RunComfy was asked.")
 
@@ -173,11 +178,7 @@ async def wait_for_job(
         raise
     end = outcome.finished or time.monotonic()
     base = submitted_mono if submitted_mono is not None else outcome.started_waiting
-    running = outcome.first_running
-    timing = {
-        "queue_seconds": _round(running - base) if running is not None else None,
-        "run_seconds": _round(end - running) if running is not None else None,
-    }
+    timing, total, timing_note = job_timing(outcome, base, end, fresh=submitted_mono is not None)
     result = outcome.result
     if result.status is not RequestStatus.SUCCEEDED:
         raise _ended_without_outputs(request_id, result, speaker, timing, outcome.polls)
@@ -186,7 +187,8 @@ async def wait_for_job(
     return FinishedRequest(
         request_id=request_id,
         result=result,
-        total_seconds=_round(end - base),
+        total_seconds=total,
+        timing_note=timing_note,
         wait_seconds=round(end - started, 3),
         polls=outcome.polls,
         **timing,
@@ -261,6 +263,65 @@ def _ended_without_outputs(
         error=result.error if result.error is not None else result.failure_reason,
         details=details,
     )
+
+
+def job_timing(
+    outcome: WaitOutcome, base: float, end: float, *, fresh: bool
+) -> tuple[dict[str, float | None], float | None, str | None]:
+    """A finished job's queue and run seconds, its total, and why they are not measured when
+    they are not. `base` is the submit (`fresh`) or the start of this wait.
+
+    - Seen running: queue = base → first seen running, run = that → seen finished.
+    - Seen queued, never running (it started and ended between two reads): the queue is at
+      least base → last seen queued, the run at most that → seen finished; said so.
+    - Finished at the first read (collected by a later run, or quicker than a read): the
+      split was not seen (None); the total is RunComfy's created_at → finished_at when it
+      gives them, else base → seen finished when base is the submit; said so."""
+    running, queued = outcome.first_running, outcome.last_queued
+    if running is not None:
+        timing = {"queue_seconds": _round(running - base), "run_seconds": _round(end - running)}
+        return timing, _round(end - base), None
+    if queued is not None:
+        timing = {"queue_seconds": _round(queued - base), "run_seconds": _round(end - queued)}
+        note = (
+            f"not seen running (it started and ended between two reads): queued at least "
+            f"{queued - base:.1f} s, ran at most {end - queued:.1f} s"
+        )
+        return timing, _round(end - base), note
+    api_total = _api_seconds(outcome.result)
+    total = api_total if api_total is not None else (_round(end - base) if fresh else None)
+    said = (
+        f"RunComfy's created_at to finished_at: {api_total:.1f} s in all"
+        if api_total is not None
+        else "RunComfy gave no created_at and finished_at"
+    )
+    note = f"finished before its first read: queue and run times not seen ({said})"
+    return {"queue_seconds": None, "run_seconds": None}, total, note
+
+
+def _api_seconds(result: RequestResult) -> float | None:
+    """created_at → finished_at as RunComfy says them (ISO-8601 or epoch seconds), or None."""
+    ends = [_moment(result.created_at), _moment(result.finished_at)]
+    if ends[0] is None or ends[1] is None or ends[1] < ends[0]:
+        return None
+    return _round(ends[1] - ends[0])
+
+
+def _moment(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and value.strip():
+        text = value.strip()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    return None
 
 
 def _round(value: float | None) -> float | None:

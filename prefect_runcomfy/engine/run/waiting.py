@@ -90,6 +90,8 @@ class WaitOutcome:
     first_running: float | None = None
     finished: float | None = None
     states: list[str] = field(default_factory=list)
+    last_queued: float | None = None
+    """When a read last saw the job queued: a job never seen running started after it."""
 
 
 StateListener = Callable[[RequestStatus, str | None, int | None], None]
@@ -156,6 +158,7 @@ class _Follow:
     status: RequestStatus = RequestStatus.UNKNOWN
     polls: int = 0
     first_running: float | None = None
+    last_queued: float | None = None
     seen: bool = False  # once RunComfy has shown the request, "not found" means gone
     states: list[str] = field(default_factory=list)
     result: RequestResult | None = None
@@ -217,6 +220,8 @@ class _Follow:
         """Record what the read saw; tell `on_change` when the state moved."""
         if self.status is RequestStatus.IN_PROGRESS and self.first_running is None:
             self.first_running = self.clock()
+        if self.status is RequestStatus.IN_QUEUE and raw is not None:
+            self.last_queued = self.clock()
         if self.watch is not None:
             seen = self.status if raw is not None else RequestStatus.UNKNOWN
             self.watch.saw(seen, self.clock(), position)
@@ -241,6 +246,7 @@ class _Follow:
             first_running=self.first_running,
             finished=self.clock(),
             states=self.states,
+            last_queued=self.last_queued,
         )
 
 

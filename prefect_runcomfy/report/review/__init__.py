@@ -43,9 +43,11 @@ from prefect_runcomfy.report.review.previews import read_input_image
 from prefect_runcomfy.report.review.rows import ReviewRow, read_rows
 from prefect_runcomfy.report.review.writer import (
     INDEX_NAME,
+    WrittenReview,
     render_review_files,
     render_review_html,
     render_rows,
+    write_review,
     write_review_files,
     write_review_page,
 )
@@ -56,12 +58,14 @@ __all__ = [
     "INDEX_NAME",
     "PAGES_FOLDER",
     "ReviewRow",
+    "WrittenReview",
     "advice_for",
     "read_input_image",
     "read_rows",
     "render_review_files",
     "render_review_html",
     "render_rows",
+    "write_review",
     "write_review_files",
     "write_review_page",
 ]

@@ -89,6 +89,11 @@ class ReviewRow:
         return None if id_problem(self.id) else self.id
 
 
+_LOOPBACK = re.compile(
+    r"^https?://(127\.\d+\.\d+\.\d+|localhost|\[::1\]|0\.0\.0\.0)(:\d+)?(/|$)", re.IGNORECASE
+)
+
+
 def file_name(uri: Any) -> str | None:
     """The last path part of a local path or URL: links stay relative to the page's folder."""
     text = as_text(uri)
@@ -108,6 +113,11 @@ def short_source(value: Any, limit: int = 90) -> str | None:
         return text.split(",", 1)[0] + ",…"
     text = text.split("?", 1)[0].split("#", 1)[0]
     text = re.sub(r"^([a-zA-Z][\w+.-]*://)[^/@]*@", r"\1", text)  # no user:password@
+    if _LOOPBACK.match(text):
+        # A server on the machine that ran the job (the demo's sandbox): its port is gone
+        # with it, so the card names the file and says so instead of showing a dead address.
+        name = text.rstrip("/").rsplit("/", 1)[-1] or "a file"
+        text = f"{name} (served on this machine during the run; not kept)"
     return text if len(text) <= limit else text[: limit // 2 - 1] + "…" + text[-(limit // 2) :]
 
 

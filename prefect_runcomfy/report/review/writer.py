@@ -25,6 +25,7 @@ from prefect_runcomfy._version import __version__
 from prefect_runcomfy.engine.outputs.store import MANIFEST_NAME, OutputStore
 from prefect_runcomfy.engine.record.status import RowStatus
 from prefect_runcomfy.models.base import ModelSpec
+from prefect_runcomfy.report.links import FileLinks
 from prefect_runcomfy.report.review.chart import Chart, chart
 from prefect_runcomfy.report.review.pages import (
     CARDS_PER_PAGE,
@@ -53,6 +54,7 @@ from prefect_runcomfy.report.review.rows import (
     read_review_sidecars,
     read_rows,
 )
+from prefect_runcomfy.report.review.signed import is_signed_name, signed_copies, signed_name
 from prefect_runcomfy.report.review.view import (
     Card,
     Filter,
@@ -297,6 +299,18 @@ def _paged(
     return files
 
 
+@dataclass(frozen=True)
+class WrittenReview:
+    """Where a written review is: its `index.html`, and the signed copy a link can open."""
+
+    uri: str
+    """The URI of `index.html` (relative links: the lasting review)."""
+    signed_url: str | None = None
+    """A pre-signed URL of the signed copy's index (`signed`), None when the store cannot sign."""
+    links: FileLinks | None = None
+    """The signature's lifetime and words (None when not signed)."""
+
+
 def write_review_page(
     store: OutputStore,
     manifest: pd.DataFrame,
@@ -309,7 +323,7 @@ def write_review_page(
     """Write the review of `manifest` under `store` (each file atomically); returns the URI of
     its `index.html`: the whole review for a small run, the index of `_review/page-NNNN.html`
     for a big one (see `render_review_files`). Pages an earlier, bigger review left are
-    deleted.
+    deleted. No signed copy (`write_review` writes one where the store can sign).
 
     First creates the previews that are missing: `<id>.portrait.jpg` from each row's input
     `image` (read with `input_storage_options`), and `<id>.poster.jpg` for succeeded rows
@@ -334,6 +348,37 @@ def write_review_page(
         write_review_page(OutputStore("out"), OutputStore("out").read_manifest(), model)
         ```
     """
+    return write_review(
+        store,
+        manifest,
+        model,
+        input_storage_options=input_storage_options,
+        title=title,
+        known=known,
+        link_expires_s=0,
+    ).uri
+
+
+def write_review(
+    store: OutputStore,
+    manifest: pd.DataFrame | None,
+    model: ModelSpec,
+    *,
+    input_storage_options: dict[str, Any] | None = None,
+    title: str | None = None,
+    known: Mapping[str, Mapping[str, Any]] | None = None,
+    link_expires_s: int | None = None,
+) -> WrittenReview:
+    """`write_review_page`, plus, where the store can sign (S3, GCS), the signed copy of every
+    file of the review (`signed`) whose links live `link_expires_s` seconds (default
+    `RUNCOMFY_LINK_EXPIRES_S`, 7 days; 0: no copy). Returns where both are.
+
+    Example:
+        ```python
+        written = write_review(OutputStore("s3://bkt/out"), manifest, model)
+        written.signed_url   # 'https://bkt.s3.amazonaws.com/out/_review/signed-index.html?...'
+        ```
+    """
     if manifest is None:
         manifest = pd.DataFrame(columns=["id", "status"])
     held = {k: dict(v) for k, v in (known or {}).items()}
@@ -353,7 +398,18 @@ def write_review_page(
         assets=present,
         output_uri=store.output_uri,
     )
-    return write_review_files(store, files, present)
+    links = FileLinks.make(store, [signed_name(INDEX_NAME)], link_expires_s)
+    expires = links.expires_s
+    copies: dict[str, str] = {}
+    if links.signs:
+        note = (
+            f"A shared copy: its {links.lifetime}. The lasting review is {INDEX_NAME} in "
+            f"{store.uri('')} (download the folder, or serve it)."
+        )
+        copies = signed_copies(files, lambda names: store.sign_many(names, expires), note)
+    uri = write_review_files(store, {**copies, **files}, present)
+    signed_url = links.url(signed_name(INDEX_NAME)) if copies else None
+    return WrittenReview(uri, signed_url, links if signed_url else None)
 
 
 def write_review_files(
@@ -368,12 +424,15 @@ def write_review_files(
         StorageError: when a file of the review cannot be written (a stale page that cannot
             be deleted is only logged).
     """
-    pages = [name for name in files if name != INDEX_NAME]
+    pages = [name for name in files if name != INDEX_NAME]  # signed copies among them
     if pages:
         with ThreadPoolExecutor(max_workers=min(8, len(pages))) as pool:
             list(pool.map(lambda n: store.write_bytes(n, files[n].encode("utf-8")), pages))
     uri = store.write_bytes(INDEX_NAME, files[INDEX_NAME].encode("utf-8"))
-    for name in stale_pages(present, files):
+    stale = stale_pages(present, files) + [
+        n for n in present if is_signed_name(n) and n not in files
+    ]
+    for name in stale:
         try:
             store.delete(name)
         except Exception as exc:
@@ -396,9 +455,11 @@ __all__ = [
     "Head",
     "IndexPage",
     "Page",
+    "WrittenReview",
     "render_review_files",
     "render_review_html",
     "render_rows",
+    "write_review",
     "write_review_files",
     "write_review_page",
 ]
