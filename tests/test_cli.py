@@ -144,7 +144,7 @@ def test_run_over_max_submits_exits_3_and_submits_nothing(sb: Sandbox, tmp_path:
         base_url=sb.base_url,
     )
     assert result.returncode == 3, result.stdout + result.stderr
-    assert "would submit 2 new jobs, more than max_submits=1" in " ".join(result.stderr.split())
+    assert "would submit 2 new jobs, more than --max-submits 1" in " ".join(result.stderr.split())
     assert sb.stats()["submits_accepted"] == 0
 
 
@@ -162,7 +162,7 @@ def test_run_over_max_cost_exits_3_and_submits_nothing(sb: Sandbox, tmp_path: Pa
     )
     assert result.returncode == 3, result.stdout + result.stderr
     said = " ".join(result.stderr.split())
-    assert "estimated cost $0.1500 for 2 jobs" in said and "max_cost_usd=0.1" in said
+    assert "estimated cost $0.1500 for 2 jobs" in said and "--max-cost 0.1" in said
     assert sb.stats()["submits_accepted"] == 0
 
 
@@ -175,7 +175,7 @@ def test_plan_estimates_the_cost_from_the_catalog(sb: Sandbox, tmp_path: Path) -
     assert "Estimated cost $0.1500 for 2 jobs (10.0 s of video at $0.0150 per second" in text
     over = cli("plan", table, "-o", out, "--max-cost", "0.1", token=sb.token, base_url=sb.base_url)
     assert over.returncode == 3, over.stdout + over.stderr
-    assert "more than max_cost_usd=0.1" in " ".join(over.stderr.split())
+    assert "more than --max-cost 0.1" in " ".join(over.stderr.split())
     unpriced = cli("plan", table, "-o", out, "--max-cost", "5")  # no token: no price to read
     assert unpriced.returncode == 3, unpriced.stdout + unpriced.stderr
     assert "not estimated" in " ".join(unpriced.stdout.split())
