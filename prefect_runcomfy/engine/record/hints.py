@@ -59,6 +59,8 @@ RETRY_FAILED = Hint("spending=Spending(retry_failed=True)", _FLAGS["retry_failed
 """Pay again for rows that failed, or were cancelled, in an earlier run."""
 RESUBMIT_UNKNOWN = Hint("spending=Spending(resubmit_unknown=True)", _FLAGS["resubmit_unknown"])
 """Submit again rows whose earlier submit has an unknown outcome (may pay twice)."""
+SINGLE_WRITER = Hint("concurrency=Concurrency(single_writer=True)", "--single-writer")
+"""Run without claims on rows (storage that cannot create files exclusively)."""
 
 
 def collect(output_uri: str | None = None, *, cancel: bool = False) -> Hint:
@@ -83,6 +85,7 @@ def save_credentials(name: str) -> Hint:
 _STRING = r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*\""""
 _OPTION = "|".join(_FLAGS)
 _TO_CLI: list[tuple[re.Pattern[str], str | None]] = [
+    (re.compile(re.escape(SINGLE_WRITER.python)), SINGLE_WRITER.cli),
     (re.compile(rf"spending=Spending\(({_OPTION})=True\)"), None),
     (
         re.compile(
@@ -127,6 +130,7 @@ def for_cli(text: str) -> str:
 __all__ = [
     "RESUBMIT_UNKNOWN",
     "RETRY_FAILED",
+    "SINGLE_WRITER",
     "Hint",
     "Surface",
     "collect",
