@@ -8,6 +8,10 @@ whole process is what a user waits for. `validate` reads a 4-row CSV whose media
 imports.
 
     .venv/bin/python benchmarks/cli_startup.py --name cli_startup_after --rounds 5
+
+`--code DIR` runs the commands with `PYTHONPATH=DIR`: another version of the package (e.g.
+`git archive main prefect_runcomfy | tar -x -C DIR`), measured in the same session, so that
+before and after share the machine's load.
 """
 
 from __future__ import annotations
@@ -61,7 +65,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--name", default="cli_startup")
+    parser.add_argument("--code", help="PYTHONPATH of the package version to measure")
     args = parser.parse_args()
+    if args.code:
+        os.environ["PYTHONPATH"] = args.code
     quiet_prefect_env()
     info = machine()
     folder = Path(tempfile.mkdtemp(prefix="cli-startup-"))
@@ -89,6 +96,7 @@ def main() -> None:
         args.name,
         {
             "command": " ".join(sys.argv),
+            "code": args.code or "this checkout",
             "machine": info,
             "commands": results,
             "largest_imports_of_the_cli_module": _imports(),
