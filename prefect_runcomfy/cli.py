@@ -669,6 +669,7 @@ def _single(coro_factory: Any, credentials: str | None = None) -> Any:
         if credentials:
             from prefect_runcomfy.flows import load_credentials
 
+            _quiet_console(False)  # Prefect's own lines (its event worker's) stay out
             block = await load_credentials(credentials)
             assert block is not None  # a name gives a block or raises
             client = block.get_client()
