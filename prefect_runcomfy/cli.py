@@ -99,31 +99,54 @@ def _options(values: list[str] | None) -> dict[str, Any] | None:
     return options
 
 
+def _shown(value: Any) -> str:
+    """A cell as the terminal shows it: blank for a missing value (None, NaN, NA), never `nan`;
+    hints in it said for the command line."""
+    from prefect_runcomfy.engine.record.hints import for_cli
+
+    return "" if _is_blank(value) else escape(for_cli(str(value)))
+
+
+def _is_blank(value: Any) -> bool:
+    """None, NaN, pandas' NA and NaT, and empty text (judged without importing pandas: the
+    error lines of `status` and `cancel` go through here too)."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    if isinstance(value, float):
+        return value != value
+    return type(value).__name__ in ("NAType", "NaTType")
+
+
 def _summary(manifest: Any, output: str) -> None:
-    """Print the run's rows as a table, then its counts, spending and where its files are."""
+    """Print the run's rows as a table, then its counts, what to do about each kind of row
+    that did not succeed (in CLI words), spending and where its files are."""
+    from prefect_runcomfy.engine.record.outcome import as_number
+    from prefect_runcomfy.report.review.advice import advice_for
     from prefect_runcomfy.report.summary import summarize
 
     table = Table(title="Talking videos", show_lines=False)
     for column in ("id", "status", "request id", "seconds", "video / error"):
         table.add_column(column, overflow="fold")
     for record in manifest.to_dict(orient="records"):
-        seconds = record.get("run_seconds")
-        shown = "" if seconds is None or seconds != seconds else f"{seconds:.1f}"
-        where = (
-            record.get("video_uri") if record.get("status") == "succeeded" else record.get("error")
-        )
-        style = "green" if record.get("status") == "succeeded" else "red"
+        seconds = as_number(record.get("run_seconds"))
+        ok = record.get("status") == "succeeded"
         table.add_row(
-            escape(str(record.get("id"))),
-            f"[{style}]{record.get('status')}[/]",
-            escape(str(record.get("request_id") or "")),
-            shown,
-            escape(str(where or "")),
+            _shown(record.get("id")),
+            f"[{'green' if ok else 'red'}]{_shown(record.get('status'))}[/]",
+            _shown(record.get("request_id")),
+            "" if seconds is None else f"{seconds:.1f}",
+            _shown(record.get("video_uri") if ok else record.get("error")),
         )
     console.print(table)
     summary = summarize(manifest)
-    counts = summary.nonzero_counts.items()
-    console.print(escape(", ".join(f"{n} {s}" for s, n in counts)) or "no rows")
+    counts = summary.nonzero_counts
+    console.print(escape(", ".join(f"{n} {s}" for s, n in counts.items())) or "no rows")
+    for status, n in counts.items():
+        advice = advice_for(status, output_uri=output, surface="cli")
+        if advice and status != "succeeded":
+            console.print(f"[red]{n} {escape(status)}:[/] {escape(advice)}")
     for sentence in summary.spending:
         console.print(escape(sentence))
     console.print(f"Outputs and manifest.parquet: [bold]{escape(output)}[/]")
@@ -133,13 +156,15 @@ def _summary(manifest: Any, output: str) -> None:
 
 
 def _quiet_console(verbose: bool) -> None:
-    """Keep Prefect's per-row log lines out of the terminal (the progress bar says it all);
-    they still reach the Prefect API and UI."""
+    """Keep Prefect's log lines, warnings and tracebacks out of the terminal unless `verbose`:
+    the progress bar and the summary say what happened (one line per row that did not
+    succeed, what to do about it) and the exit code the rest. The lines still reach the
+    Prefect API and UI."""
     from prefect.logging.configuration import setup_logging
 
     setup_logging()
     if not verbose:
-        _console_level(logging.WARNING)
+        _console_level(logging.CRITICAL + 1)
 
 
 def _console_level(level: int) -> None:
@@ -149,15 +174,15 @@ def _console_level(level: int) -> None:
             handler.setLevel(level)
 
 
-def _run_flow(*, show_progress: bool = True, **kwargs: Any) -> Any:
-    """Run the flow in this process, with a live progress bar on the terminal."""
+def _run_flow(*, flow: str = "generate_talking_videos", **kwargs: Any) -> Any:
+    """Run a flow of `prefect_runcomfy.flows` in this process, with a live progress bar on the
+    terminal."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from prefect_runcomfy.flows import generate_talking_videos
+    from prefect_runcomfy import flows
     from prefect_runcomfy.report.artifacts import progress_listeners
 
-    if not show_progress:
-        return generate_talking_videos(**kwargs)
+    run_flow = getattr(flows, flow)
     bar = Progress(
         TextColumn("[bold]rows"),
         BarColumn(),
@@ -176,7 +201,7 @@ def _run_flow(*, show_progress: bool = True, **kwargs: Any) -> Any:
     progress_listeners.append(listen)
     try:
         with bar:
-            return generate_talking_videos(**kwargs)
+            return run_flow(**kwargs)
     finally:
         progress_listeners.remove(listen)
 
@@ -313,6 +338,7 @@ def _exit_for(manifest: Any) -> int:
 
 
 def _handle(exc: BaseException) -> int:
+    """Print a known error in one line (its hints said for the command line); its exit code."""
     from prefect_runcomfy.api.exceptions import (
         ConfigurationError,
         InvalidInputError,
@@ -322,13 +348,13 @@ def _handle(exc: BaseException) -> int:
     )
 
     if isinstance(exc, (InvalidInputError, InvalidRequestIdError)):
-        err.print(f"[red]Invalid input:[/] {escape(str(exc))}")
+        err.print(f"[red]Invalid input:[/] {_shown(exc)}")
         return EXIT_BAD_INPUT
     if isinstance(exc, (ConfigurationError, StorageError)):
-        err.print(f"[red]Configuration error:[/] {escape(str(exc))}")
+        err.print(f"[red]Configuration error:[/] {_shown(exc)}")
         return EXIT_CONFIG
     if isinstance(exc, RunComfyAPIError):
-        err.print(f"[red]RunComfy said no:[/] {escape(str(exc))}")
+        err.print(f"[red]RunComfy said no:[/] {_shown(exc)}")
         return EXIT_API
     raise exc
 
@@ -561,12 +587,12 @@ def _print_plan(table_plan: Any) -> None:
     for column in ("id", "plan", "why"):
         table.add_column(column, overflow="fold")
     for row, decision in zip(table_plan.rows, table_plan.decisions, strict=True):
-        table.add_row(escape(row.id), decision.plan.value, escape(decision.reason))
+        table.add_row(escape(row.id), decision.plan.value, _shown(decision.reason))
     for problem in table_plan.invalid:
         shown_id = escape(str(problem.id or f"row {problem.row}"))
-        table.add_row(shown_id, "[red]invalid[/]", escape(problem.message))
+        table.add_row(shown_id, "[red]invalid[/]", _shown(problem.message))
     console.print(table)
-    console.print(table_plan.describe())
+    console.print(_shown(table_plan.describe()))
     estimate = table_plan.estimate()
     if estimate is not None:
         said = estimate.describe()
@@ -622,6 +648,7 @@ def demo(
         with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 90}):
             manifest = _manifest_of(
                 output=out,
+                setup=lambda: _quiet_console(False),
                 call=lambda: _run_flow(
                     inputs=rows,
                     output_uri=out,
@@ -635,11 +662,32 @@ def demo(
     raise typer.Exit(_exit_for(manifest))
 
 
-def _single(coro_factory: Any) -> Any:
+Credentials = Annotated[
+    str | None,
+    typer.Option(
+        help="Name of a saved RunComfyCredentials block (default: RUNCOMFY_API_TOKEN and "
+        "RUNCOMFY_BASE_URL from the environment)."
+    ),
+]
+"""The `--credentials` option of every command that needs a token."""
+
+
+def _single(coro_factory: Any, credentials: str | None = None) -> Any:
+    """Run one request with a client of the saved block `credentials` (Prefect is imported
+    only then) or of the environment."""
     from prefect_runcomfy.api.client import RunComfyClient
 
     async def go() -> Any:
-        async with RunComfyClient() as client:
+        if credentials:
+            from prefect_runcomfy.flows import load_credentials
+
+            _quiet_console(False)  # Prefect's own lines (its event worker's) stay out
+            block = await load_credentials(credentials)
+            assert block is not None  # a name gives a block or raises
+            client = block.get_client()
+        else:
+            client = RunComfyClient()
+        async with client:
             return await coro_factory(client)
 
     try:
@@ -649,22 +697,28 @@ def _single(coro_factory: Any) -> Any:
 
 
 @app.command()
-def status(request_id: Annotated[str, typer.Argument(help="A RunComfy request id.")]) -> None:
-    """Print a request's status and, when finished, its result (token from the environment).
+def status(
+    request_id: Annotated[str, typer.Argument(help="A RunComfy request id.")],
+    credentials: Credentials = None,
+) -> None:
+    """Print a request's status and, when finished, its result.
 
-    Example: `prefect-runcomfy status 3f1c...`
+    Example: `prefect-runcomfy status 3f1c... --credentials runcomfy`
     """
-    result = _single(lambda c: c.result(request_id, include_cost=True))
+    result = _single(lambda c: c.result(request_id, include_cost=True), credentials)
     console.print_json(result.model_dump_json())
 
 
 @app.command()
-def cancel(request_id: Annotated[str, typer.Argument(help="A RunComfy request id.")]) -> None:
+def cancel(
+    request_id: Annotated[str, typer.Argument(help="A RunComfy request id.")],
+    credentials: Credentials = None,
+) -> None:
     """Cancel a queued request (running ones cannot be cancelled and are billed).
 
-    Example: `prefect-runcomfy cancel 3f1c...`
+    Example: `prefect-runcomfy cancel 3f1c... --credentials runcomfy`
     """
-    outcome = _single(lambda c: c.cancel(request_id))
+    outcome = _single(lambda c: c.cancel(request_id), credentials)
     console.print_json(outcome.model_dump_json())
     raise typer.Exit(EXIT_OK if outcome.cancelled else EXIT_PARTIAL)
 
@@ -672,21 +726,25 @@ def cancel(request_id: Annotated[str, typer.Argument(help="A RunComfy request id
 @app.command()
 def collect(
     output: Annotated[str, typer.Argument(help="The output location of an earlier run.")],
-    credentials: Annotated[str | None, typer.Option(help="Saved credentials block.")] = None,
+    credentials: Credentials = None,
     cancel_queued: Annotated[
         bool, typer.Option("--cancel", help="Cancel outstanding requests instead of waiting.")
     ] = False,
     max_wait: Annotated[float, typer.Option(help="Seconds to wait for one job.")] = 3600.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every log line.")] = False,
 ) -> None:
     """Wait for (or cancel) requests an interrupted run left under OUTPUT and store them.
 
     Example: `prefect-runcomfy collect s3://out/nightly --credentials runcomfy`
-    """
-    from prefect_runcomfy.flows import collect_outstanding_requests
 
+    Exit code 0: every collected row succeeded (or nothing was left); 1: some did not.
+    """
     manifest = _manifest_of(
         output=output,
-        call=lambda: collect_outstanding_requests(
+        verbose=verbose,
+        setup=lambda: _quiet_console(verbose),
+        call=lambda: _run_flow(
+            flow="collect_outstanding_requests",
             output_uri=output,
             credentials=credentials,
             cancel=cancel_queued,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -29,17 +30,18 @@ from prefect.blocks.core import Block
 from prefect.client.schemas.objects import FlowRun
 from prefect.context import get_run_context
 from prefect.logging import get_logger, get_run_logger
-from prefect.states import State
+from prefect.states import Failed, State
 from pydantic import BaseModel
 
 from prefect_runcomfy.api.client import RunComfyClient
-from prefect_runcomfy.api.exceptions import ConfigurationError
+from prefect_runcomfy.api.exceptions import ConfigurationError, RowsNeedAttentionError
 from prefect_runcomfy.blocks import RunComfyCredentials
 from prefect_runcomfy.engine.inputs.table import table_folder
 from prefect_runcomfy.engine.outputs.manifest import build_manifest
 from prefect_runcomfy.engine.outputs.store import MANIFEST_NAME, OutputStore
 from prefect_runcomfy.engine.plan.ledger import Ledger
 from prefect_runcomfy.engine.plan.planning import MediaSettings
+from prefect_runcomfy.engine.record import hints
 from prefect_runcomfy.engine.record.outcome import RowOutcome
 from prefect_runcomfy.engine.run.runner import (
     collect_table,
@@ -151,6 +153,51 @@ def beating(fn: Callable[..., Any]) -> Callable[..., Any]:
     return body
 
 
+def said_once(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A flow body whose rows' verdict (`RowsNeedAttentionError`) ends its flow run Failed
+    with the error's words as the state's message, said once.
+
+    Why: an exception escaping a flow body is logged by Prefect with its traceback
+    ("Encountered exception during execution"), then again by every parent flow it passes
+    through, and the traceback says nothing the message does not (the verdict is no bug).
+    A returned Failed state is logged once ("Finished in state Failed('2 of 4 rows need
+    attention ...')"); the caller still gets the error itself, with its `.manifest`: Prefect
+    raises a Failed state's exception to a caller that asked for the result, and hands it to
+    `state.result(raise_on_failure=False)`.
+    """
+
+    @functools.wraps(fn)
+    async def body(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except RowsNeedAttentionError as exc:
+            return Failed(message=str(exc), data=exc)
+
+    return body
+
+
+class _NoTracebackForVerdicts(logging.Filter):
+    """Drop the traceback of a `RowsNeedAttentionError` from a flow run's log line (a parent
+    flow that let it through logs "Encountered exception during execution"): its message
+    says what happened and where the manifest is; the traceback only shows Prefect's engine."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, RowsNeedAttentionError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _quiet_verdicts() -> None:
+    flow_runs = logging.getLogger("prefect.flow_runs")
+    if not any(isinstance(f, _NoTracebackForVerdicts) for f in flow_runs.filters):
+        flow_runs.addFilter(_NoTracebackForVerdicts())
+
+
+_quiet_verdicts()
+
+
 def table_flow(**options: Any) -> Callable[[Callable[..., Any]], SyncOrAsyncFlow]:
     """`@flow(...)`, making a `TableFlow`."""
     return sync_or_async_flow(TableFlow, **options)
@@ -172,7 +219,7 @@ async def load_credentials(
         except ValueError as exc:
             raise ConfigurationError(
                 f"No RunComfyCredentials block named {credentials!r}: create it in the Prefect UI "
-                f"or with RunComfyCredentials(api_token=...).save({credentials!r}) ({exc})"
+                f"or with {hints.save_credentials(credentials.strip())} ({exc})"
             ) from None
     # No block: the environment must hold the token. Fail now, not after the first row.
     await RunComfyClient().aclose()
@@ -235,13 +282,12 @@ async def _cancel_queued_on_stop(flow: Any, flow_run: FlowRun, state: State) -> 
                 hook_logger.warning(
                     "The run stopped with %d requests that may still be queued (%s), but it was "
                     "given an unsaved RunComfyCredentials block, whose token Prefect keeps "
-                    "masked: this hook cannot cancel them. They are left for "
-                    "`prefect-runcomfy collect %s --cancel` (or collect_outstanding_requests"
-                    "(..., cancel=True)). To let the hook cancel them, pass a saved block's name "
-                    "(credentials='runcomfy') or set RUNCOMFY_API_TOKEN instead.",
+                    "masked: this hook cannot cancel them. They are left for %s. To let the "
+                    "hook cancel them, pass a saved block's name (credentials='runcomfy') or "
+                    "set RUNCOMFY_API_TOKEN instead.",
                     len(left),
                     ", ".join(left),
-                    output_uri,
+                    hints.collect(str(output_uri), cancel=True).said("both"),
                 )
             return
         credentials = await load_credentials(given)
@@ -252,10 +298,9 @@ async def _cancel_queued_on_stop(flow: Any, flow_run: FlowRun, state: State) -> 
             hook_logger.warning("Cancelled %d queued requests: %s", len(cancelled), cancelled)
     except Exception as exc:
         hook_logger.warning(
-            "Could not cancel the run's queued requests (%s); they are left for "
-            "`prefect-runcomfy collect %s --cancel`",
+            "Could not cancel the run's queued requests (%s); they are left for %s",
             exc,
-            output_uri,
+            hints.collect(str(output_uri), cancel=True).said("both"),
         )
 
 
@@ -265,6 +310,7 @@ async def _cancel_queued_on_stop(flow: Any, flow_run: FlowRun, state: State) -> 
     on_cancellation=[_cancel_queued_on_stop],
     on_crashed=[_cancel_queued_on_stop],
 )
+@said_once
 @stoppable
 @beating
 async def generate_talking_videos(
@@ -449,6 +495,7 @@ async def _row_done(outcome: RowOutcome, progress: Progress, events: RowEvents) 
 
 
 @table_flow(name="collect-outstanding-requests", log_prints=False)
+@said_once
 @stoppable
 async def collect_outstanding_requests(
     output_uri: Location,
@@ -538,6 +585,7 @@ async def _cancel_shards_on_stop(flow: Any, flow_run: FlowRun, state: State) -> 
     log_prints=False,
     on_cancellation=[_cancel_shards_on_stop],
 )
+@said_once
 async def generate_talking_videos_sharded(
     inputs: pd.DataFrame | list[dict[str, Any]] | str,
     output_uri: Location,

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pandas as pd
 import pytest
 from prefect.settings import get_current_settings
@@ -144,7 +146,7 @@ def test_run_over_max_submits_exits_3_and_submits_nothing(sb: Sandbox, tmp_path:
         base_url=sb.base_url,
     )
     assert result.returncode == 3, result.stdout + result.stderr
-    assert "would submit 2 new jobs, more than max_submits=1" in " ".join(result.stderr.split())
+    assert "would submit 2 new jobs, more than --max-submits 1" in " ".join(result.stderr.split())
     assert sb.stats()["submits_accepted"] == 0
 
 
@@ -162,7 +164,7 @@ def test_run_over_max_cost_exits_3_and_submits_nothing(sb: Sandbox, tmp_path: Pa
     )
     assert result.returncode == 3, result.stdout + result.stderr
     said = " ".join(result.stderr.split())
-    assert "estimated cost $0.1500 for 2 jobs" in said and "max_cost_usd=0.1" in said
+    assert "estimated cost $0.1500 for 2 jobs" in said and "--max-cost 0.1" in said
     assert sb.stats()["submits_accepted"] == 0
 
 
@@ -175,7 +177,7 @@ def test_plan_estimates_the_cost_from_the_catalog(sb: Sandbox, tmp_path: Path) -
     assert "Estimated cost $0.1500 for 2 jobs (10.0 s of video at $0.0150 per second" in text
     over = cli("plan", table, "-o", out, "--max-cost", "0.1", token=sb.token, base_url=sb.base_url)
     assert over.returncode == 3, over.stdout + over.stderr
-    assert "more than max_cost_usd=0.1" in " ".join(over.stderr.split())
+    assert "more than --max-cost 0.1" in " ".join(over.stderr.split())
     unpriced = cli("plan", table, "-o", out, "--max-cost", "5")  # no token: no price to read
     assert unpriced.returncode == 3, unpriced.stdout + unpriced.stderr
     assert "not estimated" in " ".join(unpriced.stdout.split())
@@ -304,3 +306,112 @@ def test_demo_writes_real_videos(tmp_path: Path) -> None:
     for uri in manifest["video_uri"]:
         assert Path(uri).read_bytes()[4:8] == b"ftyp"
     assert "Open a video" in result.stdout
+
+
+# -- the CLI speaks CLI ----------------------------------------------------------------------
+
+PYTHON_WORDS = ("Spending(", "retry_failed", "resubmit_unknown", "collect_outstanding_requests")
+
+
+def test_a_failed_run_prints_a_clean_bar_a_summary_and_cli_hints(
+    sb: Sandbox, tmp_path: Path
+) -> None:
+    """4 rows, 2 bad (one fails on RunComfy, one is invalid): the terminal shows the bar and
+    the summary, no log line or traceback; blanks, not nan; hints name flags and commands."""
+    samples = sample_inputs(sb.base_url)
+    rows = [dict(samples[i % 3], id=f"r{i}") for i in range(4)]
+    rows[2]["prompt"] += " [sandbox:fail]"
+    rows[3]["steps"] = 0  # invalid: never submitted, no request id
+    table = write_table(tmp_path / "rows.csv", rows)
+    out = str(tmp_path / "out")
+    result = cli("run", table, "-o", out, token=sb.token, base_url=sb.base_url)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr == "", result.stderr  # no WARNING, ERROR or traceback
+    text = result.stdout
+    assert re.search(r"rows .*4/4", text), text  # the bar's last frame
+    assert "2 succeeded, 1 failed, 1 invalid" in text
+    assert "nan" not in text  # a missing request id is blank
+    said = " ".join(text.split())
+    assert "1 failed: RunComfy did not deliver a video." in said
+    assert "run again with --retry-failed" in said
+    assert not [w for w in PYTHON_WORDS if w in text], text
+
+    # the same run again: the failed row's reason and the plan say the flag, not Python
+    again = cli("plan", table, "-o", out)
+    assert "--retry-failed" in " ".join(again.stdout.split()), again.stdout
+    assert not [w for w in PYTHON_WORDS if w in again.stdout], again.stdout
+
+    # --verbose shows Prefect's lines, still without a traceback
+    verbose = cli("run", table, "-o", out, "--verbose", token=sb.token, base_url=sb.base_url)
+    assert verbose.returncode == 1, verbose.stdout + verbose.stderr
+    assert "WARNING" in verbose.stderr or "ERROR" in verbose.stderr, verbose.stderr
+    assert "Traceback" not in verbose.stderr, verbose.stderr
+
+
+def test_collect_shows_the_bar_and_the_summary_only(sb: Sandbox, tmp_path: Path) -> None:
+    """A request left in the ledger by an earlier run: `collect` stores it behind a bar."""
+    from sandbox_helpers import submit
+
+    from prefect_runcomfy.engine.outputs.store import OutputStore
+    from prefect_runcomfy.engine.plan.ledger import Ledger
+
+    out = tmp_path / "out"
+    sb.set(workers=2, run_seconds=0.5)
+    with httpx.Client(
+        base_url=sb.base_url, headers={"Authorization": f"Bearer {sb.token}"}
+    ) as client:
+        request_id = submit(client, sb.base_url)
+    ledger = Ledger(OutputStore(str(out)))
+    ledger.mark_submitting("left", "0" * 64, flow_run_id="0" * 32)
+    ledger.mark_submitted("left", request_id)
+    result = cli("collect", str(out), token=sb.token, base_url=sb.base_url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == "", result.stderr
+    assert re.search(r"rows .*1/1", result.stdout), result.stdout
+    assert "1 succeeded" in result.stdout and request_id in result.stdout
+
+
+def test_status_and_cancel_accept_credentials(sb: Sandbox) -> None:
+    """`--credentials NAME` reads the token from a saved block, as `run` does."""
+    from prefect_runcomfy import RunComfyCredentials
+
+    sb.set(workers=1, run_seconds=600.0)  # the queued job stays queued (the fixture resets)
+    with httpx.Client(
+        base_url=sb.base_url, headers={"Authorization": f"Bearer {sb.token}"}
+    ) as client:
+        from sandbox_helpers import submit
+
+        submit(client, sb.base_url)  # keeps the only worker busy
+        queued = submit(client, sb.base_url)
+    block = RunComfyCredentials(api_token=sb.token, base_url=sb.base_url)
+    block.save("cli-credentials-test", overwrite=True)
+    status = cli("status", queued, "--credentials", "cli-credentials-test")  # no token in env
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert json.loads(status.stdout)["status"] == "in_queue"
+    cancelled = cli("cancel", queued, "--credentials", "cli-credentials-test")
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    assert json.loads(cancelled.stdout)["outcome"] == "cancelled"
+    unknown = cli("status", queued, "--credentials", "no-such-block")
+    assert unknown.returncode == 3, unknown.stdout + unknown.stderr
+    said = " ".join(unknown.stderr.split())
+    assert "No RunComfyCredentials block named 'no-such-block'" in said
+    assert "prefect block create runcomfy-credentials" in said and ".save(" not in said
+
+
+def test_hints_have_a_python_form_and_a_cli_form() -> None:
+    from prefect_runcomfy.engine.record import hints
+
+    said = f"run again with {hints.RETRY_FAILED}, or {hints.collect('/tmp/a b', cancel=True)}"
+    assert said == (
+        "run again with spending=Spending(retry_failed=True), "
+        "or collect_outstanding_requests('/tmp/a b', cancel=True)"
+    )
+    assert hints.for_cli(said) == (
+        "run again with --retry-failed, or prefect-runcomfy collect '/tmp/a b' --cancel"
+    )
+    assert hints.for_cli("more than max_submits=5; raise max_cost_usd") == (
+        "more than --max-submits 5; raise --max-cost"
+    )
+    assert hints.RESUBMIT_UNKNOWN.said("both") == (
+        "spending=Spending(resubmit_unknown=True) (CLI: --resubmit-unknown)"
+    )

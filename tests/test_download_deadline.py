@@ -327,7 +327,7 @@ async def test_a_row_whose_video_trickles_or_stalls_ends_collectable_by_its_dead
     error = record["error"]
     assert "did not finish within its deadline" in error
     assert "The job succeeded and is paid for" in error
-    assert f"`prefect-runcomfy collect {out}`" in error
+    assert f"collect_outstanding_requests({str(out)!r})" in error  # a Python run says Python
     entry = Ledger(OutputStore(str(out))).load_all()["r0"]
     assert entry.state == "timed_out" and entry.request_id == record["request_id"]
     assert not (out / "r0.mp4").exists() and not (out / "r0.json").exists()

@@ -327,3 +327,96 @@ async def test_the_crash_hook_cancels_with_a_saved_block(sb: Sandbox, tmp_path: 
     entry = Ledger(OutputStore(str(out))).load_all()["row1"]
     assert entry.state is LedgerState.CANCELLED
     assert entry.request_id == request_id
+
+
+# -- a failed run says it once ---------------------------------------------------------------
+
+
+async def flow_run_logs(flow_run_id: uuid.UUID, *, until: str) -> list[str]:
+    """The messages Prefect's API holds for a flow run (its task runs' too), once one of
+    them contains `until` (log lines reach the server in batches, a moment later)."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    await APILogHandler.aflush()
+    deadline = time.monotonic() + 30
+    messages: list[str] = []
+    async with get_client() as client:
+        while time.monotonic() < deadline:
+            logs = await client.read_logs(
+                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200
+            )
+            messages = [log.message for log in logs]
+            if any(until in m for m in messages):
+                return messages
+            await asyncio.sleep(0.5)
+    return messages
+
+
+def test_a_failed_run_says_why_once_without_tracebacks(sb: Sandbox, tmp_path: Path) -> None:
+    """4 rows, 2 failing, run as the subflow of a sync parent that lets the error through:
+    the verdict (reason and counts) is each run's state message, no log line of either run
+    holds a traceback, and the error with its manifest reaches the caller."""
+    out = tmp_path / "out"
+    ids: dict[str, uuid.UUID] = {}
+
+    @flow
+    def nightly() -> None:
+        from prefect.context import FlowRunContext
+
+        context = FlowRunContext.get()
+        assert context is not None and context.flow_run is not None
+        ids["parent"] = context.flow_run.id
+        generate_talking_videos(rows(sb, failing=(1, 2), n=4), str(out), creds(sb), **FAST)
+
+    with pytest.raises(RowsNeedAttentionError) as raised:
+        nightly()
+    assert raised.value.manifest["status"].tolist() == [
+        "succeeded",
+        "failed",
+        "failed",
+        "succeeded",
+    ]
+
+    async def read() -> tuple[Any, Any, list[str], list[str]]:
+        async with get_client() as client:
+            parent = await client.read_flow_run(ids["parent"])
+            [child] = await client.read_flow_runs(flow_run_filter=_children_of(parent.id), limit=5)
+        verdict = "2 of 4 rows need attention (2 succeeded, 2 failed)"
+        return (
+            parent,
+            child,
+            await flow_run_logs(parent.id, until="Finished in state"),
+            await flow_run_logs(child.id, until=verdict),
+        )
+
+    parent, child, parent_logs, child_logs = asyncio.run(read())
+    verdict = "2 of 4 rows need attention (2 succeeded, 2 failed)"
+    assert child.state.is_failed() and verdict in child.state.message
+    assert parent.state.is_failed() and verdict in parent.state.message
+    for messages in (parent_logs, child_logs):
+        assert not [m for m in messages if "Traceback" in m], messages
+    said = [m for m in child_logs if verdict in m]
+    assert len(said) == 1 and said[0].startswith("Finished in state Failed"), said
+    # each failed row's task run: one line for its failure, no "NoneType: None"
+    failed_rows = [m for m in child_logs if "ended failed" in m]
+    assert len(failed_rows) == 2, failed_rows
+    assert not [m for m in child_logs if "NoneType: None" in m]
+
+
+def _children_of(parent_id: uuid.UUID) -> Any:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    return FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id]))
+
+
+async def test_a_python_run_names_python_hints(sb: Sandbox, tmp_path: Path) -> None:
+    """A row that failed in an earlier run says how to retry it in Python words."""
+    out = tmp_path / "out"
+    table = rows(sb, failing=(0,), n=2)
+    for _ in range(2):
+        with pytest.raises(RowsNeedAttentionError) as raised:
+            await generate_talking_videos(table, str(out), creds(sb), **FAST)
+    failed = raised.value.manifest.set_index("id").loc["v0"]
+    assert "spending=Spending(retry_failed=True)" in failed["note"]
+    assert "--retry-failed" not in failed["note"] + failed["error"]

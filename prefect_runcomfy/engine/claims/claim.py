@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from prefect_runcomfy.api.exceptions import StorageError
 from prefect_runcomfy.engine.inputs.ids import safe_name
 from prefect_runcomfy.engine.outputs.store import OutputStore
+from prefect_runcomfy.engine.record.hints import SINGLE_WRITER
 from prefect_runcomfy.engine.record.outcome import epoch_of, utc_now
 from prefect_runcomfy.engine.record.status import LedgerState
 
@@ -380,8 +381,8 @@ def open_claims(
         raise ConfigurationError(
             f"The output location {store.uri('')} cannot claim rows: {problem}. Two runs "
             "writing there at once could each pay for the same rows, so this run submits "
-            "nothing. If only one run ever writes there at a time, pass single_writer=True "
-            "(CLI: --single-writer) to run without claims."
+            f"nothing. If only one run ever writes there at a time, pass {SINGLE_WRITER} to "
+            "run without claims."
         )
     lease = OwnerLease(store, flow_run_id=flow_run_id)
     return RowClaims(store, lease, prefect_run_is_over)

@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from prefect_runcomfy.engine.inputs.ids import safe_name
 from prefect_runcomfy.engine.outputs.store import OutputStore
+from prefect_runcomfy.engine.record.hints import RESUBMIT_UNKNOWN, RETRY_FAILED
 from prefect_runcomfy.engine.record.outcome import RowOutcome, utc_now
 from prefect_runcomfy.engine.record.status import LedgerState, RowPlan
 
@@ -268,8 +269,7 @@ def _plan_failed(entry: LedgerEntry, changed: bool, retry_failed: bool) -> RowDe
     detail = f": {entry.error}" if entry.error else ""
     return RowDecision(
         RowPlan.KEEP_FAILED,
-        f"previously {state}{detail} (pass spending=Spending(retry_failed=True), CLI "
-        "--retry-failed, to pay for another try)",
+        f"previously {state}{detail} (pass {RETRY_FAILED} to pay for another try)",
     )
 
 
@@ -285,8 +285,7 @@ def _plan_unknown(entry: LedgerEntry, changed: bool, resubmit_unknown: bool) -> 
     return RowDecision(
         RowPlan.UNKNOWN,
         f"{state} without a request id: an earlier submit may be running and billed; "
-        "check the RunComfy dashboard, or pass spending=Spending(resubmit_unknown=True) "
-        "(CLI --resubmit-unknown) to submit again",
+        f"check the RunComfy dashboard, or pass {RESUBMIT_UNKNOWN} to submit again",
         payload_changed=changed,
     )
 

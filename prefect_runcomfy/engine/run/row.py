@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shlex
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
-from prefect.states import Cancelled, Completed, State
+from prefect.states import Cancelled, Completed, Failed, State
 from prefect.utilities.annotations import quote
 
 from prefect_runcomfy.api.backoff import retrying
@@ -53,6 +53,8 @@ from prefect_runcomfy.engine.claims.claim import Held
 from prefect_runcomfy.engine.inputs.table import PreparedRow
 from prefect_runcomfy.engine.outputs.sidecar import with_sidecar
 from prefect_runcomfy.engine.plan.ledger import LedgerEntry, RowDecision, submitted_fields
+from prefect_runcomfy.engine.record import hints
+from prefect_runcomfy.engine.record.hints import RESUBMIT_UNKNOWN, RETRY_FAILED
 from prefect_runcomfy.engine.record.outcome import (
     RowOutcome,
     epoch_of,
@@ -77,8 +79,7 @@ from prefect_runcomfy.engine.run.turn import RowTurn, follow_holder, take_turn
 
 UNKNOWN_ADVICE = (
     "an earlier submit of this row got no answer, so a job may have run and been billed; "
-    "check your RunComfy dashboard, then run again with "
-    "spending=Spending(resubmit_unknown=True) (CLI: --resubmit-unknown) to submit it anew"
+    f"check your RunComfy dashboard, then run again with {RESUBMIT_UNKNOWN} to submit it anew"
 )
 
 FRESH_SUBMIT_S = 60.0
@@ -170,10 +171,7 @@ def _reported_again(
     status = RowStatus.CANCELLED if state is LedgerState.CANCELLED else RowStatus.FAILED
     return start.ended(
         status, (entry.error if entry else None) or decision.reason, request_id=request_id
-    ).noted(
-        "failed in an earlier run; run with spending=Spending(retry_failed=True) "
-        "(CLI: --retry-failed) to pay for another try"
-    )
+    ).noted(f"failed in an earlier run; run with {RETRY_FAILED} to pay for another try")
 
 
 async def _submit_and_collect(
@@ -429,7 +427,8 @@ async def _ended_unstored(batch: RunState, outcome: RowOutcome, exc: RunComfyErr
         what = (
             "cancelled while still queued; nothing was billed"
             if exc.cancelled
-            else "still running on RunComfy; collect it later with collect_outstanding_requests"
+            else "still running on RunComfy; collect it later with "
+            f"{hints.collect(batch.store.output_uri)}"
         )
         error = f"{exc} ({what})"
         if exc.cancelled:  # cancelled while queued: no job ran, so the next run submits it
@@ -496,7 +495,7 @@ async def _store(
         # Paid for: keep the request id collectable, never submit it again.
         error = (
             f"{exc} The job succeeded and is paid for: once its output is allowed, run again "
-            f"(or collect_outstanding_requests) to store request {outcome.request_id} "
+            f"(or {hints.collect(batch.store.output_uri)}) to store request {outcome.request_id} "
             "without submitting it again."
         )
         return await batch.record_paid(
@@ -523,11 +522,10 @@ async def _not_downloaded(batch: RunState, outcome: RowOutcome, exc: DownloadErr
         )
     # Paid for and maybe still there (a broken stream, 5xx, a sick CDN): keep it collectable,
     # so the next run or collect stores it instead of retry_failed paying for it again.
-    target = shlex.quote(batch.store.output_uri)
     error += (
         f" The job succeeded and is paid for: collect its video without paying again with "
-        f"`prefect-runcomfy collect {target}` (or collect_outstanding_requests, or run the "
-        f"same table again), which stores request {outcome.request_id}."
+        f"{hints.collect(batch.store.output_uri)} (or run the same table again), which "
+        f"stores request {outcome.request_id}."
     )
     # Past its deadline the row is timed out, as a wait past max_wait_s is: the ledger's
     # word, so a later run reports it the same way, and the review page's advice is "collect".
@@ -568,9 +566,32 @@ async def _store_with_retries(
 
 # -- the row's task run -----------------------------------------------------------------------
 
+ROW_TASK_NAME = "talking-video"
+
+
+class _OneLinePerFailedRow(logging.Filter):
+    """Drop Prefect's "Task run failed with state: Failed(...)" line of a row's task run: it
+    comes with an empty traceback ("NoneType: None"), and the next line, "Finished in state
+    Failed('...')", says the same."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            getattr(record, "task_name", None) == ROW_TASK_NAME
+            and str(record.msg).startswith("Task run failed with state:")
+        )
+
+
+def _one_line_per_failed_row() -> None:
+    task_runs = logging.getLogger("prefect.task_runs")
+    if not any(isinstance(f, _OneLinePerFailedRow) for f in task_runs.filters):
+        task_runs.addFilter(_OneLinePerFailedRow())
+
+
+_one_line_per_failed_row()
+
 
 @task(
-    name="talking-video",
+    name=ROW_TASK_NAME,
     task_run_name="{name}",
     retries=0,  # it submits: a retry could pay twice
     cache_policy=NO_CACHE,
@@ -594,14 +615,18 @@ async def _row_task(
         return Completed(message=cell.stored_line) if cell.stored_line else None
     if outcome.status is RowStatus.CANCELLED:
         return Cancelled(message=f"{name} ended cancelled: {outcome.error}")
-    raise RowNotStoredError(name, str(outcome.status), outcome.error)
+    # A returned Failed state, not a raised error: Prefect logs a raised one with its
+    # traceback, which says nothing the row's error does not (the state's message says it).
+    error = RowNotStoredError(name, str(outcome.status), outcome.error)
+    return Failed(message=str(error), data=error)
 
 
 async def in_row_task(cell: RowCell, body: Callable[[], Awaitable[Any]]) -> RowOutcome:
     """Run `body` (which keeps the row's versions in `cell`) as the row's task run.
 
     The task run ends Completed when the record says succeeded, Cancelled when cancelled, and
-    Failed with `RowNotStoredError` (the row's status and error) otherwise. The caller gets
+    Failed with `RowNotStoredError` (the row's status and error, the state's message)
+    otherwise. The caller gets
     the record, never an exception: one row's trouble does not stop the others.
     """
     # quote: Prefect need not walk these looking for upstream futures.

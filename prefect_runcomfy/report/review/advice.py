@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import re
-import shlex
 
+from prefect_runcomfy.engine.record import hints
+from prefect_runcomfy.engine.record.hints import RESUBMIT_UNKNOWN, RETRY_FAILED, Surface
 from prefect_runcomfy.engine.record.status import RowStatus
 
 
-def advice_for(status: str, *, output_uri: str | None = None) -> str | None:
+def advice_for(
+    status: str, *, output_uri: str | None = None, surface: Surface = "both"
+) -> str | None:
     """What the user should do about a row in `status` (plain text), or None when nothing.
+
+    Its hints (a flag, a command) are said for `surface`: the review page, read by Python and
+    command-line users alike, says both forms; the command line says its own.
 
     Example:
         ```python
@@ -19,7 +25,8 @@ def advice_for(status: str, *, output_uri: str | None = None) -> str | None:
     parsed = RowStatus.parse(status)
     if parsed is None:
         return None
-    target = shlex.quote(output_uri) if output_uri else "OUTPUT"
+    retry = RETRY_FAILED.said(surface)
+    collect = hints.collect(output_uri or "OUTPUT").said(surface)
     advice = {
         RowStatus.INVALID: (
             "Fix this row in the input table (the error names the column) and run again. "
@@ -27,8 +34,7 @@ def advice_for(status: str, *, output_uri: str | None = None) -> str | None:
         ),
         RowStatus.FAILED: (
             "RunComfy did not deliver a video. Check the error; if the input is fine, run again "
-            "with spending=Spending(retry_failed=True) (CLI: --retry-failed) to pay for "
-            "another try."
+            f"with {retry} to pay for another try."
         ),
         RowStatus.CANCELLED: (
             "The job was cancelled while still queued, so nothing was billed: running the "
@@ -37,15 +43,14 @@ def advice_for(status: str, *, output_uri: str | None = None) -> str | None:
         RowStatus.TIMED_OUT: (
             "The wait ended before the job finished, or its video's download passed its "
             "deadline; the job may still be running (and billed) on RunComfy, or be done and "
-            f"waiting there. Collect it without paying again: prefect-runcomfy collect {target} "
+            f"waiting there. Collect it without paying again: {collect} "
             "(or run the same table again). If the error says it was cancelled while still "
-            "queued, nothing was billed: run again with spending=Spending(retry_failed=True) "
-            "(CLI: --retry-failed)."
+            f"queued, nothing was billed: run again with {retry}."
         ),
         RowStatus.OUTCOME_UNKNOWN: (
             "A submit was sent but its answer was lost, so a job may have run and been billed. "
             "Check your RunComfy dashboard for it first; then, to submit it anew, run again "
-            "with resubmit_unknown=True (CLI: --resubmit-unknown)."
+            f"with {RESUBMIT_UNKNOWN.said(surface)}."
         ),
     }
     return advice.get(parsed)
@@ -53,8 +58,17 @@ def advice_for(status: str, *, output_uri: str | None = None) -> str | None:
 
 # Commands and options inside the advice, set as code so they stand out.
 _CODE = re.compile(
-    r"prefect-runcomfy collect .*?(?= \(or run)|retry_failed=True|resubmit_unknown=True"
-    r"|--retry-failed|--resubmit-unknown"
+    "|".join(
+        [
+            *(
+                re.escape(form)
+                for h in (RETRY_FAILED, RESUBMIT_UNKNOWN)
+                for form in (h.python, h.cli)
+            ),
+            r"collect_outstanding_requests\((?:'[^']*'|\"[^\"]*\")\)",
+            r"prefect-runcomfy collect (?:'[^']*'|[^\s()]+)",
+        ]
+    )
 )
 
 
