@@ -471,9 +471,10 @@ async def _ended_on_runcomfy(
     outcome = await write_sidecar(batch.store, outcome)
     if cancelled:
         # RunComfy cancels only queued jobs: one that ends `cancelled` never ran and was not
-        # billed, so the next run submits it without a flag (unless it was seen running or
-        # RunComfy reports a cost: then it keeps the failed rows' rule).
-        billed = bool(outcome.run_seconds) or bool(outcome.cost_usd)
+        # billed, so the next run submits it without a flag (unless RunComfy reports a cost
+        # for it: then it keeps the failed rows' rule). Its `run_seconds` says nothing here:
+        # a job never seen running is given a bound from its last queued read.
+        billed = bool(outcome.cost_usd)
         return await batch.record_paid(
             outcome,
             LedgerState.CANCELLED,
