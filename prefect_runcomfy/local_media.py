@@ -28,14 +28,16 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from prefect_runcomfy.api.client import resolve_base_url
 from prefect_runcomfy.api.exceptions import ConfigurationError
-from prefect_runcomfy.blocks import RunComfyCredentials
 from prefect_runcomfy.engine.inputs.media import INLINE_VARIABLE, STAGING_VARIABLE, LocalFiles
 from prefect_runcomfy.engine.plan.planning import MediaMode, MediaSettings
+
+if TYPE_CHECKING:  # the block imports Prefect (over a second): `validate` needs neither
+    from prefect_runcomfy.blocks import RunComfyCredentials
 
 
 def is_local_api(base_url: str) -> bool:
