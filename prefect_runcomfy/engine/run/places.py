@@ -20,9 +20,10 @@ and gives back a slot (three Prefect API calls and two events) once per place's 
 work, not once per row. A place gives its slot back when no row waits for it, and after
 holding it `SLOT_TENURE_S`, so that other runs and shards on the same limit get their turn:
 Prefect grants a freed slot to the first request that asks, and a place whose tenure ended
-asks again only after `SLOT_PAUSE_S`, so that an ask of a waiting shard can take it first.
-One place of a run asks for a slot at a time, so a run waiting on a full limit polls Prefect's
-server as one asker (at the pace of the server's Retry-After), not as `max_concurrency`.
+asks again only after `SLOT_PAUSE_S`, the time a waiting shard's retry needs to arrive.
+One place of a run asks for a slot at a time, and again every `SLOT_ASK_EVERY_S` while the
+limit is full, so a run waiting on a full limit polls Prefect's server as one slow asker,
+not as `max_concurrency` quick ones.
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+
+import httpx
 
 from prefect_runcomfy.api.client import RunComfyClient
 
@@ -48,8 +52,44 @@ SLOT_TENURE_S = 120.0
 """How long a job place keeps one slot of the account-wide limit across rows before it gives
 it back for other runs and shards to take (and asks again)."""
 
+SLOT_ASK_EVERY_S = 3.0
+"""How often a run asks again for a slot while the account-wide limit is full (Prefect's own
+retries came about once a second per asker; each is a write on the server)."""
+
 SLOT_PAUSE_S = 1.0
 """How long a place whose tenure ended waits before asking for a slot again."""
+
+
+class _QuietDeniedAsks(logging.Filter):
+    """Drops the ERROR line Prefect's acquisition service logs for each of our asks that it
+    could not grant (`max_retries=0`: a full limit is asked again by `Places`, at its own
+    pace). The ask's outcome still reaches `Places`, which raises anything but "full" with its
+    cause: nothing is hidden from the run. Other callers' records pass (they do not ask with
+    `max_retries=0` and our lease)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if record.msg != "Service %r failed to process item %r" or len(args) != 2:
+            return True
+        service, item = args
+        ours = (
+            service == "ConcurrencySlotAcquisitionWithLeaseService"
+            and isinstance(item, tuple)
+            and len(item) > 4
+            and item[3] == 0
+            and item[4] == SLOT_LEASE_S
+        )
+        return not ours
+
+
+_QUIET_DENIED_ASKS = _QuietDeniedAsks()
+
+
+def _quiet_denied_asks() -> None:
+    """Install `_QuietDeniedAsks` on Prefect's logger of that service (once)."""
+    logger = logging.getLogger("prefect._internal.concurrency")
+    if _QUIET_DENIED_ASKS not in logger.filters:
+        logger.addFilter(_QUIET_DENIED_ASKS)
 
 
 class AccountSlot:
@@ -101,10 +141,12 @@ class AccountSlot:
     async def _keep(self) -> None:
         from prefect.concurrency.asyncio import concurrency
 
+        _quiet_denied_asks()
         async with concurrency(
             self.limit,
             occupy=1,
             strict=True,
+            max_retries=0,  # a full limit is asked again by `Places`, at its own pace
             lease_duration=SLOT_LEASE_S,
             # A renewal that fails (the API busy for a moment) must not stop the wait for a
             # job that is paid for: at worst the slot lapses early.
@@ -112,6 +154,19 @@ class AccountSlot:
         ):
             self._granted.set()
             await self._release.wait()
+
+
+def _full_limit_pause(error: BaseException) -> float | None:
+    """How long to wait before asking again when Prefect said the limit is full (HTTP 423:
+    its Retry-After, at least `SLOT_ASK_EVERY_S`); None for any other error."""
+    cause = error.__cause__
+    if isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423:
+        try:
+            hint = float(cause.response.headers.get("Retry-After", 0))
+        except ValueError:
+            hint = 0.0
+        return max(hint, SLOT_ASK_EVERY_S)
+    return None
 
 
 @dataclass(eq=False)
@@ -217,9 +272,19 @@ class Places:
         # Prefect's server (a denied increment, then another after its Retry-After), and
         # those calls cost the server more than the run's rows do.
         async with self._asking:
+            place.slot = await self._ask_until_granted(limit)
+
+    async def _ask_until_granted(self, limit: str) -> AccountSlot:
+        while True:
             slot = AccountSlot(limit, self._context)
-            await slot.take()
-            place.slot = slot
+            try:
+                await slot.take()
+                return slot
+            except Exception as exc:
+                pause = _full_limit_pause(exc)
+                if pause is None:
+                    raise
+            await asyncio.sleep(pause)
 
     @staticmethod
     async def _give_back(place: JobPlace, *, paused: bool) -> None:
@@ -246,6 +311,7 @@ class Places:
 
 
 __all__ = [
+    "SLOT_ASK_EVERY_S",
     "SLOT_LEASE_S",
     "SLOT_PAUSE_S",
     "SLOT_TENURE_S",
