@@ -254,7 +254,9 @@ def test_status_and_cancel(sb: Sandbox) -> None:
 
     from prefect_runcomfy import InfiniteTalkInput, RunComfyClient
 
-    sb.set(workers=1, run_seconds=30.0)  # each CLI call is a new process: seconds to start
+    # Each CLI call is a new process: under load one took over 30 s to start, and the first job
+    # had ended before `cancel` reached the "running" one. The next test's reset drops it.
+    sb.set(workers=1, run_seconds=300.0)
 
     async def submit_two() -> list[str]:
         async with RunComfyClient(sb.token, sb.base_url) as client:
